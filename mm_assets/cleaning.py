@@ -1,0 +1,114 @@
+"""Stage 2: text and image cleaning, quarantine, duplicate resolution, and quality checks."""
+
+import json
+
+import pandas as pd
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from mm_assets.ingestion import raw_products
+from mmsearch.cleaning import OUTCOMES, accounting_by_drop, clean_warehouse
+from mmsearch.quality import run_clean_products_suite
+from mmsearch.queries import prepare_labeled_queries
+from mmsearch.warehouse import query_df
+from resources import PipelineSettings, WarehouseResource
+
+
+@asset(
+    deps=[raw_products],
+    group_name="cleaning",
+    pool="warehouse",
+    kinds={"duckdb", "python"},
+    description="Live products: HTML-free NFKC text, validated EXIF-upright RGB images, one row "
+    "per product_id (latest drop wins). Unusable rows go to `quarantine` with a reason.",
+)
+def clean_products(
+    context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
+) -> MaterializeResult:
+    with warehouse.connect() as con:
+        accounting = clean_warehouse(con, warehouse.layout, settings.image_limits())
+        reasons = query_df(
+            con, "SELECT reason_code, count(*) AS rows FROM quarantine GROUP BY 1 ORDER BY 2 DESC"
+        )
+        live = con.execute("SELECT count(*) FROM clean_products").fetchone()[0]
+    return MaterializeResult(
+        metadata={
+            "live_products": live,
+            "quarantined_rows": int(accounting["quarantined"].sum()),
+            "row_accounting": MetadataValue.md(accounting.to_markdown(index=False)),
+            "quarantine_reasons": MetadataValue.md(reasons.to_markdown(index=False) if len(reasons) else "none"),
+        }
+    )
+
+
+@asset(
+    deps=[raw_products],
+    group_name="cleaning",
+    pool="warehouse",
+    kinds={"duckdb"},
+    description="Labeled queries from the drops' queries.jsonl, images cleaned, split by a hash "
+    "of query_id into train (used by training) and test (used only by evaluation).",
+)
+def labeled_queries(context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings):
+    with warehouse.connect() as con:
+        table = prepare_labeled_queries(con, warehouse.layout, settings.image_limits())
+    counts = table.groupby(["kind", "split"]).size().rename("queries").reset_index() if len(table) else pd.DataFrame()
+    return MaterializeResult(
+        metadata={
+            "queries": len(table),
+            "by_kind_and_split": MetadataValue.md(counts.to_markdown(index=False) if len(counts) else "none"),
+        }
+    )
+
+
+@asset_check(asset=clean_products, blocking=True, description="read = live + replaced + deleted + quarantined, per drop")
+def row_accounting_balanced(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+    with warehouse.connect(read_only=True) as con:
+        outcomes = query_df(con, "SELECT drop_name, row_number, product_id, outcome FROM row_outcomes")
+        drops = query_df(con, "SELECT name, rows_read FROM drops WHERE status = 'accepted' ORDER BY seq")
+    table = accounting_by_drop(outcomes, dict(zip(drops["name"], drops["rows_read"], strict=True)))
+    unbalanced = table[~table["balanced"]]
+    return AssetCheckResult(
+        passed=unbalanced.empty,
+        metadata={
+            "drops": len(table),
+            "unbalanced_drops": MetadataValue.json(list(unbalanced["drop_name"])),
+            "accounting": MetadataValue.md(table[["drop_name", "read", *OUTCOMES]].to_markdown(index=False)),
+        },
+    )
+
+
+@asset_check(
+    asset=clean_products,
+    blocking=True,
+    description="Great Expectations suite: unique non-null ids, non-null titles, prices >= 0, "
+    "and each drop's quarantined share under the configured limit",
+)
+def clean_products_expectations(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
+) -> AssetCheckResult:
+    with warehouse.connect(read_only=True) as con:
+        products = query_df(con, "SELECT product_id, title, price FROM clean_products")
+        shares = query_df(
+            con,
+            "SELECT d.name AS drop_name, d.rows_read, "
+            "count(q.row_number) / greatest(d.rows_read, 1) AS quarantined_share "
+            "FROM drops d LEFT JOIN quarantine q ON q.drop_name = d.name "
+            "WHERE d.status = 'accepted' GROUP BY d.name, d.rows_read",
+        )
+    outcome = run_clean_products_suite(products, shares, settings.max_quarantine_share)
+    return AssetCheckResult(
+        passed=outcome.success,
+        severity=AssetCheckSeverity.ERROR,
+        description=outcome.summary,
+        metadata={"expectations": MetadataValue.md(outcome.markdown()),
+                  "failed": MetadataValue.json(json.loads(json.dumps(outcome.failed)))},
+    )

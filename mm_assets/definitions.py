@@ -1,0 +1,26 @@
+"""The one Definitions object: every asset, check, job, sensor, schedule and resource."""
+
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+
+from mm_assets import cleaning, evaluation, features, indexing, ingestion, training
+from mm_assets.jobs import ingest_drop_job, refresh_catalog_job, retrain_model_job
+from resources import build_resources
+from sensors.drops import catalog_drop_sensor, refresh_after_ingest
+from sensors.schedules import nightly_retrain
+
+STAGES = [ingestion, cleaning, features, training, indexing, evaluation]
+
+
+def build_definitions(mm_home: str | None = None, **settings) -> Definitions:
+    """Definitions bound to one MM_HOME (default `$MM_HOME`)."""
+    return Definitions(
+        assets=load_assets_from_modules(STAGES),
+        asset_checks=load_asset_checks_from_modules(STAGES),
+        jobs=[ingest_drop_job, refresh_catalog_job, retrain_model_job],
+        sensors=[catalog_drop_sensor, refresh_after_ingest],
+        schedules=[nightly_retrain],
+        resources=build_resources(mm_home, **settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,123 @@
+"""What `mmsearch run` does: register new drops, then bring every asset up to date once.
+
+Runs go through the Dagster instance under MM_HOME (`$MM_HOME/dagster` unless DAGSTER_HOME is
+set), so they appear in the Dagster UI exactly like runs launched from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from dagster import AssetKey, DagsterEventType, DagsterInstance
+
+from mm_assets.jobs import INGEST_JOB, REFRESH_JOB
+from mm_assets.partitions import catalog_drops
+from mmsearch.catalog import landed_drops
+from mmsearch.settings import HomeLayout
+
+DOWNSTREAM_ASSETS = (
+    "clean_products", "labeled_queries", "encoder_features", "fusion_model", "product_index",
+    "search_evaluation",
+)
+
+
+class PipelineFailed(RuntimeError):
+    """A Dagster run of the pipeline failed; the message names the run and the failed steps."""
+
+
+@dataclass
+class RunSummary:
+    run_ids: list[str] = field(default_factory=list)
+    asset_seconds: dict[str, float] = field(default_factory=dict)
+    ingested: list[str] = field(default_factory=list)
+    refreshed: bool = False
+
+
+def instance_for(layout: HomeLayout) -> DagsterInstance:
+    """The persistent Dagster instance of this MM_HOME."""
+    os.environ["DAGSTER_HOME"] = str(layout.dagster_home)
+    layout.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = layout.dagster_home / "dagster.yaml"
+    if not config.exists():
+        # Runs from the CLI execute in-process; keep telemetry off on a machine that is offline.
+        config.write_text("telemetry:\n  enabled: false\n")
+    return DagsterInstance.get()
+
+
+def _step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
+    started, seconds = {}, {}
+    for record in instance.all_logs(
+        run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}
+    ):
+        step = record.step_key
+        if record.dagster_event.event_type == DagsterEventType.STEP_START:
+            started[step] = record.timestamp
+        elif step in started:
+            seconds[step] = round(record.timestamp - started[step], 3)
+    return seconds
+
+
+def _latest_timestamp(instance: DagsterInstance, name: str) -> float | None:
+    event = instance.get_latest_materialization_event(AssetKey(name))
+    return event.timestamp if event else None
+
+
+def _downstream_stale(instance: DagsterInstance) -> bool:
+    """True when any downstream asset is missing or older than the newest raw ingestion."""
+    newest_raw = _latest_timestamp(instance, "raw_products") or 0.0
+    return any(
+        (stamp := _latest_timestamp(instance, name)) is None or stamp < newest_raw
+        for name in DOWNSTREAM_ASSETS
+    )
+
+
+def _root_cause(error) -> str:
+    """The innermost error's message, without Dagster's wrapping."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
+
+
+def _raise_if_failed(result, what: str) -> None:
+    if result.success:
+        return
+    failed = [
+        event.step_key for event in result.all_events
+        if event.event_type == DagsterEventType.STEP_FAILURE
+    ]
+    reason = next(
+        (_root_cause(e.event_specific_data.error) for e in result.all_events
+         if e.event_type == DagsterEventType.STEP_FAILURE and e.event_specific_data.error),
+        "see the run in the Dagster UI",
+    )
+    raise PipelineFailed(f"{what} failed in run {result.run_id} at {', '.join(failed) or 'a check'}: {reason}")
+
+
+def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
+    """Ingest drops not yet ingested, then refresh downstream assets if anything changed."""
+    instance = instance_for(layout)
+    summary = RunSummary()
+    landed = landed_drops(layout.landing)
+    known = set(instance.get_dynamic_partitions(catalog_drops.name))
+    new = [name for name in landed if name not in known]
+    if new:
+        instance.add_dynamic_partitions(catalog_drops.name, new)
+    materialized = instance.get_materialized_partitions(AssetKey("raw_products"))
+    ingest_job = defs.resolve_job_def(INGEST_JOB)
+    for name in landed:
+        if name in materialized and not force:
+            continue
+        result = ingest_job.execute_in_process(instance=instance, partition_key=name, raise_on_error=False)
+        _raise_if_failed(result, f"ingesting drop {name!r}")
+        summary.run_ids.append(result.run_id)
+        summary.ingested.append(name)
+        for step, seconds in _step_seconds(instance, result.run_id).items():
+            summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
+    if summary.ingested or force or _downstream_stale(instance):
+        result = defs.resolve_job_def(REFRESH_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        summary.run_ids.append(result.run_id)
+        summary.refreshed = True
+        summary.asset_seconds.update(_step_seconds(instance, result.run_id))
+        _raise_if_failed(result, "refreshing the catalog")
+    return summary

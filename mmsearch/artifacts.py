@@ -1,0 +1,127 @@
+"""Versioned model and index artifacts under MM_HOME, and the pointer to the live release.
+
+Search reads only these files (never the warehouse), so it never waits on a running pipeline.
+A release goes live by atomically replacing LIVE.json; until then the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mmsearch.fusion import FusionConfig, FusionModel
+from mmsearch.indexing import load_index, save_index
+from mmsearch.settings import HomeLayout
+
+MODEL_FILE, MODEL_CONFIG = "model.pt", "config.json"
+INDEX_FILE, INDEX_PRODUCTS, INDEX_MANIFEST = "index.faiss", "products.parquet", "manifest.json"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_version(prefix: str, fingerprint: str) -> str:
+    """The one place version strings are made: `<prefix>-<UTC time>-<content hash>`."""
+    stamp = utc_now().strftime("%Y%m%dT%H%M%S")
+    return f"{prefix}-{stamp}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}"
+
+
+def _write_json_atomically(path: Path, payload: dict) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(partial, path)
+
+
+def save_model(layout: HomeLayout, version: str, model: FusionModel, config: dict) -> Path:
+    """Write a model's weights and its config (encoders, training config, metrics)."""
+    folder = layout.models / version
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / MODEL_FILE)
+    _write_json_atomically(
+        folder / MODEL_CONFIG, {**config, "version": version, "fusion": model.config.to_dict()}
+    )
+    return folder
+
+
+def load_model(layout: HomeLayout, version: str) -> tuple[FusionModel, dict]:
+    """A saved model (weights loaded with weights_only=True) and its config."""
+    folder = layout.models / version
+    if not (folder / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"model version {version!r} not found under {layout.models}")
+    config = json.loads((folder / MODEL_CONFIG).read_text())
+    model = FusionModel(FusionConfig(**config["fusion"]))
+    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model.eval(), config
+
+
+@dataclass(frozen=True)
+class Release:
+    """A built index over one model's product embeddings, with its id map."""
+
+    index_version: str
+    model_version: str
+    folder: Path
+    manifest: dict
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["size"])
+
+    def load_index(self):
+        return load_index(self.folder / INDEX_FILE)
+
+    def load_products(self) -> pd.DataFrame:
+        return pd.read_parquet(self.folder / INDEX_PRODUCTS)
+
+
+def save_release(
+    layout: HomeLayout, index_version: str, model_version: str, index, products: pd.DataFrame,
+    index_type: str,
+) -> Release:
+    """Write an index, its position -> product table and a manifest; not yet live."""
+    folder = layout.indexes / index_version
+    folder.mkdir(parents=True, exist_ok=True)
+    save_index(index, folder / INDEX_FILE)
+    products.reset_index(drop=True).to_parquet(folder / INDEX_PRODUCTS, index=False)
+    manifest = {
+        "index_version": index_version, "model_version": model_version, "index_type": index_type,
+        "size": int(index.ntotal), "created_at": utc_now().isoformat(),
+    }
+    _write_json_atomically(folder / INDEX_MANIFEST, manifest)
+    return Release(index_version, model_version, folder, manifest)
+
+
+def load_release(layout: HomeLayout, index_version: str) -> Release:
+    folder = layout.indexes / index_version
+    manifest_path = folder / INDEX_MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"index version {index_version!r} not found under {layout.indexes}")
+    manifest = json.loads(manifest_path.read_text())
+    return Release(index_version, manifest["model_version"], folder, manifest)
+
+
+def publish(layout: HomeLayout, release: Release) -> dict:
+    """Make `release` the live one, atomically; returns the pointer written."""
+    pointer = {
+        "model_version": release.model_version,
+        "index_version": release.index_version,
+        "published_at": utc_now().isoformat(),
+    }
+    _write_json_atomically(layout.live_pointer, pointer)
+    return pointer
+
+
+def live_release(layout: HomeLayout) -> Release | None:
+    """The live release, or None before the first publish."""
+    if not layout.live_pointer.is_file():
+        return None
+    pointer = json.loads(layout.live_pointer.read_text())
+    return load_release(layout, pointer["index_version"])

@@ -1,0 +1,245 @@
+"""Catalog drops: finding them, copying them in, and reading their products and queries.
+
+A drop is a directory with exactly one of products.csv / products.parquet / products.jsonl, the
+images it refers to, and optionally queries.jsonl (see CONTRACT.md). Reading returns every row as
+text; deciding what is usable is the cleaning stage's job. A drop that cannot be read at all
+raises DropRejected naming the drop and the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+PRODUCT_FILES = ("products.csv", "products.parquet", "products.jsonl")
+QUERY_FILE = "queries.jsonl"
+REQUIRED_COLUMNS = ("product_id", "title")
+KNOWN_COLUMNS = (
+    "product_id", "title", "description", "category", "brand", "price", "image_path", "deleted",
+)
+# A row whose JSON line cannot be parsed is still a row; this column carries why.
+READ_ERROR = "_read_error"
+
+
+class DropRejected(ValueError):
+    """A drop that cannot be read at all; the message names the drop and the problem."""
+
+    def __init__(self, drop_name: str, problem: str):
+        super().__init__(f"drop {drop_name!r} rejected: {problem}")
+        self.drop_name = drop_name
+        self.problem = problem
+
+
+def products_file(drop_dir: Path) -> Path:
+    """The one products file of a drop, or DropRejected."""
+    found = [drop_dir / name for name in PRODUCT_FILES if (drop_dir / name).is_file()]
+    if not found:
+        raise DropRejected(drop_dir.name, f"no products file (expected one of {', '.join(PRODUCT_FILES)})")
+    if len(found) > 1:
+        names = ", ".join(path.name for path in found)
+        raise DropRejected(drop_dir.name, f"more than one products file ({names}); keep exactly one")
+    return found[0]
+
+
+def _decode(drop_name: str, data: bytes) -> str:
+    """Text of a products file: UTF-8 (with or without BOM), else strict Windows-1252."""
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise DropRejected(drop_name, "products file is neither UTF-8 nor Windows-1252 text")
+
+
+def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
+    text = _decode(drop_name, data)
+    if "\x00" in text:
+        raise DropRejected(drop_name, "products.csv contains NUL bytes; it is not a text table")
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), dtype=str, keep_default_na=False, na_values=[],
+            on_bad_lines="error", engine="python",
+        )
+    except pd.errors.EmptyDataError:
+        raise DropRejected(drop_name, "products.csv is empty") from None
+    except (pd.errors.ParserError, ValueError, csv.Error) as error:
+        raise DropRejected(drop_name, f"products.csv is not a readable table ({error})") from None
+    return frame
+
+
+def _read_jsonl(drop_name: str, data: bytes) -> pd.DataFrame:
+    text = _decode(drop_name, data)
+    records: list[dict] = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            if not isinstance(value, dict):
+                raise ValueError("line is not a JSON object")
+            records.append({key: _as_text(item) for key, item in value.items()})
+        except ValueError as error:
+            records.append({READ_ERROR: f"line {line_number} is not a JSON object ({error})"})
+    if not records:
+        raise DropRejected(drop_name, "products.jsonl has no rows")
+    frame = pd.DataFrame.from_records(records)
+    if READ_ERROR in frame.columns and frame[READ_ERROR].notna().all():
+        raise DropRejected(drop_name, "products.jsonl has no line that is a JSON object")
+    return frame
+
+
+def _read_parquet(drop_name: str, path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise DropRejected(drop_name, f"products.parquet is not a readable table ({error})") from None
+    return frame.map(_as_text) if len(frame) else frame.astype(object)
+
+
+def _as_text(value: object) -> str | None:
+    """A feed value as text; None stays None, containers become JSON."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if hasattr(value, "tolist"):
+        return json.dumps(value.tolist(), ensure_ascii=False, default=str)
+    return str(value)
+
+
+def read_products(drop_dir: Path) -> pd.DataFrame:
+    """Every row of a drop's products file as text, with a 1-based `row_number`.
+
+    Known columns are kept by name (missing optional ones are added empty); other columns are
+    gathered into an `attributes` JSON object per row. Raises DropRejected when the drop cannot
+    be read at all or lacks a required column.
+    """
+    drop_name = drop_dir.name
+    path = products_file(drop_dir)
+    if path.suffix == ".csv":
+        frame = _read_csv(drop_name, path.read_bytes())
+    elif path.suffix == ".jsonl":
+        frame = _read_jsonl(drop_name, path.read_bytes())
+    else:
+        frame = _read_parquet(drop_name, path)
+    frame.columns = [str(column).strip().lower() for column in frame.columns]
+    if frame.columns.duplicated().any():
+        duplicated = sorted(set(frame.columns[frame.columns.duplicated()]))
+        raise DropRejected(drop_name, f"duplicate column names {duplicated}")
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise DropRejected(
+            drop_name, f"{path.name} lacks required column(s) {', '.join(missing)}"
+        )
+    frame = _nulls_as_none(frame)
+    extra = [c for c in frame.columns if c not in KNOWN_COLUMNS and c != READ_ERROR]
+    out = pd.DataFrame({"row_number": range(1, len(frame) + 1)})
+    for column in (*KNOWN_COLUMNS, READ_ERROR):
+        out[column] = frame[column].tolist() if column in frame.columns else None
+    out["attributes"] = [
+        json.dumps({c: row[c] for c in extra if row[c] not in (None, "")}, ensure_ascii=False)
+        for row in frame[extra].to_dict("records")
+    ] if extra else "{}"
+    return out
+
+
+def read_queries(query_file: Path) -> pd.DataFrame:
+    """Labeled queries (CONTRACT.md) with a 1-based `line_number`; bad lines are skipped.
+
+    Returns columns query_id, text, image_path, relevant (JSON text: object id -> grade), kind.
+    """
+    rows = []
+    for line_number, line in enumerate(
+        query_file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1
+    ):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or not record.get("query_id"):
+            continue
+        relevant = record.get("relevant") or {}
+        if isinstance(relevant, list):
+            relevant = {str(pid): 1 for pid in relevant}
+        if not isinstance(relevant, dict) or not relevant:
+            continue
+        text, image_path = record.get("text"), record.get("image_path")
+        if not text and not image_path:
+            continue
+        rows.append({
+            "line_number": line_number,
+            "query_id": str(record["query_id"]),
+            "text": str(text) if text else None,
+            "image_path": str(image_path) if image_path else None,
+            "relevant": json.dumps({str(k): float(v) for k, v in relevant.items()}),
+            "kind": str(record.get("kind") or _default_kind(text, image_path)),
+        })
+    columns = ["line_number", "query_id", "text", "image_path", "relevant", "kind"]
+    return _nulls_as_none(pd.DataFrame(rows, columns=columns))
+
+
+def _nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns with None for missing values (pandas would otherwise use NaN)."""
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _default_kind(text: object, image_path: object) -> str:
+    if text and image_path:
+        return "image+text"
+    return "image" if image_path else "text"
+
+
+def drop_content_hash(drop_dir: Path) -> str:
+    """A hash of a drop's file names and bytes (symlinks by their target text, not followed)."""
+    digest = hashlib.sha256()
+    for path in sorted(drop_dir.rglob("*")):
+        digest.update(str(path.relative_to(drop_dir)).encode())
+        if path.is_symlink():
+            digest.update(b"->" + str(path.readlink()).encode())
+        elif path.is_file():
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def copy_drop(source: Path, landing: Path) -> str:
+    """Copy a drop directory into the landing folder; returns the drop's name there.
+
+    The same content under the same name is a no-op. Different content under a taken name lands
+    as `<name>-v2`, `-v3`, ... so no landed drop is ever silently overwritten. Symlinks are copied
+    as links, never followed, so no file outside the drop is copied in.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise DropRejected(source.name, f"{source} is not a directory")
+    products_file(source)
+    wanted = drop_content_hash(source)
+    name, version = source.name, 1
+    while (landing / name).exists():
+        if drop_content_hash(landing / name) == wanted:
+            return name
+        version += 1
+        name = f"{source.name}-v{version}"
+    partial = landing / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, symlinks=True)
+    partial.rename(landing / name)
+    return name
+
+
+def landed_drops(landing: Path) -> list[str]:
+    """Names of the drop directories in the landing folder, in name order."""
+    if not landing.exists():
+        return []
+    return sorted(
+        path.name for path in landing.iterdir() if path.is_dir() and not path.name.startswith(".")
+    )

@@ -1,0 +1,247 @@
+"""Cleaning rules: raw feed rows -> live products, quarantined rows and every row's outcome.
+
+Each raw row ends in exactly one outcome: `live`, `replaced` (a later row of the same product_id
+won), `deleted` (a tombstone row that removed its product) or `quarantined` (with a reason code and
+a readable reason). A quarantined row never replaces or deletes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mmsearch.images import (
+    ImageLimits,
+    ImageRejected,
+    read_image_file,
+    resolve_inside,
+    save_clean_image,
+)
+from mmsearch.text import MAX_TITLE_CHARS, clean_text, product_document, text_key
+
+MAX_PRODUCT_ID_CHARS = 256
+TRUE_WORDS = {"true", "1", "yes", "y", "t"}
+_PRICE_DECORATION = re.compile(r"^\s*(?:[$€£¥]|usd|eur|gbp)?\s*|\s*(?:[$€£¥]|usd|eur|gbp)?\s*$", re.I)
+
+OUTCOMES = ("live", "replaced", "deleted", "quarantined")
+
+
+@dataclass(frozen=True)
+class CleanCatalog:
+    products: pd.DataFrame  # one row per live product (the columns of clean_products)
+    quarantine: pd.DataFrame  # drop_name, row_number, product_id, reason_code, reason
+    outcomes: pd.DataFrame  # drop_name, row_number, product_id, outcome
+
+
+class RowRejected(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def clean_product_id(value: object) -> str:
+    """A usable product_id or RowRejected."""
+    product_id = unicodedata.normalize("NFKC", str(value or "")).strip()
+    if not product_id:
+        raise RowRejected("missing_product_id", "product_id is missing or blank")
+    if len(product_id) > MAX_PRODUCT_ID_CHARS:
+        raise RowRejected(
+            "product_id_too_long",
+            f"product_id has {len(product_id)} characters; at most {MAX_PRODUCT_ID_CHARS} allowed",
+        )
+    return product_id
+
+
+def parse_price(value: object) -> float | None:
+    """A price >= 0 from text such as "12.50", "$12.50" or "1,299.00"; None when absent."""
+    if value is None or not str(value).strip():
+        return None
+    text = _PRICE_DECORATION.sub("", str(value)).replace(",", "")
+    try:
+        price = float(text)
+    except ValueError:
+        raise RowRejected("bad_price", f"price {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(price):
+        raise RowRejected("bad_price", f"price {str(value)[:40]!r} is not a finite number")
+    if price < 0:
+        raise RowRejected("negative_price", f"price {price:g} is negative")
+    return price
+
+
+def is_deletion(value: object) -> bool:
+    return str(value or "").strip().lower() in TRUE_WORDS
+
+
+def _clean_image(
+    drop_dir: Path, image_path: str, clean_images_dir: Path, limits: ImageLimits
+) -> tuple[str, str]:
+    """(clean image file, source sha256) for a row's image, or RowRejected."""
+    try:
+        source = resolve_inside(drop_dir, image_path)
+        picture, image_sha = read_image_file(source, limits)
+        return str(save_clean_image(picture, clean_images_dir, image_sha)), image_sha
+    except ImageRejected as rejected:
+        raise RowRejected(rejected.code, f"{rejected.message} (image_path {image_path!r})") from None
+    except OSError as error:
+        raise RowRejected("image_unreadable", f"cannot read image {image_path!r}: {error}") from None
+
+
+def _validate_row(
+    row: dict, drop_dir: Path, clean_images_dir: Path, limits: ImageLimits
+) -> dict:
+    """The cleaned fields of one raw row, or RowRejected."""
+    if row.get("read_error"):
+        raise RowRejected("unreadable_row", row["read_error"])
+    product_id = clean_product_id(row.get("product_id"))
+    if is_deletion(row.get("deleted")):
+        return {"product_id": product_id, "deleted": True}
+    title = clean_text(row.get("title"), MAX_TITLE_CHARS)
+    if not title:
+        raise RowRejected("missing_title", "title is missing or blank after cleaning")
+    price = parse_price(row.get("price"))
+    description = clean_text(row.get("description"))
+    category = clean_text(row.get("category"), 100)
+    brand = clean_text(row.get("brand"), 100)
+    image_file = image_sha = None
+    if row.get("image_path") and str(row["image_path"]).strip():
+        image_file, image_sha = _clean_image(
+            drop_dir, str(row["image_path"]), clean_images_dir, limits
+        )
+    document = product_document(title, category, brand, description)
+    return {
+        "product_id": product_id,
+        "deleted": False,
+        "title": title,
+        "description": description,
+        "category": category or None,
+        "brand": brand or None,
+        "price": price,
+        "image_file": image_file,
+        "image_sha": image_sha,
+        "document": document,
+        "text_sha": text_key(document),
+        "attributes": row.get("attributes") or "{}",
+    }
+
+
+def clean_catalog(
+    raw: list[dict],
+    drop_dirs: dict[str, Path],
+    clean_images_dir: Path,
+    limits: ImageLimits = ImageLimits(),
+    workers: int = 4,
+) -> CleanCatalog:
+    """Clean every raw row of the accepted drops and resolve product_ids, latest drop winning.
+
+    `raw` holds raw_products rows (dicts) plus `drop_seq` (drop registration order); rows are
+    resolved in (drop_seq, row_number) order, so a later drop (or a later row) replaces earlier
+    versions of a product.
+    """
+    ordered = sorted(raw, key=lambda row: (row["drop_seq"], row["row_number"]))
+
+    def validate(row: dict) -> dict:
+        try:
+            return _validate_row(row, drop_dirs[row["drop_name"]], clean_images_dir, limits)
+        except RowRejected as rejected:
+            return {"rejected": rejected}
+
+    # Image decoding dominates; Pillow releases the GIL while decoding.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        validated = list(pool.map(validate, ordered))
+
+    quarantine, outcomes, winners = [], {}, {}
+    for row, result in zip(ordered, validated, strict=True):
+        key = (row["drop_name"], row["row_number"])
+        if "rejected" in result:
+            rejected: RowRejected = result["rejected"]
+            raw_id = str(row.get("product_id") or "")[:MAX_PRODUCT_ID_CHARS] or None
+            quarantine.append({
+                "drop_name": key[0], "row_number": key[1], "product_id": raw_id,
+                "reason_code": rejected.code, "reason": rejected.message,
+            })
+            outcomes[key] = (raw_id, "quarantined")
+            continue
+        product_id = result["product_id"]
+        if product_id in winners:
+            previous_key = winners[product_id][0]
+            outcomes[previous_key] = (product_id, "replaced")
+        winners[product_id] = (key, row, result)
+        outcomes[key] = (product_id, "deleted" if result["deleted"] else "live")
+
+    live = [
+        {**result, "drop_name": key[0], "row_number": key[1]}
+        for key, _row, result in winners.values()
+        if not result["deleted"]
+    ]
+    product_columns = [
+        "product_id", "title", "description", "category", "brand", "price", "image_file",
+        "image_sha", "document", "text_sha", "attributes", "drop_name", "row_number",
+    ]
+    products = pd.DataFrame(live, columns=product_columns + ["deleted"])[product_columns]
+    outcome_frame = pd.DataFrame(
+        [
+            {"drop_name": k[0], "row_number": k[1], "product_id": pid, "outcome": outcome}
+            for k, (pid, outcome) in outcomes.items()
+        ],
+        columns=["drop_name", "row_number", "product_id", "outcome"],
+    )
+    quarantine_frame = pd.DataFrame(
+        quarantine, columns=["drop_name", "row_number", "product_id", "reason_code", "reason"]
+    )
+    return CleanCatalog(products, quarantine_frame, outcome_frame)
+
+
+def accounting_by_drop(outcomes: pd.DataFrame, rows_read: dict[str, int]) -> pd.DataFrame:
+    """Per drop: rows read and how many ended live, replaced, deleted and quarantined."""
+    counts = (
+        outcomes.pivot_table(index="drop_name", columns="outcome", aggfunc="size", fill_value=0)
+        if len(outcomes)
+        else pd.DataFrame()
+    )
+    table = pd.DataFrame({"drop_name": list(rows_read), "read": list(rows_read.values())})
+    for outcome in OUTCOMES:
+        table[outcome] = [
+            int(counts.loc[name, outcome])
+            if name in counts.index and outcome in counts.columns
+            else 0
+            for name in table["drop_name"]
+        ]
+    table["balanced"] = table["read"] == table[list(OUTCOMES)].sum(axis=1)
+    return table
+
+
+def attributes_of(attributes_json: str | None) -> dict:
+    try:
+        value = json.loads(attributes_json or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.DataFrame:
+    """Rebuild clean_products, quarantine and row_outcomes from the accepted drops' raw rows.
+
+    Returns the per-drop accounting table (see `accounting_by_drop`).
+    """
+    from mmsearch.warehouse import query_df, query_records, replace_rows
+
+    drops = query_df(con, "SELECT name, seq, rows_read FROM drops WHERE status = 'accepted' ORDER BY seq")
+    raw = query_records(
+        con,
+        "SELECT r.*, d.seq AS drop_seq FROM raw_products r JOIN drops d ON r.drop_name = d.name "
+        "WHERE d.status = 'accepted'",
+    )
+    drop_dirs = {name: layout.landing / name for name in drops["name"]}
+    catalog = clean_catalog(raw, drop_dirs, layout.clean_images, limits)
+    replace_rows(con, "clean_products", catalog.products)
+    replace_rows(con, "quarantine", catalog.quarantine)
+    replace_rows(con, "row_outcomes", catalog.outcomes)
+    return accounting_by_drop(catalog.outcomes, dict(zip(drops["name"], drops["rows_read"], strict=True)))

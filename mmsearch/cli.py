@@ -1,0 +1,326 @@
+"""`mmsearch`: the command line of CONTRACT.md.
+
+Every command exits 0 on success and non-zero with a one-line reason on failure; `--json` prints
+exactly one JSON object on stdout while everything else (Dagster's logs included) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from mmsearch.settings import HomeLayout, home
+
+SAMPLE_DROP = "sample-catalog"
+
+
+class UserError(Exception):
+    """A failure the user can act on; printed as one line."""
+
+
+def _rows_summary(con) -> dict:
+    counts = dict(con.execute("SELECT outcome, count(*) FROM row_outcomes GROUP BY 1").fetchall())
+    read = con.execute("SELECT coalesce(sum(rows_read), 0) FROM drops WHERE status = 'accepted'").fetchone()[0]
+    return {
+        "read": int(read),
+        "live": int(counts.get("live", 0)),
+        "replaced": int(counts.get("replaced", 0)),
+        "quarantined": int(counts.get("quarantined", 0)),
+        "deleted": int(counts.get("deleted", 0)),
+    }
+
+
+def _rejected_drops(con) -> list[dict]:
+    rows = con.execute("SELECT name, message FROM drops WHERE status = 'rejected' ORDER BY seq").fetchall()
+    return [{"name": name, "message": message} for name, message in rows]
+
+
+def command_run(layout: HomeLayout, force: bool = False) -> dict:
+    from mm_assets.definitions import build_definitions
+    from mm_assets.runner import run_pipeline
+    from mmsearch import artifacts, warehouse
+
+    summary = run_pipeline(layout, build_definitions(str(layout.root)), force=force)
+    release = artifacts.live_release(layout)
+    with warehouse.connect(layout.warehouse) as con:
+        rows, rejected = _rows_summary(con), _rejected_drops(con)
+    for drop in rejected:
+        print(f"warning: {drop['message']}", file=sys.stderr)
+    return {
+        "run_id": summary.run_ids[-1] if summary.run_ids else None,
+        "run_ids": summary.run_ids,
+        "assets": {name: {"seconds": seconds} for name, seconds in summary.asset_seconds.items()},
+        "rows": rows,
+        "model_version": release.model_version if release else None,
+        "index_size": release.size if release else 0,
+        "index_version": release.index_version if release else None,
+        "ingested_drops": summary.ingested,
+        "rejected_drops": rejected,
+        "refreshed": summary.refreshed,
+    }
+
+
+def command_demo(layout: HomeLayout) -> dict:
+    from mmsearch.sample_catalog import write_sample_catalog
+
+    target = layout.landing / SAMPLE_DROP
+    if not target.exists():
+        partial = layout.landing / f".{SAMPLE_DROP}.partial"
+        write_sample_catalog(partial)
+        partial.rename(target)
+    result = command_run(layout)
+    result["evaluation"] = _evaluation_for(layout, result["model_version"])
+    return result
+
+
+def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]:
+    from mmsearch import warehouse
+
+    if not model_version:
+        return []
+    with warehouse.connect(layout.warehouse) as con:
+        frame = con.execute(
+            "SELECT source, method, kind, n, recall_at_1, recall_at_10, mrr, ndcg_at_10 "
+            "FROM evaluation_results WHERE model_version = ? ORDER BY method, kind",
+            [model_version],
+        ).df()
+    return frame.to_dict("records")
+
+
+def command_search(layout: HomeLayout, args) -> dict:
+    from mmsearch.search import SearchEngine
+
+    if not args.text and not args.image:
+        raise UserError("give --text, --image, or both")
+    if args.k < 1:
+        raise UserError("--k must be at least 1")
+    engine = SearchEngine.live(layout)
+    results = engine.search(args.text, args.image, args.k, args.category, args.max_price)
+    return {"model_version": engine.model_version, "index_version": engine.release.index_version,
+            "results": results}
+
+
+def command_evaluate(layout: HomeLayout, args) -> dict:
+    from mmsearch.evaluation import evaluate_fusion
+    from mmsearch.queries import query_set_from_file
+    from mmsearch.search import SearchEngine
+
+    query_file = Path(args.queries)
+    if not query_file.is_file():
+        raise UserError(f"query file {query_file} does not exist")
+    engine = SearchEngine.live(layout)
+    queries = query_set_from_file(engine, query_file)
+    if not len(queries):
+        raise UserError(f"{query_file} has no usable labeled query (see CONTRACT.md for the format)")
+    ids = list(engine.products["product_id"])
+    summary = evaluate_fusion(engine.model, engine.search_vectors, ids, queries, max(args.k, 10))
+    return {"model_version": engine.model_version, **summary}
+
+
+def command_status(layout: HomeLayout) -> dict:
+    from mmsearch import artifacts, warehouse
+
+    release = artifacts.live_release(layout)
+    status = {
+        "products": 0, "quarantined": 0, "drops": [],
+        "model_version": release.model_version if release else None,
+        "index": {"type": release.manifest["index_type"] if release else None,
+                  "size": release.size if release else 0,
+                  "version": release.index_version if release else None},
+    }
+    if not layout.warehouse.exists():
+        return status
+    with warehouse.connect(layout.warehouse, read_only=True) as con:
+        status["products"] = con.execute("SELECT count(*) FROM clean_products").fetchone()[0]
+        status["quarantined"] = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        drops = con.execute(
+            "SELECT d.name, d.status, d.message, d.rows_read, "
+            "count(*) FILTER (WHERE o.outcome = 'live'), count(*) FILTER (WHERE o.outcome = 'replaced'), "
+            "count(*) FILTER (WHERE o.outcome = 'quarantined'), count(*) FILTER (WHERE o.outcome = 'deleted') "
+            "FROM drops d LEFT JOIN row_outcomes o ON o.drop_name = d.name "
+            "GROUP BY d.name, d.status, d.message, d.rows_read, d.seq ORDER BY d.seq"
+        ).fetchall()
+    status["drops"] = [
+        {"name": name, "rows": rows, "live": live, "replaced": replaced, "quarantined": quarantined,
+         "deleted": deleted, "status": state, "message": message}
+        for name, state, message, rows, live, replaced, quarantined, deleted in drops
+    ]
+    return status
+
+
+def command_quarantine(layout: HomeLayout, drop: str | None) -> dict:
+    from mmsearch import warehouse
+
+    if not layout.warehouse.exists():
+        return {"rows": []}
+    with warehouse.connect(layout.warehouse, read_only=True) as con:
+        rows = con.execute(
+            "SELECT q.drop_name, q.row_number, q.product_id, q.reason_code, q.reason FROM quarantine q "
+            "JOIN drops d ON d.name = q.drop_name WHERE ? IS NULL OR q.drop_name = ? "
+            "ORDER BY d.seq, q.row_number",
+            [drop, drop],
+        ).fetchall()
+    return {"rows": [
+        {"drop": d, "row": r, "product_id": p, "reason_code": code, "reason": reason}
+        for d, r, p, code, reason in rows
+    ]}
+
+
+def command_rollback(layout: HomeLayout, version: str | None) -> dict:
+    from mmsearch import artifacts
+
+    releases = sorted(
+        (artifacts.load_release(layout, folder.name) for folder in layout.indexes.iterdir()
+         if (folder / artifacts.INDEX_MANIFEST).is_file()),
+        key=lambda release: release.manifest["created_at"],
+    )
+    live = artifacts.live_release(layout)
+    if version:
+        matches = [r for r in releases if version in (r.index_version, r.model_version)]
+        if not matches:
+            raise UserError(f"no published release has version {version!r}")
+        target = matches[-1]
+    else:
+        earlier = [r for r in releases if live and r.manifest["created_at"] < live.manifest["created_at"]]
+        if not earlier:
+            raise UserError("there is no earlier release to roll back to")
+        target = earlier[-1]
+    artifacts.publish(layout, target)
+    return {"model_version": target.model_version, "index_version": target.index_version,
+            "previous_model_version": live.model_version if live else None}
+
+
+def command_ui(layout: HomeLayout, port: int) -> None:
+    os.environ["DAGSTER_HOME"] = str(layout.dagster_home)
+    os.environ["MM_HOME"] = str(layout.root)
+    os.execvp("dagster", ["dagster", "dev", "-m", "mm_assets.definitions", "-p", str(port)])
+
+
+def _print_human(command: str, result: dict) -> None:
+    if command == "search":
+        for rank, hit in enumerate(result["results"], start=1):
+            price = "" if hit["price"] is None else f"  {hit['price']:.2f}"
+            print(f"{rank:>3}. {hit['score']:.3f}  {hit['product_id']}  {hit['title']}  "
+                  f"[{hit['category'] or '-'}]{price}")
+    elif command in ("run", "demo"):
+        assets = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in result["assets"].items()) or "nothing to do"
+        print(f"run {result['run_id']}: {assets}")
+        print(f"rows: {result['rows']}")
+        print(f"live model {result['model_version']}, index size {result['index_size']}")
+        if result.get("evaluation"):
+            print(_evaluation_text(result["evaluation"]))
+    elif command == "ingest":
+        print(result["drop"])
+    elif command == "quarantine":
+        for row in result["rows"]:
+            print(f"{row['drop']}:{row['row']}  {row['product_id']}  {row['reason_code']}: {row['reason']}")
+    else:
+        print(json.dumps(result, indent=2, default=str))
+
+
+def _evaluation_text(rows: list[dict]) -> str:
+    from mmsearch.evaluation import markdown_table
+
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    return f"evaluation on {frame['source'].iloc[0]} (MRR and recall@10):\n{markdown_table(frame)}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmsearch", description="Multimodal product search")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        return sub
+
+    add("demo", "write the sample catalog into the landing folder if absent, then run")
+    ingest = add("ingest", "copy a catalog drop into $MM_HOME/landing/")
+    ingest.add_argument("path")
+    run = add("run", "register new drops and bring every asset up to date")
+    run.add_argument("--force", action="store_true", help="re-ingest every drop and recompute all")
+    search = add("search", "search the live index")
+    search.add_argument("--text")
+    search.add_argument("--image")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--category")
+    search.add_argument("--max-price", type=float)
+    evaluate = add("evaluate", "score the live model and index on a labeled query file")
+    evaluate.add_argument("--queries", required=True)
+    evaluate.add_argument("--k", type=int, default=10)
+    add("status", "what is live")
+    quarantine = add("quarantine", "quarantined rows with their reasons")
+    quarantine.add_argument("--drop")
+    rollback = add("rollback", "make an earlier release live again")
+    rollback.add_argument("version", nargs="?")
+    ui = add("ui", "open the Dagster UI on this MM_HOME", json_flag=False)
+    ui.add_argument("--port", type=int, default=3000)
+    return parser
+
+
+def dispatch(args, layout: HomeLayout) -> dict | None:
+    if args.command == "demo":
+        return command_demo(layout)
+    if args.command == "ingest":
+        from mmsearch.catalog import DropRejected, copy_drop
+
+        try:
+            return {"drop": copy_drop(Path(args.path), layout.landing)}
+        except DropRejected as rejected:
+            raise UserError(str(rejected)) from None
+    if args.command == "run":
+        return command_run(layout, force=args.force)
+    if args.command == "search":
+        return command_search(layout, args)
+    if args.command == "evaluate":
+        return command_evaluate(layout, args)
+    if args.command == "status":
+        return command_status(layout)
+    if args.command == "quarantine":
+        return command_quarantine(layout, args.drop)
+    if args.command == "rollback":
+        return command_rollback(layout, args.version)
+    if args.command == "ui":
+        command_ui(layout, args.port)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "search" and args.max_price is not None and not math.isfinite(args.max_price):
+        print("mmsearch: --max-price must be a finite number", file=sys.stderr)
+        return 2
+    real_stdout = sys.stdout
+    try:
+        # Libraries print progress to stdout; only our result may go there.
+        with contextlib.redirect_stdout(sys.stderr):
+            layout = home()
+            result = dispatch(args, layout)
+    except KeyboardInterrupt:
+        print("mmsearch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # one line for the user; the traceback helps no one at a prompt
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"mmsearch {args.command}: {message}", file=sys.stderr)
+        return 1
+    if result is None:
+        return 0
+    if getattr(args, "json", False):
+        real_stdout.write(json.dumps(result, default=str) + "\n")
+    else:
+        with contextlib.redirect_stdout(real_stdout):
+            _print_human(args.command, result)
+    real_stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The fusion model: projection heads over frozen encoder features into one shared space.
+
+- `image_head` and `text_head` map encoder features into EMBED_DIM, unit length;
+- `fuse` combines an image and a text embedding (either may be missing) into one embedding,
+  used both for products and for image+text queries.
+
+Training: symmetric InfoNCE with a learned temperature between the image and the text of the
+same product (open_clip style), plus query -> product terms when labeled training queries exist
+(multi-positive cross-entropy over the catalog). Held-out validation, early stopping, fixed seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EMBED_DIM = 256
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    image_dim: int
+    text_dim: int
+    embed_dim: int = EMBED_DIM
+    hidden_dim: int = 512
+    dropout: float = 0.1
+    init_temperature: float = 0.07
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 80
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 8
+    validation_share: float = 0.1
+    query_loss_weight: float = 1.0
+    seed: int = 13
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ProjectionHead(nn.Module):
+    """Linear projection plus a residual MLP, output on the unit sphere."""
+
+    def __init__(self, in_dim: int, config: FusionConfig):
+        super().__init__()
+        self.project = nn.Linear(in_dim, config.embed_dim)
+        self.refine = nn.Sequential(
+            nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.embed_dim, config.embed_dim)
+        )
+        self.norm = nn.LayerNorm(config.embed_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        projected = self.project(features)
+        return F.normalize(self.norm(projected + self.refine(projected)), dim=-1)
+
+
+class FusionModel(nn.Module):
+    """Two projection heads and a gated fusion of their outputs."""
+
+    def __init__(self, config: FusionConfig):
+        super().__init__()
+        self.config = config
+        self.image_head = ProjectionHead(config.image_dim, config)
+        self.text_head = ProjectionHead(config.text_dim, config)
+        # Per-dimension mixing weights for image vs text, from both embeddings.
+        self.gate = nn.Sequential(
+            nn.Linear(2 * config.embed_dim, config.hidden_dim),
+            nn.GELU(),
+            nn.Linear(config.hidden_dim, config.embed_dim),
+        )
+        nn.init.zeros_(self.gate[-1].weight)
+        nn.init.zeros_(self.gate[-1].bias)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
+
+    def fuse(
+        self, image: torch.Tensor | None, text: torch.Tensor | None, has_image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One embedding from image and text embeddings; rows without an image use text alone."""
+        if image is None:
+            return text
+        if text is None:
+            return image
+        weight = torch.sigmoid(self.gate(torch.cat([image, text], dim=-1)))
+        mixed = weight * image + (1 - weight) * text
+        if has_image is not None:
+            mixed = torch.where(has_image.unsqueeze(-1), mixed, text)
+        return F.normalize(mixed, dim=-1)
+
+    def embed_products(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, has_image: torch.Tensor
+    ) -> torch.Tensor:
+        return self.fuse(self.image_head(image_features), self.text_head(text_features), has_image)
+
+    def embed_queries(
+        self, image_features: torch.Tensor | None, text_features: torch.Tensor | None
+    ) -> torch.Tensor:
+        image = self.image_head(image_features) if image_features is not None else None
+        text = self.text_head(text_features) if text_features is not None else None
+        return self.fuse(image, text)
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(100)).exp()
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: the i-th image matches the i-th text and no other in the batch."""
+    logits = scale * image @ text.T
+    targets = torch.arange(len(image), device=image.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def multi_positive_loss(
+    queries: torch.Tensor, products: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of each query against all products, where several products may be relevant.
+
+    `positives` is a (queries, products) weight matrix; the loss pulls up the weighted relevant
+    products against every other product in the catalog.
+    """
+    logits = scale * queries @ products.T
+    log_probs = logits.log_softmax(dim=-1)
+    weights = positives / positives.sum(dim=-1, keepdim=True).clamp(min=1e-9)
+    return -(weights * log_probs).sum(dim=-1).mean()
+
+
+@dataclass
+class QueryPairs:
+    """Labeled training queries as features and their relevant products (indices into catalog)."""
+
+    image_features: np.ndarray  # (q, image_dim); rows without an image are ignored
+    text_features: np.ndarray  # (q, text_dim); rows without text are ignored
+    has_image: np.ndarray  # (q,) bool
+    has_text: np.ndarray  # (q,) bool
+    relevance: np.ndarray  # (q, n_products) graded relevance, 0 = not relevant
+
+    def __len__(self) -> int:
+        return len(self.has_image)
+
+
+@dataclass
+class TrainingResult:
+    model: FusionModel
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_validation_loss: float = float("inf")
+    validation_rows: list[int] = field(default_factory=list)
+
+    def validation_ids(self, product_ids) -> list[str]:
+        """The product ids held out from training (used for early stopping and evaluation)."""
+        ids = list(product_ids)
+        return [ids[i] for i in self.validation_rows]
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _mixed_query_embeddings(
+    model: FusionModel,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    has_image: torch.Tensor,
+    has_text: torch.Tensor,
+) -> torch.Tensor:
+    """Query embeddings for a batch mixing text-only, image-only and image+text queries."""
+    image_emb, text_emb = model.image_head(image), model.text_head(text)
+    fused = model.fuse(image_emb, text_emb)
+    single = torch.where(has_image.unsqueeze(-1), image_emb, text_emb)
+    return torch.where((has_image & has_text).unsqueeze(-1), fused, single)
+
+
+def _query_loss(
+    model: FusionModel,
+    pairs: QueryPairs,
+    rows: np.ndarray,
+    product_embeddings: torch.Tensor,
+) -> torch.Tensor:
+    query = _mixed_query_embeddings(
+        model,
+        torch.from_numpy(pairs.image_features[rows]),
+        torch.from_numpy(pairs.text_features[rows]),
+        torch.from_numpy(pairs.has_image[rows]),
+        torch.from_numpy(pairs.has_text[rows]),
+    )
+    positives = torch.from_numpy(pairs.relevance[rows]).float()
+    return multi_positive_loss(query, product_embeddings, positives, model.scale())
+
+
+def train_fusion_model(
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    has_image: np.ndarray,
+    queries: QueryPairs | None = None,
+    config: TrainingConfig = TrainingConfig(),
+    device: torch.device | None = None,
+) -> TrainingResult:
+    """Train the heads and fusion on a catalog's features; returns the best model by validation.
+
+    Products with an image give image-text pairs; a held-out share of them (and of the training
+    queries) decides early stopping. Deterministic for a given seed on CPU.
+    """
+    _seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = FusionModel(FusionConfig(image_features.shape[1], text_features.shape[1]))
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    image_all = torch.from_numpy(image_features)
+    text_all = torch.from_numpy(text_features)
+    has_image_all = torch.from_numpy(has_image.astype(bool))
+
+    paired = np.flatnonzero(has_image)
+    rng.shuffle(paired)
+    n_validation = max(1, int(len(paired) * config.validation_share)) if len(paired) >= 10 else 0
+    validation_pairs, train_pairs = paired[:n_validation], paired[n_validation:]
+    query_rows = np.arange(len(queries)) if queries is not None and len(queries) else np.array([], int)
+    rng.shuffle(query_rows)
+    n_validation_queries = int(len(query_rows) * 0.2) if len(query_rows) >= 10 else 0
+    validation_queries, train_queries = query_rows[:n_validation_queries], query_rows[n_validation_queries:]
+
+    result = TrainingResult(model=model, validation_rows=[int(i) for i in validation_pairs])
+    best_state, stale = None, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = rng.permutation(train_pairs)
+        n_batches = max(1, math.ceil(len(order) / config.batch_size))
+        query_batches = np.array_split(rng.permutation(train_queries), n_batches)
+        epoch_loss = 0.0
+        for number in range(n_batches):
+            rows = torch.from_numpy(order[number * config.batch_size : (number + 1) * config.batch_size])
+            loss = torch.zeros(())
+            if len(rows) > 1:
+                loss = clip_loss(
+                    model.image_head(image_all[rows]), model.text_head(text_all[rows]), model.scale()
+                )
+            if len(query_batches[number]):
+                products = model.embed_products(image_all, text_all, has_image_all)
+                loss = loss + config.query_loss_weight * _query_loss(
+                    model, queries, query_batches[number], products
+                )
+            if not loss.requires_grad:
+                continue
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            epoch_loss += float(loss)
+        validation_loss = _validation_loss(
+            model, image_all, text_all, has_image_all, validation_pairs, queries, validation_queries
+        )
+        result.history.append(
+            {"epoch": epoch, "train_loss": epoch_loss / n_batches, "validation_loss": validation_loss,
+             "temperature": float(1 / model.scale())}
+        )
+        if validation_loss < result.best_validation_loss - 1e-4:
+            result.best_validation_loss, result.best_epoch, stale = validation_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def _validation_loss(
+    model: FusionModel,
+    image_all: torch.Tensor,
+    text_all: torch.Tensor,
+    has_image_all: torch.Tensor,
+    validation_pairs: np.ndarray,
+    queries: QueryPairs | None,
+    validation_queries: np.ndarray,
+) -> float:
+    model.eval()
+    total = 0.0
+    if len(validation_pairs) > 1:
+        rows = torch.from_numpy(validation_pairs)
+        total += float(
+            clip_loss(model.image_head(image_all[rows]), model.text_head(text_all[rows]), model.scale())
+        )
+    if queries is not None and len(validation_queries):
+        products = model.embed_products(image_all, text_all, has_image_all)
+        total += float(_query_loss(model, queries, validation_queries, products))
+    return total
+
+
+@torch.inference_mode()
+def embed_products(
+    model: FusionModel, image_features: np.ndarray, text_features: np.ndarray, has_image: np.ndarray,
+    batch_size: int = 4096,
+) -> np.ndarray:
+    """(n, EMBED_DIM) float32 unit product embeddings."""
+    model.eval()
+    out = np.zeros((len(text_features), model.config.embed_dim), dtype=np.float32)
+    for start in range(0, len(text_features), batch_size):
+        end = start + batch_size
+        out[start:end] = model.embed_products(
+            torch.from_numpy(image_features[start:end]),
+            torch.from_numpy(text_features[start:end]),
+            torch.from_numpy(has_image[start:end].astype(bool)),
+        ).numpy()
+    return out
+
+
+@torch.inference_mode()
+def embed_query(
+    model: FusionModel, image_feature: np.ndarray | None, text_feature: np.ndarray | None
+) -> np.ndarray:
+    """(EMBED_DIM,) unit embedding of a query with an image, a text, or both."""
+    model.eval()
+    image = torch.from_numpy(image_feature[None]) if image_feature is not None else None
+    text = torch.from_numpy(text_feature[None]) if text_feature is not None else None
+    return model.embed_queries(image, text)[0].numpy()
+
+
+@torch.inference_mode()
+def embed_query_batch(
+    model: FusionModel,
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    has_image: np.ndarray,
+    has_text: np.ndarray,
+) -> np.ndarray:
+    """(q, EMBED_DIM) embeddings of queries, each with an image, a text or both."""
+    model.eval()
+    return _mixed_query_embeddings(
+        model,
+        torch.from_numpy(np.ascontiguousarray(image_features, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(text_features, dtype=np.float32)),
+        torch.from_numpy(has_image.astype(bool)),
+        torch.from_numpy(has_text.astype(bool)),
+    ).numpy()

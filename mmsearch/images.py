@@ -1,0 +1,154 @@
+"""Safe image loading: the one place that turns image bytes into a clean RGB picture.
+
+The pipeline's cleaning stage and the search command's `--image` both come through here, so a
+query photo is normalised exactly like a catalog photo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Refuse to decode truncated files instead of padding them with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MIN_SIDE = 32
+# A picture whose pixels barely vary carries no product: a placeholder or a failed export.
+BLANK_STD_THRESHOLD = 2.0
+CLEAN_MAX_SIDE = 320
+
+
+class ImageRejected(ValueError):
+    """An image that cannot be used, with a reason code and a readable message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+
+
+def resolve_inside(base_dir: Path, relative_path: str) -> Path:
+    """The file `relative_path` names inside `base_dir`, refusing any path that leaves it.
+
+    Absolute paths, `..` components and symlinks resolving outside `base_dir` are refused before
+    anything is opened.
+    """
+    if not relative_path or not relative_path.strip():
+        raise ImageRejected("image_missing", "image_path is empty")
+    candidate = Path(relative_path.strip())
+    if candidate.is_absolute() or relative_path.strip().startswith(("/", "\\")):
+        raise ImageRejected(
+            "image_outside_drop", f"image_path {relative_path!r} is absolute; it must be relative"
+        )
+    if ".." in candidate.parts or ".." in relative_path.replace("\\", "/").split("/"):
+        raise ImageRejected(
+            "image_outside_drop", f"image_path {relative_path!r} leaves the drop directory"
+        )
+    base = base_dir.resolve()
+    resolved = (base / candidate).resolve()
+    if not resolved.is_relative_to(base):
+        raise ImageRejected(
+            "image_outside_drop",
+            f"image_path {relative_path!r} resolves outside the drop directory (symlink)",
+        )
+    if not resolved.exists():
+        raise ImageRejected("image_missing", f"image file {relative_path!r} does not exist")
+    if not resolved.is_file():
+        raise ImageRejected("image_missing", f"image_path {relative_path!r} is not a file")
+    return resolved
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Decode image bytes into an RGB picture: EXIF-rotated, first frame, alpha on white.
+
+    Raises ImageRejected with a reason code for empty, unsupported, oversized (checked from the
+    header, before decoding), truncated, undecodable, tiny or blank images.
+    """
+    if not data:
+        raise ImageRejected("image_empty", "image file is zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            picture = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("image_unreadable", "not a decodable image") from None
+    except Exception as error:  # Pillow raises many types for corrupt headers
+        raise ImageRejected("image_unreadable", f"not a decodable image ({error})") from None
+    if picture.format not in SUPPORTED_FORMATS:
+        raise ImageRejected(
+            "image_unsupported_type", f"unsupported image type {picture.format or 'unknown'}"
+        )
+    width, height = picture.size
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            "image_too_large",
+            f"{width}x{height} image has more than {limits.max_pixels:,} pixels; refused undecoded",
+        )
+    try:
+        picture.seek(0)
+        picture.load()
+    except OSError as error:
+        code = "image_truncated" if "truncated" in str(error).lower() else "image_unreadable"
+        raise ImageRejected(code, f"image data is damaged ({error})") from None
+    except Exception as error:
+        raise ImageRejected("image_unreadable", f"image data is damaged ({error})") from None
+    return to_rgb(picture, limits)
+
+
+def to_rgb(picture: Image.Image, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Normalise a decoded picture to upright 8-bit RGB and validate its content."""
+    picture = ImageOps.exif_transpose(picture) or picture
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits rather than clipping.
+        array = np.asarray(picture, dtype=np.float64)
+        top = array.max() or 1.0
+        picture = Image.fromarray((array / top * 255).astype(np.uint8), mode="L")
+    if picture.mode == "P":
+        picture = picture.convert("RGBA")
+    if picture.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        background.alpha_composite(picture.convert("RGBA"))
+        picture = background
+    picture = picture.convert("RGB")
+    if min(picture.size) < limits.min_side:
+        raise ImageRejected(
+            "image_too_small",
+            f"{picture.size[0]}x{picture.size[1]} image is smaller than {limits.min_side}px",
+        )
+    if float(np.asarray(picture, dtype=np.float32).std()) < BLANK_STD_THRESHOLD:
+        raise ImageRejected("image_blank", "image is blank (a single uniform colour)")
+    return picture
+
+
+def read_image_file(path: Path, limits: ImageLimits = ImageLimits()) -> tuple[Image.Image, str]:
+    """Decode an image file; returns the RGB picture and the sha256 of the file's bytes."""
+    data = Path(path).read_bytes()
+    return decode_image(data, limits), hashlib.sha256(data).hexdigest()
+
+
+def save_clean_image(picture: Image.Image, out_dir: Path, image_sha: str) -> Path:
+    """Store a downsized copy of a clean picture, named by its source bytes' hash."""
+    target = out_dir / image_sha[:2] / f"{image_sha}.jpg"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    small = picture.copy()
+    small.thumbnail((CLEAN_MAX_SIDE, CLEAN_MAX_SIDE), Image.Resampling.BICUBIC)
+    partial = target.with_suffix(".tmp")
+    small.save(partial, format="JPEG", quality=95)
+    partial.replace(target)
+    return target

@@ -1,0 +1,137 @@
+"""Labeled queries: cleaned into the warehouse, split into train and test, turned into features."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmsearch.catalog import read_queries
+from mmsearch.evaluation import QuerySet
+from mmsearch.images import (
+    ImageLimits,
+    ImageRejected,
+    read_image_file,
+    resolve_inside,
+    save_clean_image,
+)
+from mmsearch.text import clean_text, text_key
+
+# Share of each drop's labeled queries held out from training and used only for evaluation.
+TEST_SHARE = 0.5
+
+
+def query_split(query_id: str, test_share: float = TEST_SHARE) -> str:
+    """`train` or `test`, decided by a hash of the query_id so it never changes between runs."""
+    bucket = int(hashlib.sha256(query_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < test_share else "train"
+
+
+def prepare_labeled_queries(con, layout, limits: ImageLimits = ImageLimits()) -> pd.DataFrame:
+    """Rebuild labeled_queries from the accepted drops' raw queries; returns the table.
+
+    Query images are cleaned like catalog images; a query whose image cannot be used keeps its
+    text if it has one and is dropped otherwise. Later drops win on a repeated query_id.
+    """
+    from mmsearch.warehouse import query_records, replace_rows
+
+    raw = query_records(
+        con,
+        "SELECT q.*, d.seq FROM raw_queries q JOIN drops d ON q.drop_name = d.name "
+        "WHERE d.status = 'accepted' ORDER BY d.seq, q.line_number",
+    )
+    rows = {}
+    for record in raw:
+        text = clean_text(record["text"]) if record["text"] else ""
+        image_file = image_sha = None
+        if record["image_path"]:
+            try:
+                source = resolve_inside(layout.landing / record["drop_name"], record["image_path"])
+                picture, image_sha = read_image_file(source, limits)
+                image_file = str(save_clean_image(picture, layout.clean_images, image_sha))
+            except (ImageRejected, OSError):
+                image_file = image_sha = None
+        if not text and not image_file:
+            continue
+        rows[record["query_id"]] = {
+            "query_id": record["query_id"], "drop_name": record["drop_name"], "text": text or None,
+            "image_file": image_file, "image_sha": image_sha, "relevant": record["relevant"],
+            "kind": record["kind"], "split": query_split(record["query_id"]),
+        }
+    columns = ["query_id", "drop_name", "text", "image_file", "image_sha", "relevant", "kind", "split"]
+    table = pd.DataFrame(list(rows.values()), columns=columns)
+    replace_rows(con, "labeled_queries", table)
+    return table
+
+
+def query_set_from_features(
+    table: pd.DataFrame, text_vectors: dict[str, np.ndarray], image_vectors: dict[str, np.ndarray],
+    text_dim: int, image_dim: int, known_products: set[str] | None = None,
+) -> QuerySet:
+    """A QuerySet from labeled_queries rows and stored features (keyed by text hash / image sha).
+
+    Relevance is restricted to `known_products` when given; queries left with none are dropped.
+    """
+    keep, relevance = [], []
+    for position, row in enumerate(table.itertuples(index=False)):
+        graded = {pid: float(g) for pid, g in json.loads(row.relevant).items() if float(g) > 0}
+        if known_products is not None:
+            graded = {pid: g for pid, g in graded.items() if pid in known_products}
+        if graded:
+            keep.append(position)
+            relevance.append(graded)
+    rows = table.iloc[keep]
+    texts = [t if isinstance(t, str) and t else None for t in rows["text"]]
+    shas = [s if isinstance(s, str) and s else None for s in rows["image_sha"]]
+    text_features = np.zeros((len(rows), text_dim), dtype=np.float32)
+    image_features = np.zeros((len(rows), image_dim), dtype=np.float32)
+    has_text = np.zeros(len(rows), dtype=bool)
+    has_image = np.zeros(len(rows), dtype=bool)
+    for i, (text, sha) in enumerate(zip(texts, shas, strict=True)):
+        if text and text_key(text) in text_vectors:
+            text_features[i], has_text[i] = text_vectors[text_key(text)], True
+        if sha and sha in image_vectors:
+            image_features[i], has_image[i] = image_vectors[sha], True
+    usable = has_text | has_image
+    return QuerySet(
+        [q for q, u in zip(rows["query_id"], usable, strict=True) if u],
+        [k for k, u in zip(rows["kind"], usable, strict=True) if u],
+        [r for r, u in zip(relevance, usable, strict=True) if u],
+        text_features[usable], image_features[usable], has_text[usable], has_image[usable],
+    )
+
+
+def query_set_from_file(engine, query_file: Path, limits: ImageLimits = ImageLimits()) -> QuerySet:
+    """Encode a labeled query file (CONTRACT.md) with the live engine's encoders."""
+    raw = read_queries(query_file)
+    base = query_file.parent
+    texts = [clean_text(t) if t else "" for t in raw["text"]]
+    pictures = []
+    for image_path in raw["image_path"]:
+        picture = None
+        if image_path:
+            try:
+                picture, _ = read_image_file(resolve_inside(base, image_path), limits)
+            except (ImageRejected, OSError):
+                picture = None
+        pictures.append(picture)
+    has_text = np.array([bool(t) for t in texts], dtype=bool)
+    has_image = np.array([p is not None for p in pictures], dtype=bool)
+    text_dim = engine.model.config.text_dim
+    image_dim = engine.model.config.image_dim
+    text_features = np.zeros((len(raw), text_dim), dtype=np.float32)
+    image_features = np.zeros((len(raw), image_dim), dtype=np.float32)
+    if has_text.any():
+        text_features[has_text] = engine.text_features([t for t in texts if t])
+    if has_image.any():
+        image_features[has_image] = engine.image_features([p for p in pictures if p is not None])
+    usable = has_text | has_image
+    return QuerySet(
+        [q for q, u in zip(raw["query_id"], usable, strict=True) if u],
+        [k for k, u in zip(raw["kind"], usable, strict=True) if u],
+        [json.loads(r) for r, u in zip(raw["relevant"], usable, strict=True) if u],
+        text_features[usable], image_features[usable], has_text[usable], has_image[usable],
+    )

@@ -1,0 +1,237 @@
+"""The DuckDB warehouse: schema and the few reads and writes every stage shares.
+
+All SQL here takes values as parameters; no text from a feed is ever formatted into SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS drops (
+    name VARCHAR PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    source_path VARCHAR NOT NULL,
+    registered_at TIMESTAMP NOT NULL,
+    status VARCHAR NOT NULL,            -- accepted | rejected
+    message VARCHAR,
+    rows_read INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS raw_products (
+    drop_name VARCHAR NOT NULL,
+    row_number INTEGER NOT NULL,
+    ingested_at TIMESTAMP NOT NULL,
+    product_id VARCHAR,
+    title VARCHAR,
+    description VARCHAR,
+    category VARCHAR,
+    brand VARCHAR,
+    price VARCHAR,
+    image_path VARCHAR,
+    deleted VARCHAR,
+    attributes JSON,
+    read_error VARCHAR,                 -- why a row of the file could not be parsed
+    PRIMARY KEY (drop_name, row_number)
+);
+CREATE TABLE IF NOT EXISTS raw_queries (
+    drop_name VARCHAR NOT NULL,
+    line_number INTEGER NOT NULL,
+    query_id VARCHAR,
+    text VARCHAR,
+    image_path VARCHAR,
+    relevant JSON,
+    kind VARCHAR,
+    PRIMARY KEY (drop_name, line_number)
+);
+CREATE TABLE IF NOT EXISTS clean_products (
+    product_id VARCHAR PRIMARY KEY,
+    title VARCHAR NOT NULL,
+    description VARCHAR,
+    category VARCHAR,
+    brand VARCHAR,
+    price DOUBLE,
+    image_file VARCHAR,
+    image_sha VARCHAR,
+    document VARCHAR NOT NULL,
+    text_sha VARCHAR NOT NULL,
+    attributes JSON,
+    drop_name VARCHAR NOT NULL,
+    row_number INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    drop_name VARCHAR NOT NULL,
+    row_number INTEGER NOT NULL,
+    product_id VARCHAR,
+    reason_code VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    PRIMARY KEY (drop_name, row_number)
+);
+CREATE TABLE IF NOT EXISTS row_outcomes (
+    drop_name VARCHAR NOT NULL,
+    row_number INTEGER NOT NULL,
+    product_id VARCHAR,
+    outcome VARCHAR NOT NULL,           -- live | replaced | deleted | quarantined
+    PRIMARY KEY (drop_name, row_number)
+);
+CREATE TABLE IF NOT EXISTS labeled_queries (
+    query_id VARCHAR PRIMARY KEY,
+    drop_name VARCHAR NOT NULL,
+    text VARCHAR,
+    image_file VARCHAR,
+    image_sha VARCHAR,
+    relevant JSON NOT NULL,
+    kind VARCHAR NOT NULL,
+    split VARCHAR NOT NULL             -- train | test
+);
+CREATE TABLE IF NOT EXISTS image_features (
+    image_sha VARCHAR NOT NULL,
+    encoder_id VARCHAR NOT NULL,
+    embedding FLOAT[] NOT NULL,
+    PRIMARY KEY (image_sha, encoder_id)
+);
+CREATE TABLE IF NOT EXISTS text_features (
+    text_sha VARCHAR NOT NULL,
+    encoder_id VARCHAR NOT NULL,
+    embedding FLOAT[] NOT NULL,
+    PRIMARY KEY (text_sha, encoder_id)
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    version VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP NOT NULL,
+    path VARCHAR NOT NULL,
+    config JSON NOT NULL,
+    metrics JSON NOT NULL
+);
+CREATE TABLE IF NOT EXISTS releases (
+    index_version VARCHAR PRIMARY KEY,
+    model_version VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    index_type VARCHAR NOT NULL,
+    size INTEGER NOT NULL,
+    published_at TIMESTAMP NOT NULL,
+    live BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evaluation_results (
+    model_version VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,            -- labeled queries or held-out pairs
+    method VARCHAR NOT NULL,            -- fusion model or a raw baseline
+    kind VARCHAR NOT NULL,
+    n INTEGER NOT NULL,
+    recall_at_1 DOUBLE,
+    recall_at_10 DOUBLE,
+    mrr DOUBLE,
+    ndcg_at_10 DOUBLE,
+    evaluated_at TIMESTAMP NOT NULL
+);
+"""
+
+
+@contextmanager
+def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse (creating its schema when writable) and close it afterwards."""
+    if read_only and not Path(path).exists():
+        raise FileNotFoundError(f"no warehouse at {path}: run `mmsearch run` first")
+    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        if not read_only:
+            con.execute(SCHEMA)
+        yield con
+    finally:
+        con.close()
+
+
+def query_df(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pd.DataFrame:
+    """Run a parameterised query and return a DataFrame."""
+    return con.execute(sql, params or []).df()
+
+
+def query_records(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+    """Run a parameterised query and return rows as dicts, SQL NULL as None (never NaN)."""
+    cursor = con.execute(sql, params or [])
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def replace_rows(
+    con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, where: str = "", params=None
+) -> None:
+    """Delete the rows matching `where` (all rows when empty) and insert `frame` in their place.
+
+    `table` and `where` come from this codebase, never from a feed; values go in `params`.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM {table} {('WHERE ' + where) if where else ''}", params or [])
+        if len(frame):
+            con.register("incoming_rows", frame)
+            columns = ", ".join(frame.columns)
+            con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming_rows")
+            con.unregister("incoming_rows")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def read_vectors(
+    con: duckdb.DuckDBPyConnection, table: str, key_column: str, keys: list[str], encoder_id: str
+) -> dict[str, np.ndarray]:
+    """The stored embeddings for `keys` under one encoder, as {key: float32 vector}."""
+    if not keys:
+        return {}
+    con.register("wanted_keys", pd.DataFrame({"k": list(dict.fromkeys(keys))}))
+    rows = con.execute(
+        f"SELECT t.{key_column}, t.embedding FROM {table} t "
+        f"JOIN wanted_keys w ON t.{key_column} = w.k WHERE t.encoder_id = ?",
+        [encoder_id],
+    ).fetchall()
+    con.unregister("wanted_keys")
+    return {key: np.asarray(vec, dtype=np.float32) for key, vec in rows}
+
+
+def missing_keys(
+    con: duckdb.DuckDBPyConnection, table: str, key_column: str, keys: list[str], encoder_id: str
+) -> list[str]:
+    """The keys that have no stored embedding under `encoder_id`, in first-seen order."""
+    unique = list(dict.fromkeys(k for k in keys if k))
+    if not unique:
+        return []
+    con.register("wanted_keys", pd.DataFrame({"k": unique}))
+    present = {
+        row[0]
+        for row in con.execute(
+            f"SELECT t.{key_column} FROM {table} t JOIN wanted_keys w ON t.{key_column} = w.k "
+            "WHERE t.encoder_id = ?",
+            [encoder_id],
+        ).fetchall()
+    }
+    con.unregister("wanted_keys")
+    return [k for k in unique if k not in present]
+
+
+def store_vectors(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    key_column: str,
+    keys: list[str],
+    vectors: np.ndarray,
+    encoder_id: str,
+) -> None:
+    """Insert embeddings keyed by content hash; existing keys are kept (content-addressed)."""
+    if not keys:
+        return
+    frame = pd.DataFrame(
+        {key_column: keys, "encoder_id": encoder_id, "embedding": [v.tolist() for v in vectors]}
+    )
+    con.register("incoming_vectors", frame)
+    con.execute(
+        f"INSERT OR IGNORE INTO {table} ({key_column}, encoder_id, embedding) "
+        f"SELECT {key_column}, encoder_id, embedding::FLOAT[] FROM incoming_vectors"
+    )
+    con.unregister("incoming_vectors")

