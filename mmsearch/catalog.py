@@ -148,7 +148,7 @@ def read_products(drop_dir: Path) -> pd.DataFrame:
         json.dumps({c: row[c] for c in extra if row[c] not in (None, "")}, ensure_ascii=False)
         for row in frame[extra].to_dict("records")
     ] if extra else "{}"
-    return out
+    return _nulls_as_none(out)
 
 
 def read_queries(query_file: Path) -> pd.DataFrame:

@@ -129,7 +129,8 @@ def to_rgb(picture: Image.Image, limits: ImageLimits = ImageLimits()) -> Image.I
             "image_too_small",
             f"{picture.size[0]}x{picture.size[1]} image is smaller than {limits.min_side}px",
         )
-    if float(np.asarray(picture, dtype=np.float32).std()) < BLANK_STD_THRESHOLD:
+    spread = np.asarray(picture, dtype=np.float32).reshape(-1, 3).std(axis=0).max()
+    if float(spread) < BLANK_STD_THRESHOLD:
         raise ImageRejected("image_blank", "image is blank (a single uniform colour)")
     return picture
 

@@ -32,11 +32,14 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -205,7 +208,7 @@ TITLE_TEMPLATES: tuple[str, ...] = (
     "{cat}[ {brand}][ - {color}][ - {pattern}][ ({material})]",
     "[{color} ][{material} ]{cat}[ ({brand})][ *{filler}*]",
     "[{brand} - ][{adj} ][{material} ]{cat}[ in {color}][, {pattern}]",
-    "[{filler}: ][{brand} ][{pattern} ][{color} ]{cat}",
+    "[{filler} | ][{brand} ][{pattern} ][{color} ]{cat}",
     "[{brand} ]{cat}[, {color}][, {material}][, {pattern}]",
 )
 
@@ -757,15 +760,15 @@ def _background(kind: str, w: int, h: int, rng: np.random.Generator) -> np.ndarr
         return bg
     if kind in ("gradient", "dark"):
         lo, hi = (215, 252) if kind == "gradient" else (25, 115)
-        c1, c2 = rng.uniform(lo, hi, 3), rng.uniform(lo, hi, 3)
+        c1, c2 = rng.uniform(lo, hi, 3).astype(np.float32), rng.uniform(lo, hi, 3)
         a = rng.uniform(0, 2 * math.pi)
         t = (xs * math.cos(a) + ys * math.sin(a)) / (abs(math.cos(a)) * w + abs(math.sin(a)) * h)
         t = (t - t.min())[..., None]
-        return (c1 * (1 - t) + c2 * t).astype(np.float32)
+        return c1 + (c2 - c1).astype(np.float32) * t
     # "scene": a wall and a table top meeting at a horizon, lit from one side.
     wall, table = rng.uniform(120, 235, 3), rng.uniform(55, 200, 3)
     horizon = h * rng.uniform(0.55, 0.8)
-    bg = np.where((ys >= horizon)[..., None], table, wall).astype(np.float32)
+    bg = np.where((ys >= horizon)[..., None], table.astype(np.float32), wall.astype(np.float32))
     light = 1.0 + 0.12 * (xs / w - 0.5) * (1 if rng.random() < 0.5 else -1)
     return bg * light[..., None]
 
@@ -790,25 +793,32 @@ def render_product_image(product: Product, view: View, rng: np.random.Generator)
         if p.role in ("body", "hole"):
             _draw_prim(md, p, pose, 255 if p.role == "body" else 0, zoom=2.0)
     mask = mask2.reduce(2)
-    alpha = np.asarray(mask, np.float32)[..., None] / 255.0
-
     xs, ys = _grid(w, h)
-    u, v = pose.inverse(xs, ys)
-    base = np.asarray(product.rgb, np.float32)
-    ink = _pattern_mask(design, u, v)
-    fill = (np.broadcast_to(base, (h, w, 3)) if ink is None
-            else np.where(ink[..., None], np.asarray(_pattern_ink(product.rgb), np.float32), base))
-    light = (1.06 - 0.12 * (u + v))[..., None]  # soft key light from the top left
 
     if view.background not in ("transparent", "dark"):  # contact shadow on the floor
         body_pts = np.concatenate([p.pts for p in prims if p.role == "body"])
         xy = np.asarray(pose.forward(body_pts)).reshape(-1, 2)
         sx, sy = xy[:, 0].mean(), xy[:, 1].max()
         rx, ry = max(8.0, (xy[:, 0].max() - xy[:, 0].min()) * 0.45), 0.035 * min(w, h)
-        bg *= (1.0 - 0.18 * np.exp(-(((xs - sx) / rx) ** 2) - (((ys - sy) / ry) ** 2)))[..., None]
+        win = _window(sx - 3 * rx, sy - 3 * ry, sx + 3 * rx, sy + 3 * ry, w, h)
+        if win is not None:  # only where the shadow is visible: exp() is not free
+            gx, gy = xs[win], ys[win]
+            bg[win] *= (1.0 - 0.18 * np.exp(-(((gx - sx) / rx) ** 2) - (((gy - sy) / ry) ** 2)))[
+                ..., None]
 
-    out = bg * (1.0 - alpha) + fill * light * alpha
-    img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+    # Pattern, lighting and compositing only inside the silhouette's bounding box.
+    bbox = mask.getbbox()
+    if bbox is not None:
+        win = np.s_[bbox[1]:bbox[3], bbox[0]:bbox[2]]
+        alpha = np.asarray(mask, np.float32)[win][..., None] / 255.0
+        u, v = pose.inverse(xs[win], ys[win])
+        base = np.asarray(product.rgb, np.float32)
+        ink = _pattern_mask(design, u, v)
+        fill = base if ink is None else np.where(
+            ink[..., None], np.asarray(_pattern_ink(product.rgb), np.float32), base)
+        light = (1.06 - 0.12 * (u + v))[..., None]  # soft key light from the top left
+        bg[win] += (fill * light - bg[win]) * alpha
+    img = Image.fromarray(np.clip(bg, 0, 255, out=bg).astype(np.uint8), "RGB")
 
     draw = ImageDraw.Draw(img)
     colors = {"accent": design.accent, "shade": _shade(product.rgb), "dark": (30, 30, 34),
@@ -843,6 +853,13 @@ def render_product_image(product: Product, view: View, rng: np.random.Generator)
         img.save(buf, "JPEG", quality=view.jpeg_quality)
         img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     return img
+
+
+def _window(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple | None:
+    """Numpy slice for a pixel box clipped to the canvas, or None when it is off-canvas."""
+    c0, r0 = max(0, int(x0)), max(0, int(y0))
+    c1, r1 = min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1)))
+    return np.s_[r0:r1, c0:c1] if c1 > c0 and r1 > r0 else None
 
 
 def _draw_prim(draw: ImageDraw.ImageDraw, p: Prim, pose: _Pose, fill: int | RGB,
@@ -911,7 +928,7 @@ def make_designs(n_products: int, rnd: random.Random, seed: int) -> list[Design]
         pp = PatternParams(
             period=float(nrng.uniform(0.035, 0.085)),
             angle=float(rnd.choice((0, 45, 90, 135) if pattern in ("striped", "zigzag")
-                                   else (0, 45) if pattern == "checked" else (0, 15))),
+                                   else (0, 0, 45) if pattern == "checked" else (0, 15))),
             offset=(float(nrng.uniform(0, 1)), float(nrng.uniform(0, 1))),
             duty=float(nrng.uniform(0.35, 0.55)), dot_radius=float(nrng.uniform(0.2, 0.33)))
         lo, hi = cat.price_range
@@ -1235,6 +1252,24 @@ def _write_product_image(dest: Path, p: Product, seed: int, index: int) -> None:
     target.write_bytes(data)
 
 
+def _query_record(q: dict) -> dict:
+    """The JSONL line for a query: id, kind, optional text and image path, relevance."""
+    record: dict = {"query_id": q["query_id"], "kind": q["kind"]}
+    if "text" in q:
+        record["text"] = q["text"]
+    if "_render" in q:
+        record["image_path"] = f"query_images/{q['query_id']}.png"
+    record["relevant"] = q["relevant"]
+    return record
+
+
+def _write_query_image(dest: Path, q: dict, record: dict, seed: int, index: int) -> None:
+    if "_render" in q:
+        rng = np.random.default_rng([seed, _STREAM_QUERY_IMAGE, index])
+        img = render_product_image(q["_render"], query_view(rng), rng)
+        (dest / record["image_path"]).write_bytes(_encode(img, "png"))
+
+
 def write_sample_catalog(dest: Path, n_products: int = 1500, seed: int = 7) -> SampleCatalogSummary:
     """Write a synthetic catalog drop (CSV, images, queries) into `dest` and summarise it.
 
@@ -1274,22 +1309,19 @@ def write_sample_catalog(dest: Path, n_products: int = 1500, seed: int = 7) -> S
                              r.design.brand, _price_cell(r, rnd), r.image_path, r.color,
                              r.design.pattern, r.design.material])
 
-    for index, p in enumerate(products):
-        _write_product_image(dest, p, seed, index)
+    # Every image has its own seeded generator, so threads change nothing but the wall time
+    # (PIL's encoders and numpy release the GIL for the heavy parts).
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(_write_product_image, repeat(dest), products, repeat(seed),
+                      range(len(products))))
 
-    n_queries = min(300, max(30, n_products // 5))
-    queries = make_queries(products, unusable, [r.title for r in rows], n_queries, rnd)
+        n_queries = min(300, max(30, n_products // 5))
+        queries = make_queries(products, unusable, [r.title for r in rows], n_queries, rnd)
+        records = [_query_record(q) for q in queries]
+        list(pool.map(_write_query_image, repeat(dest), queries, records, repeat(seed),
+                      range(len(queries))))
     with open(dest / "queries.jsonl", "w", encoding="utf-8", newline="\n") as fh:
-        for index, q in enumerate(queries):
-            record: dict = {"query_id": q["query_id"], "kind": q["kind"]}
-            if "text" in q:
-                record["text"] = q["text"]
-            if "_render" in q:
-                rng = np.random.default_rng([seed, _STREAM_QUERY_IMAGE, index])
-                img = render_product_image(q["_render"], query_view(rng), rng)
-                record["image_path"] = f"query_images/{q['query_id']}.png"
-                (dest / record["image_path"]).write_bytes(_encode(img, "png"))
-            record["relevant"] = q["relevant"]
+        for record in records:
             fh.write(json.dumps(record) + "\n")
 
     by_kind = {k: sum(q["kind"] == k for q in queries) for k in ("text", "image", "image+text")}

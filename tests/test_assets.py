@@ -1,0 +1,143 @@
+"""The asset graph materialized in a temporary Dagster instance on a small generated catalog."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+
+from mm_assets.definitions import build_definitions, defs
+from mm_assets.partitions import catalog_drops
+from mmsearch import artifacts, warehouse
+from mmsearch.catalog import copy_drop
+from mmsearch.search import SearchEngine
+from mmsearch.settings import HomeLayout
+from mmsearch.training import load_catalog_features
+
+KNOWN_REASONS = {
+    "missing_product_id", "product_id_too_long", "missing_title", "bad_price", "negative_price",
+    "image_missing", "image_outside_drop", "image_unreadable", "image_truncated", "image_empty",
+    "image_too_large", "image_too_small", "image_blank", "image_unsupported_type", "unreadable_row",
+}
+DOWNSTREAM = [
+    "clean_products", "labeled_queries", "encoder_features", "fusion_model", "product_index",
+    "search_evaluation",
+]
+
+
+def test_definitions_load_with_the_whole_asset_graph():
+    graph = defs.resolve_asset_graph()
+    names = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert names == {"raw_products", *DOWNSTREAM}
+    assert {c.name for c in graph.asset_check_keys} >= {
+        "row_accounting_balanced", "clean_products_expectations", "features_cover_catalog",
+        "fusion_beats_baselines",
+    }
+    assert defs.resolve_job_def("refresh_catalog") is not None
+    assert defs.get_schedule_def("nightly_retrain").cron_schedule == "0 2 * * *"
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory, sample_drop):
+    """The sample drop ingested as a partition, then every downstream asset and check."""
+    layout = HomeLayout(tmp_path_factory.mktemp("assets_home")).ensure()
+    drop = copy_drop(sample_drop, layout.landing)
+    definitions = build_definitions(str(layout.root))
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(catalog_drops.name, [drop])
+        assets = definitions.resolve_asset_graph()
+        everything = list(definitions.assets) + list(definitions.asset_checks)
+        ingest = materialize(
+            everything, instance=instance, partition_key=drop,
+            resources=definitions.resources, selection=["raw_products"],
+        )
+        refresh = materialize(
+            everything, instance=instance, resources=definitions.resources, selection=DOWNSTREAM,
+        )
+        yield layout, drop, ingest, refresh, instance, assets
+
+
+def test_every_asset_and_check_succeeds(materialized):
+    _, _, ingest, refresh, _, _ = materialized
+    assert ingest.success and refresh.success
+    checks = {e.check_name: e.passed for e in refresh.get_asset_check_evaluations()}
+    assert checks["row_accounting_balanced"] and checks["clean_products_expectations"]
+    assert checks["features_cover_catalog"]
+
+
+def test_raw_rows_are_kept_with_drop_and_row_number(materialized, sample_drop):
+    layout, drop, *_ = materialized
+    with open(sample_drop / "products.csv", encoding="utf-8", newline="") as handle:
+        csv_rows = sum(1 for _ in csv.reader(handle)) - 1
+    with warehouse.connect(layout.warehouse, read_only=True) as con:
+        count, first, last, names = con.execute(
+            "SELECT count(*), min(row_number), max(row_number), list(DISTINCT drop_name) FROM raw_products"
+        ).fetchone()
+    assert (count, first, last, names) == (csv_rows, 1, csv_rows, [drop])
+
+
+def test_dirty_rows_are_quarantined_and_rows_balance(materialized):
+    layout, drop, _, refresh, _, _ = materialized
+    with warehouse.connect(layout.warehouse, read_only=True) as con:
+        reasons = {r for (r,) in con.execute("SELECT DISTINCT reason_code FROM quarantine").fetchall()}
+        outcomes = dict(con.execute("SELECT outcome, count(*) FROM row_outcomes GROUP BY 1").fetchall())
+        read = con.execute("SELECT rows_read FROM drops WHERE name = ?", [drop]).fetchone()[0]
+        live = con.execute("SELECT count(*) FROM clean_products").fetchone()[0]
+    assert reasons and reasons <= KNOWN_REASONS
+    assert sum(outcomes.values()) == read
+    assert outcomes["live"] == live and outcomes.get("replaced", 0) >= 1
+    metadata = refresh.asset_materializations_for_node("clean_products")[0].metadata
+    assert metadata["live_products"].value == live
+
+
+def test_features_are_unit_vectors_of_the_encoder_dimensions(materialized):
+    layout, *_ = materialized
+    config = json.loads(next(layout.models.glob("*/config.json")).read_text())
+    with warehouse.connect(layout.warehouse, read_only=True) as con:
+        catalog = load_catalog_features(
+            con, config["encoders"]["image_encoder_id"], config["encoders"]["text_encoder_id"]
+        )
+    assert catalog.text_features.shape[1] == 384 and catalog.image_features.shape[1] == 1280
+    assert np.allclose(np.linalg.norm(catalog.image_features[catalog.has_image], axis=1), 1, atol=1e-4)
+    assert catalog.has_image.mean() > 0.9
+
+
+def test_release_is_live_and_a_products_image_retrieves_it_first(materialized):
+    layout, *_ = materialized
+    engine = SearchEngine.live(layout)
+    assert engine.release.size == len(engine.products)
+    sample = engine.products.dropna(subset=["image_file"]).head(15)
+    from PIL import Image
+
+    first_hits = [
+        engine.search(image=Image.open(row.image_file).convert("RGB"), k=1)[0]["product_id"] == row.product_id
+        for row in sample.itertuples()
+    ]
+    assert np.mean(first_hits) >= 0.8
+
+
+def test_evaluation_is_in_range_and_recorded(materialized):
+    layout, _, _, refresh, _, _ = materialized
+    release = artifacts.live_release(layout)
+    with warehouse.connect(layout.warehouse, read_only=True) as con:
+        rows = con.execute(
+            "SELECT method, kind, n, mrr, recall_at_10 FROM evaluation_results WHERE model_version = ?",
+            [release.model_version],
+        ).fetchall()
+    assert {m for m, *_ in rows} == {"fusion", "text_baseline", "image_baseline"}
+    fusion = {k: (n, mrr, r10) for m, k, n, mrr, r10 in rows if m == "fusion"}
+    assert fusion["overall"][0] >= 10
+    assert 0.2 < fusion["overall"][1] <= 1.0 and fusion["overall"][2] >= fusion["overall"][1]
+    metadata = refresh.asset_materializations_for_node("search_evaluation")[0].metadata
+    assert "fusion MRR" in metadata["results"].value
+
+
+def test_runs_are_recorded_in_the_instance(materialized):
+    *_, instance, _ = materialized
+    assert isinstance(instance, DagsterInstance)
+    event = instance.get_latest_materialization_event(AssetKey("product_index"))
+    assert event is not None
+    assert event.asset_materialization.metadata["size"].value > 50

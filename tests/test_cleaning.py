@@ -1,0 +1,171 @@
+"""Cleaning rules: text, images, quarantine reasons, duplicate resolution and accounting."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import picture, png_bytes, write_drop
+from mmsearch.cleaning import accounting_by_drop, clean_catalog, parse_price, RowRejected
+from mmsearch.images import ImageLimits, ImageRejected, decode_image
+from mmsearch.text import clean_text, product_document
+
+
+def test_clean_text_strips_html_scripts_entities_and_whitespace():
+    raw = "<p>Soft&nbsp;<b>cotton</b></p><script>alert('x')</script>\n\n  tee&amp;more"
+    assert clean_text(raw) == "Soft cotton tee&more"
+
+
+def test_clean_text_normalises_unicode_and_caps_length_at_a_word():
+    assert clean_text("ｆｕｌｌｗｉｄｔｈ\u200b text") == "fullwidth text"
+    long = " ".join(["word"] * 500)
+    capped = clean_text(long, max_chars=50)
+    assert len(capped) <= 50 and capped.endswith("word")
+
+
+def test_clean_text_keeps_escaped_markup_as_text():
+    assert clean_text("&lt;b&gt;bold&lt;/b&gt;") == "<b>bold</b>"
+
+
+def test_product_document_is_the_text_the_encoder_reads():
+    assert product_document("Red tee", "t-shirt", "Acme", "Soft.") == "Red tee. t-shirt. by Acme. Soft."
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("12.5", 12.5), ("$1,299.00", 1299.0), ("", None), (None, None)]
+)
+def test_parse_price_accepts_common_formats(value, expected):
+    assert parse_price(value) == expected
+
+
+@pytest.mark.parametrize(("value", "code"), [("call us", "bad_price"), ("-3", "negative_price"), ("nan", "bad_price")])
+def test_parse_price_rejects_with_reason(value, code):
+    with pytest.raises(RowRejected) as caught:
+        parse_price(value)
+    assert caught.value.code == code
+
+
+def test_alpha_is_composited_on_white():
+    rgba = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (16, 16, 48, 48))
+    clean = decode_image(png_bytes(rgba))
+    assert clean.mode == "RGB"
+    assert clean.getpixel((0, 0)) == (255, 255, 255)
+    assert clean.getpixel((32, 32)) == (0, 0, 255)
+
+
+def test_exif_orientation_is_applied():
+    wide = picture(size=(120, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    clean = decode_image(png_bytes(wide, "JPEG", exif=exif.tobytes()))
+    assert clean.size == (60, 120)
+
+
+def test_cmyk_and_palette_images_are_converted():
+    assert decode_image(png_bytes(picture().convert("CMYK"), "JPEG")).mode == "RGB"
+    assert decode_image(png_bytes(picture().convert("P"))).mode == "RGB"
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(png_bytes(picture(size=(400, 400))), ImageLimits(max_pixels=10_000))
+    assert caught.value.code == "image_too_large"
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "image_empty"),
+        (b"this is not an image", "image_unreadable"),
+        (png_bytes(picture(size=(200, 200)))[:400], "image_truncated"),
+        (png_bytes(Image.new("RGB", (80, 80), (10, 200, 10))), "image_blank"),
+        (png_bytes(picture(size=(8, 8))), "image_too_small"),
+    ],
+)
+def test_unusable_images_are_rejected_with_reason(data, code):
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(data)
+    assert caught.value.code == code
+
+
+def _raw_rows(drop_name: str, seq: int, rows: list[dict]) -> list[dict]:
+    return [
+        {"drop_name": drop_name, "drop_seq": seq, "row_number": i, "read_error": None,
+         "attributes": "{}", **row}
+        for i, row in enumerate(rows, start=1)
+    ]
+
+
+def test_bad_rows_are_quarantined_with_reasons_and_never_open_outside_files(tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png_bytes(picture()))
+    drop = write_drop(
+        tmp_path / "landing" / "d1", [],
+        {"images/ok.png": png_bytes(picture()), "images/trunc.png": png_bytes(picture(size=(200, 200)))[:300]},
+    )
+    os.symlink(secret, drop / "images" / "link.png")
+    rows = [
+        {"product_id": "ok", "title": "Good mug", "price": "4", "image_path": "images/ok.png"},
+        {"product_id": "", "title": "No id"},
+        {"product_id": "t", "title": "   ", "image_path": ""},
+        {"product_id": "up", "title": "Escapes", "image_path": "../secret.png"},
+        {"product_id": "abs", "title": "Absolute", "image_path": str(secret)},
+        {"product_id": "sym", "title": "Symlink", "image_path": "images/link.png"},
+        {"product_id": "tr", "title": "Truncated", "image_path": "images/trunc.png"},
+        {"product_id": "gone", "title": "Missing", "image_path": "images/none.png"},
+        {"product_id": "x" * 300, "title": "Long id"},
+    ]
+    catalog = clean_catalog(_raw_rows("d1", 1, rows), {"d1": drop}, tmp_path / "clean")
+    reasons = dict(zip(catalog.quarantine["row_number"], catalog.quarantine["reason_code"], strict=True))
+    assert reasons == {
+        2: "missing_product_id", 3: "missing_title", 4: "image_outside_drop",
+        5: "image_outside_drop", 6: "image_outside_drop", 7: "image_truncated",
+        8: "image_missing", 9: "product_id_too_long",
+    }
+    assert list(catalog.products["product_id"]) == ["ok"]
+    assert all(catalog.quarantine["reason"].str.len() > 10)
+
+
+def test_latest_drop_wins_and_every_row_is_accounted_for(tmp_path):
+    first = write_drop(tmp_path / "a", [])
+    second = write_drop(tmp_path / "b", [])
+    raw = _raw_rows("a", 1, [
+        {"product_id": "p1", "title": "Old title"},
+        {"product_id": "p2", "title": "Keep me"},
+        {"product_id": "p3", "title": "Will be deleted"},
+    ]) + _raw_rows("b", 2, [
+        {"product_id": "p1", "title": "New title"},
+        {"product_id": "p2", "title": "", "price": "bad"},  # quarantined: must not replace p2
+        {"product_id": "p3", "title": "", "deleted": "true"},
+    ])
+    catalog = clean_catalog(raw, {"a": first, "b": second}, tmp_path / "clean")
+    live = dict(zip(catalog.products["product_id"], catalog.products["title"], strict=True))
+    assert live == {"p1": "New title", "p2": "Keep me"}
+    table = accounting_by_drop(catalog.outcomes, {"a": 3, "b": 3}).set_index("drop_name")
+    assert table.loc["a", ["live", "replaced"]].tolist() == [1, 2]
+    assert table.loc["b", ["live", "quarantined", "deleted"]].tolist() == [1, 1, 1]
+    assert table["balanced"].all()
+
+
+def test_products_without_image_stay_live_as_text_only(tmp_path):
+    drop = write_drop(tmp_path / "d", [])
+    catalog = clean_catalog(_raw_rows("d", 1, [{"product_id": "p", "title": "Plain"}]), {"d": drop}, tmp_path / "c")
+    assert catalog.products["image_sha"].isna().all()
+    assert len(catalog.products) == 1
+
+
+def test_clean_images_are_stored_by_content_hash(tmp_path):
+    image = png_bytes(picture())
+    drop = write_drop(tmp_path / "d", [], {"a.png": image, "b.png": image})
+    raw = _raw_rows("d", 1, [
+        {"product_id": "p1", "title": "One", "image_path": "a.png"},
+        {"product_id": "p2", "title": "Two", "image_path": "b.png"},
+    ])
+    catalog = clean_catalog(raw, {"d": drop}, tmp_path / "clean")
+    assert catalog.products["image_sha"].nunique() == 1
+    stored = Image.open(catalog.products["image_file"].iloc[0])
+    assert stored.mode == "RGB" and np.asarray(stored).std() > 2

@@ -1,0 +1,103 @@
+"""Reading catalog drops: formats, attributes, and whole-drop rejection with a clear message."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from helpers import write_drop
+from mmsearch import warehouse
+from mmsearch.catalog import DropRejected, copy_drop, read_products, read_queries
+from mmsearch.ingestion import ingest_drop
+from mmsearch.settings import HomeLayout
+
+
+def test_csv_extra_columns_become_attributes(tmp_path):
+    drop = write_drop(tmp_path / "d", [{"product_id": "p1", "title": "Tee", "color": "red"}])
+    frame = read_products(drop)
+    assert frame.loc[0, "row_number"] == 1
+    assert json.loads(frame.loc[0, "attributes"]) == {"color": "red"}
+
+
+def test_jsonl_bad_line_is_a_row_with_its_error(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    (drop / "products.jsonl").write_text('{"product_id": "a", "title": "A"}\nnot json\n')
+    frame = read_products(drop)
+    assert len(frame) == 2
+    assert frame.loc[1, "_read_error"].startswith("line 2")
+
+
+def test_parquet_is_read(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    pd.DataFrame({"product_id": [1, 2], "title": ["A", "B"], "price": [1.5, None]}).to_parquet(drop / "products.parquet")
+    frame = read_products(drop)
+    assert list(frame["product_id"]) == ["1", "2"] and frame.loc[1, "price"] is None
+
+
+@pytest.mark.parametrize(
+    ("setup", "problem"),
+    [
+        (lambda d: None, "no products file"),
+        (lambda d: (d / "products.csv").write_text("sku,name\n1,x\n"), "lacks required column(s) product_id, title"),
+        (lambda d: (d / "products.csv").write_bytes(b"\x00\x01\x02" * 50), "NUL bytes"),
+        (lambda d: (d / "products.csv").write_text('product_id,title\n1,"unterminated\n'), "not a readable table"),
+        (lambda d: ((d / "products.csv").write_text("product_id,title\n"), (d / "products.jsonl").write_text("")), "more than one"),
+    ],
+)
+def test_unreadable_drop_is_rejected_naming_drop_and_problem(tmp_path, setup, problem):
+    drop = tmp_path / "broken-drop"
+    drop.mkdir()
+    setup(drop)
+    with pytest.raises(DropRejected) as caught:
+        read_products(drop)
+    assert "broken-drop" in str(caught.value) and problem in str(caught.value)
+
+
+def test_windows_1252_csv_is_decoded(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    (drop / "products.csv").write_bytes("product_id,title\n1,Café crème\n".encode("cp1252"))
+    assert read_products(drop).loc[0, "title"] == "Café crème"
+
+
+def test_ingest_keeps_drop_row_and_time_and_records_rejections(tmp_path):
+    layout = HomeLayout(tmp_path / "home").ensure()
+    write_drop(layout.landing / "good", [{"product_id": "p1", "title": "A"}, {"product_id": "p2", "title": "B"}])
+    (layout.landing / "bad").mkdir()
+    with warehouse.connect(layout.warehouse) as con:
+        good = ingest_drop(con, layout, "good")
+        bad = ingest_drop(con, layout, "bad")
+        rows = con.execute("SELECT drop_name, row_number, ingested_at IS NOT NULL FROM raw_products ORDER BY 2").fetchall()
+        drops = con.execute("SELECT name, status, message FROM drops ORDER BY seq").fetchall()
+    assert (good.status, good.rows) == ("accepted", 2)
+    assert bad.status == "rejected" and "'bad'" in bad.message
+    assert rows == [("good", 1, True), ("good", 2, True)]
+    assert drops[1][1] == "rejected" and "no products file" in drops[1][2]
+
+
+def test_copy_drop_is_idempotent_and_never_overwrites(tmp_path):
+    source = write_drop(tmp_path / "feed", [{"product_id": "p1", "title": "A"}])
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    assert copy_drop(source, landing) == "feed"
+    assert copy_drop(source, landing) == "feed"
+    write_drop(source, [{"product_id": "p1", "title": "Changed"}])
+    assert copy_drop(source, landing) == "feed-v2"
+    assert "Changed" not in (landing / "feed" / "products.csv").read_text()
+
+
+def test_query_file_accepts_lists_and_graded_relevance(tmp_path):
+    path = tmp_path / "queries.jsonl"
+    path.write_text(
+        '{"query_id": "a", "text": "red tee", "relevant": ["p1"]}\n'
+        '{"query_id": "b", "image_path": "q.png", "relevant": {"p2": 3, "p3": 1}, "kind": "image"}\n'
+        '{"query_id": "c", "relevant": ["p1"]}\nbroken\n'
+    )
+    frame = read_queries(path)
+    assert list(frame["query_id"]) == ["a", "b"]
+    assert json.loads(frame.loc[1, "relevant"]) == {"p2": 3.0, "p3": 1.0}
+    assert frame.loc[0, "kind"] == "text"
