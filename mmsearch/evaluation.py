@@ -148,7 +148,9 @@ def results_table(model_version: str, source: str, results: dict[str, dict]) -> 
                 "recall_at_10": metrics["recall@10"], "mrr": metrics["mrr"],
                 "ndcg_at_10": metrics["ndcg@10"],
             })
-    return pd.DataFrame(rows)
+    columns = ["model_version", "source", "method", "kind", "n", "recall_at_1", "recall_at_10",
+               "mrr", "ndcg_at_10"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -224,7 +224,7 @@ def train_fusion_model(
 
     paired = np.flatnonzero(has_image)
     rng.shuffle(paired)
-    n_validation = max(1, int(len(paired) * config.validation_share)) if len(paired) >= 10 else 0
+    n_validation = max(2, int(len(paired) * config.validation_share)) if len(paired) >= 10 else 0
     validation_pairs, train_pairs = paired[:n_validation], paired[n_validation:]
     query_rows = np.arange(len(queries)) if queries is not None and len(queries) else np.array([], int)
     rng.shuffle(query_rows)

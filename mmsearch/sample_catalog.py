@@ -269,7 +269,7 @@ QUERY_IMAGE_SIZES: tuple[tuple[int, int], ...] = ((224, 224), (256, 256), (240, 
 PNG_COMPRESS_LEVEL = 3  # fixed so output is byte-stable; 3 is a good speed/size trade-off
 
 # Separate numpy streams per purpose so adding a query never changes a product image.
-_STREAM_PRODUCT_IMAGE, _STREAM_QUERY_IMAGE, _STREAM_DIRTY_IMAGE, _STREAM_DESIGN = 1, 2, 3, 4
+_STREAM_PRODUCT_IMAGE, _STREAM_QUERY_IMAGE, _STREAM_DESIGN = 1, 2, 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,7 +412,7 @@ Box = tuple[float, float, float, float]
 
 
 def _shape_tshirt(k: Sequence[float]) -> tuple[list[Prim], Box]:
-    bw, sl, nw, nd = 0.25 + 0.05 * k[0], 0.10 + 0.08 * k[1], 0.07 + 0.03 * k[2], 0.04 + 0.06 * k[3]
+    bw, sl, nw, nd = 0.22 + 0.05 * k[0], 0.08 + 0.07 * k[1], 0.07 + 0.03 * k[2], 0.04 + 0.06 * k[3]
     top, hem, sw = 0.16, 0.86, bw + 0.03
     ox, oy = 0.5 - sw - sl, top + 0.03 + sl * 0.8
     left = [(0.5 - sw, top + 0.03), (ox, oy), (ox + 0.06, oy + 0.08), (0.5 - bw, top + 0.2),
@@ -879,7 +879,7 @@ def studio_view(rng: np.random.Generator, image_format: str) -> View:
         background = ("plain", "plain", "plain", "gradient", "gradient", "texture")[
             rng.integers(6)]
     noisy = image_format != "rgba" and rng.random() < 0.3
-    return View(size=PRODUCT_IMAGE_SIZE, scale=float(rng.uniform(0.92, 1.02)),
+    return View(size=PRODUCT_IMAGE_SIZE, scale=float(rng.uniform(0.86, 0.96)),
                 rotation=float(rng.uniform(-3, 3)), mirror=False,
                 offset=(float(rng.uniform(-0.03, 0.03)), float(rng.uniform(-0.03, 0.03))),
                 background=background, noise=float(rng.uniform(1.0, 2.5)) if noisy else 0.0,
@@ -1096,6 +1096,9 @@ def inject_dirty_rows(products: list[Product], rnd: random.Random) -> list[tuple
         p.defect = kind
         if kind == "blank_title":
             p.title = rnd.choice(("", "   "))
+        elif kind == "truncated_image" and p.image_format == "jpg":
+            p.image_format = "png"  # the classic case: a PNG whose upload was cut off
+            p.image_path = f"images/{p.product_id}.png"
         elif kind == "path_escape":
             p.image_path = rnd.choice(("../outside.png", "/etc/passwd", "../../images/x.png"))
         elif kind == "bad_price":

@@ -1,0 +1,118 @@
+"""The `mmsearch` commands of CONTRACT.md, run as real processes against a real MM_HOME."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import cli_json, run_cli
+from helpers import picture, png_bytes, write_drop
+
+
+def test_run_reports_assets_rows_model_and_index(built_home):
+    _, run = built_home
+    assert run["run_id"] and run["model_version"].startswith("model-")
+    assert {"clean_products", "encoder_features", "fusion_model", "product_index", "search_evaluation"} <= set(run["assets"])
+    assert all(isinstance(a["seconds"], float) for a in run["assets"].values())
+    rows = run["rows"]
+    assert rows["read"] == rows["live"] + rows["replaced"] + rows["quarantined"] + rows["deleted"]
+    assert rows["quarantined"] >= 1 and run["index_size"] == rows["live"]
+
+
+def test_run_on_an_unchanged_catalog_does_nothing(built_home):
+    home, first = built_home
+    again = cli_json(home, "run")
+    assert again["assets"] == {} and again["model_version"] == first["model_version"]
+
+
+def test_text_search_answers_from_the_live_index_with_filters(built_home, sample_drop):
+    home, run = built_home
+    result = cli_json(home, "search", "--text", "red t-shirt", "--k", "5")
+    assert result["model_version"] == run["model_version"]
+    assert len(result["results"]) == 5
+    scores = [hit["score"] for hit in result["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert {"product_id", "score", "title", "category", "price"} <= set(result["results"][0])
+    category = result["results"][0]["category"]
+    filtered = cli_json(home, "search", "--text", "gift", "--category", category, "--max-price", "80")
+    assert filtered["results"]
+    assert all(h["category"] == category and h["price"] <= 80 for h in filtered["results"])
+
+
+def test_image_search_finds_the_product_of_that_image(built_home, sample_drop):
+    home, _ = built_home
+    status = cli_json(home, "status")
+    assert status["products"] > 50
+    queries = [json.loads(line) for line in (sample_drop / "queries.jsonl").read_text().splitlines()]
+    image_query = next(q for q in queries if q["kind"] == "image")
+    target = max(image_query["relevant"], key=image_query["relevant"].get)
+    result = cli_json(home, "search", "--image", str(sample_drop / image_query["image_path"]), "--k", "10")
+    assert target in [hit["product_id"] for hit in result["results"]]
+
+
+def test_image_plus_text_search_answers(built_home, sample_drop):
+    home, _ = built_home
+    queries = [json.loads(line) for line in (sample_drop / "queries.jsonl").read_text().splitlines()]
+    both = next(q for q in queries if q["kind"] == "image+text")
+    result = cli_json(
+        home, "search", "--image", str(sample_drop / both["image_path"]), "--text", both["text"], "--k", "3"
+    )
+    assert len(result["results"]) == 3
+
+
+def test_evaluate_scores_a_labeled_query_file(built_home, sample_drop):
+    home, _ = built_home
+    result = cli_json(home, "evaluate", "--queries", str(sample_drop / "queries.jsonl"))
+    overall = result["overall"]
+    assert set(overall) == {"n", "recall@1", "recall@10", "mrr", "ndcg@10"}
+    assert overall["n"] > 20 and 0.2 < overall["mrr"] <= 1
+    assert {"text", "image", "image+text"} <= set(result["by_kind"])
+
+
+def test_status_and_quarantine_account_for_every_row(built_home):
+    home, run = built_home
+    status = cli_json(home, "status")
+    drop = status["drops"][0]
+    assert drop["rows"] == drop["live"] + drop["replaced"] + drop["quarantined"] + drop["deleted"]
+    assert status["quarantined"] == run["rows"]["quarantined"]
+    assert status["index"]["size"] == run["index_size"]
+    rows = cli_json(home, "quarantine", "--drop", drop["name"])["rows"]
+    assert len(rows) == status["quarantined"]
+    assert all({"drop", "row", "product_id", "reason"} <= set(r) and r["reason"] for r in rows)
+
+
+def test_bad_input_gives_one_line_and_non_zero_exit(built_home, tmp_path):
+    home, _ = built_home
+    missing = run_cli(home, "search", check=False)
+    assert missing.returncode != 0 and "--text" in missing.stderr.strip().splitlines()[-1]
+    no_file = run_cli(home, "evaluate", "--queries", str(tmp_path / "nope.jsonl"), check=False)
+    assert no_file.returncode != 0 and "does not exist" in no_file.stderr.strip().splitlines()[-1]
+
+
+def test_unreadable_drop_is_rejected_by_name_while_good_drop_goes_live(tmp_path):
+    home = tmp_path / "home"
+    good = write_drop(
+        tmp_path / "good-drop",
+        [{"product_id": f"p{i}", "title": f"Product {i} mug", "category": "mug", "price": str(i),
+          "image_path": f"img/{i}.png"} for i in range(12)],
+        {f"img/{i}.png": png_bytes(picture((20 * i, 90, 200 - 10 * i), seed=i)) for i in range(12)},
+    )
+    broken = tmp_path / "broken-drop"
+    broken.mkdir()
+    (broken / "products.csv").write_text("sku;name\n1;x\n")
+    run_cli(home, "ingest", str(good))
+    (home / "landing" / "broken-drop").mkdir(parents=True)
+    (home / "landing" / "broken-drop" / "products.csv").write_text("sku;name\n1;x\n")
+    run = cli_json(home, "run")
+    assert run["index_size"] == 12
+    assert [d["name"] for d in run["rejected_drops"]] == ["broken-drop"]
+    assert "lacks required column" in run["rejected_drops"][0]["message"]
+    status = cli_json(home, "status")
+    states = {d["name"]: d["status"] for d in status["drops"]}
+    assert states == {"good-drop": "accepted", "broken-drop": "rejected"}
+    assert cli_json(home, "search", "--text", "mug")["results"]
+
+
+def test_ingest_refuses_a_folder_without_products_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli(tmp_path / "home", "ingest", str(tmp_path / "empty"), check=False)
+    assert result.returncode != 0 and "'empty'" in result.stderr and "no products file" in result.stderr
