@@ -44,7 +44,9 @@ def clean_products(
             "live_products": live,
             "quarantined_rows": int(accounting["quarantined"].sum()),
             "row_accounting": MetadataValue.md(accounting.to_markdown(index=False)),
-            "quarantine_reasons": MetadataValue.md(reasons.to_markdown(index=False) if len(reasons) else "none"),
+            "quarantine_reasons": MetadataValue.md(
+                reasons.to_markdown(index=False) if len(reasons) else "none"
+            ),
         }
     )
 
@@ -57,23 +59,41 @@ def clean_products(
     description="Labeled queries from the drops' queries.jsonl, images cleaned, split by a hash "
     "of query_id into train (used by training) and test (used only by evaluation).",
 )
-def labeled_queries(context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings):
+def labeled_queries(
+    context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
+):
     with warehouse.connect() as con:
         table = prepare_labeled_queries(con, warehouse.layout, settings.image_limits())
-    counts = table.groupby(["kind", "split"]).size().rename("queries").reset_index() if len(table) else pd.DataFrame()
+    counts = (
+        table.groupby(["kind", "split"]).size().rename("queries").reset_index()
+        if len(table)
+        else pd.DataFrame()
+    )
     return MaterializeResult(
         metadata={
             "queries": len(table),
-            "by_kind_and_split": MetadataValue.md(counts.to_markdown(index=False) if len(counts) else "none"),
+            "by_kind_and_split": MetadataValue.md(
+                counts.to_markdown(index=False) if len(counts) else "none"
+            ),
         }
     )
 
 
-@asset_check(asset=clean_products, blocking=True, description="read = live + replaced + deleted + quarantined, per drop")
-def row_accounting_balanced(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+@asset_check(
+    asset=clean_products,
+    blocking=True,
+    description="read = live + replaced + deleted + quarantined, per drop",
+)
+def row_accounting_balanced(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
     with warehouse.connect(read_only=True) as con:
-        outcomes = query_df(con, "SELECT drop_name, row_number, product_id, outcome FROM row_outcomes")
-        drops = query_df(con, "SELECT name, rows_read FROM drops WHERE status = 'accepted' ORDER BY seq")
+        outcomes = query_df(
+            con, "SELECT drop_name, row_number, product_id, outcome FROM row_outcomes"
+        )
+        drops = query_df(
+            con, "SELECT name, rows_read FROM drops WHERE status = 'accepted' ORDER BY seq"
+        )
     table = accounting_by_drop(outcomes, dict(zip(drops["name"], drops["rows_read"], strict=True)))
     unbalanced = table[~table["balanced"]]
     return AssetCheckResult(
@@ -81,7 +101,9 @@ def row_accounting_balanced(context: AssetCheckExecutionContext, warehouse: Ware
         metadata={
             "drops": len(table),
             "unbalanced_drops": MetadataValue.json(list(unbalanced["drop_name"])),
-            "accounting": MetadataValue.md(table[["drop_name", "read", *OUTCOMES]].to_markdown(index=False)),
+            "accounting": MetadataValue.md(
+                table[["drop_name", "read", *OUTCOMES]].to_markdown(index=False)
+            ),
         },
     )
 
@@ -109,6 +131,8 @@ def clean_products_expectations(
         passed=outcome.success,
         severity=AssetCheckSeverity.ERROR,
         description=outcome.summary,
-        metadata={"expectations": MetadataValue.md(outcome.markdown()),
-                  "failed": MetadataValue.json(json.loads(json.dumps(outcome.failed)))},
+        metadata={
+            "expectations": MetadataValue.md(outcome.markdown()),
+            "failed": MetadataValue.json(json.loads(json.dumps(outcome.failed))),
+        },
     )

@@ -26,7 +26,9 @@ from resources import WarehouseResource
     description="Recall@1, Recall@10, MRR, nDCG@10 per query kind on the labeled queries' test "
     "split (or held-out image/text pairs), with raw text-only and image-only baselines.",
 )
-def search_evaluation(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+def search_evaluation(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
     release = live_release(warehouse.layout)
     with warehouse.connect() as con:
         source, table = evaluate_release(con, warehouse.layout, release)
@@ -34,7 +36,9 @@ def search_evaluation(context: AssetExecutionContext, warehouse: WarehouseResour
     metadata = {"source": source, "model_version": release.model_version}
     if len(table):
         metadata["results"] = MetadataValue.md(markdown_table(table))
-        metadata["fusion_mrr"] = float(fusion_overall["mrr"].iloc[0]) if len(fusion_overall) else 0.0
+        metadata["fusion_mrr"] = (
+            float(fusion_overall["mrr"].iloc[0]) if len(fusion_overall) else 0.0
+        )
     return MaterializeResult(metadata=metadata)
 
 
@@ -42,11 +46,14 @@ def search_evaluation(context: AssetExecutionContext, warehouse: WarehouseResour
     asset=search_evaluation,
     description="the fusion model's MRR beats every raw baseline that can read each query kind",
 )
-def fusion_beats_baselines(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
+def fusion_beats_baselines(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
     release = live_release(warehouse.layout)
     with warehouse.connect(read_only=True) as con:
         table = query_df(
-            con, "SELECT method, kind, mrr FROM evaluation_results WHERE model_version = ?",
+            con,
+            "SELECT method, kind, mrr FROM evaluation_results WHERE model_version = ?",
             [release.model_version],
         )
     pivot = table.pivot_table(index="kind", columns="method", values="mrr")

@@ -46,7 +46,9 @@ def encoder_features(
     )
 
 
-@asset_check(asset=encoder_features, blocking=True, description="every live product has unit-norm features")
+@asset_check(
+    asset=encoder_features, blocking=True, description="every live product has unit-norm features"
+)
 def features_cover_catalog(
     context: AssetCheckExecutionContext,
     warehouse: WarehouseResource,
@@ -54,7 +56,9 @@ def features_cover_catalog(
     image_encoder: ImageEncoderResource,
 ) -> AssetCheckResult:
     with warehouse.connect(read_only=True) as con:
-        catalog = load_catalog_features(con, image_encoder.load().encoder_id, text_encoder.load().encoder_id)
+        catalog = load_catalog_features(
+            con, image_encoder.load().encoder_id, text_encoder.load().encoder_id
+        )
     norms = np.linalg.norm(catalog.text_features, axis=1)
     image_norms = np.linalg.norm(catalog.image_features[catalog.has_image], axis=1)
     with_image_path = int(catalog.products["image_sha"].notna().sum())

@@ -15,7 +15,9 @@ from resources import WarehouseResource
     description="Every live product embedded by the newest model, in a FAISS inner-product "
     "index with an id map; saved as a versioned artifact and made live atomically.",
 )
-def product_index(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+def product_index(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
     with warehouse.connect() as con:
         model_version = con.execute(
             "SELECT version FROM model_versions ORDER BY created_at DESC LIMIT 1"

@@ -16,7 +16,8 @@ ingest_drop_job = define_asset_job(
 )
 refresh_catalog_job = define_asset_job(
     REFRESH_JOB,
-    selection=AssetSelection.assets(raw_products).downstream() - AssetSelection.assets(raw_products),
+    selection=AssetSelection.assets(raw_products).downstream()
+    - AssetSelection.assets(raw_products),
     description="Clean, encode, train, index and evaluate the whole live catalog.",
 )
 retrain_model_job = define_asset_job(

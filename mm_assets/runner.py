@@ -17,7 +17,11 @@ from mmsearch.catalog import landed_drops
 from mmsearch.settings import HomeLayout
 
 DOWNSTREAM_ASSETS = (
-    "clean_products", "labeled_queries", "encoder_features", "fusion_model", "product_index",
+    "clean_products",
+    "labeled_queries",
+    "encoder_features",
+    "fusion_model",
+    "product_index",
     "search_evaluation",
 )
 
@@ -83,15 +87,21 @@ def _raise_if_failed(result, what: str) -> None:
     if result.success:
         return
     failed = [
-        event.step_key for event in result.all_events
+        event.step_key
+        for event in result.all_events
         if event.event_type == DagsterEventType.STEP_FAILURE
     ]
     reason = next(
-        (_root_cause(e.event_specific_data.error) for e in result.all_events
-         if e.event_type == DagsterEventType.STEP_FAILURE and e.event_specific_data.error),
+        (
+            _root_cause(e.event_specific_data.error)
+            for e in result.all_events
+            if e.event_type == DagsterEventType.STEP_FAILURE and e.event_specific_data.error
+        ),
         "see the run in the Dagster UI",
     )
-    raise PipelineFailed(f"{what} failed in run {result.run_id} at {', '.join(failed) or 'a check'}: {reason}")
+    raise PipelineFailed(
+        f"{what} failed in run {result.run_id} at {', '.join(failed) or 'a check'}: {reason}"
+    )
 
 
 def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
@@ -108,14 +118,18 @@ def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
     for name in landed:
         if name in materialized and not force:
             continue
-        result = ingest_job.execute_in_process(instance=instance, partition_key=name, raise_on_error=False)
+        result = ingest_job.execute_in_process(
+            instance=instance, partition_key=name, raise_on_error=False
+        )
         _raise_if_failed(result, f"ingesting drop {name!r}")
         summary.run_ids.append(result.run_id)
         summary.ingested.append(name)
         for step, seconds in _step_seconds(instance, result.run_id).items():
             summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
     if summary.ingested or force or _downstream_stale(instance):
-        result = defs.resolve_job_def(REFRESH_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(REFRESH_JOB).execute_in_process(
+            instance=instance, raise_on_error=False
+        )
         summary.run_ids.append(result.run_id)
         summary.refreshed = True
         summary.asset_seconds.update(_step_seconds(instance, result.run_id))

@@ -30,7 +30,9 @@ def fusion_model(
         **image_encoder.settings(),
     }
     with warehouse.connect() as con:
-        version, summary = train_and_save(con, warehouse.layout, encoders, settings.training_config())
+        version, summary = train_and_save(
+            con, warehouse.layout, encoders, settings.training_config()
+        )
     return MaterializeResult(
         metadata={
             "model_version": version,

@@ -83,7 +83,11 @@ class Release:
 
 
 def save_release(
-    layout: HomeLayout, index_version: str, model_version: str, index, products: pd.DataFrame,
+    layout: HomeLayout,
+    index_version: str,
+    model_version: str,
+    index,
+    products: pd.DataFrame,
     index_type: str,
 ) -> Release:
     """Write an index, its position -> product table and a manifest; not yet live."""
@@ -92,8 +96,11 @@ def save_release(
     save_index(index, folder / INDEX_FILE)
     products.reset_index(drop=True).to_parquet(folder / INDEX_PRODUCTS, index=False)
     manifest = {
-        "index_version": index_version, "model_version": model_version, "index_type": index_type,
-        "size": int(index.ntotal), "created_at": utc_now().isoformat(),
+        "index_version": index_version,
+        "model_version": model_version,
+        "index_type": index_type,
+        "size": int(index.ntotal),
+        "created_at": utc_now().isoformat(),
     }
     _write_json_atomically(folder / INDEX_MANIFEST, manifest)
     return Release(index_version, model_version, folder, manifest)

@@ -21,7 +21,14 @@ PRODUCT_FILES = ("products.csv", "products.parquet", "products.jsonl")
 QUERY_FILE = "queries.jsonl"
 REQUIRED_COLUMNS = ("product_id", "title")
 KNOWN_COLUMNS = (
-    "product_id", "title", "description", "category", "brand", "price", "image_path", "deleted",
+    "product_id",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "price",
+    "image_path",
+    "deleted",
 )
 # A row whose JSON line cannot be parsed is still a row; this column carries why.
 READ_ERROR = "_read_error"
@@ -40,10 +47,14 @@ def products_file(drop_dir: Path) -> Path:
     """The one products file of a drop, or DropRejected."""
     found = [drop_dir / name for name in PRODUCT_FILES if (drop_dir / name).is_file()]
     if not found:
-        raise DropRejected(drop_dir.name, f"no products file (expected one of {', '.join(PRODUCT_FILES)})")
+        raise DropRejected(
+            drop_dir.name, f"no products file (expected one of {', '.join(PRODUCT_FILES)})"
+        )
     if len(found) > 1:
         names = ", ".join(path.name for path in found)
-        raise DropRejected(drop_dir.name, f"more than one products file ({names}); keep exactly one")
+        raise DropRejected(
+            drop_dir.name, f"more than one products file ({names}); keep exactly one"
+        )
     return found[0]
 
 
@@ -63,8 +74,12 @@ def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
         raise DropRejected(drop_name, "products.csv contains NUL bytes; it is not a text table")
     try:
         frame = pd.read_csv(
-            io.StringIO(text), dtype=str, keep_default_na=False, na_values=[],
-            on_bad_lines="error", engine="python",
+            io.StringIO(text),
+            dtype=str,
+            keep_default_na=False,
+            na_values=[],
+            on_bad_lines="error",
+            engine="python",
         )
     except pd.errors.EmptyDataError:
         raise DropRejected(drop_name, "products.csv is empty") from None
@@ -98,7 +113,9 @@ def _read_parquet(drop_name: str, path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types for a damaged file
-        raise DropRejected(drop_name, f"products.parquet is not a readable table ({error})") from None
+        raise DropRejected(
+            drop_name, f"products.parquet is not a readable table ({error})"
+        ) from None
     return frame.map(_as_text) if len(frame) else frame.astype(object)
 
 
@@ -136,18 +153,20 @@ def read_products(drop_dir: Path) -> pd.DataFrame:
         raise DropRejected(drop_name, f"duplicate column names {duplicated}")
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
-        raise DropRejected(
-            drop_name, f"{path.name} lacks required column(s) {', '.join(missing)}"
-        )
+        raise DropRejected(drop_name, f"{path.name} lacks required column(s) {', '.join(missing)}")
     frame = _nulls_as_none(frame)
     extra = [c for c in frame.columns if c not in KNOWN_COLUMNS and c != READ_ERROR]
     out = pd.DataFrame({"row_number": range(1, len(frame) + 1)})
     for column in (*KNOWN_COLUMNS, READ_ERROR):
         out[column] = frame[column].tolist() if column in frame.columns else None
-    out["attributes"] = [
-        json.dumps({c: row[c] for c in extra if row[c] not in (None, "")}, ensure_ascii=False)
-        for row in frame[extra].to_dict("records")
-    ] if extra else "{}"
+    out["attributes"] = (
+        [
+            json.dumps({c: row[c] for c in extra if row[c] not in (None, "")}, ensure_ascii=False)
+            for row in frame[extra].to_dict("records")
+        ]
+        if extra
+        else "{}"
+    )
     return _nulls_as_none(out)
 
 
@@ -176,14 +195,16 @@ def read_queries(query_file: Path) -> pd.DataFrame:
         text, image_path = record.get("text"), record.get("image_path")
         if not text and not image_path:
             continue
-        rows.append({
-            "line_number": line_number,
-            "query_id": str(record["query_id"]),
-            "text": str(text) if text else None,
-            "image_path": str(image_path) if image_path else None,
-            "relevant": json.dumps({str(k): float(v) for k, v in relevant.items()}),
-            "kind": str(record.get("kind") or _default_kind(text, image_path)),
-        })
+        rows.append(
+            {
+                "line_number": line_number,
+                "query_id": str(record["query_id"]),
+                "text": str(text) if text else None,
+                "image_path": str(image_path) if image_path else None,
+                "relevant": json.dumps({str(k): float(v) for k, v in relevant.items()}),
+                "kind": str(record.get("kind") or _default_kind(text, image_path)),
+            }
+        )
     columns = ["line_number", "query_id", "text", "image_path", "relevant", "kind"]
     return _nulls_as_none(pd.DataFrame(rows, columns=columns))
 

@@ -28,7 +28,9 @@ from mmsearch.text import MAX_TITLE_CHARS, clean_text, product_document, text_ke
 
 MAX_PRODUCT_ID_CHARS = 256
 TRUE_WORDS = {"true", "1", "yes", "y", "t"}
-_PRICE_DECORATION = re.compile(r"^\s*(?:[$€£¥]|usd|eur|gbp)?\s*|\s*(?:[$€£¥]|usd|eur|gbp)?\s*$", re.I)
+_PRICE_DECORATION = re.compile(
+    r"^\s*(?:[$€£¥]|usd|eur|gbp)?\s*|\s*(?:[$€£¥]|usd|eur|gbp)?\s*$", re.I
+)
 
 OUTCOMES = ("live", "replaced", "deleted", "quarantined")
 
@@ -89,14 +91,16 @@ def _clean_image(
         picture, image_sha = read_image_file(source, limits)
         return str(save_clean_image(picture, clean_images_dir, image_sha)), image_sha
     except ImageRejected as rejected:
-        raise RowRejected(rejected.code, f"{rejected.message} (image_path {image_path!r})") from None
+        raise RowRejected(
+            rejected.code, f"{rejected.message} (image_path {image_path!r})"
+        ) from None
     except OSError as error:
-        raise RowRejected("image_unreadable", f"cannot read image {image_path!r}: {error}") from None
+        raise RowRejected(
+            "image_unreadable", f"cannot read image {image_path!r}: {error}"
+        ) from None
 
 
-def _validate_row(
-    row: dict, drop_dir: Path, clean_images_dir: Path, limits: ImageLimits
-) -> dict:
+def _validate_row(row: dict, drop_dir: Path, clean_images_dir: Path, limits: ImageLimits) -> dict:
     """The cleaned fields of one raw row, or RowRejected."""
     if row.get("read_error"):
         raise RowRejected("unreadable_row", row["read_error"])
@@ -163,10 +167,15 @@ def clean_catalog(
         if "rejected" in result:
             rejected: RowRejected = result["rejected"]
             raw_id = str(row.get("product_id") or "")[:MAX_PRODUCT_ID_CHARS] or None
-            quarantine.append({
-                "drop_name": key[0], "row_number": key[1], "product_id": raw_id,
-                "reason_code": rejected.code, "reason": rejected.message,
-            })
+            quarantine.append(
+                {
+                    "drop_name": key[0],
+                    "row_number": key[1],
+                    "product_id": raw_id,
+                    "reason_code": rejected.code,
+                    "reason": rejected.message,
+                }
+            )
             outcomes[key] = (raw_id, "quarantined")
             continue
         product_id = result["product_id"]
@@ -182,8 +191,19 @@ def clean_catalog(
         if not result["deleted"]
     ]
     product_columns = [
-        "product_id", "title", "description", "category", "brand", "price", "image_file",
-        "image_sha", "document", "text_sha", "attributes", "drop_name", "row_number",
+        "product_id",
+        "title",
+        "description",
+        "category",
+        "brand",
+        "price",
+        "image_file",
+        "image_sha",
+        "document",
+        "text_sha",
+        "attributes",
+        "drop_name",
+        "row_number",
     ]
     products = pd.DataFrame(live, columns=product_columns + ["deleted"])[product_columns]
     outcome_frame = pd.DataFrame(
@@ -233,7 +253,9 @@ def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.Data
     """
     from mmsearch.warehouse import query_df, query_records, replace_rows
 
-    drops = query_df(con, "SELECT name, seq, rows_read FROM drops WHERE status = 'accepted' ORDER BY seq")
+    drops = query_df(
+        con, "SELECT name, seq, rows_read FROM drops WHERE status = 'accepted' ORDER BY seq"
+    )
     raw = query_records(
         con,
         "SELECT r.*, d.seq AS drop_seq FROM raw_products r JOIN drops d ON r.drop_name = d.name "
@@ -244,4 +266,6 @@ def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.Data
     replace_rows(con, "clean_products", catalog.products)
     replace_rows(con, "quarantine", catalog.quarantine)
     replace_rows(con, "row_outcomes", catalog.outcomes)
-    return accounting_by_drop(catalog.outcomes, dict(zip(drops["name"], drops["rows_read"], strict=True)))
+    return accounting_by_drop(
+        catalog.outcomes, dict(zip(drops["name"], drops["rows_read"], strict=True))
+    )

@@ -17,6 +17,15 @@ from pathlib import Path
 from mmsearch.settings import HomeLayout, home
 
 SAMPLE_DROP = "sample-catalog"
+ASSET_NAMES = (
+    "raw_products",
+    "clean_products",
+    "labeled_queries",
+    "encoder_features",
+    "fusion_model",
+    "product_index",
+    "search_evaluation",
+)
 
 
 class UserError(Exception):
@@ -25,7 +34,9 @@ class UserError(Exception):
 
 def _rows_summary(con) -> dict:
     counts = dict(con.execute("SELECT outcome, count(*) FROM row_outcomes GROUP BY 1").fetchall())
-    read = con.execute("SELECT coalesce(sum(rows_read), 0) FROM drops WHERE status = 'accepted'").fetchone()[0]
+    read = con.execute(
+        "SELECT coalesce(sum(rows_read), 0) FROM drops WHERE status = 'accepted'"
+    ).fetchone()[0]
     return {
         "read": int(read),
         "live": int(counts.get("live", 0)),
@@ -36,7 +47,9 @@ def _rows_summary(con) -> dict:
 
 
 def _rejected_drops(con) -> list[dict]:
-    rows = con.execute("SELECT name, message FROM drops WHERE status = 'rejected' ORDER BY seq").fetchall()
+    rows = con.execute(
+        "SELECT name, message FROM drops WHERE status = 'rejected' ORDER BY seq"
+    ).fetchall()
     return [{"name": name, "message": message} for name, message in rows]
 
 
@@ -54,7 +67,16 @@ def command_run(layout: HomeLayout, force: bool = False) -> dict:
     return {
         "run_id": summary.run_ids[-1] if summary.run_ids else None,
         "run_ids": summary.run_ids,
-        "assets": {name: {"seconds": seconds} for name, seconds in summary.asset_seconds.items()},
+        "assets": {
+            name: {"seconds": seconds}
+            for name, seconds in summary.asset_seconds.items()
+            if name in ASSET_NAMES
+        },
+        "checks": {
+            name: {"seconds": seconds}
+            for name, seconds in summary.asset_seconds.items()
+            if name not in ASSET_NAMES
+        },
         "rows": rows,
         "model_version": release.model_version if release else None,
         "index_size": release.size if release else 0,
@@ -75,7 +97,35 @@ def command_demo(layout: HomeLayout) -> dict:
         partial.rename(target)
     result = command_run(layout)
     result["evaluation"] = _evaluation_for(layout, result["model_version"])
+    result["sample_searches"] = _sample_searches(layout, target)
     return result
+
+
+def _sample_searches(layout: HomeLayout, drop: Path) -> list[dict]:
+    """One text, one image and one image+text query of the sample, answered by the live index."""
+    from mmsearch.search import SearchEngine
+
+    queries = [
+        json.loads(line) for line in (drop / "queries.jsonl").read_text().splitlines() if line
+    ]
+    engine = SearchEngine.live(layout)
+    answers = []
+    for kind in ("text", "image", "image+text"):
+        query = next((q for q in queries if q.get("kind") == kind), None)
+        if query is None:
+            continue
+        image = drop / query["image_path"] if query.get("image_path") else None
+        hits = engine.search(query.get("text"), image, k=3)
+        answers.append(
+            {
+                "kind": kind,
+                "text": query.get("text"),
+                "image": str(image) if image else None,
+                "relevant": query["relevant"],
+                "results": hits,
+            }
+        )
+    return answers
 
 
 def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]:
@@ -101,8 +151,11 @@ def command_search(layout: HomeLayout, args) -> dict:
         raise UserError("--k must be at least 1")
     engine = SearchEngine.live(layout)
     results = engine.search(args.text, args.image, args.k, args.category, args.max_price)
-    return {"model_version": engine.model_version, "index_version": engine.release.index_version,
-            "results": results}
+    return {
+        "model_version": engine.model_version,
+        "index_version": engine.release.index_version,
+        "results": results,
+    }
 
 
 def command_evaluate(layout: HomeLayout, args) -> dict:
@@ -116,7 +169,9 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
     engine = SearchEngine.live(layout)
     queries = query_set_from_file(engine, query_file)
     if not len(queries):
-        raise UserError(f"{query_file} has no usable labeled query (see CONTRACT.md for the format)")
+        raise UserError(
+            f"{query_file} has no usable labeled query (see CONTRACT.md for the format)"
+        )
     ids = list(engine.products["product_id"])
     summary = evaluate_fusion(engine.model, engine.search_vectors, ids, queries, max(args.k, 10))
     return {"model_version": engine.model_version, **summary}
@@ -127,11 +182,15 @@ def command_status(layout: HomeLayout) -> dict:
 
     release = artifacts.live_release(layout)
     status = {
-        "products": 0, "quarantined": 0, "drops": [],
+        "products": 0,
+        "quarantined": 0,
+        "drops": [],
         "model_version": release.model_version if release else None,
-        "index": {"type": release.manifest["index_type"] if release else None,
-                  "size": release.size if release else 0,
-                  "version": release.index_version if release else None},
+        "index": {
+            "type": release.manifest["index_type"] if release else None,
+            "size": release.size if release else 0,
+            "version": release.index_version if release else None,
+        },
     }
     if not layout.warehouse.exists():
         return status
@@ -146,8 +205,16 @@ def command_status(layout: HomeLayout) -> dict:
             "GROUP BY d.name, d.status, d.message, d.rows_read, d.seq ORDER BY d.seq"
         ).fetchall()
     status["drops"] = [
-        {"name": name, "rows": rows, "live": live, "replaced": replaced, "quarantined": quarantined,
-         "deleted": deleted, "status": state, "message": message}
+        {
+            "name": name,
+            "rows": rows,
+            "live": live,
+            "replaced": replaced,
+            "quarantined": quarantined,
+            "deleted": deleted,
+            "status": state,
+            "message": message,
+        }
         for name, state, message, rows, live, replaced, quarantined, deleted in drops
     ]
     return status
@@ -165,18 +232,23 @@ def command_quarantine(layout: HomeLayout, drop: str | None) -> dict:
             "ORDER BY d.seq, q.row_number",
             [drop, drop],
         ).fetchall()
-    return {"rows": [
-        {"drop": d, "row": r, "product_id": p, "reason_code": code, "reason": reason}
-        for d, r, p, code, reason in rows
-    ]}
+    return {
+        "rows": [
+            {"drop": d, "row": r, "product_id": p, "reason_code": code, "reason": reason}
+            for d, r, p, code, reason in rows
+        ]
+    }
 
 
 def command_rollback(layout: HomeLayout, version: str | None) -> dict:
     from mmsearch import artifacts
 
     releases = sorted(
-        (artifacts.load_release(layout, folder.name) for folder in layout.indexes.iterdir()
-         if (folder / artifacts.INDEX_MANIFEST).is_file()),
+        (
+            artifacts.load_release(layout, folder.name)
+            for folder in layout.indexes.iterdir()
+            if (folder / artifacts.INDEX_MANIFEST).is_file()
+        ),
         key=lambda release: release.manifest["created_at"],
     )
     live = artifacts.live_release(layout)
@@ -186,13 +258,18 @@ def command_rollback(layout: HomeLayout, version: str | None) -> dict:
             raise UserError(f"no published release has version {version!r}")
         target = matches[-1]
     else:
-        earlier = [r for r in releases if live and r.manifest["created_at"] < live.manifest["created_at"]]
+        earlier = [
+            r for r in releases if live and r.manifest["created_at"] < live.manifest["created_at"]
+        ]
         if not earlier:
             raise UserError("there is no earlier release to roll back to")
         target = earlier[-1]
     artifacts.publish(layout, target)
-    return {"model_version": target.model_version, "index_version": target.index_version,
-            "previous_model_version": live.model_version if live else None}
+    return {
+        "model_version": target.model_version,
+        "index_version": target.index_version,
+        "previous_model_version": live.model_version if live else None,
+    }
 
 
 def command_ui(layout: HomeLayout, port: int) -> None:
@@ -205,28 +282,44 @@ def _print_human(command: str, result: dict) -> None:
     if command == "search":
         for rank, hit in enumerate(result["results"], start=1):
             price = "" if hit["price"] is None else f"  {hit['price']:.2f}"
-            print(f"{rank:>3}. {hit['score']:.3f}  {hit['product_id']}  {hit['title']}  "
-                  f"[{hit['category'] or '-'}]{price}")
+            print(
+                f"{rank:>3}. {hit['score']:.3f}  {hit['product_id']}  {hit['title']}  "
+                f"[{hit['category'] or '-'}]{price}"
+            )
     elif command in ("run", "demo"):
-        assets = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in result["assets"].items()) or "nothing to do"
+        assets = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in result["assets"].items())
+        assets = assets or "nothing to do, every asset is up to date"
         print(f"run {result['run_id']}: {assets}")
         print(f"rows: {result['rows']}")
         print(f"live model {result['model_version']}, index size {result['index_size']}")
         if result.get("evaluation"):
             print(_evaluation_text(result["evaluation"]))
+        for search in result.get("sample_searches", []):
+            query = " + ".join(
+                part
+                for part in (
+                    search["image"] and f"image {Path(search['image']).name}",
+                    search["text"] and repr(search["text"]),
+                )
+                if part
+            )
+            print(f"\nsample {search['kind']} search: {query}")
+            _print_human("search", search)
     elif command == "ingest":
         print(result["drop"])
     elif command == "quarantine":
         for row in result["rows"]:
-            print(f"{row['drop']}:{row['row']}  {row['product_id']}  {row['reason_code']}: {row['reason']}")
+            print(
+                f"{row['drop']}:{row['row']}  {row['product_id']}  {row['reason_code']}: {row['reason']}"
+            )
     else:
         print(json.dumps(result, indent=2, default=str))
 
 
 def _evaluation_text(rows: list[dict]) -> str:
-    from mmsearch.evaluation import markdown_table
-
     import pandas as pd
+
+    from mmsearch.evaluation import markdown_table
 
     frame = pd.DataFrame(rows)
     return f"evaluation on {frame['source'].iloc[0]} (MRR and recall@10):\n{markdown_table(frame)}"
@@ -295,7 +388,11 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "search" and args.max_price is not None and not math.isfinite(args.max_price):
+    if (
+        args.command == "search"
+        and args.max_price is not None
+        and not math.isfinite(args.max_price)
+    ):
         print("mmsearch: --max-price must be a finite number", file=sys.stderr)
         return 2
     real_stdout = sys.stdout

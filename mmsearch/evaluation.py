@@ -42,14 +42,21 @@ class QuerySet:
 
     def subset(self, rows: np.ndarray) -> QuerySet:
         return QuerySet(
-            [self.query_ids[i] for i in rows], [self.kinds[i] for i in rows],
-            [self.relevance[i] for i in rows], self.text_features[rows], self.image_features[rows],
-            self.has_text[rows], self.has_image[rows],
+            [self.query_ids[i] for i in rows],
+            [self.kinds[i] for i in rows],
+            [self.relevance[i] for i in rows],
+            self.text_features[rows],
+            self.image_features[rows],
+            self.has_text[rows],
+            self.has_image[rows],
         )
 
 
 def top_k_by_similarity(
-    queries: np.ndarray, products: np.ndarray, product_ids: Sequence[str], k: int,
+    queries: np.ndarray,
+    products: np.ndarray,
+    product_ids: Sequence[str],
+    k: int,
     valid: np.ndarray | None = None,
 ) -> list[list[str]]:
     """Exact top-k product ids by inner product; `valid` masks out products without the modality."""
@@ -59,7 +66,9 @@ def top_k_by_similarity(
     k = min(k, scores.shape[1])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     ordered = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
-    return [[product_ids[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(ordered)]
+    return [
+        [product_ids[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(ordered)
+    ]
 
 
 def summarise(rankings: list[list[str]], queries: QuerySet) -> dict:
@@ -114,8 +123,11 @@ def evaluate_baselines(
 
 
 def evaluate_heldout_pairs(
-    model: FusionModel, image_features: np.ndarray, text_features: np.ndarray,
-    product_ids: Sequence[str], k: int = 10,
+    model: FusionModel,
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    product_ids: Sequence[str],
+    k: int = 10,
 ) -> dict:
     """Cross-modal retrieval among held-out products: each image finds its own text and back.
 
@@ -131,8 +143,12 @@ def evaluate_heldout_pairs(
     text_to_image = top_k_by_similarity(text_emb, image_emb, product_ids, k)
     queries = QuerySet(
         [f"i2t:{p}" for p in product_ids] + [f"t2i:{p}" for p in product_ids],
-        ["image->text"] * n + ["text->image"] * n, relevance + relevance,
-        np.zeros((2 * n, 1)), np.zeros((2 * n, 1)), np.zeros(2 * n, bool), np.zeros(2 * n, bool),
+        ["image->text"] * n + ["text->image"] * n,
+        relevance + relevance,
+        np.zeros((2 * n, 1)),
+        np.zeros((2 * n, 1)),
+        np.zeros(2 * n, bool),
+        np.zeros(2 * n, bool),
     )
     return summarise(image_to_text + text_to_image, queries)
 
@@ -142,14 +158,30 @@ def results_table(model_version: str, source: str, results: dict[str, dict]) -> 
     rows = []
     for method, summary in results.items():
         for kind, metrics in [(OVERALL, summary["overall"]), *summary["by_kind"].items()]:
-            rows.append({
-                "model_version": model_version, "source": source, "method": method, "kind": kind,
-                "n": int(metrics["n"]), "recall_at_1": metrics["recall@1"],
-                "recall_at_10": metrics["recall@10"], "mrr": metrics["mrr"],
-                "ndcg_at_10": metrics["ndcg@10"],
-            })
-    columns = ["model_version", "source", "method", "kind", "n", "recall_at_1", "recall_at_10",
-               "mrr", "ndcg_at_10"]
+            rows.append(
+                {
+                    "model_version": model_version,
+                    "source": source,
+                    "method": method,
+                    "kind": kind,
+                    "n": int(metrics["n"]),
+                    "recall_at_1": metrics["recall@1"],
+                    "recall_at_10": metrics["recall@10"],
+                    "mrr": metrics["mrr"],
+                    "ndcg_at_10": metrics["ndcg@10"],
+                }
+            )
+    columns = [
+        "model_version",
+        "source",
+        "method",
+        "kind",
+        "n",
+        "recall_at_1",
+        "recall_at_10",
+        "mrr",
+        "ndcg_at_10",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -165,7 +197,10 @@ def markdown_table(table: pd.DataFrame) -> str:
         cells = []
         for method in methods:
             if method in rows.index:
-                cells += [f"{rows.loc[method, 'mrr']:.3f}", f"{rows.loc[method, 'recall_at_10']:.3f}"]
+                cells += [
+                    f"{rows.loc[method, 'mrr']:.3f}",
+                    f"{rows.loc[method, 'recall_at_10']:.3f}",
+                ]
             else:
                 cells += ["—", "—"]
         lines.append(f"| {kind} | {n} | " + " | ".join(cells) + " |")
@@ -193,18 +228,33 @@ def evaluate_release(con, layout, release, k: int = 10) -> tuple[str, pd.DataFra
         engine = SearchEngine(release, model, config)
         ids = list(engine.products["product_id"])
         results = {FUSION: evaluate_fusion(model, engine.search_vectors, ids, queries, k)}
-        results.update(evaluate_baselines(
-            queries, list(catalog.products["product_id"]), catalog.text_features,
-            catalog.image_features, catalog.has_image, k,
-        ))
+        results.update(
+            evaluate_baselines(
+                queries,
+                list(catalog.products["product_id"]),
+                catalog.text_features,
+                catalog.image_features,
+                catalog.has_image,
+                k,
+            )
+        )
     else:
         source = "held-out image/text pairs"
         held_out = set(config["summary"].get("validation_product_ids", []))
         rows = np.flatnonzero(catalog.products["product_id"].isin(held_out) & catalog.has_image)
-        results = {FUSION: evaluate_heldout_pairs(
-            model, catalog.image_features[rows], catalog.text_features[rows],
-            list(catalog.products["product_id"].iloc[rows]), k,
-        )} if len(rows) > 1 else {}
+        results = (
+            {
+                FUSION: evaluate_heldout_pairs(
+                    model,
+                    catalog.image_features[rows],
+                    catalog.text_features[rows],
+                    list(catalog.products["product_id"].iloc[rows]),
+                    k,
+                )
+            }
+            if len(rows) > 1
+            else {}
+        )
     table = results_table(release.model_version, source, results)
     table["evaluated_at"] = utc_now()
     if len(table):

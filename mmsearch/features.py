@@ -37,15 +37,23 @@ def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> 
         if isinstance(text, str) and text:
             texts.setdefault(text_key(text), text)
 
-    new_images = missing_keys(con, "image_features", "image_sha", list(image_files), image_encoder.encoder_id)
+    new_images = missing_keys(
+        con, "image_features", "image_sha", list(image_files), image_encoder.encoder_id
+    )
     if new_images:
         vectors = image_encoder.encode_files([image_files[sha] for sha in new_images], batch_size)
-        store_vectors(con, "image_features", "image_sha", new_images, vectors, image_encoder.encoder_id)
+        store_vectors(
+            con, "image_features", "image_sha", new_images, vectors, image_encoder.encoder_id
+        )
     new_texts = missing_keys(con, "text_features", "text_sha", list(texts), text_encoder.encoder_id)
     if new_texts:
         vectors = text_encoder.encode([texts[key] for key in new_texts], batch_size)
         store_vectors(con, "text_features", "text_sha", new_texts, vectors, text_encoder.encoder_id)
     return FeatureReport(
-        len(new_images), len(new_texts), len(image_files), len(texts),
-        image_encoder.encoder_id, text_encoder.encoder_id,
+        len(new_images),
+        len(new_texts),
+        len(image_files),
+        len(texts),
+        image_encoder.encoder_id,
+        text_encoder.encoder_id,
     )

@@ -85,7 +85,10 @@ class FusionModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
 
     def fuse(
-        self, image: torch.Tensor | None, text: torch.Tensor | None, has_image: torch.Tensor | None = None
+        self,
+        image: torch.Tensor | None,
+        text: torch.Tensor | None,
+        has_image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One embedding from image and text embeddings; rows without an image use text alone."""
         if image is None:
@@ -226,10 +229,15 @@ def train_fusion_model(
     rng.shuffle(paired)
     n_validation = max(2, int(len(paired) * config.validation_share)) if len(paired) >= 10 else 0
     validation_pairs, train_pairs = paired[:n_validation], paired[n_validation:]
-    query_rows = np.arange(len(queries)) if queries is not None and len(queries) else np.array([], int)
+    query_rows = (
+        np.arange(len(queries)) if queries is not None and len(queries) else np.array([], int)
+    )
     rng.shuffle(query_rows)
     n_validation_queries = int(len(query_rows) * 0.2) if len(query_rows) >= 10 else 0
-    validation_queries, train_queries = query_rows[:n_validation_queries], query_rows[n_validation_queries:]
+    validation_queries, train_queries = (
+        query_rows[:n_validation_queries],
+        query_rows[n_validation_queries:],
+    )
 
     result = TrainingResult(model=model, validation_rows=[int(i) for i in validation_pairs])
     best_state, stale = None, 0
@@ -240,11 +248,15 @@ def train_fusion_model(
         query_batches = np.array_split(rng.permutation(train_queries), n_batches)
         epoch_loss = 0.0
         for number in range(n_batches):
-            rows = torch.from_numpy(order[number * config.batch_size : (number + 1) * config.batch_size])
+            rows = torch.from_numpy(
+                order[number * config.batch_size : (number + 1) * config.batch_size]
+            )
             loss = torch.zeros(())
             if len(rows) > 1:
                 loss = clip_loss(
-                    model.image_head(image_all[rows]), model.text_head(text_all[rows]), model.scale()
+                    model.image_head(image_all[rows]),
+                    model.text_head(text_all[rows]),
+                    model.scale(),
                 )
             if len(query_batches[number]):
                 products = model.embed_products(image_all, text_all, has_image_all)
@@ -261,8 +273,12 @@ def train_fusion_model(
             model, image_all, text_all, has_image_all, validation_pairs, queries, validation_queries
         )
         result.history.append(
-            {"epoch": epoch, "train_loss": epoch_loss / n_batches, "validation_loss": validation_loss,
-             "temperature": float(1 / model.scale())}
+            {
+                "epoch": epoch,
+                "train_loss": epoch_loss / n_batches,
+                "validation_loss": validation_loss,
+                "temperature": float(1 / model.scale()),
+            }
         )
         if validation_loss < result.best_validation_loss - 1e-4:
             result.best_validation_loss, result.best_epoch, stale = validation_loss, epoch, 0
@@ -292,7 +308,9 @@ def _validation_loss(
     if len(validation_pairs) > 1:
         rows = torch.from_numpy(validation_pairs)
         total += float(
-            clip_loss(model.image_head(image_all[rows]), model.text_head(text_all[rows]), model.scale())
+            clip_loss(
+                model.image_head(image_all[rows]), model.text_head(text_all[rows]), model.scale()
+            )
         )
     if queries is not None and len(validation_queries):
         products = model.embed_products(image_all, text_all, has_image_all)
@@ -302,7 +320,10 @@ def _validation_loss(
 
 @torch.inference_mode()
 def embed_products(
-    model: FusionModel, image_features: np.ndarray, text_features: np.ndarray, has_image: np.ndarray,
+    model: FusionModel,
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    has_image: np.ndarray,
     batch_size: int = 4096,
 ) -> np.ndarray:
     """(n, EMBED_DIM) float32 unit product embeddings."""

@@ -13,8 +13,19 @@ from mmsearch.settings import HomeLayout
 from mmsearch.warehouse import replace_rows
 
 RAW_COLUMNS = [
-    "drop_name", "row_number", "ingested_at", "product_id", "title", "description", "category",
-    "brand", "price", "image_path", "deleted", "attributes", "read_error",
+    "drop_name",
+    "row_number",
+    "ingested_at",
+    "product_id",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "price",
+    "image_path",
+    "deleted",
+    "attributes",
+    "read_error",
 ]
 QUERY_COLUMNS = ["drop_name", "line_number", "query_id", "text", "image_path", "relevant", "kind"]
 

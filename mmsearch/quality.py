@@ -82,10 +82,14 @@ def run_clean_products_suite(
     )
     if len(drop_shares):
         results += _validate(
-            drop_shares[["drop_name", "quarantined_share"]].astype({"quarantined_share": "float64"}),
+            drop_shares[["drop_name", "quarantined_share"]].astype(
+                {"quarantined_share": "float64"}
+            ),
             "drop_quarantine",
-            [gxe.ExpectColumnValuesToBeBetween(
-                column="quarantined_share", min_value=0, max_value=max_quarantine_share
-            )],
+            [
+                gxe.ExpectColumnValuesToBeBetween(
+                    column="quarantined_share", min_value=0, max_value=max_quarantine_share
+                )
+            ],
         )
     return SuiteOutcome(all(r["success"] for r in results), results)

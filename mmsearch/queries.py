@@ -57,19 +57,37 @@ def prepare_labeled_queries(con, layout, limits: ImageLimits = ImageLimits()) ->
         if not text and not image_file:
             continue
         rows[record["query_id"]] = {
-            "query_id": record["query_id"], "drop_name": record["drop_name"], "text": text or None,
-            "image_file": image_file, "image_sha": image_sha, "relevant": record["relevant"],
-            "kind": record["kind"], "split": query_split(record["query_id"]),
+            "query_id": record["query_id"],
+            "drop_name": record["drop_name"],
+            "text": text or None,
+            "image_file": image_file,
+            "image_sha": image_sha,
+            "relevant": record["relevant"],
+            "kind": record["kind"],
+            "split": query_split(record["query_id"]),
         }
-    columns = ["query_id", "drop_name", "text", "image_file", "image_sha", "relevant", "kind", "split"]
+    columns = [
+        "query_id",
+        "drop_name",
+        "text",
+        "image_file",
+        "image_sha",
+        "relevant",
+        "kind",
+        "split",
+    ]
     table = pd.DataFrame(list(rows.values()), columns=columns)
     replace_rows(con, "labeled_queries", table)
     return table
 
 
 def query_set_from_features(
-    table: pd.DataFrame, text_vectors: dict[str, np.ndarray], image_vectors: dict[str, np.ndarray],
-    text_dim: int, image_dim: int, known_products: set[str] | None = None,
+    table: pd.DataFrame,
+    text_vectors: dict[str, np.ndarray],
+    image_vectors: dict[str, np.ndarray],
+    text_dim: int,
+    image_dim: int,
+    known_products: set[str] | None = None,
 ) -> QuerySet:
     """A QuerySet from labeled_queries rows and stored features (keyed by text hash / image sha).
 
@@ -100,7 +118,10 @@ def query_set_from_features(
         [q for q, u in zip(rows["query_id"], usable, strict=True) if u],
         [k for k, u in zip(rows["kind"], usable, strict=True) if u],
         [r for r, u in zip(relevance, usable, strict=True) if u],
-        text_features[usable], image_features[usable], has_text[usable], has_image[usable],
+        text_features[usable],
+        image_features[usable],
+        has_text[usable],
+        has_image[usable],
     )
 
 
@@ -133,5 +154,8 @@ def query_set_from_file(engine, query_file: Path, limits: ImageLimits = ImageLim
         [q for q, u in zip(raw["query_id"], usable, strict=True) if u],
         [k for k, u in zip(raw["kind"], usable, strict=True) if u],
         [json.loads(r) for r, u in zip(raw["relevant"], usable, strict=True) if u],
-        text_features[usable], image_features[usable], has_text[usable], has_image[usable],
+        text_features[usable],
+        image_features[usable],
+        has_text[usable],
+        has_image[usable],
     )

@@ -253,11 +253,12 @@ IMAGE_TEXT_TEMPLATES: tuple[str, ...] = (
     "{c} version of this", "same {cw} in {c}", "need this in {c} please", "this one but {c}",
 )
 
-#: Dirty-row kinds, in the order they are handed out. All but `duplicate_id` make a product
-#: unusable; a duplicate id is a legitimate re-send where the later row wins.
+#: Dirty-row kinds, in the order they are handed out (so a small catalog still gets a re-sent
+#: duplicate and a mix of defects). All but `duplicate_id` make a product unusable; a duplicate
+#: id is a legitimate re-send where the later row wins.
 DIRTY_KINDS: tuple[str, ...] = (
-    "blank_title", "missing_image", "zero_byte_image", "truncated_image", "blank_image",
-    "tiny_image", "path_escape", "bad_price", "duplicate_id",
+    "duplicate_id", "truncated_image", "path_escape", "blank_title", "bad_price",
+    "missing_image", "zero_byte_image", "blank_image", "tiny_image",
 )
 DIRTY_SHARE = 0.03
 
@@ -1081,7 +1082,8 @@ def inject_dirty_rows(products: list[Product], rnd: random.Random) -> list[tuple
     Returns a list of (kind, product) for every dirty row; for `duplicate_id` the product is a
     *copy* carrying the updated title/price that must appear later in the file.
     """
-    n_dirty = max(1, round(DIRTY_SHARE * len(products)))
+    # ~3%, but at least one row per kind (up to 5%) so small test catalogs show the variety.
+    n_dirty = max(1, round(DIRTY_SHARE * len(products)), min(len(DIRTY_KINDS), len(products) // 20))
     victims = rnd.sample(products, n_dirty)
     dirty: list[tuple[str, Product]] = []
     for i, p in enumerate(victims):

@@ -97,7 +97,9 @@ class SearchEngine:
                 "configured; retrain (`mmsearch run`) or restore the original encoder"
             )
 
-    def query_vector(self, text: str | None = None, picture: Image.Image | None = None) -> np.ndarray:
+    def query_vector(
+        self, text: str | None = None, picture: Image.Image | None = None
+    ) -> np.ndarray:
         """The shared-space embedding of a text, an image, or both."""
         text = clean_text(text) if text else ""
         if not text and picture is None:
@@ -146,7 +148,9 @@ class SearchEngine:
         result = {"product_id": row["product_id"], "score": round(score, 6)}
         for field in RESULT_FIELDS[1:]:
             value = row.get(field)
-            result[field] = None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+            result[field] = (
+                None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+            )
         return result
 
 

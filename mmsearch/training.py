@@ -30,36 +30,59 @@ def load_catalog_features(con, image_encoder_id: str, text_encoder_id: str) -> C
     """Clean products and their stored features; a product without an image gets a zero row."""
     products = query_df(con, "SELECT * FROM clean_products ORDER BY product_id")
     image_vectors = read_vectors(
-        con, "image_features", "image_sha", [s for s in products["image_sha"] if s], image_encoder_id
+        con,
+        "image_features",
+        "image_sha",
+        [s for s in products["image_sha"] if s],
+        image_encoder_id,
     )
-    text_vectors = read_vectors(con, "text_features", "text_sha", list(products["text_sha"]), text_encoder_id)
+    text_vectors = read_vectors(
+        con, "text_features", "text_sha", list(products["text_sha"]), text_encoder_id
+    )
     missing_text = [sha for sha in products["text_sha"] if sha not in text_vectors]
     if missing_text:
-        raise RuntimeError(f"{len(missing_text)} products have no text features: run feature extraction")
+        raise RuntimeError(
+            f"{len(missing_text)} products have no text features: run feature extraction"
+        )
     image_dim = len(next(iter(image_vectors.values()))) if image_vectors else 1
     image_features = np.zeros((len(products), image_dim), dtype=np.float32)
     has_image = np.zeros(len(products), dtype=bool)
     for i, sha in enumerate(products["image_sha"]):
         if isinstance(sha, str) and sha in image_vectors:
             image_features[i], has_image[i] = image_vectors[sha], True
-    text_features = np.stack([text_vectors[sha] for sha in products["text_sha"]]) if len(products) else (
-        np.zeros((0, 1), dtype=np.float32)
+    text_features = (
+        np.stack([text_vectors[sha] for sha in products["text_sha"]])
+        if len(products)
+        else (np.zeros((0, 1), dtype=np.float32))
     )
     return CatalogFeatures(products, image_features, text_features, has_image)
 
 
-def load_query_split(con, split: str, catalog: CatalogFeatures, image_encoder_id: str, text_encoder_id: str):
+def load_query_split(
+    con, split: str, catalog: CatalogFeatures, image_encoder_id: str, text_encoder_id: str
+):
     """The labeled queries of one split as a QuerySet over the live catalog."""
-    table = query_df(con, "SELECT * FROM labeled_queries WHERE split = ? ORDER BY query_id", [split])
+    table = query_df(
+        con, "SELECT * FROM labeled_queries WHERE split = ? ORDER BY query_id", [split]
+    )
     texts = [t for t in table["text"] if isinstance(t, str) and t]
-    text_vectors = read_vectors(con, "text_features", "text_sha", [text_key(t) for t in texts], text_encoder_id)
+    text_vectors = read_vectors(
+        con, "text_features", "text_sha", [text_key(t) for t in texts], text_encoder_id
+    )
     image_vectors = read_vectors(
-        con, "image_features", "image_sha", [s for s in table["image_sha"] if isinstance(s, str)],
+        con,
+        "image_features",
+        "image_sha",
+        [s for s in table["image_sha"] if isinstance(s, str)],
         image_encoder_id,
     )
     return query_set_from_features(
-        table, text_vectors, image_vectors, catalog.text_features.shape[1],
-        catalog.image_features.shape[1], set(catalog.products["product_id"]),
+        table,
+        text_vectors,
+        image_vectors,
+        catalog.text_features.shape[1],
+        catalog.image_features.shape[1],
+        set(catalog.products["product_id"]),
     )
 
 
@@ -74,7 +97,9 @@ def train_and_save(
     catalog = load_catalog_features(con, encoders["image_encoder_id"], encoders["text_encoder_id"])
     if len(catalog.products) < 2:
         raise RuntimeError("need at least 2 live products to train the fusion model")
-    queries = load_query_split(con, "train", catalog, encoders["image_encoder_id"], encoders["text_encoder_id"])
+    queries = load_query_split(
+        con, "train", catalog, encoders["image_encoder_id"], encoders["text_encoder_id"]
+    )
     pairs = None
     if len(queries):
         position = {pid: i for i, pid in enumerate(catalog.products["product_id"])}
@@ -83,7 +108,11 @@ def train_and_save(
             for pid, grade in graded.items():
                 relevance[row, position[pid]] = grade
         pairs = QueryPairs(
-            queries.image_features, queries.text_features, queries.has_image, queries.has_text, relevance
+            queries.image_features,
+            queries.text_features,
+            queries.has_image,
+            queries.has_text,
+            relevance,
         )
     result = train_fusion_model(
         catalog.image_features, catalog.text_features, catalog.has_image, pairs, config
@@ -100,15 +129,25 @@ def train_and_save(
         "epochs_run": len(result.history),
         "best_validation_loss": round(result.best_validation_loss, 4),
         "temperature": round(result.history[result.best_epoch - 1]["temperature"], 4)
-        if result.best_epoch else None,
+        if result.best_epoch
+        else None,
         "validation_product_ids": result.validation_ids(catalog.products["product_id"]),
     }
-    config_record = {"encoders": encoders, "training": config.to_dict(), "summary": summary,
-                     "history": result.history}
+    config_record = {
+        "encoders": encoders,
+        "training": config.to_dict(),
+        "summary": summary,
+        "history": result.history,
+    }
     folder = artifacts.save_model(layout, version, result.model, config_record)
     con.execute(
         "INSERT INTO model_versions (version, created_at, path, config, metrics) VALUES (?, ?, ?, ?, ?)",
-        [version, artifacts.utc_now(), str(folder), json.dumps(config_record, default=str),
-         json.dumps({k: v for k, v in summary.items() if k != "validation_product_ids"})],
+        [
+            version,
+            artifacts.utc_now(),
+            str(folder),
+            json.dumps(config_record, default=str),
+            json.dumps({k: v for k, v in summary.items() if k != "validation_product_ids"}),
+        ],
     )
     return version, summary

@@ -151,7 +151,9 @@ def query_df(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = Non
     return con.execute(sql, params or []).df()
 
 
-def query_records(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+def query_records(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
+) -> list[dict]:
     """Run a parameterised query and return rows as dicts, SQL NULL as None (never NaN)."""
     cursor = con.execute(sql, params or [])
     columns = [d[0] for d in cursor.description]

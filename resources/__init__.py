@@ -22,6 +22,10 @@ def build_resources(mm_home: Path | str | None = None, **settings) -> dict:
 
 
 __all__ = [
-    "ArtifactStoreResource", "ImageEncoderResource", "PipelineSettings", "TextEncoderResource",
-    "WarehouseResource", "build_resources",
+    "ArtifactStoreResource",
+    "ImageEncoderResource",
+    "PipelineSettings",
+    "TextEncoderResource",
+    "WarehouseResource",
+    "build_resources",
 ]

@@ -23,6 +23,8 @@ class PipelineSettings(ConfigurableResource):
 
     def training_config(self) -> TrainingConfig:
         return TrainingConfig(
-            epochs=self.training_epochs, batch_size=self.training_batch_size,
-            learning_rate=self.learning_rate, seed=self.seed,
+            epochs=self.training_epochs,
+            batch_size=self.training_batch_size,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
         )

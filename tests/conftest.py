@@ -20,7 +20,10 @@ def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     env["MM_HOME"] = str(home)
     result = subprocess.run(
-        [sys.executable, "-m", "mmsearch.cli", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "mmsearch.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=900,
     )
     if check and result.returncode != 0:

@@ -18,12 +18,28 @@ from mmsearch.settings import HomeLayout
 from mmsearch.training import load_catalog_features
 
 KNOWN_REASONS = {
-    "missing_product_id", "product_id_too_long", "missing_title", "bad_price", "negative_price",
-    "image_missing", "image_outside_drop", "image_unreadable", "image_truncated", "image_empty",
-    "image_too_large", "image_too_small", "image_blank", "image_unsupported_type", "unreadable_row",
+    "missing_product_id",
+    "product_id_too_long",
+    "missing_title",
+    "bad_price",
+    "negative_price",
+    "image_missing",
+    "image_outside_drop",
+    "image_unreadable",
+    "image_truncated",
+    "image_empty",
+    "image_too_large",
+    "image_too_small",
+    "image_blank",
+    "image_unsupported_type",
+    "unreadable_row",
 }
 DOWNSTREAM = [
-    "clean_products", "labeled_queries", "encoder_features", "fusion_model", "product_index",
+    "clean_products",
+    "labeled_queries",
+    "encoder_features",
+    "fusion_model",
+    "product_index",
     "search_evaluation",
 ]
 
@@ -33,7 +49,9 @@ def test_definitions_load_with_the_whole_asset_graph():
     names = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert names == {"raw_products", *DOWNSTREAM}
     assert {c.name for c in graph.asset_check_keys} >= {
-        "row_accounting_balanced", "clean_products_expectations", "features_cover_catalog",
+        "row_accounting_balanced",
+        "clean_products_expectations",
+        "features_cover_catalog",
         "fusion_beats_baselines",
     }
     assert defs.resolve_job_def("refresh_catalog") is not None
@@ -51,11 +69,17 @@ def materialized(tmp_path_factory, sample_drop):
         assets = definitions.resolve_asset_graph()
         everything = list(definitions.assets) + list(definitions.asset_checks)
         ingest = materialize(
-            everything, instance=instance, partition_key=drop,
-            resources=definitions.resources, selection=["raw_products"],
+            everything,
+            instance=instance,
+            partition_key=drop,
+            resources=definitions.resources,
+            selection=["raw_products"],
         )
         refresh = materialize(
-            everything, instance=instance, resources=definitions.resources, selection=DOWNSTREAM,
+            everything,
+            instance=instance,
+            resources=definitions.resources,
+            selection=DOWNSTREAM,
         )
         yield layout, drop, ingest, refresh, instance, assets
 
@@ -82,8 +106,12 @@ def test_raw_rows_are_kept_with_drop_and_row_number(materialized, sample_drop):
 def test_dirty_rows_are_quarantined_and_rows_balance(materialized):
     layout, drop, _, refresh, _, _ = materialized
     with warehouse.connect(layout.warehouse, read_only=True) as con:
-        reasons = {r for (r,) in con.execute("SELECT DISTINCT reason_code FROM quarantine").fetchall()}
-        outcomes = dict(con.execute("SELECT outcome, count(*) FROM row_outcomes GROUP BY 1").fetchall())
+        reasons = {
+            r for (r,) in con.execute("SELECT DISTINCT reason_code FROM quarantine").fetchall()
+        }
+        outcomes = dict(
+            con.execute("SELECT outcome, count(*) FROM row_outcomes GROUP BY 1").fetchall()
+        )
         read = con.execute("SELECT rows_read FROM drops WHERE name = ?", [drop]).fetchone()[0]
         live = con.execute("SELECT count(*) FROM clean_products").fetchone()[0]
     assert reasons and reasons <= KNOWN_REASONS
@@ -101,7 +129,9 @@ def test_features_are_unit_vectors_of_the_encoder_dimensions(materialized):
             con, config["encoders"]["image_encoder_id"], config["encoders"]["text_encoder_id"]
         )
     assert catalog.text_features.shape[1] == 384 and catalog.image_features.shape[1] == 1280
-    assert np.allclose(np.linalg.norm(catalog.image_features[catalog.has_image], axis=1), 1, atol=1e-4)
+    assert np.allclose(
+        np.linalg.norm(catalog.image_features[catalog.has_image], axis=1), 1, atol=1e-4
+    )
     assert catalog.has_image.mean() > 0.9
 
 
@@ -113,7 +143,8 @@ def test_release_is_live_and_a_products_image_retrieves_it_first(materialized):
     from PIL import Image
 
     first_hits = [
-        engine.search(image=Image.open(row.image_file).convert("RGB"), k=1)[0]["product_id"] == row.product_id
+        engine.search(image=Image.open(row.image_file).convert("RGB"), k=1)[0]["product_id"]
+        == row.product_id
         for row in sample.itertuples()
     ]
     assert np.mean(first_hits) >= 0.8

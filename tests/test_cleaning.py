@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 import pytest
+from helpers import picture, png_bytes, write_drop
 from PIL import Image
 
-from helpers import picture, png_bytes, write_drop
-from mmsearch.cleaning import accounting_by_drop, clean_catalog, parse_price, RowRejected
+from mmsearch.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
 from mmsearch.images import ImageLimits, ImageRejected, decode_image
 from mmsearch.text import clean_text, product_document
 
@@ -31,7 +31,10 @@ def test_clean_text_keeps_escaped_markup_as_text():
 
 
 def test_product_document_is_the_text_the_encoder_reads():
-    assert product_document("Red tee", "t-shirt", "Acme", "Soft.") == "Red tee. t-shirt. by Acme. Soft."
+    assert (
+        product_document("Red tee", "t-shirt", "Acme", "Soft.")
+        == "Red tee. t-shirt. by Acme. Soft."
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,7 +44,9 @@ def test_parse_price_accepts_common_formats(value, expected):
     assert parse_price(value) == expected
 
 
-@pytest.mark.parametrize(("value", "code"), [("call us", "bad_price"), ("-3", "negative_price"), ("nan", "bad_price")])
+@pytest.mark.parametrize(
+    ("value", "code"), [("call us", "bad_price"), ("-3", "negative_price"), ("nan", "bad_price")]
+)
 def test_parse_price_rejects_with_reason(value, code):
     with pytest.raises(RowRejected) as caught:
         parse_price(value)
@@ -94,8 +99,14 @@ def test_unusable_images_are_rejected_with_reason(data, code):
 
 def _raw_rows(drop_name: str, seq: int, rows: list[dict]) -> list[dict]:
     return [
-        {"drop_name": drop_name, "drop_seq": seq, "row_number": i, "read_error": None,
-         "attributes": "{}", **row}
+        {
+            "drop_name": drop_name,
+            "drop_seq": seq,
+            "row_number": i,
+            "read_error": None,
+            "attributes": "{}",
+            **row,
+        }
         for i, row in enumerate(rows, start=1)
     ]
 
@@ -104,8 +115,12 @@ def test_bad_rows_are_quarantined_with_reasons_and_never_open_outside_files(tmp_
     secret = tmp_path / "secret.png"
     secret.write_bytes(png_bytes(picture()))
     drop = write_drop(
-        tmp_path / "landing" / "d1", [],
-        {"images/ok.png": png_bytes(picture()), "images/trunc.png": png_bytes(picture(size=(200, 200)))[:300]},
+        tmp_path / "landing" / "d1",
+        [],
+        {
+            "images/ok.png": png_bytes(picture()),
+            "images/trunc.png": png_bytes(picture(size=(200, 200)))[:300],
+        },
     )
     os.symlink(secret, drop / "images" / "link.png")
     rows = [
@@ -120,11 +135,18 @@ def test_bad_rows_are_quarantined_with_reasons_and_never_open_outside_files(tmp_
         {"product_id": "x" * 300, "title": "Long id"},
     ]
     catalog = clean_catalog(_raw_rows("d1", 1, rows), {"d1": drop}, tmp_path / "clean")
-    reasons = dict(zip(catalog.quarantine["row_number"], catalog.quarantine["reason_code"], strict=True))
+    reasons = dict(
+        zip(catalog.quarantine["row_number"], catalog.quarantine["reason_code"], strict=True)
+    )
     assert reasons == {
-        2: "missing_product_id", 3: "missing_title", 4: "image_outside_drop",
-        5: "image_outside_drop", 6: "image_outside_drop", 7: "image_truncated",
-        8: "image_missing", 9: "product_id_too_long",
+        2: "missing_product_id",
+        3: "missing_title",
+        4: "image_outside_drop",
+        5: "image_outside_drop",
+        6: "image_outside_drop",
+        7: "image_truncated",
+        8: "image_missing",
+        9: "product_id_too_long",
     }
     assert list(catalog.products["product_id"]) == ["ok"]
     assert all(catalog.quarantine["reason"].str.len() > 10)
@@ -133,15 +155,23 @@ def test_bad_rows_are_quarantined_with_reasons_and_never_open_outside_files(tmp_
 def test_latest_drop_wins_and_every_row_is_accounted_for(tmp_path):
     first = write_drop(tmp_path / "a", [])
     second = write_drop(tmp_path / "b", [])
-    raw = _raw_rows("a", 1, [
-        {"product_id": "p1", "title": "Old title"},
-        {"product_id": "p2", "title": "Keep me"},
-        {"product_id": "p3", "title": "Will be deleted"},
-    ]) + _raw_rows("b", 2, [
-        {"product_id": "p1", "title": "New title"},
-        {"product_id": "p2", "title": "", "price": "bad"},  # quarantined: must not replace p2
-        {"product_id": "p3", "title": "", "deleted": "true"},
-    ])
+    raw = _raw_rows(
+        "a",
+        1,
+        [
+            {"product_id": "p1", "title": "Old title"},
+            {"product_id": "p2", "title": "Keep me"},
+            {"product_id": "p3", "title": "Will be deleted"},
+        ],
+    ) + _raw_rows(
+        "b",
+        2,
+        [
+            {"product_id": "p1", "title": "New title"},
+            {"product_id": "p2", "title": "", "price": "bad"},  # quarantined: must not replace p2
+            {"product_id": "p3", "title": "", "deleted": "true"},
+        ],
+    )
     catalog = clean_catalog(raw, {"a": first, "b": second}, tmp_path / "clean")
     live = dict(zip(catalog.products["product_id"], catalog.products["title"], strict=True))
     assert live == {"p1": "New title", "p2": "Keep me"}
@@ -153,7 +183,9 @@ def test_latest_drop_wins_and_every_row_is_accounted_for(tmp_path):
 
 def test_products_without_image_stay_live_as_text_only(tmp_path):
     drop = write_drop(tmp_path / "d", [])
-    catalog = clean_catalog(_raw_rows("d", 1, [{"product_id": "p", "title": "Plain"}]), {"d": drop}, tmp_path / "c")
+    catalog = clean_catalog(
+        _raw_rows("d", 1, [{"product_id": "p", "title": "Plain"}]), {"d": drop}, tmp_path / "c"
+    )
     assert catalog.products["image_sha"].isna().all()
     assert len(catalog.products) == 1
 
@@ -161,10 +193,14 @@ def test_products_without_image_stay_live_as_text_only(tmp_path):
 def test_clean_images_are_stored_by_content_hash(tmp_path):
     image = png_bytes(picture())
     drop = write_drop(tmp_path / "d", [], {"a.png": image, "b.png": image})
-    raw = _raw_rows("d", 1, [
-        {"product_id": "p1", "title": "One", "image_path": "a.png"},
-        {"product_id": "p2", "title": "Two", "image_path": "b.png"},
-    ])
+    raw = _raw_rows(
+        "d",
+        1,
+        [
+            {"product_id": "p1", "title": "One", "image_path": "a.png"},
+            {"product_id": "p2", "title": "Two", "image_path": "b.png"},
+        ],
+    )
     catalog = clean_catalog(raw, {"d": drop}, tmp_path / "clean")
     assert catalog.products["image_sha"].nunique() == 1
     stored = Image.open(catalog.products["image_file"].iloc[0])

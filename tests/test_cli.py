@@ -11,7 +11,13 @@ from helpers import picture, png_bytes, write_drop
 def test_run_reports_assets_rows_model_and_index(built_home):
     _, run = built_home
     assert run["run_id"] and run["model_version"].startswith("model-")
-    assert {"clean_products", "encoder_features", "fusion_model", "product_index", "search_evaluation"} <= set(run["assets"])
+    assert {
+        "clean_products",
+        "encoder_features",
+        "fusion_model",
+        "product_index",
+        "search_evaluation",
+    } <= set(run["assets"])
     assert all(isinstance(a["seconds"], float) for a in run["assets"].values())
     rows = run["rows"]
     assert rows["read"] == rows["live"] + rows["replaced"] + rows["quarantined"] + rows["deleted"]
@@ -33,7 +39,9 @@ def test_text_search_answers_from_the_live_index_with_filters(built_home, sample
     assert scores == sorted(scores, reverse=True)
     assert {"product_id", "score", "title", "category", "price"} <= set(result["results"][0])
     category = result["results"][0]["category"]
-    filtered = cli_json(home, "search", "--text", "gift", "--category", category, "--max-price", "80")
+    filtered = cli_json(
+        home, "search", "--text", "gift", "--category", category, "--max-price", "80"
+    )
     assert filtered["results"]
     assert all(h["category"] == category and h["price"] <= 80 for h in filtered["results"])
 
@@ -42,19 +50,32 @@ def test_image_search_finds_the_product_of_that_image(built_home, sample_drop):
     home, _ = built_home
     status = cli_json(home, "status")
     assert status["products"] > 50
-    queries = [json.loads(line) for line in (sample_drop / "queries.jsonl").read_text().splitlines()]
+    queries = [
+        json.loads(line) for line in (sample_drop / "queries.jsonl").read_text().splitlines()
+    ]
     image_query = next(q for q in queries if q["kind"] == "image")
     target = max(image_query["relevant"], key=image_query["relevant"].get)
-    result = cli_json(home, "search", "--image", str(sample_drop / image_query["image_path"]), "--k", "10")
+    result = cli_json(
+        home, "search", "--image", str(sample_drop / image_query["image_path"]), "--k", "10"
+    )
     assert target in [hit["product_id"] for hit in result["results"]]
 
 
 def test_image_plus_text_search_answers(built_home, sample_drop):
     home, _ = built_home
-    queries = [json.loads(line) for line in (sample_drop / "queries.jsonl").read_text().splitlines()]
+    queries = [
+        json.loads(line) for line in (sample_drop / "queries.jsonl").read_text().splitlines()
+    ]
     both = next(q for q in queries if q["kind"] == "image+text")
     result = cli_json(
-        home, "search", "--image", str(sample_drop / both["image_path"]), "--text", both["text"], "--k", "3"
+        home,
+        "search",
+        "--image",
+        str(sample_drop / both["image_path"]),
+        "--text",
+        both["text"],
+        "--k",
+        "3",
     )
     assert len(result["results"]) == 3
 
@@ -92,8 +113,16 @@ def test_unreadable_drop_is_rejected_by_name_while_good_drop_goes_live(tmp_path)
     home = tmp_path / "home"
     good = write_drop(
         tmp_path / "good-drop",
-        [{"product_id": f"p{i}", "title": f"Product {i} mug", "category": "mug", "price": str(i),
-          "image_path": f"img/{i}.png"} for i in range(12)],
+        [
+            {
+                "product_id": f"p{i}",
+                "title": f"Product {i} mug",
+                "category": "mug",
+                "price": str(i),
+                "image_path": f"img/{i}.png",
+            }
+            for i in range(12)
+        ],
         {f"img/{i}.png": png_bytes(picture((20 * i, 90, 200 - 10 * i), seed=i)) for i in range(12)},
     )
     broken = tmp_path / "broken-drop"
@@ -115,4 +144,8 @@ def test_unreadable_drop_is_rejected_by_name_while_good_drop_goes_live(tmp_path)
 def test_ingest_refuses_a_folder_without_products_file(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli(tmp_path / "home", "ingest", str(tmp_path / "empty"), check=False)
-    assert result.returncode != 0 and "'empty'" in result.stderr and "no products file" in result.stderr
+    assert (
+        result.returncode != 0
+        and "'empty'" in result.stderr
+        and "no products file" in result.stderr
+    )

@@ -61,4 +61,6 @@ def test_training_is_deterministic_and_a_products_own_image_finds_it_first(sampl
     )
     top = (queries @ products.T).argmax(axis=1)
     assert (top == np.arange(len(ids))).mean() >= 0.9
-    assert first.best_epoch >= 1 and first.history[0]["validation_loss"] > first.best_validation_loss
+    assert (
+        first.best_epoch >= 1 and first.history[0]["validation_loss"] > first.best_validation_loss
+    )

@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from helpers import write_drop
+
 from mmsearch import warehouse
 from mmsearch.catalog import DropRejected, copy_drop, read_products, read_queries
 from mmsearch.ingestion import ingest_drop
@@ -33,7 +33,9 @@ def test_jsonl_bad_line_is_a_row_with_its_error(tmp_path):
 def test_parquet_is_read(tmp_path):
     drop = tmp_path / "d"
     drop.mkdir()
-    pd.DataFrame({"product_id": [1, 2], "title": ["A", "B"], "price": [1.5, None]}).to_parquet(drop / "products.parquet")
+    pd.DataFrame({"product_id": [1, 2], "title": ["A", "B"], "price": [1.5, None]}).to_parquet(
+        drop / "products.parquet"
+    )
     frame = read_products(drop)
     assert list(frame["product_id"]) == ["1", "2"] and frame.loc[1, "price"] is None
 
@@ -42,10 +44,22 @@ def test_parquet_is_read(tmp_path):
     ("setup", "problem"),
     [
         (lambda d: None, "no products file"),
-        (lambda d: (d / "products.csv").write_text("sku,name\n1,x\n"), "lacks required column(s) product_id, title"),
+        (
+            lambda d: (d / "products.csv").write_text("sku,name\n1,x\n"),
+            "lacks required column(s) product_id, title",
+        ),
         (lambda d: (d / "products.csv").write_bytes(b"\x00\x01\x02" * 50), "NUL bytes"),
-        (lambda d: (d / "products.csv").write_text('product_id,title\n1,"unterminated\n'), "not a readable table"),
-        (lambda d: ((d / "products.csv").write_text("product_id,title\n"), (d / "products.jsonl").write_text("")), "more than one"),
+        (
+            lambda d: (d / "products.csv").write_text('product_id,title\n1,"unterminated\n'),
+            "not a readable table",
+        ),
+        (
+            lambda d: (
+                (d / "products.csv").write_text("product_id,title\n"),
+                (d / "products.jsonl").write_text(""),
+            ),
+            "more than one",
+        ),
     ],
 )
 def test_unreadable_drop_is_rejected_naming_drop_and_problem(tmp_path, setup, problem):
@@ -66,12 +80,17 @@ def test_windows_1252_csv_is_decoded(tmp_path):
 
 def test_ingest_keeps_drop_row_and_time_and_records_rejections(tmp_path):
     layout = HomeLayout(tmp_path / "home").ensure()
-    write_drop(layout.landing / "good", [{"product_id": "p1", "title": "A"}, {"product_id": "p2", "title": "B"}])
+    write_drop(
+        layout.landing / "good",
+        [{"product_id": "p1", "title": "A"}, {"product_id": "p2", "title": "B"}],
+    )
     (layout.landing / "bad").mkdir()
     with warehouse.connect(layout.warehouse) as con:
         good = ingest_drop(con, layout, "good")
         bad = ingest_drop(con, layout, "bad")
-        rows = con.execute("SELECT drop_name, row_number, ingested_at IS NOT NULL FROM raw_products ORDER BY 2").fetchall()
+        rows = con.execute(
+            "SELECT drop_name, row_number, ingested_at IS NOT NULL FROM raw_products ORDER BY 2"
+        ).fetchall()
         drops = con.execute("SELECT name, status, message FROM drops ORDER BY seq").fetchall()
     assert (good.status, good.rows) == ("accepted", 2)
     assert bad.status == "rejected" and "'bad'" in bad.message

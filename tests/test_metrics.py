@@ -9,7 +9,12 @@ from mmsearch.metrics import aggregate, ndcg_at, score_query
 
 def test_first_target_at_rank_two():
     scores = score_query(["b", "a", "c"], {"a": 1.0})
-    assert scores == {"recall@1": 0.0, "recall@10": 1.0, "mrr": 0.5, "ndcg@10": pytest.approx(1 / math.log2(3))}
+    assert scores == {
+        "recall@1": 0.0,
+        "recall@10": 1.0,
+        "mrr": 0.5,
+        "ndcg@10": pytest.approx(1 / math.log2(3)),
+    }
 
 
 def test_graded_relevance_targets_the_top_grade():
@@ -27,6 +32,10 @@ def test_perfect_ranking_has_ndcg_one():
 
 
 def test_aggregate_means_and_counts():
-    summary = aggregate([{"recall@1": 1, "recall@10": 1, "mrr": 1, "ndcg@10": 1},
-                         {"recall@1": 0, "recall@10": 1, "mrr": 0.5, "ndcg@10": 0.5}])
+    summary = aggregate(
+        [
+            {"recall@1": 1, "recall@10": 1, "mrr": 1, "ndcg@10": 1},
+            {"recall@1": 0, "recall@10": 1, "mrr": 0.5, "ndcg@10": 0.5},
+        ]
+    )
     assert summary == {"n": 2, "recall@1": 0.5, "recall@10": 1.0, "mrr": 0.75, "ndcg@10": 0.75}
