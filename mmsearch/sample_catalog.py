@@ -147,56 +147,128 @@ class CategorySpec:
 
 
 CATEGORIES: tuple[CategorySpec, ...] = (
-    CategorySpec("t-shirt", ("t-shirt", "tee", "top", "t shirt"),
-                 ("cotton", "linen", "polyester"), (9, 39)),
-    CategorySpec("dress", ("dress", "frock", "sundress", "midi dress"),
-                 ("cotton", "silk", "linen", "polyester"), (29, 149)),
-    CategorySpec("sneaker", ("sneakers", "trainers", "running shoes", "sneaker"),
-                 ("canvas", "leather", "mesh"), (39, 179)),
-    CategorySpec("boot", ("boots", "ankle boots", "booties", "boot"),
-                 ("leather", "suede", "rubber"), (59, 249)),
-    CategorySpec("handbag", ("handbag", "purse", "tote", "shoulder bag"),
-                 ("leather", "canvas", "suede"), (35, 399)),
-    CategorySpec("backpack", ("backpack", "rucksack", "daypack", "school bag"),
-                 ("nylon", "canvas", "leather"), (25, 149)),
-    CategorySpec("mug", ("mug", "coffee mug", "cup", "tea mug"),
-                 ("ceramic", "stoneware", "enamel"), (6, 29)),
-    CategorySpec("lamp", ("table lamp", "lamp", "desk lamp", "bedside light"),
-                 ("metal", "ceramic", "glass"), (19, 189)),
-    CategorySpec("watch", ("watch", "wristwatch", "timepiece"),
-                 ("metal", "leather", "silicone"), (39, 599)),
-    CategorySpec("hat", ("hat", "fedora", "trilby"),
-                 ("wool", "cotton", "straw"), (12, 79)),
-    CategorySpec("sofa", ("sofa", "couch", "settee", "loveseat"),
-                 ("velvet", "linen", "leather"), (299, 2499)),
-    CategorySpec("vase", ("vase", "flower vase", "vessel"),
-                 ("ceramic", "glass", "stoneware"), (12, 129)),
-    CategorySpec("sunglasses", ("sunglasses", "shades", "sunnies"),
-                 ("plastic", "metal", "acetate"), (15, 249)),
-    CategorySpec("bottle", ("water bottle", "bottle", "flask", "drinks bottle"),
-                 ("metal", "glass", "plastic"), (8, 45)),
+    CategorySpec(
+        "t-shirt", ("t-shirt", "tee", "top", "t shirt"), ("cotton", "linen", "polyester"), (9, 39)
+    ),
+    CategorySpec(
+        "dress",
+        ("dress", "frock", "sundress", "midi dress"),
+        ("cotton", "silk", "linen", "polyester"),
+        (29, 149),
+    ),
+    CategorySpec(
+        "sneaker",
+        ("sneakers", "trainers", "running shoes", "sneaker"),
+        ("canvas", "leather", "mesh"),
+        (39, 179),
+    ),
+    CategorySpec(
+        "boot",
+        ("boots", "ankle boots", "booties", "boot"),
+        ("leather", "suede", "rubber"),
+        (59, 249),
+    ),
+    CategorySpec(
+        "handbag",
+        ("handbag", "purse", "tote", "shoulder bag"),
+        ("leather", "canvas", "suede"),
+        (35, 399),
+    ),
+    CategorySpec(
+        "backpack",
+        ("backpack", "rucksack", "daypack", "school bag"),
+        ("nylon", "canvas", "leather"),
+        (25, 149),
+    ),
+    CategorySpec(
+        "mug", ("mug", "coffee mug", "cup", "tea mug"), ("ceramic", "stoneware", "enamel"), (6, 29)
+    ),
+    CategorySpec(
+        "lamp",
+        ("table lamp", "lamp", "desk lamp", "bedside light"),
+        ("metal", "ceramic", "glass"),
+        (19, 189),
+    ),
+    CategorySpec(
+        "watch", ("watch", "wristwatch", "timepiece"), ("metal", "leather", "silicone"), (39, 599)
+    ),
+    CategorySpec("hat", ("hat", "fedora", "trilby"), ("wool", "cotton", "straw"), (12, 79)),
+    CategorySpec(
+        "sofa", ("sofa", "couch", "settee", "loveseat"), ("velvet", "linen", "leather"), (299, 2499)
+    ),
+    CategorySpec(
+        "vase", ("vase", "flower vase", "vessel"), ("ceramic", "glass", "stoneware"), (12, 129)
+    ),
+    CategorySpec(
+        "sunglasses",
+        ("sunglasses", "shades", "sunnies"),
+        ("plastic", "metal", "acetate"),
+        (15, 249),
+    ),
+    CategorySpec(
+        "bottle",
+        ("water bottle", "bottle", "flask", "drinks bottle"),
+        ("metal", "glass", "plastic"),
+        (8, 45),
+    ),
 )
 
 BRANDS: tuple[str, ...] = (
-    "Northwind", "Alder & Finch", "Lumora", "Kestrel Co", "Bramblewood", "Velto",
-    "Harbor Lane", "Oakum", "Sunder", "Mistral", "Quillon", "Tindra", "Copperleaf",
-    "Nordvik", "Palisade", "Marlowe & Co", "Ember Field", "Zephyra", "Birchpoint", "Solano",
+    "Northwind",
+    "Alder & Finch",
+    "Lumora",
+    "Kestrel Co",
+    "Bramblewood",
+    "Velto",
+    "Harbor Lane",
+    "Oakum",
+    "Sunder",
+    "Mistral",
+    "Quillon",
+    "Tindra",
+    "Copperleaf",
+    "Nordvik",
+    "Palisade",
+    "Marlowe & Co",
+    "Ember Field",
+    "Zephyra",
+    "Birchpoint",
+    "Solano",
 )
 
 #: Trim/hardware colours (soles, handles, watch cases). Deliberately not in COLORS' vocabulary
 #: so the accent never changes what colour a product "is".
 ACCENTS: tuple[RGB, ...] = (
-    (200, 165, 60), (190, 190, 200), (70, 72, 80), (190, 150, 100), (235, 225, 200),
-    (22, 22, 24), (250, 250, 250),
+    (200, 165, 60),
+    (190, 190, 200),
+    (70, 72, 80),
+    (190, 150, 100),
+    (235, 225, 200),
+    (22, 22, 24),
+    (250, 250, 250),
 )
 
 FILLERS: tuple[str, ...] = (
-    "Free shipping!", "New season", "Best seller", "Limited edition", "SALE", "Top rated",
-    "Gift idea", "Online exclusive",
+    "Free shipping!",
+    "New season",
+    "Best seller",
+    "Limited edition",
+    "SALE",
+    "Top rated",
+    "Gift idea",
+    "Online exclusive",
 )
 ADJECTIVES: tuple[str, ...] = (
-    "Classic", "Modern", "Everyday", "Premium", "Essential", "Vintage", "Minimalist",
-    "Signature", "Urban", "Relaxed",
+    "Classic",
+    "Modern",
+    "Everyday",
+    "Premium",
+    "Essential",
+    "Vintage",
+    "Minimalist",
+    "Signature",
+    "Urban",
+    "Relaxed",
 )
 
 #: Title templates. `[...]` is dropped when the one slot inside it is empty, which is how a
@@ -212,17 +284,35 @@ TITLE_TEMPLATES: tuple[str, ...] = (
     "[{brand} ]{cat}[, {color}][, {material}][, {pattern}]",
 )
 
-DESC_COLOR = ("Available in {c}.", "Shown in {c}.", "Colour: {c}.",
-              "This one comes in a rich {c} shade.", "Color - {c}.")
-DESC_MATERIAL = ("Made from {m}.", "Crafted from {m}.", "Material: {m}.",
-                 "{M} construction for lasting quality.")
+DESC_COLOR = (
+    "Available in {c}.",
+    "Shown in {c}.",
+    "Colour: {c}.",
+    "This one comes in a rich {c} shade.",
+    "Color - {c}.",
+)
+DESC_MATERIAL = (
+    "Made from {m}.",
+    "Crafted from {m}.",
+    "Material: {m}.",
+    "{M} construction for lasting quality.",
+)
 DESC_PATTERN = ("Features {pp}.", "Finished with {pp}.", "Look for {pp} throughout.")
-DESC_BRAND = ("Designed by {b}.", "Part of the {season} collection from {b}.",
-              "{b} quality you can trust.")
-DESC_GENERIC = ("An everyday essential.", "Style & comfort in one.", "Great gift idea.",
-                "Ships in 2-3 business days.", "Easy to care for.",
-                "This {cw} is a customer favourite.", "Limited stock available.",
-                "Pairs well with the rest of the range.")
+DESC_BRAND = (
+    "Designed by {b}.",
+    "Part of the {season} collection from {b}.",
+    "{b} quality you can trust.",
+)
+DESC_GENERIC = (
+    "An everyday essential.",
+    "Style & comfort in one.",
+    "Great gift idea.",
+    "Ships in 2-3 business days.",
+    "Easy to care for.",
+    "This {cw} is a customer favourite.",
+    "Limited stock available.",
+    "Pairs well with the rest of the range.",
+)
 SEASONS = ("spring/summer", "autumn/winter", "holiday", "resort")
 
 #: Text-query templates, same `[...]` convention as titles.
@@ -249,21 +339,44 @@ QUERY_ATTRIBUTE_SETS: tuple[tuple[tuple[str, ...], float], ...] = (
 )
 
 IMAGE_TEXT_TEMPLATES: tuple[str, ...] = (
-    "like this but in {c}", "same one in {c}", "this, but {c}", "do you have this in {c}?",
-    "{c} version of this", "same {cw} in {c}", "need this in {c} please", "this one but {c}",
+    "like this but in {c}",
+    "same one in {c}",
+    "this, but {c}",
+    "do you have this in {c}?",
+    "{c} version of this",
+    "same {cw} in {c}",
+    "need this in {c} please",
+    "this one but {c}",
 )
 
 #: Dirty-row kinds, in the order they are handed out (so a small catalog still gets a re-sent
 #: duplicate and a mix of defects). All but `duplicate_id` make a product unusable; a duplicate
 #: id is a legitimate re-send where the later row wins.
 DIRTY_KINDS: tuple[str, ...] = (
-    "duplicate_id", "truncated_image", "path_escape", "blank_title", "bad_price",
-    "missing_image", "zero_byte_image", "blank_image", "tiny_image",
+    "duplicate_id",
+    "truncated_image",
+    "path_escape",
+    "blank_title",
+    "bad_price",
+    "missing_image",
+    "zero_byte_image",
+    "blank_image",
+    "tiny_image",
 )
 DIRTY_SHARE = 0.03
 
-CSV_COLUMNS = ("product_id", "title", "description", "category", "brand", "price",
-               "image_path", "color", "pattern", "material")
+CSV_COLUMNS = (
+    "product_id",
+    "title",
+    "description",
+    "category",
+    "brand",
+    "price",
+    "image_path",
+    "color",
+    "pattern",
+    "material",
+)
 
 PRODUCT_IMAGE_SIZE = (224, 224)
 QUERY_IMAGE_SIZES: tuple[tuple[int, int], ...] = ((224, 224), (256, 256), (240, 320), (320, 240))
@@ -379,8 +492,15 @@ class Prim(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 32,
-             a0: float = 0.0, a1: float = 2 * math.pi) -> np.ndarray:
+def _ellipse(
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    n: int = 32,
+    a0: float = 0.0,
+    a1: float = 2 * math.pi,
+) -> np.ndarray:
     closed = abs(a1 - a0 - 2 * math.pi) < 1e-9
     t = np.linspace(a0, a1, n, endpoint=not closed)
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
@@ -388,8 +508,12 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 32,
 
 def _rrect(x0: float, y0: float, x1: float, y1: float, r: float) -> np.ndarray:
     r = min(r, (x1 - x0) / 2, (y1 - y0) / 2)
-    corners = ((x1 - r, y0 + r, -0.5 * math.pi), (x1 - r, y1 - r, 0.0),
-               (x0 + r, y1 - r, 0.5 * math.pi), (x0 + r, y0 + r, math.pi))
+    corners = (
+        (x1 - r, y0 + r, -0.5 * math.pi),
+        (x1 - r, y1 - r, 0.0),
+        (x0 + r, y1 - r, 0.5 * math.pi),
+        (x0 + r, y0 + r, math.pi),
+    )
     arcs = [_ellipse(cx, cy, r, r, 6, a, a + 0.5 * math.pi) for cx, cy, a in corners]
     return np.concatenate(arcs)
 
@@ -416,8 +540,13 @@ def _shape_tshirt(k: Sequence[float]) -> tuple[list[Prim], Box]:
     bw, sl, nw, nd = 0.22 + 0.05 * k[0], 0.08 + 0.07 * k[1], 0.07 + 0.03 * k[2], 0.04 + 0.06 * k[3]
     top, hem, sw = 0.16, 0.86, bw + 0.03
     ox, oy = 0.5 - sw - sl, top + 0.03 + sl * 0.8
-    left = [(0.5 - sw, top + 0.03), (ox, oy), (ox + 0.06, oy + 0.08), (0.5 - bw, top + 0.2),
-            (0.5 - bw, hem)]
+    left = [
+        (0.5 - sw, top + 0.03),
+        (ox, oy),
+        (ox + 0.06, oy + 0.08),
+        (0.5 - bw, top + 0.2),
+        (0.5 - bw, hem),
+    ]
     neck = _ellipse(0.5, top, nw, nd, 12, 0.0, math.pi)
     body = np.concatenate([_poly((0.5 - nw, top)), _mirror_closed(left), neck])
     prims = [Prim("body", body), Prim("shade", neck, 0.018)]
@@ -431,21 +560,49 @@ def _shape_dress(k: Sequence[float]) -> tuple[list[Prim], Box]:
     bod, ww, hw = 0.11 + 0.03 * k[1], 0.08 + 0.02 * k[1], 0.22 + 0.12 * k[2]
     dip = 0.27 + 0.04 * k[3]
     hem = [(0.5 + x, 0.9 + 0.012 * math.sin(x * 60)) for x in np.linspace(hw, -hw, 9)]
-    body = _poly((0.5 - 0.085, top), (0.5 - 0.06, top), (0.5 - 0.03, 0.23), (0.5, dip),
-                 (0.5 + 0.03, 0.23), (0.5 + 0.06, top), (0.5 + 0.085, top), (0.5 + bod, 0.27),
-                 (0.5 + ww, wy), *hem, (0.5 - ww, wy), (0.5 - bod, 0.27))
-    belt = _poly((0.5 - ww - 0.01, wy - 0.022), (0.5 + ww + 0.01, wy - 0.022),
-                 (0.5 + ww + 0.012, wy + 0.022), (0.5 - ww - 0.012, wy + 0.022))
-    return [Prim("body", body), Prim("accent", belt)], (0.5 - hw * 0.6, wy + 0.06, 0.5 + hw * 0.6,
-                                                         0.84)
+    body = _poly(
+        (0.5 - 0.085, top),
+        (0.5 - 0.06, top),
+        (0.5 - 0.03, 0.23),
+        (0.5, dip),
+        (0.5 + 0.03, 0.23),
+        (0.5 + 0.06, top),
+        (0.5 + 0.085, top),
+        (0.5 + bod, 0.27),
+        (0.5 + ww, wy),
+        *hem,
+        (0.5 - ww, wy),
+        (0.5 - bod, 0.27),
+    )
+    belt = _poly(
+        (0.5 - ww - 0.01, wy - 0.022),
+        (0.5 + ww + 0.01, wy - 0.022),
+        (0.5 + ww + 0.012, wy + 0.022),
+        (0.5 - ww - 0.012, wy + 0.022),
+    )
+    return [Prim("body", body), Prim("accent", belt)], (
+        0.5 - hw * 0.6,
+        wy + 0.06,
+        0.5 + hw * 0.6,
+        0.84,
+    )
 
 
 def _shape_sneaker(k: Sequence[float]) -> tuple[list[Prim], Box]:
     sh, ht, tl, b = 0.045 + 0.03 * k[0], 0.36 + 0.06 * k[1], 0.84 + 0.04 * k[2], 0.70
     p1, p2 = np.array([0.46, ht - 0.01]), np.array([0.62, b - 0.19])
-    upper = _poly((0.14, b - sh), (0.13, ht + 0.06), (0.17, ht), (0.30, ht + 0.07),
-                  (0.40, ht - 0.04), (0.46, ht - 0.03), (0.62, b - 0.20),
-                  (tl - 0.08, b - sh - 0.08), (tl, b - sh - 0.02), (tl, b - sh))
+    upper = _poly(
+        (0.14, b - sh),
+        (0.13, ht + 0.06),
+        (0.17, ht),
+        (0.30, ht + 0.07),
+        (0.40, ht - 0.04),
+        (0.46, ht - 0.03),
+        (0.62, b - 0.20),
+        (tl - 0.08, b - sh - 0.08),
+        (tl, b - sh - 0.02),
+        (tl, b - sh),
+    )
     prims = [Prim("body", upper), Prim("accent", _rrect(0.11, b - sh, tl + 0.02, b, sh / 2))]
     d = (p2 - p1) / np.linalg.norm(p2 - p1)
     n = np.array([-d[1], d[0]]) * 0.03
@@ -453,18 +610,39 @@ def _shape_sneaker(k: Sequence[float]) -> tuple[list[Prim], Box]:
         c = p1 + t * (p2 - p1) + n * 0.6
         prims.append(Prim("light", np.stack([c - n, c + n]), 0.012))
     if k[3] > 0.4:  # side stripe
-        prims.append(Prim("accent", _poly((0.30, b - sh - 0.05), (0.45, b - sh - 0.1),
-                                          (0.58, b - 0.22)), 0.02))
+        prims.append(
+            Prim(
+                "accent", _poly((0.30, b - sh - 0.05), (0.45, b - sh - 0.1), (0.58, b - 0.22)), 0.02
+            )
+        )
     return prims, (0.2, ht + 0.1, 0.55, b - sh - 0.04)
 
 
 def _shape_boot(k: Sequence[float]) -> tuple[list[Prim], Box]:
     st, toe, hh, ys = 0.12 + 0.12 * k[0], 0.80 + 0.05 * k[1], 0.04 + 0.04 * k[2], 0.80
-    upper = _poly((0.30, st), (0.52, st), (0.53, 0.56), (0.62, 0.63), (toe - 0.05, 0.69),
-                  (toe + 0.01, 0.75), (toe, ys), (0.29, ys))
-    prims = [Prim("body", upper), Prim("accent", _rrect(0.28, ys, toe + 0.015, ys + 0.03, 0.01)),
-             Prim("accent", _poly((0.29, ys + 0.03), (0.39, ys + 0.03), (0.385, ys + 0.03 + hh),
-                                  (0.295, ys + 0.03 + hh)))]
+    upper = _poly(
+        (0.30, st),
+        (0.52, st),
+        (0.53, 0.56),
+        (0.62, 0.63),
+        (toe - 0.05, 0.69),
+        (toe + 0.01, 0.75),
+        (toe, ys),
+        (0.29, ys),
+    )
+    prims = [
+        Prim("body", upper),
+        Prim("accent", _rrect(0.28, ys, toe + 0.015, ys + 0.03, 0.01)),
+        Prim(
+            "accent",
+            _poly(
+                (0.29, ys + 0.03),
+                (0.39, ys + 0.03),
+                (0.385, ys + 0.03 + hh),
+                (0.295, ys + 0.03 + hh),
+            ),
+        ),
+    ]
     if k[3] > 0.5:  # chelsea gusset and pull tab
         prims.append(Prim("shade", _poly((0.45, st + 0.08), (0.51, st + 0.08), (0.49, 0.52))))
         prims.append(Prim("accent", _rrect(0.29, st - 0.05, 0.33, st + 0.05, 0.01)))
@@ -473,13 +651,29 @@ def _shape_boot(k: Sequence[float]) -> tuple[list[Prim], Box]:
 
 def _shape_handbag(k: Sequence[float]) -> tuple[list[Prim], Box]:
     tw, bw, hh = 0.22 + 0.05 * k[0], 0.30 + 0.05 * k[1], 0.16 + 0.08 * k[2]
-    body = _poly((0.5 - tw, 0.42), (0.5 + tw, 0.42), (0.5 + bw, 0.80), (0.5 + bw - 0.03, 0.84),
-                 (0.5 - bw + 0.03, 0.84), (0.5 - bw, 0.80))
+    body = _poly(
+        (0.5 - tw, 0.42),
+        (0.5 + tw, 0.42),
+        (0.5 + bw, 0.80),
+        (0.5 + bw - 0.03, 0.84),
+        (0.5 - bw + 0.03, 0.84),
+        (0.5 - bw, 0.80),
+    )
     handle = _ellipse(0.5, 0.42, tw * 0.6, hh, 16, math.pi, 2 * math.pi)
     prims = [Prim("body", body), Prim("accent", handle, 0.026)]
     if k[3] > 0.5:  # flap with clasp
-        prims.append(Prim("shade", _poly((0.5 - tw, 0.42), (0.5 + tw, 0.42), (0.5 + tw * 0.9, 0.58),
-                                         (0.5, 0.64), (0.5 - tw * 0.9, 0.58))))
+        prims.append(
+            Prim(
+                "shade",
+                _poly(
+                    (0.5 - tw, 0.42),
+                    (0.5 + tw, 0.42),
+                    (0.5 + tw * 0.9, 0.58),
+                    (0.5, 0.64),
+                    (0.5 - tw * 0.9, 0.58),
+                ),
+            )
+        )
         prims.append(Prim("accent", _rrect(0.48, 0.6, 0.52, 0.65, 0.008)))
         return prims, (0.5 - bw * 0.7, 0.67, 0.5 + bw * 0.7, 0.8)
     prims.append(Prim("dark", _poly((0.5 - tw + 0.02, 0.445), (0.5 + tw - 0.02, 0.445)), 0.01))
@@ -489,11 +683,13 @@ def _shape_handbag(k: Sequence[float]) -> tuple[list[Prim], Box]:
 
 def _shape_backpack(k: Sequence[float]) -> tuple[list[Prim], Box]:
     bw, top, r, pt = 0.20 + 0.05 * k[0], 0.16, 0.08 + 0.04 * k[1], 0.52 + 0.05 * k[2]
-    prims = [Prim("body", _rrect(0.5 - bw, top, 0.5 + bw, 0.88, r)),
-             Prim("accent", _ellipse(0.5, top, 0.06, 0.05, 12, math.pi, 2 * math.pi), 0.02),
-             Prim("shade", _rrect(0.5 - bw * 0.75, pt, 0.5 + bw * 0.75, 0.84, 0.04)),
-             Prim("dark", _poly((0.5 - bw * 0.7, pt + 0.03), (0.5 + bw * 0.7, pt + 0.03)), 0.008),
-             Prim("accent", _rrect(0.5 + bw * 0.4, pt + 0.02, 0.5 + bw * 0.48, pt + 0.07, 0.005))]
+    prims = [
+        Prim("body", _rrect(0.5 - bw, top, 0.5 + bw, 0.88, r)),
+        Prim("accent", _ellipse(0.5, top, 0.06, 0.05, 12, math.pi, 2 * math.pi), 0.02),
+        Prim("shade", _rrect(0.5 - bw * 0.75, pt, 0.5 + bw * 0.75, 0.84, 0.04)),
+        Prim("dark", _poly((0.5 - bw * 0.7, pt + 0.03), (0.5 + bw * 0.7, pt + 0.03)), 0.008),
+        Prim("accent", _rrect(0.5 + bw * 0.4, pt + 0.02, 0.5 + bw * 0.48, pt + 0.07, 0.005)),
+    ]
     if k[3] > 0.5:  # webbing straps on the front
         for x in (0.5 - bw * 0.45, 0.5 + bw * 0.45):
             prims.append(Prim("accent", _rrect(x - 0.015, top + 0.05, x + 0.015, pt - 0.02, 0.005)))
@@ -503,11 +699,13 @@ def _shape_backpack(k: Sequence[float]) -> tuple[list[Prim], Box]:
 def _shape_mug(k: Sequence[float]) -> tuple[list[Prim], Box]:
     mw, top, hx, cx = 0.17 + 0.04 * k[0], 0.26 + 0.06 * k[1], 0.09 + 0.04 * k[2], 0.46
     # Handle first, then its hole, then the cup over it: draw order is the geometry.
-    prims = [Prim("body", _ellipse(cx + mw, 0.52, hx, 0.13)),
-             Prim("hole", _ellipse(cx + mw, 0.52, hx * 0.55, 0.078)),
-             Prim("body", _rrect(cx - mw, top, cx + mw, 0.80, 0.02)),
-             Prim("body", _ellipse(cx, 0.80, mw, 0.025)),
-             Prim("shade", _ellipse(cx, top, mw, 0.025))]
+    prims = [
+        Prim("body", _ellipse(cx + mw, 0.52, hx, 0.13)),
+        Prim("hole", _ellipse(cx + mw, 0.52, hx * 0.55, 0.078)),
+        Prim("body", _rrect(cx - mw, top, cx + mw, 0.80, 0.02)),
+        Prim("body", _ellipse(cx, 0.80, mw, 0.025)),
+        Prim("shade", _ellipse(cx, top, mw, 0.025)),
+    ]
     if k[3] > 0.5:
         prims.append(Prim("light", _poly((cx - mw, top + 0.07), (cx + mw, top + 0.07)), 0.012))
     return prims, (cx - mw * 0.7, top + 0.1, cx + mw * 0.7, 0.74)
@@ -517,58 +715,99 @@ def _shape_lamp(k: Sequence[float]) -> tuple[list[Prim], Box]:
     st, sb, sy, br = 0.10 + 0.05 * k[0], 0.22 + 0.06 * k[1], 0.42 + 0.05 * k[2], 0.13 + 0.04 * k[3]
     rim = _ellipse(0.5, sy, sb, 0.03, 12, 0.0, math.pi)
     shade = np.concatenate([_poly((0.5 - st, 0.14), (0.5 + st, 0.14)), rim])
-    prims = [Prim("accent", _poly((0.5, sy), (0.5, 0.82)), 0.025),
-             Prim("accent", _ellipse(0.5, 0.83, br, 0.04)),
-             Prim("body", shade),
-             Prim("shade", _poly((0.5 - st, 0.145), (0.5 + st, 0.145)), 0.012),
-             Prim("accent", _ellipse(0.5, 0.12, 0.016, 0.016, 10))]
+    prims = [
+        Prim("accent", _poly((0.5, sy), (0.5, 0.82)), 0.025),
+        Prim("accent", _ellipse(0.5, 0.83, br, 0.04)),
+        Prim("body", shade),
+        Prim("shade", _poly((0.5 - st, 0.145), (0.5 + st, 0.145)), 0.012),
+        Prim("accent", _ellipse(0.5, 0.12, 0.016, 0.016, 10)),
+    ]
     return prims, (0.5 - st, 0.18, 0.5 + st, sy - 0.03)
 
 
 def _shape_watch(k: Sequence[float]) -> tuple[list[Prim], Box]:
     sw, cr = 0.075 + 0.03 * k[0], 0.16 + 0.04 * k[1]
-    case = (_rrect(0.5 - cr, 0.5 - cr, 0.5 + cr, 0.5 + cr, 0.04) if k[2] > 0.6
-            else _ellipse(0.5, 0.5, cr, cr))
+    case = (
+        _rrect(0.5 - cr, 0.5 - cr, 0.5 + cr, 0.5 + cr, 0.04)
+        if k[2] > 0.6
+        else _ellipse(0.5, 0.5, cr, cr)
+    )
     dial_role, hand_role = ("dark", "light") if k[3] > 0.5 else ("light", "dark")
     prims = [Prim("body", _rrect(0.5 - sw, 0.06, 0.5 + sw, 0.94, 0.03))]
     prims += [Prim("dark", _ellipse(0.5, y, 0.012, 0.012, 8)) for y in (0.80, 0.85, 0.90)]
-    prims += [Prim("accent", _rrect(0.5 + cr - 0.01, 0.48, 0.5 + cr + 0.03, 0.52, 0.005)),
-              Prim("accent", case),
-              Prim(dial_role, _ellipse(0.5, 0.5, cr * 0.82, cr * 0.82))]
+    prims += [
+        Prim("accent", _rrect(0.5 + cr - 0.01, 0.48, 0.5 + cr + 0.03, 0.52, 0.005)),
+        Prim("accent", case),
+        Prim(dial_role, _ellipse(0.5, 0.5, cr * 0.82, cr * 0.82)),
+    ]
     for a in (0.0, 0.5 * math.pi, math.pi, 1.5 * math.pi):  # hour ticks
         x, y = 0.5 + cr * 0.7 * math.cos(a), 0.5 + cr * 0.7 * math.sin(a)
         prims.append(Prim(hand_role, _ellipse(x, y, 0.01, 0.01, 6)))
     ha = -0.5 * math.pi + 2 * math.pi * k[0]
-    prims.append(Prim(hand_role, _poly((0.5, 0.5), (0.5 + cr * 0.45 * math.cos(ha),
-                                                    0.5 + cr * 0.45 * math.sin(ha))), 0.014))
-    prims.append(Prim(hand_role, _poly((0.5, 0.5), (0.5 + cr * 0.7 * math.cos(ha * 3.1),
-                                                    0.5 + cr * 0.7 * math.sin(ha * 3.1))), 0.008))
+    prims.append(
+        Prim(
+            hand_role,
+            _poly((0.5, 0.5), (0.5 + cr * 0.45 * math.cos(ha), 0.5 + cr * 0.45 * math.sin(ha))),
+            0.014,
+        )
+    )
+    prims.append(
+        Prim(
+            hand_role,
+            _poly(
+                (0.5, 0.5),
+                (0.5 + cr * 0.7 * math.cos(ha * 3.1), 0.5 + cr * 0.7 * math.sin(ha * 3.1)),
+            ),
+            0.008,
+        )
+    )
     return prims, (0.5 - sw * 0.6, 0.09, 0.5 + sw * 0.6, 0.5 - cr - 0.03)
 
 
 def _shape_hat(k: Sequence[float]) -> tuple[list[Prim], Box]:
     ct, by, cw, bx = 0.24 + 0.08 * k[0], 0.64, 0.19 + 0.04 * k[2], 0.34 + 0.08 * k[1]
-    crown = _poly((0.5 - cw, by), (0.5 - cw * 0.88, ct + 0.05), (0.5 - cw * 0.6, ct),
-                  (0.5 - 0.03, ct + 0.04), (0.5 + 0.03, ct + 0.04), (0.5 + cw * 0.6, ct),
-                  (0.5 + cw * 0.88, ct + 0.05), (0.5 + cw, by))
-    band = _poly((0.5 - cw * 0.97, by - 0.09), (0.5 + cw * 0.97, by - 0.09), (0.5 + cw, by - 0.02),
-                 (0.5 - cw, by - 0.02))
+    crown = _poly(
+        (0.5 - cw, by),
+        (0.5 - cw * 0.88, ct + 0.05),
+        (0.5 - cw * 0.6, ct),
+        (0.5 - 0.03, ct + 0.04),
+        (0.5 + 0.03, ct + 0.04),
+        (0.5 + cw * 0.6, ct),
+        (0.5 + cw * 0.88, ct + 0.05),
+        (0.5 + cw, by),
+    )
+    band = _poly(
+        (0.5 - cw * 0.97, by - 0.09),
+        (0.5 + cw * 0.97, by - 0.09),
+        (0.5 + cw, by - 0.02),
+        (0.5 - cw, by - 0.02),
+    )
     prims = [Prim("body", _ellipse(0.5, by, bx, 0.07)), Prim("body", crown), Prim("accent", band)]
     if k[3] > 0.5:  # small feather / bow on the band
-        prims.append(Prim("shade", _poly((0.5 + cw * 0.55, by - 0.09), (0.5 + cw * 0.95, by - 0.16),
-                                         (0.5 + cw * 0.8, by - 0.05))))
+        prims.append(
+            Prim(
+                "shade",
+                _poly(
+                    (0.5 + cw * 0.55, by - 0.09),
+                    (0.5 + cw * 0.95, by - 0.16),
+                    (0.5 + cw * 0.8, by - 0.05),
+                ),
+            )
+        )
     return prims, (0.5 - cw * 0.6, ct + 0.07, 0.5 + cw * 0.6, by - 0.12)
 
 
 def _shape_sofa(k: Sequence[float]) -> tuple[list[Prim], Box]:
     bt, at, lh = 0.30 + 0.05 * k[0], 0.44 + 0.04 * k[1], 0.79 + 0.03 * k[2]
     n_cushions = 2 + int(k[3] * 1.99)
-    prims = [Prim("accent", _rrect(0.12, 0.72, 0.155, lh, 0.005)),
-             Prim("accent", _rrect(0.845, 0.72, 0.88, lh, 0.005)),
-             Prim("body", _rrect(0.14, bt, 0.86, 0.60, 0.04)),
-             Prim("body", _rrect(0.14, 0.56, 0.86, 0.72, 0.03)),
-             Prim("body", _rrect(0.08, at, 0.20, 0.74, 0.04)),
-             Prim("body", _rrect(0.80, at, 0.92, 0.74, 0.04))]
+    prims = [
+        Prim("accent", _rrect(0.12, 0.72, 0.155, lh, 0.005)),
+        Prim("accent", _rrect(0.845, 0.72, 0.88, lh, 0.005)),
+        Prim("body", _rrect(0.14, bt, 0.86, 0.60, 0.04)),
+        Prim("body", _rrect(0.14, 0.56, 0.86, 0.72, 0.03)),
+        Prim("body", _rrect(0.08, at, 0.20, 0.74, 0.04)),
+        Prim("body", _rrect(0.80, at, 0.92, 0.74, 0.04)),
+    ]
     for i in range(1, n_cushions):  # cushion seams
         x = 0.20 + 0.60 * i / n_cushions
         prims.append(Prim("dark", _poly((x, bt + 0.03), (x, 0.55)), 0.006))
@@ -586,9 +825,11 @@ def _shape_vase(k: Sequence[float]) -> tuple[list[Prim], Box]:
     outline = np.concatenate([np.stack([0.5 - r, y], 1), np.stack([0.5 + r, y], 1)[::-1]])
     band_t = int(np.clip(round((tb - 0.12) * 23), 2, 21))
     band_y, band_r = float(y[band_t]), float(r[band_t]) - 0.01
-    prims = [Prim("body", outline),
-             Prim("dark", _ellipse(0.5, 0.12, rn + 0.02, 0.014, 16)),
-             Prim("shade", _poly((0.5 - band_r, band_y), (0.5 + band_r, band_y)), 0.014)]
+    prims = [
+        Prim("body", outline),
+        Prim("dark", _ellipse(0.5, 0.12, rn + 0.02, 0.014, 16)),
+        Prim("shade", _poly((0.5 - band_r, band_y), (0.5 + band_r, band_y)), 0.014),
+    ]
     box = (0.5 - rb * 0.55, max(0.3, band_y - 0.15), 0.5 + rb * 0.55, min(0.8, band_y + 0.15))
     return prims, box
 
@@ -605,15 +846,25 @@ def _shape_sunglasses(k: Sequence[float]) -> tuple[list[Prim], Box]:
             outer, lens = _ellipse(cx, 0.5, rx + ft, ry + ft), _ellipse(cx, 0.5, rx, ry)
         prims.append(Prim("body", outer))
         lenses.append(lens)
-    prims.append(Prim("body", _poly((0.5 - off + rx * 0.7, 0.46), (0.5, 0.44),
-                                    (0.5 + off - rx * 0.7, 0.46)), 0.028))
+    prims.append(
+        Prim(
+            "body",
+            _poly((0.5 - off + rx * 0.7, 0.46), (0.5, 0.44), (0.5 + off - rx * 0.7, 0.46)),
+            0.028,
+        )
+    )
     for s in (-1.0, 1.0):  # temple stubs
         x = 0.5 + s * (off + rx + ft * 0.5)
         prims.append(Prim("body", _poly((x, 0.47), (x + s * 0.07, 0.43)), 0.022))
     prims += [Prim("lens", lens) for lens in lenses]
     for cx in (0.5 - off, 0.5 + off):  # glare
-        prims.append(Prim("light", _poly((cx - rx * 0.5, 0.5 - ry * 0.2),
-                                         (cx - rx * 0.2, 0.5 - ry * 0.6)), 0.01))
+        prims.append(
+            Prim(
+                "light",
+                _poly((cx - rx * 0.5, 0.5 - ry * 0.2), (cx - rx * 0.2, 0.5 - ry * 0.6)),
+                0.01,
+            )
+        )
     return prims, (0.5 - off - rx * 0.4, 0.5 - ry * 0.4, 0.5 + off + rx * 0.4, 0.5 + ry * 0.5)
 
 
@@ -621,13 +872,23 @@ def _shape_bottle(k: Sequence[float]) -> tuple[list[Prim], Box]:
     bw, nw, cap_h = 0.11 + 0.04 * k[0], 0.055, 0.08 + 0.04 * k[1]
     bottom = _ellipse(0.5, 0.86, bw, 0.03, 10, 0.0, math.pi)
     left = [(0.5 - nw, 0.18), (0.5 - nw, 0.24), (0.5 - bw * 0.8, 0.29), (0.5 - bw, 0.34)]
-    body = np.concatenate([_poly(*left, (0.5 - bw, 0.86)), bottom[::-1],
-                           _poly((0.5 + bw, 0.86), *[(1.0 - x, y) for x, y in reversed(left)])])
-    prims = [Prim("body", body),
-             Prim("accent", _rrect(0.5 - nw - 0.012, 0.19 - cap_h, 0.5 + nw + 0.012, 0.2, 0.015))]
+    body = np.concatenate(
+        [
+            _poly(*left, (0.5 - bw, 0.86)),
+            bottom[::-1],
+            _poly((0.5 + bw, 0.86), *[(1.0 - x, y) for x, y in reversed(left)]),
+        ]
+    )
+    prims = [
+        Prim("body", body),
+        Prim("accent", _rrect(0.5 - nw - 0.012, 0.19 - cap_h, 0.5 + nw + 0.012, 0.2, 0.015)),
+    ]
     if k[2] > 0.5:  # carry loop on the cap
-        prims.append(Prim("accent", _ellipse(0.5, 0.19 - cap_h, 0.035, 0.04, 10, math.pi,
-                                             2 * math.pi), 0.014))
+        prims.append(
+            Prim(
+                "accent", _ellipse(0.5, 0.19 - cap_h, 0.035, 0.04, 10, math.pi, 2 * math.pi), 0.014
+            )
+        )
     if k[3] > 0.5:  # grip rings
         for y in (0.62, 0.66):
             prims.append(Prim("shade", _poly((0.5 - bw + 0.01, y), (0.5 + bw - 0.01, y)), 0.01))
@@ -635,10 +896,19 @@ def _shape_bottle(k: Sequence[float]) -> tuple[list[Prim], Box]:
 
 
 SHAPES: dict[str, Callable[[Sequence[float]], tuple[list[Prim], Box]]] = {
-    "t-shirt": _shape_tshirt, "dress": _shape_dress, "sneaker": _shape_sneaker,
-    "boot": _shape_boot, "handbag": _shape_handbag, "backpack": _shape_backpack,
-    "mug": _shape_mug, "lamp": _shape_lamp, "watch": _shape_watch, "hat": _shape_hat,
-    "sofa": _shape_sofa, "vase": _shape_vase, "sunglasses": _shape_sunglasses,
+    "t-shirt": _shape_tshirt,
+    "dress": _shape_dress,
+    "sneaker": _shape_sneaker,
+    "boot": _shape_boot,
+    "handbag": _shape_handbag,
+    "backpack": _shape_backpack,
+    "mug": _shape_mug,
+    "lamp": _shape_lamp,
+    "watch": _shape_watch,
+    "hat": _shape_hat,
+    "sofa": _shape_sofa,
+    "vase": _shape_vase,
+    "sunglasses": _shape_sunglasses,
     "bottle": _shape_bottle,
 }
 
@@ -668,8 +938,12 @@ def _mark_prim(mark: Mark) -> Prim:
     elif mark.kind == "diamond":
         pts = _poly((u, v - s * 1.3), (u + s, v), (u, v + s * 1.3), (u - s, v))
     else:  # "bar": a little woven label
-        pts = _poly((u - s * 1.6, v - s * 0.5), (u + s * 1.6, v - s * 0.5),
-                    (u + s * 1.6, v + s * 0.5), (u - s * 1.6, v + s * 0.5))
+        pts = _poly(
+            (u - s * 1.6, v - s * 0.5),
+            (u + s * 1.6, v - s * 0.5),
+            (u + s * 1.6, v + s * 0.5),
+            (u - s * 1.6, v + s * 0.5),
+        )
     return Prim(mark.role, pts)
 
 
@@ -805,25 +1079,34 @@ def render_product_image(product: Product, view: View, rng: np.random.Generator)
         if win is not None:  # only where the shadow is visible: exp() is not free
             gx, gy = xs[win], ys[win]
             bg[win] *= (1.0 - 0.18 * np.exp(-(((gx - sx) / rx) ** 2) - (((gy - sy) / ry) ** 2)))[
-                ..., None]
+                ..., None
+            ]
 
     # Pattern, lighting and compositing only inside the silhouette's bounding box.
     bbox = mask.getbbox()
     if bbox is not None:
-        win = np.s_[bbox[1]:bbox[3], bbox[0]:bbox[2]]
+        win = np.s_[bbox[1] : bbox[3], bbox[0] : bbox[2]]
         alpha = np.asarray(mask, np.float32)[win][..., None] / 255.0
         u, v = pose.inverse(xs[win], ys[win])
         base = np.asarray(product.rgb, np.float32)
         ink = _pattern_mask(design, u, v)
-        fill = base if ink is None else np.where(
-            ink[..., None], np.asarray(_pattern_ink(product.rgb), np.float32), base)
+        fill = (
+            base
+            if ink is None
+            else np.where(ink[..., None], np.asarray(_pattern_ink(product.rgb), np.float32), base)
+        )
         light = (1.06 - 0.12 * (u + v))[..., None]  # soft key light from the top left
         bg[win] += (fill * light - bg[win]) * alpha
     img = Image.fromarray(np.clip(bg, 0, 255, out=bg).astype(np.uint8), "RGB")
 
     draw = ImageDraw.Draw(img)
-    colors = {"accent": design.accent, "shade": _shade(product.rgb), "dark": (30, 30, 34),
-              "light": (246, 246, 242), "lens": _mix(design.accent, (20, 22, 28), 0.8)}
+    colors = {
+        "accent": design.accent,
+        "shade": _shade(product.rgb),
+        "dark": (30, 30, 34),
+        "light": (246, 246, 242),
+        "lens": _mix(design.accent, (20, 22, 28), 0.8),
+    }
     edge = _mix(product.rgb, (0, 0, 0), 0.5)
     edge_w = max(1, round(pose.px / 150))
     for p in prims:
@@ -863,8 +1146,9 @@ def _window(x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> tuple
     return np.s_[r0:r1, c0:c1] if c1 > c0 and r1 > r0 else None
 
 
-def _draw_prim(draw: ImageDraw.ImageDraw, p: Prim, pose: _Pose, fill: int | RGB,
-               zoom: float = 1.0) -> None:
+def _draw_prim(
+    draw: ImageDraw.ImageDraw, p: Prim, pose: _Pose, fill: int | RGB, zoom: float = 1.0
+) -> None:
     pts = pose.forward(p.pts, zoom)
     if p.width > 0:
         draw.line(pts, fill=fill, width=max(1, round(p.width * pose.px * zoom)), joint="curve")
@@ -877,14 +1161,19 @@ def studio_view(rng: np.random.Generator, image_format: str) -> View:
     if image_format == "rgba":
         background = "transparent"
     else:
-        background = ("plain", "plain", "plain", "gradient", "gradient", "texture")[
-            rng.integers(6)]
+        background = ("plain", "plain", "plain", "gradient", "gradient", "texture")[rng.integers(6)]
     noisy = image_format != "rgba" and rng.random() < 0.3
-    return View(size=PRODUCT_IMAGE_SIZE, scale=float(rng.uniform(0.86, 0.96)),
-                rotation=float(rng.uniform(-3, 3)), mirror=False,
-                offset=(float(rng.uniform(-0.03, 0.03)), float(rng.uniform(-0.03, 0.03))),
-                background=background, noise=float(rng.uniform(1.0, 2.5)) if noisy else 0.0,
-                blur=0.0, jpeg_quality=0)
+    return View(
+        size=PRODUCT_IMAGE_SIZE,
+        scale=float(rng.uniform(0.86, 0.96)),
+        rotation=float(rng.uniform(-3, 3)),
+        mirror=False,
+        offset=(float(rng.uniform(-0.03, 0.03)), float(rng.uniform(-0.03, 0.03))),
+        background=background,
+        noise=float(rng.uniform(1.0, 2.5)) if noisy else 0.0,
+        blur=0.0,
+        jpeg_quality=0,
+    )
 
 
 def query_view(rng: np.random.Generator) -> View:
@@ -892,13 +1181,17 @@ def query_view(rng: np.random.Generator) -> View:
     size = QUERY_IMAGE_SIZES[rng.integers(len(QUERY_IMAGE_SIZES))]
     rotation = float(rng.uniform(5, 25)) * (1 if rng.random() < 0.5 else -1)
     background = ("plain", "gradient", "texture", "dark", "scene", "scene")[rng.integers(6)]
-    return View(size=size, scale=float(rng.uniform(0.75, 1.3)), rotation=rotation,
-                mirror=bool(rng.random() < 0.5),
-                offset=(float(rng.uniform(-0.1, 0.1)), float(rng.uniform(-0.1, 0.1))),
-                background=background,
-                noise=float(rng.uniform(2, 6)) if rng.random() < 0.8 else 0.0,
-                blur=float(rng.uniform(0.3, 1.0)) if rng.random() < 0.35 else 0.0,
-                jpeg_quality=int(rng.integers(55, 86)) if rng.random() < 0.4 else 0)
+    return View(
+        size=size,
+        scale=float(rng.uniform(0.75, 1.3)),
+        rotation=rotation,
+        mirror=bool(rng.random() < 0.5),
+        offset=(float(rng.uniform(-0.1, 0.1)), float(rng.uniform(-0.1, 0.1))),
+        background=background,
+        noise=float(rng.uniform(2, 6)) if rng.random() < 0.8 else 0.0,
+        blur=float(rng.uniform(0.3, 1.0)) if rng.random() < 0.35 else 0.0,
+        jpeg_quality=int(rng.integers(55, 86)) if rng.random() < 0.4 else 0,
+    )
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -928,20 +1221,36 @@ def make_designs(n_products: int, rnd: random.Random, seed: int) -> list[Design]
         pattern = rnd.choice(PATTERNS)
         pp = PatternParams(
             period=float(nrng.uniform(0.035, 0.085)),
-            angle=float(rnd.choice((0, 45, 90, 135) if pattern in ("striped", "zigzag")
-                                   else (0, 0, 45) if pattern == "checked" else (0, 15))),
+            angle=float(
+                rnd.choice(
+                    (0, 45, 90, 135)
+                    if pattern in ("striped", "zigzag")
+                    else (0, 0, 45)
+                    if pattern == "checked"
+                    else (0, 15)
+                )
+            ),
             offset=(float(nrng.uniform(0, 1)), float(nrng.uniform(0, 1))),
-            duty=float(nrng.uniform(0.35, 0.55)), dot_radius=float(nrng.uniform(0.2, 0.33)))
+            duty=float(nrng.uniform(0.35, 0.55)),
+            dot_radius=float(nrng.uniform(0.2, 0.33)),
+        )
         lo, hi = cat.price_range
         k = nrng.uniform(0, 1, 4)
-        designs.append(Design(
-            design_id=len(designs), category=cat, pattern=pattern,
-            material=rnd.choice(cat.materials), brand=rnd.choice(BRANDS),
-            colors=tuple(rnd.sample(list(COLORS), n_colors)),
-            shape=(float(k[0]), float(k[1]), float(k[2]), float(k[3])),
-            stretch=(float(nrng.uniform(0.9, 1.08)), float(nrng.uniform(0.92, 1.06))),
-            pattern_params=pp, accent=ACCENTS[int(nrng.integers(len(ACCENTS)))],
-            base_price=float(nrng.uniform(lo, hi))))
+        designs.append(
+            Design(
+                design_id=len(designs),
+                category=cat,
+                pattern=pattern,
+                material=rnd.choice(cat.materials),
+                brand=rnd.choice(BRANDS),
+                colors=tuple(rnd.sample(list(COLORS), n_colors)),
+                shape=(float(k[0]), float(k[1]), float(k[2]), float(k[3])),
+                stretch=(float(nrng.uniform(0.9, 1.08)), float(nrng.uniform(0.92, 1.06))),
+                pattern_params=pp,
+                accent=ACCENTS[int(nrng.integers(len(ACCENTS)))],
+                base_price=float(nrng.uniform(lo, hi)),
+            )
+        )
         total += n_colors
     return designs
 
@@ -959,19 +1268,26 @@ def make_products(designs: list[Design], rnd: random.Random, seed: int) -> list[
         _, box = design_shape(d)
         for color in d.colors:
             tint = np.clip(np.asarray(COLORS[color]) + nrng.normal(0, 5, 3), 0, 255)
-            mark = Mark(kind=rnd.choice(("dot", "square", "triangle", "diamond", "bar")),
-                        u=float(nrng.uniform(box[0], box[2])),
-                        v=float(nrng.uniform(box[1], box[3])),
-                        size=float(nrng.uniform(0.018, 0.032)),
-                        role=rnd.choice(("accent", "light", "dark")))
+            mark = Mark(
+                kind=rnd.choice(("dot", "square", "triangle", "diamond", "bar")),
+                u=float(nrng.uniform(box[0], box[2])),
+                v=float(nrng.uniform(box[1], box[3])),
+                size=float(nrng.uniform(0.018, 0.032)),
+                role=rnd.choice(("accent", "light", "dark")),
+            )
             r = rnd.random()
-            products.append(Product(
-                product_id="", design=d, color=color,
-                rgb=(int(round(tint[0])), int(round(tint[1])), int(round(tint[2]))),
-                mark=mark, jitter=(float(nrng.uniform(-0.03, 0.03)),
-                                   float(nrng.uniform(-0.03, 0.03))),
-                image_format="jpg" if r < 0.10 else "rgba" if r < 0.16 else "png",
-                price=_retail_price(d.base_price * rnd.uniform(0.95, 1.08), rnd)))
+            products.append(
+                Product(
+                    product_id="",
+                    design=d,
+                    color=color,
+                    rgb=(int(round(tint[0])), int(round(tint[1])), int(round(tint[2]))),
+                    mark=mark,
+                    jitter=(float(nrng.uniform(-0.03, 0.03)), float(nrng.uniform(-0.03, 0.03))),
+                    image_format="jpg" if r < 0.10 else "rgba" if r < 0.16 else "png",
+                    price=_retail_price(d.base_price * rnd.uniform(0.95, 1.08), rnd),
+                )
+            )
     rnd.shuffle(products)
     for i, p in enumerate(products, start=1):
         p.product_id = f"p{i:05d}"
@@ -1042,8 +1358,11 @@ def product_text(p: Product, rnd: random.Random) -> tuple[str, str, str | None, 
     if in_title["color"] and rnd.random() < 0.4:
         optional.append(rnd.choice(DESC_COLOR).format(c=desc_color))
     if rnd.random() < 0.55:
-        optional.append(rnd.choice(DESC_MATERIAL).format(
-            m=material_phrase, M=material_phrase[0].upper() + material_phrase[1:]))
+        optional.append(
+            rnd.choice(DESC_MATERIAL).format(
+                m=material_phrase, M=material_phrase[0].upper() + material_phrase[1:]
+            )
+        )
     if rnd.random() < (0.45 if d.pattern != "solid" else 0.15):
         optional.append(rnd.choice(DESC_PATTERN).format(pp=rnd.choice(PATTERN_PHRASES[d.pattern])))
     if rnd.random() < 0.3:
@@ -1060,9 +1379,12 @@ def _format_description(sentences: list[str], brand: str, rnd: random.Random) ->
     """Join sentences as plain text, with line breaks, or as the HTML many feeds carry."""
     style = rnd.random()
     if style < 0.3:  # HTML: escape &, bold the brand, paragraphs or <br>
-        esc = [s.replace("&", "&amp;").replace(brand.replace("&", "&amp;"),
-                                                f"<b>{brand.replace('&', '&amp;')}</b>")
-               for s in sentences]
+        esc = [
+            s.replace("&", "&amp;").replace(
+                brand.replace("&", "&amp;"), f"<b>{brand.replace('&', '&amp;')}</b>"
+            )
+            for s in sentences
+        ]
         if rnd.random() < 0.5:
             return "".join(f"<p>{s}</p>" for s in esc)
         return "<p>" + "<br>".join(esc) + "</p>"
@@ -1090,8 +1412,11 @@ def inject_dirty_rows(products: list[Product], rnd: random.Random) -> list[tuple
         kind = DIRTY_KINDS[i % len(DIRTY_KINDS)]
         if kind == "duplicate_id":
             dup = Product(**{**p.__dict__})
-            dup.title = (p.title + rnd.choice((" - New season", " (updated)", " - Restocked"))
-                         if rnd.random() < 0.5 else _updated_title(p, rnd))
+            dup.title = (
+                p.title + rnd.choice((" - New season", " (updated)", " - Restocked"))
+                if rnd.random() < 0.5
+                else _updated_title(p, rnd)
+            )
             dup.price = _retail_price(p.price * rnd.uniform(0.7, 0.95), rnd)
             dirty.append((kind, dup))
             continue
@@ -1126,8 +1451,13 @@ def _price_cell(p: Product, rnd: random.Random) -> str:
 
 
 def _attr(p: Product, name: str) -> str:
-    return {"category": p.design.category.name, "color": p.color, "pattern": p.design.pattern,
-            "material": p.design.material, "brand": p.design.brand}[name]
+    return {
+        "category": p.design.category.name,
+        "color": p.color,
+        "pattern": p.design.pattern,
+        "material": p.design.material,
+        "brand": p.design.brand,
+    }[name]
 
 
 def _text_query(seed_p: Product, attrs: tuple[str, ...], rnd: random.Random) -> str | None:
@@ -1142,25 +1472,34 @@ def _text_query(seed_p: Product, attrs: tuple[str, ...], rnd: random.Random) -> 
             pool = [w for w in d.category.words[1:] if w != seed_p.title_cat_word]
             cat_word = rnd.choice(pool)
     pattern_word = rnd.choice(PATTERN_WORDS[d.pattern][:2])
-    slots = {"cat": cat_word, "color": color_word if "color" in attrs else "",
-             "pattern": pattern_word if "pattern" in attrs else "",
-             "pattern_noun": PATTERN_NOUNS.get(d.pattern, "") if "pattern" in attrs else "",
-             "material": d.material if "material" in attrs else "",
-             "brand": d.brand if "brand" in attrs else ""}
+    slots = {
+        "cat": cat_word,
+        "color": color_word if "color" in attrs else "",
+        "pattern": pattern_word if "pattern" in attrs else "",
+        "pattern_noun": PATTERN_NOUNS.get(d.pattern, "") if "pattern" in attrs else "",
+        "material": d.material if "material" in attrs else "",
+        "brand": d.brand if "brand" in attrs else "",
+    }
     usable = []
     for t in QUERY_TEMPLATES:
         names = set(_SLOT.findall(t))
         covers = all(a in names or (a == "pattern" and "pattern_noun" in names) for a in attrs)
-        if covers and not ("pattern_noun" in names and "pattern" in attrs and not
-                           slots["pattern_noun"]):
+        if covers and not (
+            "pattern_noun" in names and "pattern" in attrs and not slots["pattern_noun"]
+        ):
             usable.append(t)
     if not usable:
         return None
     return _fill(rnd.choice(usable), slots).lower()
 
 
-def make_queries(products: list[Product], unusable: set[str], titles: list[str], n_queries: int,
-                 rnd: random.Random) -> list[dict]:
+def make_queries(
+    products: list[Product],
+    unusable: set[str],
+    titles: list[str],
+    n_queries: int,
+    rnd: random.Random,
+) -> list[dict]:
     """Text, image and image+text queries with graded relevance over clean products only.
 
     Image queries carry a `_render` entry (product, kind) that the writer turns into an image.
@@ -1211,10 +1550,10 @@ def make_queries(products: list[Product], unusable: set[str], titles: list[str],
     pairs = [(a, b) for a in clean for b in by_design[a.design.design_id] if b.color != a.color]
     for a, b in rnd.sample(pairs, min(n_both, len(pairs))):
         color_word = rnd.choice(COLOR_SYNONYMS[b.color]) if rnd.random() < 0.2 else b.color
-        text = rnd.choice(IMAGE_TEXT_TEMPLATES).format(c=color_word,
-                                                       cw=a.design.category.words[0])
-        queries.append({"kind": "image+text", "text": text, "relevant": {b.product_id: 3},
-                        "_render": a})
+        text = rnd.choice(IMAGE_TEXT_TEMPLATES).format(c=color_word, cw=a.design.category.words[0])
+        queries.append(
+            {"kind": "image+text", "text": text, "relevant": {b.product_id: 3}, "_render": a}
+        )
 
     rnd.shuffle(queries)
     for i, q in enumerate(queries, start=1):
@@ -1245,8 +1584,9 @@ def _write_product_image(dest: Path, p: Product, seed: int, index: int) -> None:
         return
     if p.defect == "blank_image":
         shade = int(rng.integers(235, 256))
-        target.write_bytes(_encode(Image.new("RGB", PRODUCT_IMAGE_SIZE, (shade,) * 3),
-                                   p.image_format))
+        target.write_bytes(
+            _encode(Image.new("RGB", PRODUCT_IMAGE_SIZE, (shade,) * 3), p.image_format)
+        )
         return
     img = render_product_image(p, studio_view(rng, p.image_format), rng)
     if p.defect == "tiny_image":
@@ -1310,21 +1650,43 @@ def write_sample_catalog(dest: Path, n_products: int = 1500, seed: int = 7) -> S
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for r in rows:
-            writer.writerow([r.product_id, r.title, r.description, r.design.category.name,
-                             r.design.brand, _price_cell(r, rnd), r.image_path, r.color,
-                             r.design.pattern, r.design.material])
+            writer.writerow(
+                [
+                    r.product_id,
+                    r.title,
+                    r.description,
+                    r.design.category.name,
+                    r.design.brand,
+                    _price_cell(r, rnd),
+                    r.image_path,
+                    r.color,
+                    r.design.pattern,
+                    r.design.material,
+                ]
+            )
 
     # Every image has its own seeded generator, so threads change nothing but the wall time
     # (PIL's encoders and numpy release the GIL for the heavy parts).
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(_write_product_image, repeat(dest), products, repeat(seed),
-                      range(len(products))))
+        list(
+            pool.map(
+                _write_product_image, repeat(dest), products, repeat(seed), range(len(products))
+            )
+        )
 
         n_queries = min(300, max(30, n_products // 5))
         queries = make_queries(products, unusable, [r.title for r in rows], n_queries, rnd)
         records = [_query_record(q) for q in queries]
-        list(pool.map(_write_query_image, repeat(dest), queries, records, repeat(seed),
-                      range(len(queries))))
+        list(
+            pool.map(
+                _write_query_image,
+                repeat(dest),
+                queries,
+                records,
+                repeat(seed),
+                range(len(queries)),
+            )
+        )
     with open(dest / "queries.jsonl", "w", encoding="utf-8", newline="\n") as fh:
         for record in records:
             fh.write(json.dumps(record) + "\n")
@@ -1332,7 +1694,11 @@ def write_sample_catalog(dest: Path, n_products: int = 1500, seed: int = 7) -> S
     by_kind = {k: sum(q["kind"] == k for q in queries) for k in ("text", "image", "image+text")}
     dirty_by_kind = {k: sum(kind == k for kind, _ in dirty) for k in DIRTY_KINDS}
     return SampleCatalogSummary(
-        rows=len(rows), products=len(products),
-        categories=len({p.design.category.name for p in products}), dirty_rows=len(dirty),
-        queries_by_kind=by_kind, dirty_by_kind={k: v for k, v in dirty_by_kind.items() if v},
-        unusable_ids=tuple(sorted(unusable)))
+        rows=len(rows),
+        products=len(products),
+        categories=len({p.design.category.name for p in products}),
+        dirty_rows=len(dirty),
+        queries_by_kind=by_kind,
+        dirty_by_kind={k: v for k, v in dirty_by_kind.items() if v},
+        unusable_ids=tuple(sorted(unusable)),
+    )

@@ -109,8 +109,15 @@ def test_every_dirty_kind_appears(tmp_path: Path) -> None:
     summary = write_sample_catalog(tmp_path, n_products=320, seed=3)
     assert 0.01 <= summary.dirty_rows / summary.rows <= 0.06
     assert set(summary.dirty_by_kind) == {
-        "blank_title", "missing_image", "zero_byte_image", "truncated_image", "blank_image",
-        "tiny_image", "path_escape", "bad_price", "duplicate_id",
+        "blank_title",
+        "missing_image",
+        "zero_byte_image",
+        "truncated_image",
+        "blank_image",
+        "tiny_image",
+        "path_escape",
+        "bad_price",
+        "duplicate_id",
     }
     ids = [r["product_id"] for r in _rows(tmp_path)]
     assert len(ids) - len(set(ids)) == summary.dirty_by_kind["duplicate_id"]
