@@ -36,6 +36,7 @@ def encoder_features(
     return MaterializeResult(
         metadata={
             "images_encoded": report.images_encoded,
+            "shopper_views_encoded": report.views_encoded,
             "texts_encoded": report.texts_encoded,
             "images_total": report.images_total,
             "texts_total": report.texts_total,

@@ -44,6 +44,9 @@ class TrainingConfig:
     patience: int = 8
     validation_share: float = 0.1
     query_loss_weight: float = 1.0
+    product_alignment_weight: float = 0.5
+    structure_weight: float = 1.0
+    view_weight: float = 1.0
     seed: int = 13
 
     def to_dict(self) -> dict:
@@ -171,6 +174,48 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
+def structure_loss(
+    raw: torch.Tensor, projected: torch.Tensor, temperature: float = 0.05
+) -> torch.Tensor:
+    """KL from the raw features' neighbour distribution to the projected one.
+
+    Keeps which products look alike to the pretrained CNN (instance-level detail that text does
+    not describe) after projection into the shared space.
+    """
+    eye = torch.eye(len(raw), dtype=torch.bool, device=raw.device)
+    raw = F.normalize(raw, dim=-1)
+    target = (raw @ raw.T / temperature).masked_fill(eye, -1e4).softmax(dim=-1)
+    predicted = (projected @ projected.T / temperature).masked_fill(eye, -1e4).log_softmax(dim=-1)
+    return F.kl_div(predicted, target, reduction="batchmean")
+
+
+def _pair_loss(
+    model: FusionModel,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    config: TrainingConfig,
+    views: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Image<->text InfoNCE, plus each modality finding its own fused product embedding.
+
+    The second term keeps instance detail in the heads: an image must pick out its product, not
+    only the attributes its text shares with look-alike products.
+    """
+    image_emb, text_emb = model.image_head(image), model.text_head(text)
+    loss = clip_loss(image_emb, text_emb, model.scale())
+    if config.structure_weight:
+        loss = loss + config.structure_weight * structure_loss(image, image_emb)
+    fused = model.fuse(image_emb, text_emb)
+    if config.product_alignment_weight:
+        loss = loss + config.product_alignment_weight * (
+            clip_loss(image_emb, fused, model.scale()) + clip_loss(text_emb, fused, model.scale())
+        )
+    if views is not None and config.view_weight:
+        # A shopper-style re-shoot of the product must still find the product.
+        loss = loss + config.view_weight * clip_loss(model.image_head(views), fused, model.scale())
+    return loss
+
+
 def _mixed_query_embeddings(
     model: FusionModel,
     image: torch.Tensor,
@@ -208,12 +253,14 @@ def train_fusion_model(
     has_image: np.ndarray,
     queries: QueryPairs | None = None,
     config: TrainingConfig = TrainingConfig(),
-    device: torch.device | None = None,
+    view_features: np.ndarray | None = None,
 ) -> TrainingResult:
     """Train the heads and fusion on a catalog's features; returns the best model by validation.
 
     Products with an image give image-text pairs; a held-out share of them (and of the training
-    queries) decides early stopping. Deterministic for a given seed on CPU.
+    queries) decides early stopping. `view_features` (optional, aligned with the products) are
+    encoder features of shopper-style views of each product image. Deterministic for a given
+    seed on CPU.
     """
     _seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -224,6 +271,7 @@ def train_fusion_model(
     image_all = torch.from_numpy(image_features)
     text_all = torch.from_numpy(text_features)
     has_image_all = torch.from_numpy(has_image.astype(bool))
+    views_all = torch.from_numpy(view_features) if view_features is not None else None
 
     paired = np.flatnonzero(has_image)
     rng.shuffle(paired)
@@ -253,11 +301,8 @@ def train_fusion_model(
             )
             loss = torch.zeros(())
             if len(rows) > 1:
-                loss = clip_loss(
-                    model.image_head(image_all[rows]),
-                    model.text_head(text_all[rows]),
-                    model.scale(),
-                )
+                views = views_all[rows] if views_all is not None else None
+                loss = _pair_loss(model, image_all[rows], text_all[rows], config, views)
             if len(query_batches[number]):
                 products = model.embed_products(image_all, text_all, has_image_all)
                 loss = loss + config.query_loss_weight * _query_loss(
@@ -268,16 +313,24 @@ def train_fusion_model(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            epoch_loss += float(loss)
+            epoch_loss += float(loss.detach())
         validation_loss = _validation_loss(
-            model, image_all, text_all, has_image_all, validation_pairs, queries, validation_queries
+            model,
+            image_all,
+            text_all,
+            has_image_all,
+            validation_pairs,
+            queries,
+            validation_queries,
+            config,
+            views_all,
         )
         result.history.append(
             {
                 "epoch": epoch,
                 "train_loss": epoch_loss / n_batches,
                 "validation_loss": validation_loss,
-                "temperature": float(1 / model.scale()),
+                "temperature": float(1 / model.scale().detach()),
             }
         )
         if validation_loss < result.best_validation_loss - 1e-4:
@@ -302,16 +355,15 @@ def _validation_loss(
     validation_pairs: np.ndarray,
     queries: QueryPairs | None,
     validation_queries: np.ndarray,
+    config: TrainingConfig,
+    views_all: torch.Tensor | None = None,
 ) -> float:
     model.eval()
     total = 0.0
     if len(validation_pairs) > 1:
         rows = torch.from_numpy(validation_pairs)
-        total += float(
-            clip_loss(
-                model.image_head(image_all[rows]), model.text_head(text_all[rows]), model.scale()
-            )
-        )
+        views = views_all[rows] if views_all is not None else None
+        total += float(_pair_loss(model, image_all[rows], text_all[rows], config, views))
     if queries is not None and len(validation_queries):
         products = model.embed_products(image_all, text_all, has_image_all)
         total += float(_query_loss(model, queries, validation_queries, products))

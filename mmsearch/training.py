@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mmsearch import artifacts
+from mmsearch.augment import view_key
 from mmsearch.fusion import QueryPairs, TrainingConfig, train_fusion_model
 from mmsearch.queries import query_set_from_features
 from mmsearch.settings import HomeLayout
@@ -24,18 +25,16 @@ class CatalogFeatures:
     image_features: np.ndarray
     text_features: np.ndarray
     has_image: np.ndarray
+    # Shopper-view features per product; the product's own image features where none is stored.
+    view_features: np.ndarray
 
 
 def load_catalog_features(con, image_encoder_id: str, text_encoder_id: str) -> CatalogFeatures:
     """Clean products and their stored features; a product without an image gets a zero row."""
     products = query_df(con, "SELECT * FROM clean_products ORDER BY product_id")
-    image_vectors = read_vectors(
-        con,
-        "image_features",
-        "image_sha",
-        [s for s in products["image_sha"] if s],
-        image_encoder_id,
-    )
+    shas = [s if isinstance(s, str) and s else None for s in products["image_sha"]]
+    wanted = [key for s in shas if s for key in (s, view_key(s))]
+    image_vectors = read_vectors(con, "image_features", "image_sha", wanted, image_encoder_id)
     text_vectors = read_vectors(
         con, "text_features", "text_sha", list(products["text_sha"]), text_encoder_id
     )
@@ -47,15 +46,19 @@ def load_catalog_features(con, image_encoder_id: str, text_encoder_id: str) -> C
     image_dim = len(next(iter(image_vectors.values()))) if image_vectors else 1
     image_features = np.zeros((len(products), image_dim), dtype=np.float32)
     has_image = np.zeros(len(products), dtype=bool)
-    for i, sha in enumerate(products["image_sha"]):
-        if isinstance(sha, str) and sha in image_vectors:
+    for i, sha in enumerate(shas):
+        if sha in image_vectors:
             image_features[i], has_image[i] = image_vectors[sha], True
+    view_features = image_features.copy()
+    for i, sha in enumerate(shas):
+        if sha and view_key(sha) in image_vectors:
+            view_features[i] = image_vectors[view_key(sha)]
     text_features = (
         np.stack([text_vectors[sha] for sha in products["text_sha"]])
         if len(products)
         else (np.zeros((0, 1), dtype=np.float32))
     )
-    return CatalogFeatures(products, image_features, text_features, has_image)
+    return CatalogFeatures(products, image_features, text_features, has_image, view_features)
 
 
 def load_query_split(
@@ -115,7 +118,12 @@ def train_and_save(
             relevance,
         )
     result = train_fusion_model(
-        catalog.image_features, catalog.text_features, catalog.has_image, pairs, config
+        catalog.image_features,
+        catalog.text_features,
+        catalog.has_image,
+        pairs,
+        config,
+        view_features=catalog.view_features,
     )
     fingerprint = json.dumps(
         [sorted(catalog.products["text_sha"]), encoders, config.to_dict()], default=str
@@ -124,6 +132,9 @@ def train_and_save(
     summary = {
         "products": len(catalog.products),
         "with_image": int(catalog.has_image.sum()),
+        "with_shopper_view": int(
+            (catalog.view_features != catalog.image_features).any(axis=1).sum()
+        ),
         "training_queries": len(queries),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
-from helpers import picture, png_bytes, write_drop
 from PIL import Image
 
+from helpers import picture, png_bytes, write_drop
 from mmsearch.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
 from mmsearch.images import ImageLimits, ImageRejected, decode_image
 from mmsearch.text import clean_text, product_document

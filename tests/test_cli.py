@@ -149,3 +149,26 @@ def test_ingest_refuses_a_folder_without_products_file(tmp_path):
         and "'empty'" in result.stderr
         and "no products file" in result.stderr
     )
+
+
+def test_rollback_makes_the_earlier_release_live_again(tmp_path):
+    home = tmp_path / "home"
+    drop = write_drop(
+        tmp_path / "drop",
+        [
+            {"product_id": f"p{i}", "title": f"Lamp {i}", "image_path": f"i/{i}.png"}
+            for i in range(12)
+        ],
+        {f"i/{i}.png": png_bytes(picture((200, 20 * i, 40), seed=i)) for i in range(12)},
+    )
+    run_cli(home, "ingest", str(drop))
+    first = cli_json(home, "run")
+    second = cli_json(home, "run", "--force")
+    assert second["model_version"] != first["model_version"]
+    rolled = cli_json(home, "rollback")
+    assert rolled["model_version"] == first["model_version"]
+    assert cli_json(home, "search", "--text", "lamp")["model_version"] == first["model_version"]
+    cli_json(home, "rollback", second["model_version"])
+    assert cli_json(home, "status")["model_version"] == second["model_version"]
+    unknown = run_cli(home, "rollback", "model-nope", check=False)
+    assert unknown.returncode != 0 and "model-nope" in unknown.stderr

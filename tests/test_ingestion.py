@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import write_drop
 
+from helpers import write_drop
 from mmsearch import warehouse
 from mmsearch.catalog import DropRejected, copy_drop, read_products, read_queries
 from mmsearch.ingestion import ingest_drop
