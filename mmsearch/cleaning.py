@@ -20,6 +20,7 @@ import pandas as pd
 from mmsearch.images import (
     ImageLimits,
     ImageRejected,
+    perceptual_hash,
     read_image_file,
     resolve_inside,
     save_clean_image,
@@ -85,11 +86,12 @@ def is_deletion(value: object) -> bool:
 def _clean_image(
     drop_dir: Path, image_path: str, clean_images_dir: Path, limits: ImageLimits
 ) -> tuple[str, str]:
-    """(clean image file, source sha256) for a row's image, or RowRejected."""
+    """(clean image file, source sha256, perceptual hash) for a row's image, or RowRejected."""
     try:
         source = resolve_inside(drop_dir, image_path)
         picture, image_sha = read_image_file(source, limits)
-        return str(save_clean_image(picture, clean_images_dir, image_sha)), image_sha
+        stored = save_clean_image(picture, clean_images_dir, image_sha)
+        return str(stored), image_sha, perceptual_hash(picture)
     except ImageRejected as rejected:
         raise RowRejected(
             rejected.code, f"{rejected.message} (image_path {image_path!r})"
@@ -114,9 +116,9 @@ def _validate_row(row: dict, drop_dir: Path, clean_images_dir: Path, limits: Ima
     description = clean_text(row.get("description"))
     category = clean_text(row.get("category"), 100)
     brand = clean_text(row.get("brand"), 100)
-    image_file = image_sha = None
+    image_file = image_sha = image_phash = None
     if row.get("image_path") and str(row["image_path"]).strip():
-        image_file, image_sha = _clean_image(
+        image_file, image_sha, image_phash = _clean_image(
             drop_dir, str(row["image_path"]), clean_images_dir, limits
         )
     document = product_document(title, category, brand, description)
@@ -130,6 +132,7 @@ def _validate_row(row: dict, drop_dir: Path, clean_images_dir: Path, limits: Ima
         "price": price,
         "image_file": image_file,
         "image_sha": image_sha,
+        "image_phash": image_phash,
         "document": document,
         "text_sha": text_key(document),
         "attributes": row.get("attributes") or "{}",
@@ -199,6 +202,7 @@ def clean_catalog(
         "price",
         "image_file",
         "image_sha",
+        "image_phash",
         "document",
         "text_sha",
         "attributes",

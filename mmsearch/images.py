@@ -6,6 +6,7 @@ query photo is normalised exactly like a catalog photo.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import warnings
@@ -72,6 +73,18 @@ def resolve_inside(base_dir: Path, relative_path: str) -> Path:
     return resolved
 
 
+def _looks_like_text(data: bytes) -> bool:
+    head = data[:512]
+    if b"\x00" in head:
+        return False
+    try:
+        # Incremental, so a character cut at byte 512 is not an error.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     """Decode image bytes into an RGB picture: EXIF-rotated, first frame, alpha on white.
 
@@ -84,8 +97,16 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             picture = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except UnidentifiedImageError:
+        if _looks_like_text(data):
+            raise ImageRejected(
+                "image_unsupported_type",
+                "file is text or markup (e.g. SVG, HTML, PDF), not a raster image; "
+                f"supported: {', '.join(sorted(SUPPORTED_FORMATS - {'MPO'}))}",
+            ) from None
         raise ImageRejected("image_unreadable", "not a decodable image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("image_too_large", "image is a decompression bomb; refused") from None
     except Exception as error:  # Pillow raises many types for corrupt headers
         raise ImageRejected("image_unreadable", f"not a decodable image ({error})") from None
     if picture.format not in SUPPORTED_FORMATS:
@@ -153,3 +174,13 @@ def save_clean_image(picture: Image.Image, out_dir: Path, image_sha: str) -> Pat
     small.save(partial, format="JPEG", quality=95)
     partial.replace(target)
     return target
+
+
+def perceptual_hash(picture: Image.Image) -> str:
+    """A 64-bit difference hash (dHash) as 16 hex digits: equal for the same picture re-encoded,
+    resized or slightly recompressed, so it finds one photo reused under several product ids."""
+    small = np.asarray(
+        picture.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16
+    )
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS clean_products (
     price DOUBLE,
     image_file VARCHAR,
     image_sha VARCHAR,
+    image_phash VARCHAR,
     document VARCHAR NOT NULL,
     text_sha VARCHAR NOT NULL,
     attributes JSON,
@@ -71,6 +72,21 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason_code VARCHAR NOT NULL,
     reason VARCHAR NOT NULL,
     PRIMARY KEY (drop_name, row_number)
+);
+CREATE TABLE IF NOT EXISTS near_duplicates (
+    kind VARCHAR NOT NULL,              -- same_image | identical_row
+    group_key VARCHAR NOT NULL,
+    drop_name VARCHAR NOT NULL,
+    row_number INTEGER NOT NULL,
+    product_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS image_text_mismatches (
+    model_version VARCHAR NOT NULL,
+    product_id VARCHAR NOT NULL,
+    title VARCHAR,
+    similarity DOUBLE NOT NULL,
+    own_text_rank INTEGER NOT NULL,
+    z_score DOUBLE NOT NULL
 );
 CREATE TABLE IF NOT EXISTS row_outcomes (
     drop_name VARCHAR NOT NULL,
