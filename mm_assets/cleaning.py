@@ -16,9 +16,10 @@ from dagster import (
 
 from mm_assets.ingestion import raw_products
 from mmsearch.cleaning import OUTCOMES, accounting_by_drop, clean_warehouse
+from mmsearch.duplicates import find_near_duplicates
 from mmsearch.quality import run_clean_products_suite
 from mmsearch.queries import prepare_labeled_queries
-from mmsearch.warehouse import query_df
+from mmsearch.warehouse import query_df, query_records, replace_rows
 from resources import PipelineSettings, WarehouseResource
 
 
@@ -127,12 +128,52 @@ def clean_products_expectations(
             "WHERE d.status = 'accepted' GROUP BY d.name, d.rows_read",
         )
     outcome = run_clean_products_suite(products, shares, settings.max_quarantine_share)
+    over_limit = shares[shares["quarantined_share"] > settings.max_quarantine_share]
+    garbage = [
+        f"drop {row.drop_name!r} has {row.quarantined_share:.0%} of its rows quarantined "
+        f"(limit {settings.max_quarantine_share:.0%}; see `mmsearch quarantine --drop {row.drop_name}`)"
+        for row in over_limit.itertuples()
+    ]
     return AssetCheckResult(
         passed=outcome.success,
         severity=AssetCheckSeverity.ERROR,
-        description=outcome.summary,
+        description="; ".join(garbage) or outcome.summary,
         metadata={
             "expectations": MetadataValue.md(outcome.markdown()),
             "failed": MetadataValue.json(json.loads(json.dumps(outcome.failed))),
         },
+    )
+
+
+@asset(
+    deps=[clean_products],
+    group_name="cleaning",
+    pool="warehouse",
+    kinds={"duckdb"},
+    description="Near duplicates flagged, never deleted: one picture (perceptual hash) under "
+    "several product ids, and raw rows identical in every field but product_id.",
+)
+def near_duplicates(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
+    with warehouse.connect() as con:
+        products = query_df(
+            con, "SELECT product_id, image_phash, drop_name, row_number FROM clean_products"
+        )
+        raw = query_records(
+            con,
+            "SELECT r.* FROM raw_products r JOIN drops d ON r.drop_name = d.name "
+            "WHERE d.status = 'accepted'",
+        )
+        flagged = find_near_duplicates(products, raw)
+        replace_rows(con, "near_duplicates", flagged)
+    counts = flagged.groupby("kind")["group_key"].nunique().to_dict() if len(flagged) else {}
+    return MaterializeResult(
+        metadata={
+            "same_image_groups": int(counts.get("same_image", 0)),
+            "identical_row_groups": int(counts.get("identical_row", 0)),
+            "flagged": MetadataValue.md(
+                flagged.head(50).to_markdown(index=False) if len(flagged) else "none"
+            ),
+        }
     )

@@ -12,9 +12,11 @@ from dagster import (
 )
 
 from mm_assets.indexing import product_index
-from mmsearch.artifacts import live_release
+from mmsearch.artifacts import live_release, load_model
+from mmsearch.consistency import image_text_mismatches
 from mmsearch.evaluation import FUSION, evaluate_release, markdown_table
-from mmsearch.warehouse import query_df
+from mmsearch.training import load_catalog_features
+from mmsearch.warehouse import query_df, replace_rows
 from resources import WarehouseResource
 
 
@@ -66,4 +68,70 @@ def fusion_beats_baselines(
         passed=not losing and FUSION in pivot.columns,
         severity=AssetCheckSeverity.WARN,
         metadata={"losing_to_baselines": MetadataValue.json(losing)},
+    )
+
+
+@asset(
+    deps=[product_index],
+    group_name="evaluation",
+    pool="warehouse",
+    kinds={"pytorch"},
+    description="Products whose image and text disagree under the live model (own similarity "
+    "far below the catalog's and own text not among the closest): a to-do list, not a deletion.",
+)
+def image_text_consistency(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
+    release = live_release(warehouse.layout)
+    model, config = load_model(warehouse.layout, release.model_version)
+    encoders = config["encoders"]
+    with warehouse.connect() as con:
+        catalog = load_catalog_features(
+            con, encoders["image_encoder_id"], encoders["text_encoder_id"]
+        )
+        table = image_text_mismatches(
+            model,
+            catalog.products,
+            catalog.image_features,
+            catalog.text_features,
+            catalog.has_image,
+        )
+        stored = table.assign(model_version=release.model_version)
+        replace_rows(
+            con, "image_text_mismatches", stored, "model_version = ?", [release.model_version]
+        )
+    return MaterializeResult(
+        metadata={
+            "model_version": release.model_version,
+            "flagged_products": len(table),
+            "checked_products": int(catalog.has_image.sum()),
+            "mismatches": MetadataValue.md(
+                table.head(50).to_markdown(index=False) if len(table) else "none"
+            ),
+        }
+    )
+
+
+@asset_check(
+    asset=image_text_consistency,
+    description="warns while products whose image and text disagree are waiting for a merchandiser",
+)
+def images_match_their_text(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> AssetCheckResult:
+    release = live_release(warehouse.layout)
+    with warehouse.connect(read_only=True) as con:
+        flagged = query_df(
+            con,
+            "SELECT product_id, similarity, own_text_rank FROM image_text_mismatches "
+            "WHERE model_version = ? ORDER BY similarity",
+            [release.model_version],
+        )
+    return AssetCheckResult(
+        passed=flagged.empty,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "flagged_products": len(flagged),
+            "product_ids": MetadataValue.json(list(flagged["product_id"].head(100))),
+        },
     )

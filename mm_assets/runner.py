@@ -16,15 +16,6 @@ from mm_assets.partitions import catalog_drops
 from mmsearch.catalog import landed_drops
 from mmsearch.settings import HomeLayout
 
-DOWNSTREAM_ASSETS = (
-    "clean_products",
-    "labeled_queries",
-    "encoder_features",
-    "fusion_model",
-    "product_index",
-    "search_evaluation",
-)
-
 
 class PipelineFailed(RuntimeError):
     """A Dagster run of the pipeline failed; the message names the run and the failed steps."""
@@ -34,6 +25,7 @@ class PipelineFailed(RuntimeError):
 class RunSummary:
     run_ids: list[str] = field(default_factory=list)
     asset_seconds: dict[str, float] = field(default_factory=dict)
+    check_seconds: dict[str, float] = field(default_factory=dict)
     ingested: list[str] = field(default_factory=list)
     refreshed: bool = False
 
@@ -67,12 +59,12 @@ def _latest_timestamp(instance: DagsterInstance, name: str) -> float | None:
     return event.timestamp if event else None
 
 
-def _downstream_stale(instance: DagsterInstance) -> bool:
+def _downstream_stale(instance: DagsterInstance, downstream: list[str]) -> bool:
     """True when any downstream asset is missing or older than the newest raw ingestion."""
     newest_raw = _latest_timestamp(instance, "raw_products") or 0.0
     return any(
         (stamp := _latest_timestamp(instance, name)) is None or stamp < newest_raw
-        for name in DOWNSTREAM_ASSETS
+        for name in downstream
     )
 
 
@@ -91,7 +83,12 @@ def _raise_if_failed(result, what: str) -> None:
         for event in result.all_events
         if event.event_type == DagsterEventType.STEP_FAILURE
     ]
-    reason = next(
+    failed_checks = [
+        f"check {evaluation.check_name} failed: {evaluation.description or 'see its metadata'}"
+        for evaluation in result.get_asset_check_evaluations()
+        if not evaluation.passed and evaluation.severity.value == "ERROR"
+    ]
+    reason = "; ".join(failed_checks) or next(
         (
             _root_cause(e.event_specific_data.error)
             for e in result.all_events
@@ -108,6 +105,8 @@ def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
     """Ingest drops not yet ingested, then refresh downstream assets if anything changed."""
     instance = instance_for(layout)
     summary = RunSummary()
+    assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    downstream = sorted(assets - {"raw_products"})
     landed = landed_drops(layout.landing)
     known = set(instance.get_dynamic_partitions(catalog_drops.name))
     new = [name for name in landed if name not in known]
@@ -126,7 +125,7 @@ def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
         summary.ingested.append(name)
         for step, seconds in _step_seconds(instance, result.run_id).items():
             summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
-    if summary.ingested or force or _downstream_stale(instance):
+    if summary.ingested or force or _downstream_stale(instance, downstream):
         result = defs.resolve_job_def(REFRESH_JOB).execute_in_process(
             instance=instance, raise_on_error=False
         )
@@ -134,4 +133,7 @@ def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
         summary.refreshed = True
         summary.asset_seconds.update(_step_seconds(instance, result.run_id))
         _raise_if_failed(result, "refreshing the catalog")
+    # Check steps are named after their asset and check; they are reported apart.
+    summary.check_seconds = {k: v for k, v in summary.asset_seconds.items() if k not in assets}
+    summary.asset_seconds = {k: v for k, v in summary.asset_seconds.items() if k in assets}
     return summary

@@ -17,15 +17,6 @@ from pathlib import Path
 from mmsearch.settings import HomeLayout, home
 
 SAMPLE_DROP = "sample-catalog"
-ASSET_NAMES = (
-    "raw_products",
-    "clean_products",
-    "labeled_queries",
-    "encoder_features",
-    "fusion_model",
-    "product_index",
-    "search_evaluation",
-)
 
 
 class UserError(Exception):
@@ -67,16 +58,8 @@ def command_run(layout: HomeLayout, force: bool = False) -> dict:
     return {
         "run_id": summary.run_ids[-1] if summary.run_ids else None,
         "run_ids": summary.run_ids,
-        "assets": {
-            name: {"seconds": seconds}
-            for name, seconds in summary.asset_seconds.items()
-            if name in ASSET_NAMES
-        },
-        "checks": {
-            name: {"seconds": seconds}
-            for name, seconds in summary.asset_seconds.items()
-            if name not in ASSET_NAMES
-        },
+        "assets": {name: {"seconds": seconds} for name, seconds in summary.asset_seconds.items()},
+        "checks": {name: {"seconds": seconds} for name, seconds in summary.check_seconds.items()},
         "rows": rows,
         "model_version": release.model_version if release else None,
         "index_size": release.size if release else 0,

@@ -22,8 +22,13 @@ def find_near_duplicates(products: pd.DataFrame, raw_rows: list[dict]) -> pd.Dat
     for phash, group in with_image.groupby("image_phash"):
         if group["product_id"].nunique() > 1:
             flagged += [
-                {"kind": "same_image", "group_key": phash, "drop_name": row.drop_name,
-                 "row_number": row.row_number, "product_id": row.product_id}
+                {
+                    "kind": "same_image",
+                    "group_key": phash,
+                    "drop_name": row.drop_name,
+                    "row_number": row.row_number,
+                    "product_id": row.product_id,
+                }
                 for row in group.itertuples()
             ]
     by_content: dict[str, list[dict]] = {}
@@ -35,8 +40,13 @@ def find_near_duplicates(products: pd.DataFrame, raw_rows: list[dict]) -> pd.Dat
     for key, rows in by_content.items():
         if len(rows) > 1:
             flagged += [
-                {"kind": "identical_row", "group_key": key, "drop_name": row["drop_name"],
-                 "row_number": row["row_number"], "product_id": row.get("product_id")}
+                {
+                    "kind": "identical_row",
+                    "group_key": key,
+                    "drop_name": row["drop_name"],
+                    "row_number": row["row_number"],
+                    "product_id": row.get("product_id"),
+                }
                 for row in rows
             ]
     return pd.DataFrame(flagged, columns=COLUMNS)

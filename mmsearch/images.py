@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,8 @@ def save_clean_image(picture: Image.Image, out_dir: Path, image_sha: str) -> Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     small = picture.copy()
     small.thumbnail((CLEAN_MAX_SIDE, CLEAN_MAX_SIDE), Image.Resampling.BICUBIC)
-    partial = target.with_suffix(".tmp")
+    # A unique partial name: two rows sharing one image may be cleaned at the same moment.
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
     small.save(partial, format="JPEG", quality=95)
     partial.replace(target)
     return target

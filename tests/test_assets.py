@@ -13,6 +13,7 @@ from mm_assets.definitions import build_definitions, defs
 from mm_assets.partitions import catalog_drops
 from mmsearch import artifacts, warehouse
 from mmsearch.catalog import copy_drop
+from mmsearch.consistency import image_text_mismatches
 from mmsearch.search import SearchEngine
 from mmsearch.settings import HomeLayout
 from mmsearch.training import load_catalog_features
@@ -41,6 +42,8 @@ DOWNSTREAM = [
     "fusion_model",
     "product_index",
     "search_evaluation",
+    "near_duplicates",
+    "image_text_consistency",
 ]
 
 
@@ -53,6 +56,7 @@ def test_definitions_load_with_the_whole_asset_graph():
         "clean_products_expectations",
         "features_cover_catalog",
         "fusion_beats_baselines",
+        "images_match_their_text",
     }
     assert defs.resolve_job_def("refresh_catalog") is not None
     assert defs.get_schedule_def("nightly_retrain").cron_schedule == "0 2 * * *"
@@ -172,3 +176,36 @@ def test_runs_are_recorded_in_the_instance(materialized):
     event = instance.get_latest_materialization_event(AssetKey("product_index"))
     assert event is not None
     assert event.asset_materialization.metadata["size"].value > 50
+
+
+def test_products_whose_image_shows_another_product_are_flagged(materialized):
+    layout, *_ = materialized
+    release = artifacts.live_release(layout)
+    model, config = artifacts.load_model(layout, release.model_version)
+    encoders = config["encoders"]
+    with warehouse.connect(layout.warehouse, read_only=True) as con:
+        catalog = load_catalog_features(
+            con, encoders["image_encoder_id"], encoders["text_encoder_id"]
+        )
+    products = catalog.products.reset_index(drop=True)
+    clean = image_text_mismatches(
+        model, products, catalog.image_features, catalog.text_features, catalog.has_image
+    )
+    # Give two products the photo of a product from another category.
+    first = products.index[catalog.has_image][0]
+    other = products.index[
+        catalog.has_image & (products["category"] != products.loc[first, "category"])
+    ][0]
+    second = products.index[
+        catalog.has_image
+        & (products["category"] != products.loc[other, "category"])
+        & (products.index != first)
+    ][0]
+    images = catalog.image_features.copy()
+    images[first], images[second] = catalog.image_features[other], catalog.image_features[first]
+    swapped = image_text_mismatches(
+        model, products, images, catalog.text_features, catalog.has_image, z_threshold=-1.5
+    )
+    flagged = set(swapped["product_id"])
+    assert {products.loc[first, "product_id"], products.loc[second, "product_id"]} <= flagged
+    assert len(clean) <= 0.05 * catalog.has_image.sum()

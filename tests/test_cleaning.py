@@ -85,7 +85,8 @@ def test_decompression_bomb_is_refused_before_decoding():
     ("data", "code"),
     [
         (b"", "image_empty"),
-        (b"this is not an image", "image_unreadable"),
+        (b"\x8f\x01\xff\xfe" * 40, "image_unreadable"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "image_unsupported_type"),
         (png_bytes(picture(size=(200, 200)))[:400], "image_truncated"),
         (png_bytes(Image.new("RGB", (80, 80), (10, 200, 10))), "image_blank"),
         (png_bytes(picture(size=(8, 8))), "image_too_small"),

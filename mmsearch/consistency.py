@@ -1,0 +1,55 @@
+"""Image-text consistency: products whose picture and text disagree, as a merchandiser's to-do list.
+
+For each product with an image, the trained heads give the similarity of its image to its own
+text and the rank of its own text among every product's text for that image. A product is listed
+when its own similarity is unusually low for the catalog (z-score) and its own text is not even
+among the closest few: the photo probably shows another product, or the text describes one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmsearch.fusion import FusionModel
+
+COLUMNS = ["product_id", "title", "similarity", "own_text_rank", "z_score"]
+
+
+@torch.inference_mode()
+def image_text_mismatches(
+    model: FusionModel,
+    products: pd.DataFrame,
+    image_features: np.ndarray,
+    text_features: np.ndarray,
+    has_image: np.ndarray,
+    z_threshold: float = -2.0,
+    min_rank: int = 10,
+    chunk: int = 1024,
+) -> pd.DataFrame:
+    """The products whose image and text disagree, lowest similarity first."""
+    rows = np.flatnonzero(has_image)
+    if len(rows) < 3:
+        return pd.DataFrame(columns=COLUMNS)
+    model.eval()
+    images = model.image_head(torch.from_numpy(image_features[rows])).numpy()
+    texts = model.text_head(torch.from_numpy(text_features[rows])).numpy()
+    own = np.einsum("ij,ij->i", images, texts)
+    ranks = np.zeros(len(rows), dtype=int)
+    for start in range(0, len(rows), chunk):
+        scores = images[start : start + chunk] @ texts.T
+        ranks[start : start + chunk] = 1 + (scores > own[start : start + chunk, None]).sum(axis=1)
+    z_scores = (own - own.mean()) / (own.std() or 1.0)
+    flagged = np.flatnonzero((z_scores < z_threshold) & (ranks > min_rank))
+    table = pd.DataFrame(
+        {
+            "product_id": products["product_id"].to_numpy()[rows[flagged]],
+            "title": products["title"].to_numpy()[rows[flagged]],
+            "similarity": own[flagged].round(4),
+            "own_text_rank": ranks[flagged],
+            "z_score": z_scores[flagged].round(3),
+        },
+        columns=COLUMNS,
+    )
+    return table.sort_values("similarity").reset_index(drop=True)
