@@ -3,7 +3,7 @@
 For each product with an image, the trained heads give the similarity of its image to its own
 text and the rank of its own text among every product's text for that image. A product is listed
 when its own similarity is unusually low for the catalog (z-score) and its own text is not even
-among the closest few: the photo probably shows another product, or the text describes one.
+among the closest 5% of texts: the photo probably shows another product, or the text another.
 """
 
 from __future__ import annotations
@@ -26,9 +26,14 @@ def image_text_mismatches(
     has_image: np.ndarray,
     z_threshold: float = -2.0,
     min_rank: int = 10,
+    min_rank_share: float = 0.05,
     chunk: int = 1024,
 ) -> pd.DataFrame:
-    """The products whose image and text disagree, lowest similarity first."""
+    """The products whose image and text disagree, lowest similarity first.
+
+    Listed: own similarity z-score below `z_threshold` and own text ranked below both
+    `min_rank` and the top `min_rank_share` of the catalog (terse but correct titles rank high).
+    """
     rows = np.flatnonzero(has_image)
     if len(rows) < 3:
         return pd.DataFrame(columns=COLUMNS)
@@ -41,7 +46,8 @@ def image_text_mismatches(
         scores = images[start : start + chunk] @ texts.T
         ranks[start : start + chunk] = 1 + (scores > own[start : start + chunk, None]).sum(axis=1)
     z_scores = (own - own.mean()) / (own.std() or 1.0)
-    flagged = np.flatnonzero((z_scores < z_threshold) & (ranks > min_rank))
+    rank_limit = max(min_rank, int(np.ceil(min_rank_share * len(rows))))
+    flagged = np.flatnonzero((z_scores < z_threshold) & (ranks > rank_limit))
     table = pd.DataFrame(
         {
             "product_id": products["product_id"].to_numpy()[rows[flagged]],

@@ -15,16 +15,56 @@ CONTENT_FIELDS = ("title", "description", "category", "brand", "price", "image_p
 COLUMNS = ["kind", "group_key", "drop_name", "row_number", "product_id"]
 
 
+# Structure bits (of 256) that may differ for one picture re-encoded or resized.
+MAX_HAMMING = 16
+STRUCTURE_HEX = 64
+# 32 bands of 8 bits: two hashes within 16 bits share at least 16 bands exactly.
+BANDS = 32
+
+
+def same_image_groups(phashes: list[str]) -> list[list[int]]:
+    """Groups (indices) of pictures whose structure hashes are within MAX_HAMMING bits and whose
+    colour codes are equal. Candidates come from exact band matches, so it stays near-linear."""
+    structure = [int(h[:STRUCTURE_HEX], 16) for h in phashes]
+    parent = list(range(len(phashes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    buckets: dict[tuple, list[int]] = {}
+    for i, (value, phash) in enumerate(zip(structure, phashes, strict=True)):
+        for band in range(BANDS):
+            key = (phash[STRUCTURE_HEX:], band, (value >> (8 * band)) & 0xFF)
+            buckets.setdefault(key, []).append(i)
+    for members in buckets.values():
+        for a_pos, a in enumerate(members):
+            for b in members[a_pos + 1 :]:
+                if (
+                    root(a) != root(b)
+                    and bin(structure[a] ^ structure[b]).count("1") <= MAX_HAMMING
+                ):
+                    parent[root(a)] = root(b)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(phashes)):
+        groups.setdefault(root(i), []).append(i)
+    return [members for members in groups.values() if len(members) > 1]
+
+
 def find_near_duplicates(products: pd.DataFrame, raw_rows: list[dict]) -> pd.DataFrame:
     """A row per flagged product or raw row, grouped by `group_key` within each `kind`."""
     flagged = []
-    with_image = products[products["image_phash"].notna()]
-    for phash, group in with_image.groupby("image_phash"):
+    with_image = products[products["image_phash"].notna()].reset_index(drop=True)
+    for members in same_image_groups(list(with_image["image_phash"])):
+        group = with_image.iloc[members]
         if group["product_id"].nunique() > 1:
+            key = min(group["image_phash"])
             flagged += [
                 {
                     "kind": "same_image",
-                    "group_key": phash,
+                    "group_key": key,
                     "drop_name": row.drop_name,
                     "row_number": row.row_number,
                     "product_id": row.product_id,

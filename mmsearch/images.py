@@ -178,11 +178,22 @@ def save_clean_image(picture: Image.Image, out_dir: Path, image_sha: str) -> Pat
     return target
 
 
+PHASH_SIDE = 16  # a 16x16 difference hash: 256 structure bits
+PHASH_COLOUR_GRID = 4  # 4x4 mean colours at 3 bits per channel
+
+
 def perceptual_hash(picture: Image.Image) -> str:
-    """A 64-bit difference hash (dHash) as 16 hex digits: equal for the same picture re-encoded,
-    resized or slightly recompressed, so it finds one photo reused under several product ids."""
-    small = np.asarray(
-        picture.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16
-    )
-    bits = (small[:, 1:] > small[:, :-1]).flatten()
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+    """A perceptual hash as hex: a 256-bit difference hash (dHash) of the luminance, then the
+    4x4 grid of mean colours at 3 bits per channel.
+
+    Close for one photo re-encoded, resized or recompressed, so it finds a picture reused under
+    several product ids; the colour part keeps colour variants of one design (same silhouette,
+    other colour) apart, since those are different products.
+    """
+    grey = picture.convert("L").resize((PHASH_SIDE + 1, PHASH_SIDE), Image.Resampling.BILINEAR)
+    small = np.asarray(grey, dtype=np.int16)
+    structure = int("".join("1" if b else "0" for b in (small[:, 1:] > small[:, :-1]).flat), 2)
+    grid = (PHASH_COLOUR_GRID, PHASH_COLOUR_GRID)
+    colours = np.asarray(picture.resize(grid, Image.Resampling.BOX), dtype=np.uint8) >> 5
+    colour_code = "".join(str(int(c)) for c in colours.flat)
+    return f"{structure:064x}{colour_code}"

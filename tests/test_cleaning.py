@@ -206,3 +206,29 @@ def test_clean_images_are_stored_by_content_hash(tmp_path):
     assert catalog.products["image_sha"].nunique() == 1
     stored = Image.open(catalog.products["image_file"].iloc[0])
     assert stored.mode == "RGB" and np.asarray(stored).std() > 2
+
+
+def test_one_picture_reencoded_is_a_near_duplicate_but_colour_variants_are_not():
+    import pandas as pd
+
+    from mmsearch.duplicates import find_near_duplicates
+    from mmsearch.images import perceptual_hash
+
+    red = picture((200, 30, 30), seed=1)
+    variants = {
+        "original": red,
+        "recompressed": decode_image(png_bytes(red, "JPEG", quality=80)),
+        "smaller": red.resize((64, 64)),
+        "blue-variant": picture((30, 30, 200), seed=1),
+        "other": picture((200, 30, 30), seed=2),
+    }
+    products = pd.DataFrame(
+        {
+            "product_id": list(variants),
+            "image_phash": [perceptual_hash(p) for p in variants.values()],
+            "drop_name": "d",
+            "row_number": range(1, 6),
+        }
+    )
+    flagged = find_near_duplicates(products, [])
+    assert sorted(flagged["product_id"]) == ["original", "recompressed", "smaller"]
