@@ -50,6 +50,15 @@ def test_parquet_is_read(tmp_path):
         ),
         (lambda d: (d / "products.csv").write_bytes(b"\x00\x01\x02" * 50), "NUL bytes"),
         (
+            lambda d: (d / "products.csv").write_bytes(b"product_id,title\n1,\x81\x8d\x9d\n"),
+            "neither UTF-8 nor Windows-1252",
+        ),
+        (
+            lambda d: (d / "products.csv").write_bytes("product_id,title\n1,x\n".encode("utf-16")),
+            "NUL bytes",
+        ),
+        (lambda d: (d / "products.parquet").write_bytes(b"PAR1 not really"), "not a readable table"),
+        (
             lambda d: (d / "products.csv").write_text('product_id,title\n1,"unterminated\n'),
             "not a readable table",
         ),
