@@ -391,15 +391,20 @@ def embed_products(
     return out
 
 
-@torch.inference_mode()
 def embed_query(
     model: FusionModel, image_feature: np.ndarray | None, text_feature: np.ndarray | None
 ) -> np.ndarray:
-    """(EMBED_DIM,) unit embedding of a query with an image, a text, or both."""
-    model.eval()
-    image = torch.from_numpy(image_feature[None]) if image_feature is not None else None
-    text = torch.from_numpy(text_feature[None]) if text_feature is not None else None
-    return model.embed_queries(image, text)[0].numpy()
+    """(EMBED_DIM,) unit embedding of one query with an image, a text or both."""
+    config = model.config
+    image = image_feature if image_feature is not None else np.zeros(config.image_dim, np.float32)
+    text = text_feature if text_feature is not None else np.zeros(config.text_dim, np.float32)
+    return embed_query_batch(
+        model,
+        image[None],
+        text[None],
+        np.array([image_feature is not None]),
+        np.array([text_feature is not None]),
+    )[0]
 
 
 @torch.inference_mode()

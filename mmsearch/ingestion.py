@@ -8,7 +8,14 @@ import duckdb
 import pandas as pd
 
 from mmsearch.artifacts import utc_now
-from mmsearch.catalog import QUERY_FILE, READ_ERROR, DropRejected, read_products, read_queries
+from mmsearch.catalog import (
+    KNOWN_COLUMNS,
+    QUERY_FILE,
+    READ_ERROR,
+    DropRejected,
+    read_products,
+    read_queries,
+)
 from mmsearch.settings import HomeLayout
 from mmsearch.warehouse import replace_rows
 
@@ -16,14 +23,7 @@ RAW_COLUMNS = [
     "drop_name",
     "row_number",
     "ingested_at",
-    "product_id",
-    "title",
-    "description",
-    "category",
-    "brand",
-    "price",
-    "image_path",
-    "deleted",
+    *KNOWN_COLUMNS,
     "attributes",
     "read_error",
 ]

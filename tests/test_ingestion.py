@@ -57,7 +57,10 @@ def test_parquet_is_read(tmp_path):
             lambda d: (d / "products.csv").write_bytes("product_id,title\n1,x\n".encode("utf-16")),
             "NUL bytes",
         ),
-        (lambda d: (d / "products.parquet").write_bytes(b"PAR1 not really"), "not a readable table"),
+        (
+            lambda d: (d / "products.parquet").write_bytes(b"PAR1 not really"),
+            "not a readable table",
+        ),
         (
             lambda d: (d / "products.csv").write_text('product_id,title\n1,"unterminated\n'),
             "not a readable table",
