@@ -4,6 +4,7 @@ from dagster import Definitions, load_asset_checks_from_modules, load_assets_fro
 
 from mm_assets import cleaning, evaluation, features, indexing, ingestion, training
 from mm_assets.jobs import ingest_drop_job, refresh_catalog_job, retrain_model_job
+from mm_assets.sql_models import build_sql_assets
 from resources import build_resources
 from sensors.drops import catalog_drop_sensor, refresh_after_ingest
 from sensors.schedules import nightly_retrain
@@ -13,9 +14,10 @@ STAGES = [ingestion, cleaning, features, training, indexing, evaluation]
 
 def build_definitions(mm_home: str | None = None, **settings) -> Definitions:
     """Definitions bound to one MM_HOME (default `$MM_HOME`)."""
+    sql_assets, sql_checks = build_sql_assets()
     return Definitions(
-        assets=load_assets_from_modules(STAGES),
-        asset_checks=load_asset_checks_from_modules(STAGES),
+        assets=[*load_assets_from_modules(STAGES), *sql_assets],
+        asset_checks=[*load_asset_checks_from_modules(STAGES), *sql_checks],
         jobs=[ingest_drop_job, refresh_catalog_job, retrain_model_job],
         sensors=[catalog_drop_sensor, refresh_after_ingest],
         schedules=[nightly_retrain],

@@ -21,7 +21,7 @@ from resources import WarehouseResource
 
 
 @asset(
-    deps=[product_index],
+    deps=[product_index, "evaluation_queries"],
     group_name="evaluation",
     pool="warehouse",
     kinds={"python"},

@@ -10,14 +10,13 @@ from dagster import (
     asset_check,
 )
 
-from mm_assets.cleaning import clean_products, labeled_queries
 from mmsearch.features import extract_features
 from mmsearch.training import load_catalog_features
 from resources import ImageEncoderResource, TextEncoderResource, WarehouseResource
 
 
 @asset(
-    deps=[clean_products, labeled_queries],
+    deps=["training_pairs", "stg_labeled_queries"],
     group_name="features",
     pool="warehouse",
     kinds={"pytorch", "duckdb"},

@@ -8,7 +8,7 @@ from resources import ImageEncoderResource, PipelineSettings, TextEncoderResourc
 
 
 @asset(
-    deps=[encoder_features],
+    deps=[encoder_features, "training_pairs", "training_queries"],
     group_name="training",
     pool="warehouse",
     kinds={"pytorch"},

@@ -25,7 +25,7 @@ from mmsearch.images import (
     resolve_inside,
     save_clean_image,
 )
-from mmsearch.text import MAX_TITLE_CHARS, clean_text, product_document, text_key
+from mmsearch.text import MAX_TITLE_CHARS, clean_text
 
 MAX_PRODUCT_ID_CHARS = 256
 TRUE_WORDS = {"true", "1", "yes", "y", "t"}
@@ -121,7 +121,6 @@ def _validate_row(row: dict, drop_dir: Path, clean_images_dir: Path, limits: Ima
         image_file, image_sha, image_phash = _clean_image(
             drop_dir, str(row["image_path"]), clean_images_dir, limits
         )
-    document = product_document(title, category, brand, description)
     return {
         "product_id": product_id,
         "deleted": False,
@@ -133,8 +132,6 @@ def _validate_row(row: dict, drop_dir: Path, clean_images_dir: Path, limits: Ima
         "image_file": image_file,
         "image_sha": image_sha,
         "image_phash": image_phash,
-        "document": document,
-        "text_sha": text_key(document),
         "attributes": row.get("attributes") or "{}",
     }
 
@@ -203,8 +200,6 @@ def clean_catalog(
         "image_file",
         "image_sha",
         "image_phash",
-        "document",
-        "text_sha",
         "attributes",
         "drop_name",
         "row_number",

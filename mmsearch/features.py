@@ -39,8 +39,8 @@ def extract_features(
     With `views`, each product image also gets the embedding of one shopper-style re-shoot
     (`mmsearch.augment`), which training uses to teach viewpoint invariance.
     """
-    products = query_df(con, "SELECT image_sha, image_file, document FROM clean_products")
-    queries = query_df(con, "SELECT image_sha, image_file, text FROM labeled_queries")
+    products = query_df(con, "SELECT image_sha, image_file, document, text_sha FROM training_pairs")
+    queries = query_df(con, "SELECT image_sha, image_file, text FROM stg_labeled_queries")
 
     product_shas = {sha for sha in products["image_sha"] if isinstance(sha, str) and sha}
     image_files = {}
@@ -48,8 +48,9 @@ def extract_features(
         for sha, file in zip(frame["image_sha"], frame["image_file"], strict=True):
             if isinstance(sha, str) and sha:
                 image_files.setdefault(sha, file)
-    texts = {}
-    for text in [*products["document"], *queries["text"]]:
+    # Product documents come keyed by the SQL model; query texts are keyed the same way here.
+    texts = dict(zip(products["text_sha"], products["document"], strict=True))
+    for text in queries["text"]:
         if isinstance(text, str) and text:
             texts.setdefault(text_key(text), text)
 

@@ -1,4 +1,5 @@
-"""Text cleaning and the product document: the one place that decides what text gets embedded."""
+"""Text cleaning for feed values. Which fields make up the embedded text is decided in SQL
+(`dbt_like_sql/models/marts/product_documents.sql`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import unicodedata
 
 MAX_TITLE_CHARS = 300
 MAX_DESCRIPTION_CHARS = 2000
-MAX_DOCUMENT_CHARS = 1000
 
 _SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _BLOCK_TAG = re.compile(r"<\s*/?\s*(br|p|div|li|ul|ol|tr|h[1-6])\b[^>]*>", re.IGNORECASE)
@@ -46,18 +46,6 @@ def truncate(text: str, max_chars: int) -> str:
     cut = text[:max_chars]
     space = cut.rfind(" ")
     return (cut[:space] if space > max_chars // 2 else cut).rstrip()
-
-
-def product_document(title: str, category: str = "", brand: str = "", description: str = "") -> str:
-    """The text the text encoder reads for a product: title, category, brand, description."""
-    parts = [title]
-    if category:
-        parts.append(category)
-    if brand:
-        parts.append(f"by {brand}")
-    head = ". ".join(parts)
-    document = f"{head}. {description}" if description else head
-    return truncate(document, MAX_DOCUMENT_CHARS)
 
 
 def text_key(text: str) -> str:

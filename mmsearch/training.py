@@ -31,7 +31,12 @@ class CatalogFeatures:
 
 def load_catalog_features(con, image_encoder_id: str, text_encoder_id: str) -> CatalogFeatures:
     """Clean products and their stored features; a product without an image gets a zero row."""
-    products = query_df(con, "SELECT * FROM clean_products ORDER BY product_id")
+    products = query_df(
+        con,
+        "SELECT t.product_id, t.text_sha, t.image_sha, s.title, s.category, s.brand, s.price, "
+        "s.image_file, s.attributes FROM training_pairs t JOIN stg_products s USING (product_id) "
+        "ORDER BY t.product_id",
+    )
     shas = [s if isinstance(s, str) and s else None for s in products["image_sha"]]
     wanted = [key for s in shas if s for key in (s, view_key(s))]
     image_vectors = read_vectors(con, "image_features", "image_sha", wanted, image_encoder_id)
@@ -65,9 +70,8 @@ def load_query_split(
     con, split: str, catalog: CatalogFeatures, image_encoder_id: str, text_encoder_id: str
 ):
     """The labeled queries of one split as a QuerySet over the live catalog."""
-    table = query_df(
-        con, "SELECT * FROM labeled_queries WHERE split = ? ORDER BY query_id", [split]
-    )
+    model = {"train": "training_queries", "test": "evaluation_queries"}[split]
+    table = query_df(con, f"SELECT * FROM {model} ORDER BY query_id")
     texts = [t for t in table["text"] if isinstance(t, str) and t]
     text_vectors = read_vectors(
         con, "text_features", "text_sha", [text_key(t) for t in texts], text_encoder_id

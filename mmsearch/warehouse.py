@@ -59,8 +59,6 @@ CREATE TABLE IF NOT EXISTS clean_products (
     image_file VARCHAR,
     image_sha VARCHAR,
     image_phash VARCHAR,
-    document VARCHAR NOT NULL,
-    text_sha VARCHAR NOT NULL,
     attributes JSON,
     drop_name VARCHAR NOT NULL,
     row_number INTEGER NOT NULL

@@ -35,22 +35,35 @@ KNOWN_REASONS = {
     "image_unsupported_type",
     "unreadable_row",
 }
-DOWNSTREAM = [
+PYTHON_ASSETS = {
+    "raw_products",
     "clean_products",
     "labeled_queries",
+    "near_duplicates",
     "encoder_features",
     "fusion_model",
     "product_index",
-    "search_evaluation",
-    "near_duplicates",
     "image_text_consistency",
-]
+    "search_evaluation",
+}
+SQL_MODELS = {
+    "stg_products",
+    "stg_labeled_queries",
+    "product_documents",
+    "training_pairs",
+    "training_queries",
+    "evaluation_queries",
+    "drop_statistics",
+    "category_statistics",
+    "ingested_rows",
+}
+DOWNSTREAM = sorted((PYTHON_ASSETS | SQL_MODELS) - {"raw_products"})
 
 
 def test_definitions_load_with_the_whole_asset_graph():
     graph = defs.resolve_asset_graph()
     names = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert names == {"raw_products", *DOWNSTREAM}
+    assert names == PYTHON_ASSETS | SQL_MODELS
     assert {c.name for c in graph.asset_check_keys} >= {
         "row_accounting_balanced",
         "clean_products_expectations",

@@ -11,7 +11,7 @@ from PIL import Image
 from helpers import picture, png_bytes, write_drop
 from mmsearch.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
 from mmsearch.images import ImageLimits, ImageRejected, decode_image
-from mmsearch.text import clean_text, product_document
+from mmsearch.text import clean_text
 
 
 def test_clean_text_strips_html_scripts_entities_and_whitespace():
@@ -28,13 +28,6 @@ def test_clean_text_normalises_unicode_and_caps_length_at_a_word():
 
 def test_clean_text_keeps_escaped_markup_as_text():
     assert clean_text("&lt;b&gt;bold&lt;/b&gt;") == "<b>bold</b>"
-
-
-def test_product_document_is_the_text_the_encoder_reads():
-    assert (
-        product_document("Red tee", "t-shirt", "Acme", "Soft.")
-        == "Red tee. t-shirt. by Acme. Soft."
-    )
 
 
 @pytest.mark.parametrize(
