@@ -183,4 +183,6 @@ def test_a_new_sql_file_becomes_an_asset_with_its_lineage(tmp_path):
     specs = {spec.key.to_user_string(): spec for a in assets for spec in a.specs}
     assert {dep.asset_key.to_user_string() for dep in specs["brand_counts"].deps} == {"stg"}
     assert {dep.asset_key.to_user_string() for dep in specs["stg"].deps} == {"clean_products"}
-    assert {spec.key.name for c in checks for spec in c.check_specs} == {"brand_counts__brand__unique"}
+    assert {spec.key.name for c in checks for spec in c.check_specs} == {
+        "brand_counts__brand__unique"
+    }
