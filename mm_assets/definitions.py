@@ -7,6 +7,7 @@ from mm_assets.jobs import ingest_drop_job, refresh_catalog_job, retrain_model_j
 from mm_assets.sql_models import build_sql_assets
 from resources import build_resources
 from sensors.drops import catalog_drop_sensor, refresh_after_ingest
+from sensors.retrain import retrain_when_catalog_moved
 from sensors.schedules import nightly_retrain
 
 STAGES = [ingestion, cleaning, features, training, indexing, evaluation]
@@ -19,7 +20,7 @@ def build_definitions(mm_home: str | None = None, **settings) -> Definitions:
         assets=[*load_assets_from_modules(STAGES), *sql_assets],
         asset_checks=[*load_asset_checks_from_modules(STAGES), *sql_checks],
         jobs=[ingest_drop_job, refresh_catalog_job, retrain_model_job],
-        sensors=[catalog_drop_sensor, refresh_after_ingest],
+        sensors=[catalog_drop_sensor, refresh_after_ingest, retrain_when_catalog_moved],
         schedules=[nightly_retrain],
         resources=build_resources(mm_home, **settings),
     )

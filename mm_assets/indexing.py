@@ -1,10 +1,14 @@
-"""Stage 5: product embeddings and the FAISS index, published as the live release."""
+"""Stage 5: product embeddings and the FAISS index, published as the live release.
+
+With the live model, only new and changed products are embedded and the live index is updated
+(no rebuild); with a new model the index is rebuilt and goes live only through the promotion gate.
+"""
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from mm_assets.training import fusion_model
-from mmsearch.releases import build_release
-from resources import WarehouseResource
+from mm_assets.training import fusion_model, latest_model_state
+from mmsearch.releases import release_model
+from resources import PipelineSettings, WarehouseResource
 
 
 @asset(
@@ -12,22 +16,39 @@ from resources import WarehouseResource
     group_name="indexing",
     pool="warehouse",
     kinds={"faiss"},
-    description="Every live product embedded by the newest model, in a FAISS inner-product "
-    "index with an id map; saved as a versioned artifact and made live atomically.",
+    description="Every live product embedded by the model, in a FAISS inner-product index with "
+    "an id map: updated in place for the same model, rebuilt for a new one and published only "
+    "if it evaluates no worse than the live release; versions kept, LIVE.json switched atomically.",
 )
 def product_index(
-    context: AssetExecutionContext, warehouse: WarehouseResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
 ) -> MaterializeResult:
+    state = latest_model_state(context.instance)
+    if not state:
+        raise RuntimeError("fusion_model has never been materialized: materialize it first")
     with warehouse.connect() as con:
-        model_version = con.execute(
-            "SELECT version FROM model_versions ORDER BY created_at DESC LIMIT 1"
-        ).fetchone()[0]
-        release = build_release(con, warehouse.layout, model_version)
+        outcome = release_model(
+            con,
+            warehouse.layout,
+            state["model_version"],
+            settings.promotion_tolerance,
+            settings.keep_versions,
+        )
+    if not outcome.promoted:
+        context.log.warning(f"model {state['model_version']} not promoted: {outcome.reason}")
+    release = outcome.release
     return MaterializeResult(
         metadata={
             "index_version": release.index_version,
             "model_version": release.model_version,
             "index_type": release.manifest["index_type"],
             "size": release.size,
+            "mode": outcome.mode,
+            "products_added": outcome.added,
+            "products_removed": outcome.removed,
+            "promoted": outcome.promoted,
+            "promotion_reason": outcome.reason,
+            "candidate_mrr": outcome.candidate_mrr if outcome.candidate_mrr is not None else -1.0,
+            "live_mrr": outcome.live_mrr if outcome.live_mrr is not None else -1.0,
         }
     )

@@ -26,5 +26,7 @@ def raw_products(context: AssetExecutionContext, warehouse: WarehouseResource) -
             "rows": report.rows,
             "labeled_queries": report.queries,
             "message": MetadataValue.text(report.message or "ok"),
+            # The drop sensor and `mmsearch run` compare this with the landed folder's content.
+            "content_hash": report.content_hash,
         }
     )

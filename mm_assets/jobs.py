@@ -4,7 +4,7 @@ from dagster import AssetSelection, define_asset_job
 
 from mm_assets.ingestion import raw_products
 from mm_assets.partitions import catalog_drops
-from mm_assets.training import fusion_model
+from mm_assets.training import RETRAIN_TAG, fusion_model
 
 INGEST_JOB, REFRESH_JOB, RETRAIN_JOB = "ingest_drop", "refresh_catalog", "retrain_model"
 
@@ -18,10 +18,13 @@ refresh_catalog_job = define_asset_job(
     REFRESH_JOB,
     selection=AssetSelection.assets(raw_products).downstream()
     - AssetSelection.assets(raw_products),
-    description="Clean, encode, train, index and evaluate the whole live catalog.",
+    description="Clean, encode what is new, keep or train the model, update the index and "
+    "evaluate.",
 )
 retrain_model_job = define_asset_job(
     RETRAIN_JOB,
     selection=AssetSelection.assets(fusion_model).downstream(),
-    description="Retrain the fusion model on the current features, re-index and evaluate.",
+    tags={RETRAIN_TAG: "true"},
+    description="Retrain the fusion model on the current features, rebuild the index, publish "
+    "it if it passes the promotion gate, and evaluate.",
 )

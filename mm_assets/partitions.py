@@ -1,5 +1,37 @@
-"""One dynamic partition per catalog drop, named like its folder in `$MM_HOME/landing/`."""
+"""One dynamic partition per catalog drop version, keyed like its folder in `$MM_HOME/landing/`.
 
-from dagster import DynamicPartitionsDefinition
+The first version of a drop is keyed by its folder name; when the folder's files change after
+ingestion, the new content becomes a new partition `<folder>@<hash>` (a later drop, so its rows
+win) instead of silently overwriting what was ingested.
+"""
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DynamicPartitionsDefinition
+
+from mmsearch.catalog import pending_drop_versions
+from mmsearch.settings import HomeLayout
 
 catalog_drops = DynamicPartitionsDefinition(name="catalog_drops")
+
+
+def known_drop_versions(instance: DagsterInstance) -> dict[str, str | None]:
+    """Registered drop keys -> the content hash their latest ingestion recorded.
+
+    None while a key waits for its first ingestion; "" for ingestions made before content
+    hashes were recorded (treated as current).
+    """
+    known: dict[str, str | None] = {}
+    for key in instance.get_dynamic_partitions(catalog_drops.name):
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("raw_products"), asset_partitions=[key]), limit=1
+        ).records
+        if not records:
+            known[key] = None
+            continue
+        recorded = records[0].asset_materialization.metadata.get("content_hash")
+        known[key] = str(recorded.value) if recorded is not None else ""
+    return known
+
+
+def new_drop_versions(instance: DagsterInstance, layout: HomeLayout) -> list[str]:
+    """Keys of the landed drops (or changed drop contents) that no partition covers yet."""
+    return [key for key, _ in pending_drop_versions(layout.landing, known_drop_versions(instance))]

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 from dagster import AssetKey, DagsterEventType, DagsterInstance
 
-from mm_assets.jobs import INGEST_JOB, REFRESH_JOB
-from mm_assets.partitions import catalog_drops
-from mmsearch.catalog import landed_drops
+from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
+from mm_assets.partitions import catalog_drops, known_drop_versions, new_drop_versions
+from mm_assets.training import RETRAIN_TAG, pending_retrain
+from mmsearch.catalog import drop_folder_name, landed_drops
 from mmsearch.settings import HomeLayout
 
 
@@ -28,6 +29,7 @@ class RunSummary:
     check_seconds: dict[str, float] = field(default_factory=dict)
     ingested: list[str] = field(default_factory=list)
     refreshed: bool = False
+    retrained_because: str | None = None
 
 
 def instance_for(layout: HomeLayout) -> DagsterInstance:
@@ -101,22 +103,34 @@ def _raise_if_failed(result, what: str) -> None:
     )
 
 
-def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
-    """Ingest drops not yet ingested, then refresh downstream assets if anything changed."""
+def _execute(defs, instance, job_name, summary: RunSummary, what: str, tags) -> None:
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, raise_on_error=False, tags=tags
+    )
+    summary.run_ids.append(result.run_id)
+    for step, seconds in _step_seconds(instance, result.run_id).items():
+        summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
+    _raise_if_failed(result, what)
+
+
+def run_pipeline(
+    layout: HomeLayout, defs, force: bool = False, retrain: bool = False
+) -> RunSummary:
+    """Ingest new drops and changed drop contents, then refresh downstream assets if needed."""
     instance = instance_for(layout)
     summary = RunSummary()
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     downstream = sorted(assets - {"raw_products"})
-    landed = landed_drops(layout.landing)
-    known = set(instance.get_dynamic_partitions(catalog_drops.name))
-    new = [name for name in landed if name not in known]
+    known = known_drop_versions(instance)
+    new = new_drop_versions(instance, layout)
     if new:
         instance.add_dynamic_partitions(catalog_drops.name, new)
-    materialized = instance.get_materialized_partitions(AssetKey("raw_products"))
+    waiting = [key for key, digest in known.items() if digest is None]
+    if force:  # read every landed folder again, under its latest key
+        latest = {drop_folder_name(key): key for key in known}
+        waiting = [latest[name] for name in landed_drops(layout.landing) if name in latest]
     ingest_job = defs.resolve_job_def(INGEST_JOB)
-    for name in landed:
-        if name in materialized and not force:
-            continue
+    for name in dict.fromkeys(waiting + new):
         result = ingest_job.execute_in_process(
             instance=instance, partition_key=name, raise_on_error=False
         )
@@ -125,14 +139,15 @@ def run_pipeline(layout: HomeLayout, defs, force: bool = False) -> RunSummary:
         summary.ingested.append(name)
         for step, seconds in _step_seconds(instance, result.run_id).items():
             summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
-    if summary.ingested or force or _downstream_stale(instance, downstream):
-        result = defs.resolve_job_def(REFRESH_JOB).execute_in_process(
-            instance=instance, raise_on_error=False
-        )
-        summary.run_ids.append(result.run_id)
+    if summary.ingested or force or retrain or _downstream_stale(instance, downstream):
+        tags = {RETRAIN_TAG: "true"} if force or retrain else None
+        _execute(defs, instance, REFRESH_JOB, summary, "refreshing the catalog", tags)
         summary.refreshed = True
-        summary.asset_seconds.update(_step_seconds(instance, result.run_id))
-        _raise_if_failed(result, "refreshing the catalog")
+    # What the retrain sensor does under the daemon, done here for a command-line run.
+    pending = pending_retrain(instance)
+    if pending is not None:
+        summary.retrained_because = pending[1]
+        _execute(defs, instance, RETRAIN_JOB, summary, "retraining", None)
     # Check steps are named after their asset and check; they are reported apart.
     summary.check_seconds = {k: v for k, v in summary.asset_seconds.items() if k not in assets}
     summary.asset_seconds = {k: v for k, v in summary.asset_seconds.items() if k in assets}

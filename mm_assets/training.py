@@ -1,10 +1,40 @@
-"""Stage 4: fusion-model training over the frozen encoders' features."""
+"""Stage 4: fusion-model training over the frozen encoders' features.
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+A refresh does not retrain for every new drop: the live model is kept (new products are embedded
+with it and join the index incrementally) until enough of the catalog is new or changed; then the
+retrain sensor, the nightly schedule or `mmsearch run` request a run tagged for retraining.
+A first model, or encoders the live model was not trained with, always train.
+"""
+
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    DagsterInstance,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from mm_assets.features import encoder_features
-from mmsearch.training import train_and_save
+from mmsearch.artifacts import live_release, load_model
+from mmsearch.training import changes_since_model, train_and_save
 from resources import ImageEncoderResource, PipelineSettings, TextEncoderResource, WarehouseResource
+
+RETRAIN_TAG = "mmsearch/retrain"
+
+
+def _reusable_model(layout, encoders: dict) -> str | None:
+    """The live model when it was trained with these encoders."""
+    release = live_release(layout)
+    if release is None:
+        return None
+    try:
+        _, config = load_model(layout, release.model_version)
+    except FileNotFoundError:
+        return None
+    trained_with = config.get("encoders", {})
+    same = all(trained_with.get(k) == encoders[k] for k in ("text_encoder_id", "image_encoder_id"))
+    return release.model_version if same else None
 
 
 @asset(
@@ -13,7 +43,8 @@ from resources import ImageEncoderResource, PipelineSettings, TextEncoderResourc
     pool="warehouse",
     kinds={"pytorch"},
     description="Projection heads and a gated fusion into one 256-d space, trained with "
-    "symmetric InfoNCE (image<->text) plus query->product terms; saved as a versioned artifact.",
+    "symmetric InfoNCE (image<->text) plus query->product terms; saved as a versioned artifact. "
+    "Between retrains the live model is kept and the share of the catalog changed since is shown.",
 )
 def fusion_model(
     context: AssetExecutionContext,
@@ -29,18 +60,55 @@ def fusion_model(
         **text_encoder.settings(),
         **image_encoder.settings(),
     }
+    forced = context.run.tags.get(RETRAIN_TAG) == "true"
+    reusable = _reusable_model(warehouse.layout, encoders)
+    metadata = {}
     with warehouse.connect() as con:
-        version, summary = train_and_save(
-            con, warehouse.layout, encoders, settings.training_config()
-        )
+        if forced or reusable is None:
+            version, summary = train_and_save(
+                con, warehouse.layout, encoders, settings.training_config()
+            )
+            reason = "retrain requested" if forced else "no live model for these encoders"
+            metadata.update(
+                training_queries=summary["training_queries"],
+                best_epoch=summary["best_epoch"],
+                epochs_run=summary["epochs_run"],
+                best_validation_loss=summary["best_validation_loss"],
+                temperature=MetadataValue.float(summary["temperature"] or 0.0),
+            )
+        else:
+            version, reason = reusable, "kept the live model: not enough of the catalog changed"
+        products = con.execute("SELECT count(*) FROM training_pairs").fetchone()[0]
+        changed = changes_since_model(con, version)
+    due = settings.retrain_due(changed, products)
     return MaterializeResult(
         metadata={
             "model_version": version,
-            "products": summary["products"],
-            "training_queries": summary["training_queries"],
-            "best_epoch": summary["best_epoch"],
-            "epochs_run": summary["epochs_run"],
-            "best_validation_loss": summary["best_validation_loss"],
-            "temperature": MetadataValue.float(summary["temperature"] or 0.0),
+            "trained": version != reusable,
+            "reason": reason,
+            "products": products,
+            "changed_since_model": changed,
+            "retrain_due": due,
+            **metadata,
         }
     )
+
+
+def latest_model_state(instance: DagsterInstance) -> dict | None:
+    """The newest fusion_model materialization's metadata as plain values, or None."""
+    event = instance.get_latest_materialization_event(AssetKey("fusion_model"))
+    if event is None or event.asset_materialization is None:
+        return None
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def pending_retrain(instance: DagsterInstance) -> tuple[str, str] | None:
+    """(run key, reason) when the catalog moved past the retrain threshold since the live model."""
+    state = latest_model_state(instance)
+    if not state or not state.get("retrain_due"):
+        return None
+    reason = (
+        f"{state['changed_since_model']} of {state['products']} products are new or changed "
+        f"since {state['model_version']}"
+    )
+    return f"retrain:{state['model_version']}:{state['changed_since_model']}", reason

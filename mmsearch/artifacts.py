@@ -89,8 +89,9 @@ def save_release(
     index,
     products: pd.DataFrame,
     index_type: str,
+    extra: dict | None = None,
 ) -> Release:
-    """Write an index, its position -> product table and a manifest; not yet live."""
+    """Write an index, its id -> product table and a manifest (plus `extra`); not yet live."""
     folder = layout.indexes / index_version
     folder.mkdir(parents=True, exist_ok=True)
     save_index(index, folder / INDEX_FILE)
@@ -101,9 +102,16 @@ def save_release(
         "index_type": index_type,
         "size": int(index.ntotal),
         "created_at": utc_now().isoformat(),
+        **(extra or {}),
     }
     _write_json_atomically(folder / INDEX_MANIFEST, manifest)
     return Release(index_version, model_version, folder, manifest)
+
+
+def mark_promoted(release: Release, promoted: bool, reason: str) -> None:
+    """Record the promotion gate's decision in a release's manifest (rollback skips refused ones)."""
+    release.manifest.update(promoted=promoted, promotion_reason=reason)
+    _write_json_atomically(release.folder / INDEX_MANIFEST, release.manifest)
 
 
 def load_release(layout: HomeLayout, index_version: str) -> Release:

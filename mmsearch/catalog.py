@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -255,6 +256,38 @@ def copy_drop(source: Path, landing: Path) -> str:
     shutil.copytree(source, partial, symlinks=True)
     partial.rename(landing / name)
     return name
+
+
+# A drop whose files change after ingestion is ingested again as a new version, keyed
+# `<folder>@<first 10 hex digits of its content hash>`; the first version is keyed by the folder name.
+VERSION_MARK = "@"
+_VERSION_SUFFIX = re.compile(r"@[0-9a-f]{10}$")
+
+
+def drop_folder_name(drop_key: str) -> str:
+    """The landing folder a drop key (a plain name or a `name@hash` version) reads from."""
+    return _VERSION_SUFFIX.sub("", drop_key)
+
+
+def pending_drop_versions(landing: Path, known: dict[str, str | None]) -> list[tuple[str, str]]:
+    """(drop key, content hash) of every landed drop not yet ingested in its current content.
+
+    `known` maps the drop keys already registered to the content hash they were ingested with
+    (None while not yet ingested). A new folder gets its own name as key; a folder whose content
+    differs from every version already known becomes a new version; content seen before is
+    not ingested again.
+    """
+    pending = []
+    for name in landed_drops(landing):
+        versions = {key: digest for key, digest in known.items() if drop_folder_name(key) == name}
+        if versions and ({None, ""} & set(versions.values())):
+            continue  # a version waits for its ingestion run, or predates content hashes
+        digest = drop_content_hash(landing / name)
+        if not versions:
+            pending.append((name, digest))
+        elif digest not in versions.values():
+            pending.append((f"{name}{VERSION_MARK}{digest[:10]}", digest))
+    return pending
 
 
 def landed_drops(landing: Path) -> list[str]:

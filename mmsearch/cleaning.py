@@ -12,7 +12,7 @@ import math
 import re
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +41,7 @@ class CleanCatalog:
     products: pd.DataFrame  # one row per live product (the columns of clean_products)
     quarantine: pd.DataFrame  # drop_name, row_number, product_id, reason_code, reason
     outcomes: pd.DataFrame  # drop_name, row_number, product_id, outcome
+    validations: dict = field(default_factory=dict)  # (drop, row) -> validation result
 
 
 class RowRejected(ValueError):
@@ -142,16 +143,22 @@ def clean_catalog(
     clean_images_dir: Path,
     limits: ImageLimits = ImageLimits(),
     workers: int = 4,
+    cached: dict[tuple[str, int], dict] | None = None,
 ) -> CleanCatalog:
     """Clean every raw row of the accepted drops and resolve product_ids, latest drop winning.
 
     `raw` holds raw_products rows (dicts) plus `drop_seq` (drop registration order); rows are
     resolved in (drop_seq, row_number) order, so a later drop (or a later row) replaces earlier
-    versions of a product.
+    versions of a product. `cached` holds earlier validation results by (drop, row) that are
+    reused instead of validating (and decoding) again.
     """
     ordered = sorted(raw, key=lambda row: (row["drop_seq"], row["row_number"]))
+    cached = cached or {}
 
     def validate(row: dict) -> dict:
+        known = cached.get((row["drop_name"], row["row_number"]))
+        if known is not None:
+            return known
         try:
             return _validate_row(row, drop_dirs[row["drop_name"]], clean_images_dir, limits)
         except RowRejected as rejected:
@@ -215,7 +222,11 @@ def clean_catalog(
     quarantine_frame = pd.DataFrame(
         quarantine, columns=["drop_name", "row_number", "product_id", "reason_code", "reason"]
     )
-    return CleanCatalog(products, quarantine_frame, outcome_frame)
+    validations = {
+        (row["drop_name"], row["row_number"]): result
+        for row, result in zip(ordered, validated, strict=True)
+    }
+    return CleanCatalog(products, quarantine_frame, outcome_frame, validations)
 
 
 def accounting_by_drop(outcomes: pd.DataFrame, rows_read: dict[str, int]) -> pd.DataFrame:
@@ -245,6 +256,46 @@ def attributes_of(attributes_json: str | None) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+# Bump when a cleaning rule changes, so rows validated under the old rules are validated again.
+CLEANING_RULES_VERSION = 1
+
+
+def _rules_key(limits: ImageLimits) -> str:
+    return json.dumps({"rules": CLEANING_RULES_VERSION, **asdict(limits)}, sort_keys=True)
+
+
+def _to_json(result: dict) -> str:
+    if "rejected" in result:
+        rejected: RowRejected = result["rejected"]
+        return json.dumps({"rejected": {"code": rejected.code, "message": rejected.message}})
+    return json.dumps(result)
+
+
+def _from_json(text: str) -> dict:
+    result = json.loads(text)
+    if "rejected" in result:
+        return {"rejected": RowRejected(result["rejected"]["code"], result["rejected"]["message"])}
+    return result
+
+
+def _cached_validations(con, rules: str) -> dict[tuple[str, int], dict]:
+    """Earlier validation results under the same rules whose clean image is still on disk.
+
+    A drop's raw rows never change under its key (changed files become a new drop version and
+    re-ingesting a drop clears its results), so a row is validated, and its image decoded, once.
+    """
+    cached = {}
+    rows = con.execute(
+        "SELECT drop_name, row_number, result FROM validated_rows WHERE rules = ?", [rules]
+    ).fetchall()
+    for drop_name, row_number, text in rows:
+        result = _from_json(text)
+        if result.get("image_file") and not Path(result["image_file"]).is_file():
+            continue
+        cached[(drop_name, row_number)] = result
+    return cached
+
+
 def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.DataFrame:
     """Rebuild clean_products, quarantine and row_outcomes from the accepted drops' raw rows.
 
@@ -260,8 +311,22 @@ def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.Data
         "SELECT r.*, d.seq AS drop_seq FROM raw_products r JOIN drops d ON r.drop_name = d.name "
         "WHERE d.status = 'accepted'",
     )
-    drop_dirs = {name: layout.landing / name for name in drops["name"]}
-    catalog = clean_catalog(raw, drop_dirs, layout.clean_images, limits)
+    drop_dirs = {name: layout.drop_dir(name) for name in drops["name"]}
+    rules = _rules_key(limits)
+    cached = _cached_validations(con, rules)
+    catalog = clean_catalog(raw, drop_dirs, layout.clean_images, limits, cached=cached)
+    fresh = [
+        {"drop_name": key[0], "row_number": key[1], "rules": rules, "result": _to_json(result)}
+        for key, result in catalog.validations.items()
+        if key not in cached
+    ]
+    if fresh:
+        con.register("fresh_validations", pd.DataFrame(fresh))
+        con.execute(
+            "INSERT OR REPLACE INTO validated_rows SELECT drop_name, row_number, rules, result "
+            "FROM fresh_validations"
+        )
+        con.unregister("fresh_validations")
     replace_rows(con, "clean_products", catalog.products)
     replace_rows(con, "quarantine", catalog.quarantine)
     replace_rows(con, "row_outcomes", catalog.outcomes)

@@ -44,12 +44,14 @@ def _rejected_drops(con) -> list[dict]:
     return [{"name": name, "message": message} for name, message in rows]
 
 
-def command_run(layout: HomeLayout, force: bool = False) -> dict:
+def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) -> dict:
     from mm_assets.definitions import build_definitions
     from mm_assets.runner import run_pipeline
     from mmsearch import artifacts, warehouse
 
-    summary = run_pipeline(layout, build_definitions(str(layout.root)), force=force)
+    summary = run_pipeline(
+        layout, build_definitions(str(layout.root)), force=force, retrain=retrain
+    )
     release = artifacts.live_release(layout)
     with warehouse.connect(layout.warehouse) as con:
         rows, rejected = _rows_summary(con), _rejected_drops(con)
@@ -67,7 +69,23 @@ def command_run(layout: HomeLayout, force: bool = False) -> dict:
         "ingested_drops": summary.ingested,
         "rejected_drops": rejected,
         "refreshed": summary.refreshed,
+        "retrained_because": summary.retrained_because,
+        "release": _release_summary(layout),
     }
+
+
+def _release_summary(layout: HomeLayout) -> dict | None:
+    """How the newest index version came about: mode, products added/removed, promotion."""
+    from mmsearch import artifacts
+
+    if not layout.indexes.is_dir():
+        return None
+    manifests = sorted(layout.indexes.glob(f"*/{artifacts.INDEX_MANIFEST}"))
+    if not manifests:
+        return None
+    newest = json.loads(max(manifests, key=lambda m: m.parent.name).read_text())
+    keys = ("index_version", "model_version", "mode", "size", "promoted", "promotion_reason")
+    return {key: newest.get(key) for key in keys}
 
 
 def command_demo(layout: HomeLayout) -> dict:
@@ -234,6 +252,8 @@ def command_rollback(layout: HomeLayout, version: str | None) -> dict:
         ),
         key=lambda release: release.manifest["created_at"],
     )
+    # A release the promotion gate refused was never live; rollback never picks it.
+    releases = [r for r in releases if r.manifest.get("promoted", True)]
     live = artifacts.live_release(layout)
     if version:
         matches = [r for r in releases if version in (r.index_version, r.model_version)]
@@ -323,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("path")
     run = add("run", "register new drops and bring every asset up to date")
     run.add_argument("--force", action="store_true", help="re-ingest every drop and recompute all")
+    run.add_argument(
+        "--retrain", action="store_true", help="retrain the model even below the change threshold"
+    )
     search = add("search", "search the live index")
     search.add_argument("--text")
     search.add_argument("--image")
@@ -353,7 +376,7 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
         except DropRejected as rejected:
             raise UserError(str(rejected)) from None
     if args.command == "run":
-        return command_run(layout, force=args.force)
+        return command_run(layout, force=args.force, retrain=args.retrain)
     if args.command == "search":
         return command_search(layout, args)
     if args.command == "evaluate":

@@ -84,7 +84,7 @@ def summarise(rankings: list[list[str]], queries: QuerySet) -> dict:
 def evaluate_fusion(
     model: FusionModel,
     search_vectors: Callable[[np.ndarray, int], list[list[tuple[int, float]]]],
-    position_ids: Sequence[str],
+    row_ids: Sequence[str],
     queries: QuerySet,
     k: int = 10,
 ) -> dict:
@@ -93,7 +93,7 @@ def evaluate_fusion(
         model, queries.image_features, queries.text_features, queries.has_image, queries.has_text
     )
     hits = search_vectors(vectors, k)
-    rankings = [[position_ids[p] for p, _ in row] for row in hits]
+    rankings = [[row_ids[p] for p, _ in row] for row in hits]
     return summarise(rankings, queries)
 
 
@@ -207,11 +207,14 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def evaluate_release(con, layout, release, k: int = 10) -> tuple[str, pd.DataFrame]:
+def evaluate_release(
+    con, layout, release, k: int = 10, with_baselines: bool = True
+) -> tuple[str, pd.DataFrame]:
     """Score a release on the test split of the labeled queries, beside raw baselines.
 
     Without labeled queries, scores cross-modal retrieval among the products the model held out
-    from training. Returns (source, long results table) and stores the table in the warehouse.
+    from training. Returns (source, long results table); with baselines, the table is also stored
+    in the warehouse (without, it is a quick score, e.g. for the promotion gate).
     """
     from mmsearch.artifacts import load_model, utc_now
     from mmsearch.search import SearchEngine
@@ -228,16 +231,17 @@ def evaluate_release(con, layout, release, k: int = 10) -> tuple[str, pd.DataFra
         engine = SearchEngine(release, model, config)
         ids = list(engine.products["product_id"])
         results = {FUSION: evaluate_fusion(model, engine.search_vectors, ids, queries, k)}
-        results.update(
-            evaluate_baselines(
-                queries,
-                list(catalog.products["product_id"]),
-                catalog.text_features,
-                catalog.image_features,
-                catalog.has_image,
-                k,
+        if with_baselines:
+            results.update(
+                evaluate_baselines(
+                    queries,
+                    list(catalog.products["product_id"]),
+                    catalog.text_features,
+                    catalog.image_features,
+                    catalog.has_image,
+                    k,
+                )
             )
-        )
     else:
         source = "held-out image/text pairs"
         held_out = set(config["summary"].get("validation_product_ids", []))
@@ -257,6 +261,6 @@ def evaluate_release(con, layout, release, k: int = 10) -> tuple[str, pd.DataFra
         )
     table = results_table(release.model_version, source, results)
     table["evaluated_at"] = utc_now()
-    if len(table):
+    if len(table) and with_baselines:  # the stored table always carries its baselines
         replace_rows(con, "evaluation_results", table, "model_version = ?", [release.model_version])
     return source, table

@@ -13,6 +13,7 @@ from mmsearch.catalog import (
     QUERY_FILE,
     READ_ERROR,
     DropRejected,
+    drop_content_hash,
     read_products,
     read_queries,
 )
@@ -37,6 +38,7 @@ class IngestReport:
     rows: int
     queries: int
     message: str = ""
+    content_hash: str = ""
 
 
 def _register(con: duckdb.DuckDBPyConnection, layout: HomeLayout, drop_name: str) -> None:
@@ -47,7 +49,7 @@ def _register(con: duckdb.DuckDBPyConnection, layout: HomeLayout, drop_name: str
     con.execute(
         "INSERT INTO drops (name, seq, source_path, registered_at, status, message, rows_read) "
         "VALUES (?, ?, ?, ?, 'pending', NULL, 0)",
-        [drop_name, seq, str(layout.landing / drop_name), utc_now()],
+        [drop_name, seq, str(layout.drop_dir(drop_name)), utc_now()],
     )
 
 
@@ -57,8 +59,11 @@ def ingest_drop(con: duckdb.DuckDBPyConnection, layout: HomeLayout, drop_name: s
     A drop that cannot be read is recorded as rejected with the reason; its raw rows are removed
     and no exception escapes, so the other drops carry on.
     """
-    drop_dir = layout.landing / drop_name
+    drop_dir = layout.drop_dir(drop_name)
     _register(con, layout, drop_name)
+    # Rows read again must be cleaned again.
+    con.execute("DELETE FROM validated_rows WHERE drop_name = ?", [drop_name])
+    content_hash = drop_content_hash(drop_dir) if drop_dir.is_dir() else ""
     try:
         if not drop_dir.is_dir():
             raise DropRejected(drop_name, f"{drop_dir} is not a directory")
@@ -67,10 +72,11 @@ def ingest_drop(con: duckdb.DuckDBPyConnection, layout: HomeLayout, drop_name: s
         replace_rows(con, "raw_products", pd.DataFrame(), "drop_name = ?", [drop_name])
         replace_rows(con, "raw_queries", pd.DataFrame(), "drop_name = ?", [drop_name])
         con.execute(
-            "UPDATE drops SET status = 'rejected', message = ?, rows_read = 0 WHERE name = ?",
-            [str(rejected), drop_name],
+            "UPDATE drops SET status = 'rejected', message = ?, rows_read = 0, content_hash = ? "
+            "WHERE name = ?",
+            [str(rejected), content_hash, drop_name],
         )
-        return IngestReport(drop_name, "rejected", 0, 0, str(rejected))
+        return IngestReport(drop_name, "rejected", 0, 0, str(rejected), content_hash)
 
     raw = products.rename(columns={READ_ERROR: "read_error"}).assign(
         drop_name=drop_name, ingested_at=utc_now()
@@ -83,7 +89,8 @@ def ingest_drop(con: duckdb.DuckDBPyConnection, layout: HomeLayout, drop_name: s
         queries = queries.assign(drop_name=drop_name)[QUERY_COLUMNS]
     replace_rows(con, "raw_queries", queries, "drop_name = ?", [drop_name])
     con.execute(
-        "UPDATE drops SET status = 'accepted', message = NULL, rows_read = ? WHERE name = ?",
-        [len(raw), drop_name],
+        "UPDATE drops SET status = 'accepted', message = NULL, rows_read = ?, content_hash = ? "
+        "WHERE name = ?",
+        [len(raw), content_hash, drop_name],
     )
-    return IngestReport(drop_name, "accepted", len(raw), len(queries))
+    return IngestReport(drop_name, "accepted", len(raw), len(queries), "", content_hash)

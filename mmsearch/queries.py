@@ -49,7 +49,7 @@ def prepare_labeled_queries(con, layout, limits: ImageLimits = ImageLimits()) ->
         image_file = image_sha = None
         if record["image_path"]:
             try:
-                source = resolve_inside(layout.landing / record["drop_name"], record["image_path"])
+                source = resolve_inside(layout.drop_dir(record["drop_name"]), record["image_path"])
                 picture, image_sha = read_image_file(source, limits)
                 image_file = str(save_clean_image(picture, layout.clean_images, image_sha))
             except (ImageRejected, OSError):

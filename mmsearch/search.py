@@ -64,6 +64,14 @@ class SearchEngine:
         self.encoders = EncoderSettings.from_model_config(model_config)
         self.index = release.load_index()
         self.products = release.load_products()
+        # Index ids are stable positions (an incremental release leaves gaps); map them to rows.
+        self._ids = (
+            self.products["position"].to_numpy(dtype=np.int64)
+            if "position" in self.products
+            else np.arange(len(self.products), dtype=np.int64)
+        )
+        self._row_of = np.full(int(self._ids.max(initial=-1)) + 1, -1, dtype=np.int64)
+        self._row_of[self._ids] = np.arange(len(self._ids))
         self._categories = self.products["category"].fillna("").str.casefold().to_numpy()
         self._prices = pd.to_numeric(self.products["price"], errors="coerce").to_numpy(dtype=float)
 
@@ -109,7 +117,7 @@ class SearchEngine:
         return embed_query(self.model, image_feature, text_feature)
 
     def allowed_positions(self, category: str | None, max_price: float | None) -> np.ndarray | None:
-        """Positions passing the filters, None when there is no filter."""
+        """Index ids of the products passing the filters, None when there is no filter."""
         if not category and max_price is None:
             return None
         keep = np.ones(len(self.products), dtype=bool)
@@ -117,15 +125,15 @@ class SearchEngine:
             keep &= self._categories == category.strip().casefold()
         if max_price is not None:
             keep &= np.nan_to_num(self._prices, nan=math.inf) <= max_price
-        return np.flatnonzero(keep)
+        return self._ids[keep]
 
     def search_vectors(
         self, vectors: np.ndarray, k: int = 10, allowed: np.ndarray | None = None
     ) -> list[list[tuple[int, float]]]:
-        """For each query vector, the top-k (position, score) pairs."""
+        """For each query vector, the top-k (row of `products`, score) pairs."""
         scores, positions = search_index(self.index, vectors, k, allowed)
         return [
-            [(int(p), float(s)) for p, s in zip(row_p, row_s, strict=True) if p >= 0]
+            [(int(self._row_of[p]), float(s)) for p, s in zip(row_p, row_s, strict=True) if p >= 0]
             for row_p, row_s in zip(positions, scores, strict=True)
         ]
 
@@ -141,10 +149,10 @@ class SearchEngine:
         picture = load_query_image(image) if isinstance(image, (str, Path)) else image
         vector = self.query_vector(text, picture)
         hits = self.search_vectors(vector[None], k, self.allowed_positions(category, max_price))[0]
-        return [self.describe(position, score) for position, score in hits]
+        return [self.describe(row, score) for row, score in hits]
 
-    def describe(self, position: int, score: float) -> dict:
-        row = self.products.iloc[position]
+    def describe(self, row_number: int, score: float) -> dict:
+        row = self.products.iloc[row_number]
         result = {"product_id": row["product_id"], "score": round(score, 6)}
         for field in RESULT_FIELDS[1:]:
             value = row.get(field)

@@ -33,6 +33,12 @@ class HomeLayout:
     def landing(self) -> Path:
         return self.root / "landing"
 
+    def drop_dir(self, drop_key: str) -> Path:
+        """The landing folder of a drop key (a folder name, or `name@hash` for a later version)."""
+        from mmsearch.catalog import drop_folder_name
+
+        return self.landing / drop_folder_name(drop_key)
+
     @property
     def clean_images(self) -> Path:
         return self.root / "clean_images"

@@ -29,14 +29,28 @@ class CatalogFeatures:
     view_features: np.ndarray
 
 
-def load_catalog_features(con, image_encoder_id: str, text_encoder_id: str) -> CatalogFeatures:
-    """Clean products and their stored features; a product without an image gets a zero row."""
+def load_catalog_features(
+    con,
+    image_encoder_id: str,
+    text_encoder_id: str,
+    only: set[str] | None = None,
+    with_features: bool = True,
+) -> CatalogFeatures:
+    """Clean products and their stored features; a product without an image gets a zero row.
+
+    `only` limits the catalog to those product ids; without features, the arrays are empty.
+    """
     products = query_df(
         con,
         "SELECT t.product_id, t.text_sha, t.image_sha, s.title, s.category, s.brand, s.price, "
         "s.image_file, s.attributes FROM training_pairs t JOIN stg_products s USING (product_id) "
         "ORDER BY t.product_id",
     )
+    if only is not None:
+        products = products[products["product_id"].isin(only)].reset_index(drop=True)
+    if not with_features:
+        empty = np.zeros((len(products), 0), dtype=np.float32)
+        return CatalogFeatures(products, empty, empty, np.zeros(len(products), bool), empty)
     shas = [s if isinstance(s, str) and s else None for s in products["image_sha"]]
     wanted = [key for s in shas if s for key in (s, view_key(s))]
     image_vectors = read_vectors(con, "image_features", "image_sha", wanted, image_encoder_id)
@@ -165,4 +179,23 @@ def train_and_save(
             json.dumps({k: v for k, v in summary.items() if k != "validation_product_ids"}),
         ],
     )
+    trained_on = catalog.products[["product_id", "text_sha", "image_sha"]].assign(
+        model_version=version
+    )
+    con.register("trained_on", trained_on)
+    con.execute(
+        "INSERT INTO model_products SELECT model_version, product_id, text_sha, image_sha "
+        "FROM trained_on"
+    )
+    con.unregister("trained_on")
     return version, summary
+
+
+def changes_since_model(con, model_version: str) -> int:
+    """Live products that are new, or whose text or image changed, since the model was trained."""
+    return con.execute(
+        "SELECT count(*) FROM training_pairs t LEFT JOIN model_products m "
+        "ON m.model_version = ? AND m.product_id = t.product_id AND m.text_sha = t.text_sha "
+        "AND coalesce(m.image_sha, '') = coalesce(t.image_sha, '') WHERE m.product_id IS NULL",
+        [model_version],
+    ).fetchone()[0]

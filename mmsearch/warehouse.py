@@ -21,7 +21,16 @@ CREATE TABLE IF NOT EXISTS drops (
     registered_at TIMESTAMP NOT NULL,
     status VARCHAR NOT NULL,            -- accepted | rejected
     message VARCHAR,
-    rows_read INTEGER NOT NULL DEFAULT 0
+    rows_read INTEGER NOT NULL DEFAULT 0,
+    content_hash VARCHAR                -- sha256 of the drop's files when it was read
+);
+ALTER TABLE drops ADD COLUMN IF NOT EXISTS content_hash VARCHAR;
+CREATE TABLE IF NOT EXISTS validated_rows (
+    drop_name VARCHAR NOT NULL,
+    row_number INTEGER NOT NULL,
+    rules VARCHAR NOT NULL,             -- cleaning rules and image limits the result holds for
+    result JSON NOT NULL,               -- the cleaned fields, or the rejection code and message
+    PRIMARY KEY (drop_name, row_number)
 );
 CREATE TABLE IF NOT EXISTS raw_products (
     drop_name VARCHAR NOT NULL,
@@ -121,6 +130,13 @@ CREATE TABLE IF NOT EXISTS model_versions (
     path VARCHAR NOT NULL,
     config JSON NOT NULL,
     metrics JSON NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_products (  -- what each model was trained on
+    model_version VARCHAR NOT NULL,
+    product_id VARCHAR NOT NULL,
+    text_sha VARCHAR NOT NULL,
+    image_sha VARCHAR,
+    PRIMARY KEY (model_version, product_id)
 );
 CREATE TABLE IF NOT EXISTS releases (
     index_version VARCHAR PRIMARY KEY,

@@ -1,4 +1,11 @@
-"""Pipeline settings with defaults that work on a laptop CPU."""
+"""Pipeline settings with defaults that work on a laptop CPU.
+
+The catalog-change knobs also read environment variables, so `mmsearch` and `dagster dev` can be
+tuned without code: MM_RETRAIN_MIN_PRODUCTS, MM_RETRAIN_MIN_SHARE, MM_PROMOTION_TOLERANCE,
+MM_KEEP_VERSIONS.
+"""
+
+import os
 
 from dagster import ConfigurableResource
 
@@ -17,6 +24,14 @@ class PipelineSettings(ConfigurableResource):
     training_batch_size: int = TrainingConfig.batch_size
     learning_rate: float = TrainingConfig.learning_rate
     seed: int = TrainingConfig.seed
+    # A retrain is due once this many live products are new or changed since the live model was
+    # trained, or this share of the catalog; below both, new products join the index incrementally.
+    retrain_min_changed_products: int = int(os.environ.get("MM_RETRAIN_MIN_PRODUCTS", "500"))
+    retrain_min_changed_share: float = float(os.environ.get("MM_RETRAIN_MIN_SHARE", "0.2"))
+    # A new model goes live only if its MRR >= the live model's MRR minus this.
+    promotion_tolerance: float = float(os.environ.get("MM_PROMOTION_TOLERANCE", "0.01"))
+    # Model and index versions kept on disk (the live ones always stay).
+    keep_versions: int = int(os.environ.get("MM_KEEP_VERSIONS", "5"))
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_pixels, self.min_image_side)
@@ -27,4 +42,13 @@ class PipelineSettings(ConfigurableResource):
             batch_size=self.training_batch_size,
             learning_rate=self.learning_rate,
             seed=self.seed,
+        )
+
+    def retrain_due(self, changed: int, live_products: int) -> bool:
+        """Whether `changed` new or changed products (of `live_products`) call for a retrain."""
+        if changed <= 0:
+            return False
+        share = changed / max(live_products, 1)
+        return (
+            changed >= self.retrain_min_changed_products or share >= self.retrain_min_changed_share
         )

@@ -1,4 +1,8 @@
-"""The drop sensor: a new folder in `$MM_HOME/landing/` becomes a partition and an ingest run."""
+"""The drop sensor: a new folder in `$MM_HOME/landing/` becomes a partition and an ingest run.
+
+A folder whose files changed since it was ingested becomes a new version (`<folder>@<hash>`);
+a drop seen again unchanged requests nothing (run keys make a repeated request a no-op too).
+"""
 
 from dagster import (
     DagsterRunStatus,
@@ -11,17 +15,15 @@ from dagster import (
 )
 
 from mm_assets.jobs import ingest_drop_job, refresh_catalog_job
-from mm_assets.partitions import catalog_drops
-from mmsearch.catalog import landed_drops
+from mm_assets.partitions import catalog_drops, new_drop_versions
 from resources import WarehouseResource
 
 
 @sensor(job=ingest_drop_job, minimum_interval_seconds=30, description=__doc__)
 def catalog_drop_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
-    known = set(context.instance.get_dynamic_partitions(catalog_drops.name))
-    new = [name for name in landed_drops(warehouse.layout.landing) if name not in known]
+    new = new_drop_versions(context.instance, warehouse.layout)
     if not new:
-        return SkipReason("no new catalog drops in the landing folder")
+        return SkipReason("no new or changed catalog drops in the landing folder")
     return SensorResult(
         run_requests=[RunRequest(partition_key=name, run_key=f"ingest:{name}") for name in new],
         dynamic_partitions_requests=[catalog_drops.build_add_request(new)],
