@@ -113,7 +113,7 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
     if len(removed):
         index.remove_ids(np.ascontiguousarray(removed["position"], dtype=np.int64))
     positions = dict(zip(_content(previous), previous["position"].astype(np.int64), strict=True))
-    next_position = int(previous["position"].max(initial=-1)) + 1
+    next_position = int(previous["position"].to_numpy().max(initial=-1)) + 1
     if added_ids:
         catalog = load_catalog_features(
             con, encoders["image_encoder_id"], encoders["text_encoder_id"], only=added_ids
