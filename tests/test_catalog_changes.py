@@ -59,7 +59,9 @@ def _clean(drop: Path, row: dict) -> bool:
     except ValueError:
         price_ok = False
     image = drop / (row["image_path"] or "missing")
-    return price_ok and row["title"].strip() != "" and image.is_file() and image.stat().st_size > 2000
+    return (
+        price_ok and row["title"].strip() != "" and image.is_file() and image.stat().st_size > 2000
+    )
 
 
 def _home_instance(home: Path) -> DagsterInstance:
