@@ -17,6 +17,17 @@ from mm_assets.training import RETRAIN_TAG, pending_retrain
 from mmsearch.catalog import drop_folder_name, landed_drops
 from mmsearch.settings import HomeLayout
 
+# Telemetry off on a machine that may be offline. Runs the daemon launches (sensors, schedule,
+# UI) that touch the `warehouse` pool go one at a time: DuckDB has one writer. The limit is
+# applied per run by the run queue, so a command-line run killed mid-way holds no op slot.
+INSTANCE_CONFIG = """telemetry:
+  enabled: false
+concurrency:
+  pools:
+    granularity: run
+    default_limit: 1
+"""
+
 
 class PipelineFailed(RuntimeError):
     """A Dagster run of the pipeline failed; the message names the run and the failed steps."""
@@ -38,8 +49,7 @@ def instance_for(layout: HomeLayout) -> DagsterInstance:
     layout.dagster_home.mkdir(parents=True, exist_ok=True)
     config = layout.dagster_home / "dagster.yaml"
     if not config.exists():
-        # Runs from the CLI execute in-process; keep telemetry off on a machine that is offline.
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text(INSTANCE_CONFIG)
     return DagsterInstance.get()
 
 

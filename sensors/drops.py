@@ -6,6 +6,7 @@ a drop seen again unchanged requests nothing (run keys make a repeated request a
 
 from dagster import (
     DagsterRunStatus,
+    DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
@@ -19,7 +20,12 @@ from mm_assets.partitions import catalog_drops, new_drop_versions
 from resources import WarehouseResource
 
 
-@sensor(job=ingest_drop_job, minimum_interval_seconds=30, description=__doc__)
+@sensor(
+    job=ingest_drop_job,
+    minimum_interval_seconds=30,
+    description=__doc__,
+    default_status=DefaultSensorStatus.RUNNING,
+)
 def catalog_drop_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
     new = new_drop_versions(context.instance, warehouse.layout)
     if not new:
@@ -34,6 +40,7 @@ def catalog_drop_sensor(context: SensorEvaluationContext, warehouse: WarehouseRe
     run_status=DagsterRunStatus.SUCCESS,
     monitored_jobs=[ingest_drop_job],
     request_job=refresh_catalog_job,
+    default_status=DefaultSensorStatus.RUNNING,
     description="After a drop is ingested, refresh cleaning, features, model, index and evaluation.",
 )
 def refresh_after_ingest(context):

@@ -1,13 +1,18 @@
 """The retrain sensor: once enough of the catalog is new or changed since the live model was
 trained (`PipelineSettings.retrain_min_changed_products` / `_share`), request a retrain run."""
 
-from dagster import RunRequest, SensorEvaluationContext, SkipReason, sensor
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from mm_assets.jobs import retrain_model_job
 from mm_assets.training import pending_retrain
 
 
-@sensor(job=retrain_model_job, minimum_interval_seconds=60, description=__doc__)
+@sensor(
+    job=retrain_model_job,
+    minimum_interval_seconds=60,
+    description=__doc__,
+    default_status=DefaultSensorStatus.RUNNING,
+)
 def retrain_when_catalog_moved(context: SensorEvaluationContext):
     pending = pending_retrain(context.instance)
     if pending is None:

@@ -5,7 +5,13 @@ A night with nothing new or changed since the live model was trained is skipped.
 
 import os
 
-from dagster import RunRequest, ScheduleEvaluationContext, SkipReason, schedule
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
 
 from mm_assets.jobs import retrain_model_job
 from mm_assets.training import latest_model_state
@@ -15,6 +21,7 @@ from mm_assets.training import latest_model_state
     name="nightly_retrain",
     job=retrain_model_job,
     cron_schedule=os.environ.get("MM_RETRAIN_CRON", "0 2 * * *"),
+    default_status=DefaultScheduleStatus.RUNNING,
     description="Retrain the fusion model, rebuild and gate the index, and re-evaluate every "
     "night, unless nothing changed since the live model was trained.",
 )
