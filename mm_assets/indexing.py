@@ -33,6 +33,7 @@ def product_index(
             state["model_version"],
             settings.promotion_tolerance,
             settings.keep_versions,
+            settings.index_memory_budget_mb,
         )
     if not outcome.promoted:
         context.log.warning(f"model {state['model_version']} not promoted: {outcome.reason}")
@@ -44,6 +45,8 @@ def product_index(
             "index_type": release.manifest["index_type"],
             "size": release.size,
             "mode": outcome.mode,
+            "index_recall_at_10": (release.manifest.get("index") or {}).get("recall_at_10", 1.0),
+            "index_nprobe": (release.manifest.get("index") or {}).get("nprobe", 0),
             "products_added": outcome.added,
             "products_removed": outcome.removed,
             "promoted": outcome.promoted,

@@ -20,7 +20,7 @@ import pandas as pd
 
 from mmsearch import artifacts
 from mmsearch.fusion import embed_products
-from mmsearch.indexing import build_index, index_type
+from mmsearch.indexing import DEFAULT_MEMORY_BUDGET_MB, build_index, index_type
 from mmsearch.settings import HomeLayout
 from mmsearch.training import load_catalog_features
 
@@ -78,18 +78,26 @@ def _save(
 
 
 def build_release(
-    con, layout: HomeLayout, model_version: str, publish: bool = True
+    con,
+    layout: HomeLayout,
+    model_version: str,
+    publish: bool = True,
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
 ) -> artifacts.Release:
-    """Embed every live product with `model_version`, index them, save and (by default) publish."""
+    """Embed every live product with `model_version`, index them, save and (by default) publish.
+
+    The index type is chosen by catalog size and memory budget; the manifest records it with
+    its tuned nprobe and measured recall@10 (`mmsearch.indexing`).
+    """
     model, config = artifacts.load_model(layout, model_version)
     encoders = config["encoders"]
     catalog = load_catalog_features(con, encoders["image_encoder_id"], encoders["text_encoder_id"])
-    index = build_index(_embed(model, catalog))
+    index, report = build_index(_embed(model, catalog), memory_budget_mb)
     products = catalog.products[RELEASE_COLUMNS + CONTENT_KEYS].assign(
         position=np.arange(len(catalog.products), dtype=np.int64)
     )
     fingerprint = json.dumps([model_version, sorted(catalog.products["text_sha"])])
-    extra = {"mode": "full", "promoted": publish}
+    extra = {"mode": "full", "promoted": publish, "index": report.to_dict()}
     return _save(layout, con, model_version, index, products, fingerprint, publish, extra)
 
 
@@ -127,7 +135,12 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         position=[int(positions[key]) for key in _content(current)]
     )
     fingerprint = json.dumps([live.index_version, sorted(added_ids), len(removed)])
-    extra = {"mode": "incremental", "promoted": True, "base": live.index_version}
+    extra = {
+        "mode": "incremental",
+        "promoted": True,
+        "base": live.index_version,
+        "index": live.manifest.get("index"),
+    }
     release = _save(layout, con, live.model_version, index, products, fingerprint, True, extra)
     return ReleaseOutcome(
         release, "incremental", len(added_ids), len(removed), True, "same model, catalog updated"
@@ -143,7 +156,12 @@ def _overall_mrr(con, layout, release) -> float | None:
 
 
 def release_model(
-    con, layout: HomeLayout, model_version: str, tolerance: float = 0.01, keep: int = 5
+    con,
+    layout: HomeLayout,
+    model_version: str,
+    tolerance: float = 0.01,
+    keep: int = 5,
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
 ) -> ReleaseOutcome:
     """Make the catalog searchable with `model_version`, the cheapest safe way.
 
@@ -156,7 +174,7 @@ def release_model(
         if outcome is not None:
             prune_versions(layout, keep)
             return outcome
-    candidate = build_release(con, layout, model_version, publish=False)
+    candidate = build_release(con, layout, model_version, False, memory_budget_mb)
     promoted, reason, candidate_mrr, live_mrr = True, "nothing live yet", None, None
     if live is not None:
         candidate_mrr = _overall_mrr(con, layout, candidate)

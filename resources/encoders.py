@@ -34,9 +34,11 @@ class ImageEncoderResource(ConfigurableResource):
     weights_path: str = ""
     device: str = "auto"
     batch_size: int = 64
+    # "auto": ONNX Runtime on a CPU when it matches the eager model, fp16 autocast on CUDA.
+    execution: str = "auto"
 
     def load(self) -> ImageEncoder:
-        return load_image_encoder(self.architecture, self.weights_path, self.device)
+        return load_image_encoder(self.architecture, self.weights_path, self.device, self.execution)
 
     def settings(self) -> dict:
         return {"image_architecture": self.architecture, "image_weights_path": self.weights_path}

@@ -1,8 +1,8 @@
 """Pipeline settings with defaults that work on a laptop CPU.
 
-The catalog-change knobs also read environment variables, so `mmsearch` and `dagster dev` can be
-tuned without code: MM_RETRAIN_MIN_PRODUCTS, MM_RETRAIN_MIN_SHARE, MM_PROMOTION_TOLERANCE,
-MM_KEEP_VERSIONS.
+The catalog-change and index knobs also read environment variables, so `mmsearch` and
+`dagster dev` can be tuned without code: MM_RETRAIN_MIN_PRODUCTS, MM_RETRAIN_MIN_SHARE,
+MM_PROMOTION_TOLERANCE, MM_KEEP_VERSIONS, MM_INDEX_MEMORY_MB.
 """
 
 import os
@@ -32,6 +32,8 @@ class PipelineSettings(ConfigurableResource):
     promotion_tolerance: float = float(os.environ.get("MM_PROMOTION_TOLERANCE", "0.01"))
     # Model and index versions kept on disk (the live ones always stay).
     keep_versions: int = int(os.environ.get("MM_KEEP_VERSIONS", "5"))
+    # Memory the product index may use; above it, vectors are product-quantized.
+    index_memory_budget_mb: int = int(os.environ.get("MM_INDEX_MEMORY_MB", "2048"))
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_pixels, self.min_image_side)

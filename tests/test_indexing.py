@@ -1,0 +1,82 @@
+"""Index choice by size and memory budget, nprobe tuning, filtered search and in-place updates."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from mmsearch.indexing import (
+    EXACT_MAX,
+    IndexPlan,
+    build_index,
+    choose_index,
+    index_type,
+    load_index,
+    recall_at_k,
+    save_index,
+    search_index,
+)
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 100, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, dim)).astype(np.float32)
+    vectors = centers[rng.integers(0, clusters, n)] + rng.normal(0, 0.5, (n, dim)).astype(
+        np.float32
+    )
+    faiss.normalize_L2(vectors)
+    return vectors
+
+
+def test_choice_follows_size_and_memory_budget():
+    assert choose_index(EXACT_MAX, 256).kind == "flat"
+    big = choose_index(1_000_000, 256, memory_budget_mb=4096)
+    assert (big.kind, big.nlist) == ("ivf_flat", 1024)
+    tight = choose_index(1_000_000, 256, memory_budget_mb=256)
+    assert tight.kind == "ivf_pq" and 256 % tight.pq_bytes == 0
+
+
+def test_small_catalog_is_exact():
+    vectors = clustered(500)
+    index, report = build_index(vectors)
+    assert index_type(index) == "IDMap2,Flat(IP)"
+    assert report.recall_at_10 == 1.0
+    _, ids = search_index(index, vectors[:3], 1)
+    assert list(ids[:, 0]) == [0, 1, 2]
+
+
+def test_ivf_is_tuned_to_the_recall_target_and_survives_saving(tmp_path):
+    vectors = clustered(8000)
+    index, report = build_index(vectors, plan=IndexPlan("ivf_flat", 128))
+    assert index_type(index) == "IVF128,Flat(IP)"
+    assert report.recall_at_10 >= 0.95
+    assert 1 <= report.nprobe < 128  # cheaper than visiting every list
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    queries = vectors[:200] + np.random.default_rng(1).normal(0, 0.02, (200, 32)).astype(np.float32)
+    _, truth = exact.search(queries, 10)
+    save_index(index, tmp_path / "index.faiss")
+    loaded = load_index(tmp_path / "index.faiss")
+    assert loaded.nprobe == report.nprobe
+    _, found = search_index(loaded, queries, 10)
+    assert recall_at_k(found, truth) >= 0.9
+
+
+def test_filtered_ivf_search_still_fills_k_and_respects_the_filter():
+    vectors = clustered(8000)
+    index, _ = build_index(vectors, plan=IndexPlan("ivf_flat", 128))
+    allowed = np.arange(0, 8000, 50)  # 2% of the catalog
+    _, ids = search_index(index, vectors[:5], 10, allowed)
+    assert (ids >= 0).all()
+    assert set(ids.ravel()) <= set(allowed)
+
+
+def test_ivf_index_updates_in_place():
+    vectors = clustered(8000)
+    index, _ = build_index(vectors, plan=IndexPlan("ivf_flat", 128))
+    index.remove_ids(np.array([0, 1], dtype=np.int64))
+    index.add_with_ids(vectors[:1], np.array([9000], dtype=np.int64))
+    _, ids = search_index(index, vectors[:2], 3)
+    assert ids[0, 0] == 9000
+    assert 0 not in ids and 1 not in ids
+    assert index.ntotal == 7999
