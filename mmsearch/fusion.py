@@ -47,6 +47,10 @@ class TrainingConfig:
     product_alignment_weight: float = 0.5
     structure_weight: float = 1.0
     view_weight: float = 1.0
+    # Products a training query is ranked against per step: its relevant ones plus a random
+    # sample of others. A catalog at most this size is used whole (the exact softmax); above,
+    # the sampled softmax keeps a step's cost flat instead of growing with the catalog.
+    query_candidates: int = 2048
     seed: int = 13
 
     def to_dict(self) -> dict:
@@ -230,11 +234,26 @@ def _mixed_query_embeddings(
     return torch.where((has_image & has_text).unsqueeze(-1), fused, single)
 
 
+def _query_candidates(
+    pairs: QueryPairs, rows: np.ndarray, limit: int, rng: np.random.Generator
+) -> np.ndarray | None:
+    """Catalog rows to rank a batch of queries against: None (all) for a small catalog, else
+    every product relevant to the batch plus random others, `limit` in all."""
+    n_products = pairs.relevance.shape[1]
+    if n_products <= limit:
+        return None
+    relevant = np.flatnonzero(pairs.relevance[rows].sum(axis=0) > 0)
+    others = np.setdiff1d(np.arange(n_products), relevant)
+    extra = rng.choice(others, size=max(0, min(len(others), limit - len(relevant))), replace=False)
+    return np.sort(np.concatenate([relevant, extra]))
+
+
 def _query_loss(
     model: FusionModel,
     pairs: QueryPairs,
     rows: np.ndarray,
     product_embeddings: torch.Tensor,
+    candidates: np.ndarray | None = None,
 ) -> torch.Tensor:
     query = _mixed_query_embeddings(
         model,
@@ -243,7 +262,10 @@ def _query_loss(
         torch.from_numpy(pairs.has_image[rows]),
         torch.from_numpy(pairs.has_text[rows]),
     )
-    positives = torch.from_numpy(pairs.relevance[rows]).float()
+    relevance = (
+        pairs.relevance[rows] if candidates is None else pairs.relevance[rows][:, candidates]
+    )
+    positives = torch.from_numpy(relevance).float()
     return multi_positive_loss(query, product_embeddings, positives, model.scale())
 
 
@@ -304,9 +326,14 @@ def train_fusion_model(
                 views = views_all[rows] if views_all is not None else None
                 loss = _pair_loss(model, image_all[rows], text_all[rows], config, views)
             if len(query_batches[number]):
-                products = model.embed_products(image_all, text_all, has_image_all)
+                batch = query_batches[number]
+                candidates = _query_candidates(queries, batch, config.query_candidates, rng)
+                chosen = slice(None) if candidates is None else torch.from_numpy(candidates)
+                products = model.embed_products(
+                    image_all[chosen], text_all[chosen], has_image_all[chosen]
+                )
                 loss = loss + config.query_loss_weight * _query_loss(
-                    model, queries, query_batches[number], products
+                    model, queries, batch, products, candidates
                 )
             if not loss.requires_grad:
                 continue

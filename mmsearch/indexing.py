@@ -2,8 +2,9 @@
 
 The index type follows the catalog's size and a memory budget, in the spirit of autofaiss:
 - up to `EXACT_MAX` vectors: exact search (`IDMap2,Flat`);
-- above, an inverted file (IVF) with ~sqrt(n) lists (k-means on 50 vectors per list): full vectors (`IVF,Flat`) when they fit
-  the budget, product-quantized codes (`IVF,PQ`) when they do not;
+- above, an inverted file (IVF) with ~4*sqrt(n) lists (k-means on 50 vectors per list):
+  full vectors (`IVF,Flat`) when they fit the budget, product-quantized codes (`IVF,PQ`) when
+  they do not;
 - `nprobe` (lists visited per query) is tuned on a sample of the catalog's own vectors to the
   smallest value reaching recall@10 >= `target_recall` against exact search; the chosen type,
   nprobe and measured recall are returned so the release records them.
@@ -57,7 +58,7 @@ def choose_index(n: int, dim: int, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET
     """The index type for `n` vectors of `dim` floats within `memory_budget_mb`."""
     if n <= EXACT_MAX:
         return IndexPlan("flat")
-    nlist = int(2 ** round(math.log2(math.sqrt(n))))
+    nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
     full_bytes = n * (dim * 4 + 8) * 1.1
     if full_bytes <= memory_budget_mb * 2**20:
         return IndexPlan("ivf_flat", nlist)

@@ -218,13 +218,20 @@ def read_vectors(
     if not keys:
         return {}
     con.register("wanted_keys", pd.DataFrame({"k": list(dict.fromkeys(keys))}))
-    rows = con.execute(
+    found = con.execute(
         f"SELECT t.{key_column}, t.embedding FROM {table} t "
         f"JOIN wanted_keys w ON t.{key_column} = w.k WHERE t.encoder_id = ?",
         [encoder_id],
-    ).fetchall()
+    ).fetch_arrow_table()
     con.unregister("wanted_keys")
-    return {key: np.asarray(vec, dtype=np.float32) for key, vec in rows}
+    if found.num_rows == 0:
+        return {}
+    # Through Arrow, not Python floats: one flat buffer reshaped (vectors of one encoder share a
+    # length).
+    lists = found.column(1).combine_chunks()
+    flat = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    matrix = flat.reshape(found.num_rows, -1)
+    return dict(zip(found.column(0).to_pylist(), matrix, strict=True))
 
 
 def missing_keys(

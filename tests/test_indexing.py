@@ -31,7 +31,7 @@ def clustered(n: int, dim: int = 32, clusters: int = 100, seed: int = 0) -> np.n
 def test_choice_follows_size_and_memory_budget():
     assert choose_index(EXACT_MAX, 256).kind == "flat"
     big = choose_index(1_000_000, 256, memory_budget_mb=4096)
-    assert (big.kind, big.nlist) == ("ivf_flat", 1024)
+    assert (big.kind, big.nlist) == ("ivf_flat", 4096)
     tight = choose_index(1_000_000, 256, memory_budget_mb=256)
     assert tight.kind == "ivf_pq" and 256 % tight.pq_bytes == 0
 
