@@ -111,6 +111,13 @@ def main() -> None:
         print(
             f"| {asset} | {cold['assets'][asset]['seconds']:.1f} | {'—' if after is None else f'{after:.1f}'} |"
         )
+    checks = [sum(c["seconds"] for c in run.get("checks", {}).values()) for run in (cold, update)]
+    steps = [sum(a["seconds"] for a in run["assets"].values()) for run in (cold, update)]
+    print(f"| (all {len(cold.get('checks', {}))} checks) | {checks[0]:.1f} | {checks[1]:.1f} |")
+    print(
+        f"| (outside steps: start-up, Dagster) | {cold_seconds - steps[0] - checks[0]:.1f} | "
+        f"{update_seconds - steps[1] - checks[1]:.1f} |"
+    )
     if not args.home:
         shutil.rmtree(work, ignore_errors=True)
 

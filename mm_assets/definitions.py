@@ -15,10 +15,10 @@ STAGES = [ingestion, cleaning, features, training, indexing, evaluation]
 
 def build_definitions(mm_home: str | None = None, **settings) -> Definitions:
     """Definitions bound to one MM_HOME (default `$MM_HOME`)."""
-    sql_assets, sql_checks = build_sql_assets()
+    sql_assets = build_sql_assets()
     return Definitions(
         assets=[*load_assets_from_modules(STAGES), *sql_assets],
-        asset_checks=[*load_asset_checks_from_modules(STAGES), *sql_checks],
+        asset_checks=load_asset_checks_from_modules(STAGES),
         jobs=[ingest_drop_job, refresh_catalog_job, retrain_model_job],
         sensors=[catalog_drop_sensor, refresh_after_ingest, retrain_when_catalog_moved],
         schedules=[nightly_retrain],

@@ -5,8 +5,8 @@ that writes it. Adding a `.sql` file with a `ref()` adds an asset with that line
 """
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     MaterializeResult,
@@ -14,10 +14,9 @@ from dagster import (
     TableColumn,
     TableSchema,
     asset,
-    asset_check,
 )
 
-from dbt_like_sql.project import ColumnTest, Model, Project, ProjectError
+from dbt_like_sql.project import Model, Project, ProjectError
 from resources import WarehouseResource
 
 # The warehouse tables SQL models may read with source('warehouse', ...), and the asset writing each.
@@ -61,46 +60,42 @@ def _model_asset(project: Project, model: Model):
                 ]
             ),
         },
+        # Column tests run in the model's own step, right after it is built, on the same
+        # connection: one step per model, not one per test. Blocking: a failed test stops the
+        # assets downstream of the model.
+        check_specs=[
+            AssetCheckSpec(
+                test.name,
+                asset=model.name,
+                blocking=True,
+                description=f"{test.kind} on {model.name}.{test.column} (from schema.yml)",
+            )
+            for test in model.tests
+        ],
     )
     def sql_model(
         context: AssetExecutionContext, warehouse: WarehouseResource
     ) -> MaterializeResult:
         with warehouse.connect() as con:
             rows = project.run_model(con, model.name)
+            failing = {test.name: project.run_test(con, test) for test in model.tests}
         return MaterializeResult(
             metadata={
                 "rows": rows,
                 "sql": MetadataValue.md(f"```sql\n{project.render(model.name)}\n```"),
-            }
+            },
+            check_results=[
+                AssetCheckResult(
+                    check_name=name, passed=count == 0, metadata={"failing_rows": count}
+                )
+                for name, count in failing.items()
+            ],
         )
 
     return sql_model
 
 
-def _column_check(project: Project, test: ColumnTest):
-    @asset_check(
-        asset=test.model,
-        name=test.name,
-        blocking=True,
-        description=f"{test.kind} on {test.model}.{test.column} (from schema.yml)",
-    )
-    def column_test(
-        context: AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> AssetCheckResult:
-        with warehouse.connect(read_only=True) as con:
-            failing = project.run_test(con, test)
-        return AssetCheckResult(passed=failing == 0, metadata={"failing_rows": failing})
-
-    return column_test
-
-
-def build_sql_assets(project: Project | None = None) -> tuple[list, list]:
-    """(assets, checks) for every model and column test of the project."""
+def build_sql_assets(project: Project | None = None) -> list:
+    """One asset per model of the project, each carrying its column tests as checks."""
     project = project or Project()
-    assets = [_model_asset(project, project.models[name]) for name in project.order]
-    checks = [
-        _column_check(project, test)
-        for name in project.order
-        for test in project.models[name].tests
-    ]
-    return assets, checks
+    return [_model_asset(project, project.models[name]) for name in project.order]

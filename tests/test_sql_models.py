@@ -8,9 +8,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from dagster import materialize
 
 from dbt_like_sql.project import Project, ProjectError
 from mm_assets.sql_models import build_sql_assets
+from resources import WarehouseResource
 
 
 def write_models(folder: Path, files: dict[str, str]) -> Path:
@@ -179,10 +181,38 @@ def test_a_new_sql_file_becomes_an_asset_with_its_lineage(tmp_path):
             },
         )
     )
-    assets, checks = build_sql_assets(project)
+    assets = build_sql_assets(project)
     specs = {spec.key.to_user_string(): spec for a in assets for spec in a.specs}
     assert {dep.asset_key.to_user_string() for dep in specs["brand_counts"].deps} == {"stg"}
     assert {dep.asset_key.to_user_string() for dep in specs["stg"].deps} == {"clean_products"}
-    assert {spec.key.name for c in checks for spec in c.check_specs} == {
+    assert {spec.key.name for a in assets for spec in a.check_specs} == {
         "brand_counts__brand__unique"
     }
+
+
+def test_a_failing_column_test_stops_the_models_downstream(tmp_path):
+    project = Project(
+        write_models(
+            tmp_path / "models",
+            {
+                "brands.sql": "select brand from {{ source('warehouse', 'clean_products') }}",
+                "brand_report.sql": "select count(*) as n from {{ ref('brands') }}",
+                "schema.yml": "models:\n  - name: brands\n    columns:\n      - name: brand\n        tests: [unique]\n",
+            },
+        )
+    )
+    warehouse = WarehouseResource(mm_home=str(tmp_path / "home"))
+    with warehouse.connect() as con:
+        for number, product_id in enumerate(["p1", "p2"]):
+            con.execute(
+                "INSERT INTO clean_products (product_id, title, brand, drop_name, row_number) "
+                "VALUES (?, 'A title', 'Acme', 'd1', ?)",
+                [product_id, number],
+            )
+    result = materialize(
+        build_sql_assets(project), resources={"warehouse": warehouse}, raise_on_error=False
+    )
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"brands__brand__unique": False}
+    built = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert built == {"brands"}  # brand_report never ran
