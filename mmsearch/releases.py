@@ -33,7 +33,7 @@ CONTENT_KEYS = ["text_sha", "image_sha"]
 @dataclass(frozen=True)
 class ReleaseOutcome:
     release: artifacts.Release
-    mode: str  # incremental | full
+    mode: str  # incremental | full | unchanged
     added: int
     removed: int
     promoted: bool
@@ -117,6 +117,13 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
     kept_keys = set(_content(previous)) & set(_content(current))
     removed = previous[~_content(previous).isin(kept_keys)]
     added_ids = set(current.loc[~_content(current).isin(kept_keys), "product_id"])
+    shown = RELEASE_COLUMNS + CONTENT_KEYS
+    if not added_ids and not len(removed) and len(previous) == len(current):
+        same_fields = (
+            previous[shown].reset_index(drop=True).equals(current[shown].reset_index(drop=True))
+        )
+        if same_fields:
+            return ReleaseOutcome(live, "unchanged", 0, 0, True, "nothing changed")
     index = live.load_index()
     if len(removed):
         index.remove_ids(np.ascontiguousarray(removed["position"], dtype=np.int64))
@@ -131,9 +138,7 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
             np.ascontiguousarray(_embed(model, catalog), dtype=np.float32), new_positions
         )
         positions.update(zip(_content(catalog.products), new_positions, strict=True))
-    products = current[RELEASE_COLUMNS + CONTENT_KEYS].assign(
-        position=[int(positions[key]) for key in _content(current)]
-    )
+    products = current[shown].assign(position=[int(positions[key]) for key in _content(current)])
     fingerprint = json.dumps([live.index_version, sorted(added_ids), len(removed)])
     extra = {
         "mode": "incremental",

@@ -35,6 +35,8 @@ from helpers import picture, png_bytes, write_drop
 from mm_assets.definitions import build_definitions
 from mm_assets.jobs import INGEST_JOB, RETRAIN_JOB
 from mm_assets.partitions import catalog_drops
+from mmsearch import warehouse
+from mmsearch.releases import release_model
 from mmsearch.sample_catalog import write_sample_catalog
 from mmsearch.settings import HomeLayout
 from resources import WarehouseResource
@@ -156,6 +158,14 @@ def test_only_new_and_changed_content_is_encoded(changed_home):
     assert index["products_added"] == NEW + RETITLED + REIMAGED
     assert index["products_removed"] == RETITLED + REIMAGED
     assert _metadata(instance, "fusion_model")["trained"] is False
+
+
+def test_a_refresh_with_nothing_changed_publishes_nothing_new(changed_home):
+    home, _, second, _, _ = changed_home
+    layout = HomeLayout(home)
+    with warehouse.connect(layout.warehouse) as con:
+        outcome = release_model(con, layout, second["model_version"])
+    assert (outcome.mode, outcome.release.index_version) == ("unchanged", second["index_version"])
 
 
 def test_new_products_are_searchable_and_replaced_ones_updated(changed_home):
