@@ -143,6 +143,7 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
     extra = {
         "mode": "incremental",
         "promoted": True,
+        "promotion_reason": "same model, catalog updated",
         "base": live.index_version,
         "index": live.manifest.get("index"),
     }
