@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
-from mm_assets.partitions import catalog_drops, known_drop_versions, new_drop_versions
+from mm_assets.partitions import catalog_drops, known_drop_versions
 from mm_assets.training import RETRAIN_TAG, pending_retrain
-from mmsearch.catalog import drop_folder_name, landed_drops
+from mmsearch.catalog import drop_folder_name, landed_drops, pending_drop_versions
 from mmsearch.settings import HomeLayout
 
 # Telemetry off on a machine that may be offline. Runs the daemon launches (sensors, schedule,
@@ -113,9 +113,12 @@ def _raise_if_failed(result, what: str) -> None:
     )
 
 
-def _execute(defs, instance, job_name, summary: RunSummary, what: str, tags) -> None:
+def _execute(
+    defs, instance, job_name, summary: RunSummary, what: str, tags=None, partition_key=None
+) -> None:
+    """Run one job in process, add its step timings to `summary`, raise if it failed."""
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, raise_on_error=False, tags=tags
+        instance=instance, raise_on_error=False, tags=tags, partition_key=partition_key
     )
     summary.run_ids.append(result.run_id)
     for step, seconds in _step_seconds(instance, result.run_id).items():
@@ -132,23 +135,16 @@ def run_pipeline(
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     downstream = sorted(assets - {"raw_products"})
     known = known_drop_versions(instance)
-    new = new_drop_versions(instance, layout)
+    new = [key for key, _ in pending_drop_versions(layout.landing, known)]
     if new:
         instance.add_dynamic_partitions(catalog_drops.name, new)
     waiting = [key for key, digest in known.items() if digest is None]
     if force:  # read every landed folder again, under its latest key
         latest = {drop_folder_name(key): key for key in known}
         waiting = [latest[name] for name in landed_drops(layout.landing) if name in latest]
-    ingest_job = defs.resolve_job_def(INGEST_JOB)
     for name in dict.fromkeys(waiting + new):
-        result = ingest_job.execute_in_process(
-            instance=instance, partition_key=name, raise_on_error=False
-        )
-        _raise_if_failed(result, f"ingesting drop {name!r}")
-        summary.run_ids.append(result.run_id)
+        _execute(defs, instance, INGEST_JOB, summary, f"ingesting drop {name!r}", None, name)
         summary.ingested.append(name)
-        for step, seconds in _step_seconds(instance, result.run_id).items():
-            summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
     if summary.ingested or force or retrain or _downstream_stale(instance, downstream):
         tags = {RETRAIN_TAG: "true"} if force or retrain else None
         _execute(defs, instance, REFRESH_JOB, summary, "refreshing the catalog", tags)
@@ -157,7 +153,7 @@ def run_pipeline(
     pending = pending_retrain(instance)
     if pending is not None:
         summary.retrained_because = pending[1]
-        _execute(defs, instance, RETRAIN_JOB, summary, "retraining", None)
+        _execute(defs, instance, RETRAIN_JOB, summary, "retraining")
     # Check steps are named after their asset and check; they are reported apart.
     summary.check_seconds = {k: v for k, v in summary.asset_seconds.items() if k not in assets}
     summary.asset_seconds = {k: v for k, v in summary.asset_seconds.items() if k in assets}
