@@ -3,7 +3,12 @@
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
 
 from mm_assets import cleaning, evaluation, features, indexing, ingestion, training
-from mm_assets.jobs import ingest_drop_job, refresh_catalog_job, retrain_model_job
+from mm_assets.jobs import (
+    ingest_and_refresh_job,
+    ingest_drop_job,
+    refresh_catalog_job,
+    retrain_model_job,
+)
 from mm_assets.sql_models import build_sql_assets
 from resources import build_resources
 from sensors.drops import catalog_drop_sensor, refresh_after_ingest
@@ -19,7 +24,7 @@ def build_definitions(mm_home: str | None = None, **settings) -> Definitions:
     return Definitions(
         assets=[*load_assets_from_modules(STAGES), *sql_assets],
         asset_checks=load_asset_checks_from_modules(STAGES),
-        jobs=[ingest_drop_job, refresh_catalog_job, retrain_model_job],
+        jobs=[ingest_drop_job, refresh_catalog_job, ingest_and_refresh_job, retrain_model_job],
         sensors=[catalog_drop_sensor, refresh_after_ingest, retrain_when_catalog_moved],
         schedules=[nightly_retrain],
         resources=build_resources(mm_home, **settings),

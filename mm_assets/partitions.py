@@ -7,7 +7,7 @@ win) instead of silently overwriting what was ingested.
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DynamicPartitionsDefinition
 
-from mmsearch.catalog import pending_drop_versions
+from mmsearch.catalog import FileDigests, pending_drop_versions
 from mmsearch.settings import HomeLayout
 
 catalog_drops = DynamicPartitionsDefinition(name="catalog_drops")
@@ -34,4 +34,6 @@ def known_drop_versions(instance: DagsterInstance) -> dict[str, str | None]:
 
 def new_drop_versions(instance: DagsterInstance, layout: HomeLayout) -> list[str]:
     """Keys of the landed drops (or changed drop contents) that no partition covers yet."""
-    return [key for key, _ in pending_drop_versions(layout.landing, known_drop_versions(instance))]
+    known = known_drop_versions(instance)
+    digests = FileDigests(layout.landing_digests)
+    return [key for key, _ in pending_drop_versions(layout.landing, known, digests)]

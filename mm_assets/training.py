@@ -8,7 +8,6 @@ A first model, or encoders the live model was not trained with, always train.
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     DagsterInstance,
     MaterializeResult,
     MetadataValue,
@@ -16,7 +15,9 @@ from dagster import (
 )
 
 from mm_assets.features import encoder_features
+from mm_assets.history import latest_metadata
 from mmsearch.artifacts import live_release, load_model
+from mmsearch.features import extract_shopper_views
 from mmsearch.training import changes_since_model, train_and_save
 from resources import ImageEncoderResource, PipelineSettings, TextEncoderResource, WarehouseResource
 
@@ -65,11 +66,13 @@ def fusion_model(
     metadata = {}
     with warehouse.connect() as con:
         if forced or reusable is None:
+            views = extract_shopper_views(con, image_model, image_encoder.batch_size)
             version, summary = train_and_save(
                 con, warehouse.layout, encoders, settings.training_config()
             )
             reason = "retrain requested" if forced else "no live model for these encoders"
             metadata.update(
+                shopper_views_encoded=views,
                 training_queries=summary["training_queries"],
                 best_epoch=summary["best_epoch"],
                 epochs_run=summary["epochs_run"],
@@ -96,10 +99,7 @@ def fusion_model(
 
 def latest_model_state(instance: DagsterInstance) -> dict | None:
     """The newest fusion_model materialization's metadata as plain values, or None."""
-    event = instance.get_latest_materialization_event(AssetKey("fusion_model"))
-    if event is None or event.asset_materialization is None:
-        return None
-    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+    return latest_metadata(instance, "fusion_model")
 
 
 def pending_retrain(instance: DagsterInstance) -> tuple[str, str] | None:

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -221,15 +222,68 @@ def _default_kind(text: object, image_path: object) -> str:
     return "image" if image_path else "text"
 
 
-def drop_content_hash(drop_dir: Path) -> str:
+class FileDigests:
+    """sha256 digests of landed files, remembered with each file's size, times and inode.
+
+    A sensor tick or `mmsearch run` hashes every landed drop to notice changed files; with this
+    memo only files whose stat changed are read again (the inode change time cannot be set
+    back, so a rewritten file is always re-read). Kept as JSON under MM_HOME, written whole
+    by write-then-rename; without a path it remembers nothing between calls.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self._known: dict[str, list] = {}
+        if path is not None and path.is_file():
+            try:
+                self._known = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self._known = {}  # a damaged memo only costs a re-read
+        self._seen: dict[str, list] = {}
+
+    def digest(self, file: Path) -> bytes:
+        stat = file.stat()
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        name = str(file.absolute())
+        known = self._known.get(name)
+        if known is not None and known[:4] == signature:
+            digest = bytes.fromhex(known[4])
+        else:
+            digest = hashlib.sha256(file.read_bytes()).digest()
+        self._seen[name] = [*signature, digest.hex()]
+        return digest
+
+    def save(self) -> None:
+        """Write the memo back: what was seen now, plus earlier entries whose file still exists."""
+        if self.path is None:
+            return
+        kept = {
+            name: entry
+            for name, entry in self._known.items()
+            if name not in self._seen and os.path.exists(name)
+        }
+        memo = kept | self._seen
+        if memo == self._known:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps(memo), encoding="utf-8")
+            partial.replace(self.path)
+        except OSError:
+            return  # a read-only home hashes again next time
+
+
+def drop_content_hash(drop_dir: Path, digests: FileDigests | None = None) -> str:
     """A hash of a drop's file names and bytes (symlinks by their target text, not followed)."""
+    digests = digests or FileDigests()
     digest = hashlib.sha256()
     for path in sorted(drop_dir.rglob("*")):
         digest.update(str(path.relative_to(drop_dir)).encode())
         if path.is_symlink():
             digest.update(b"->" + str(path.readlink()).encode())
         elif path.is_file():
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest.update(digests.digest(path))
     return digest.hexdigest()
 
 
@@ -269,24 +323,28 @@ def drop_folder_name(drop_key: str) -> str:
     return _VERSION_SUFFIX.sub("", drop_key)
 
 
-def pending_drop_versions(landing: Path, known: dict[str, str | None]) -> list[tuple[str, str]]:
+def pending_drop_versions(
+    landing: Path, known: dict[str, str | None], digests: FileDigests | None = None
+) -> list[tuple[str, str]]:
     """(drop key, content hash) of every landed drop not yet ingested in its current content.
 
     `known` maps the drop keys already registered to the content hash they were ingested with
     (None while not yet ingested). A new folder gets its own name as key; a folder whose content
     differs from every version already known becomes a new version; content seen before is
-    not ingested again.
+    not ingested again. `digests` spares re-reading files unchanged since the last call.
     """
+    digests = digests or FileDigests()
     pending = []
     for name in landed_drops(landing):
         versions = {key: digest for key, digest in known.items() if drop_folder_name(key) == name}
         if versions and ({None, ""} & set(versions.values())):
             continue  # a version waits for its ingestion run, or predates content hashes
-        digest = drop_content_hash(landing / name)
+        digest = drop_content_hash(landing / name, digests)
         if not versions:
             pending.append((name, digest))
         elif digest not in versions.values():
             pending.append((f"{name}{VERSION_MARK}{digest[:10]}", digest))
+    digests.save()
     return pending
 
 

@@ -280,7 +280,10 @@ def command_rollback(layout: HomeLayout, version: str | None) -> dict:
 def command_ui(layout: HomeLayout, port: int) -> None:
     os.environ["DAGSTER_HOME"] = str(layout.dagster_home)
     os.environ["MM_HOME"] = str(layout.root)
-    os.execvp("dagster", ["dagster", "dev", "-m", "mm_assets.definitions", "-p", str(port)])
+    # The dagster beside this interpreter: `.venv/bin/mmsearch ui` works without an activated venv.
+    beside = Path(sys.executable).parent / "dagster"
+    program = str(beside) if beside.is_file() else "dagster"
+    os.execvp(program, [program, "dev", "-m", "mm_assets.definitions", "-p", str(port)])
 
 
 def _print_human(command: str, result: dict) -> None:

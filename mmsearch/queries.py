@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mmsearch.catalog import read_queries
+from mmsearch.cleaning import CLEANING_RULES_VERSION
 from mmsearch.evaluation import QuerySet
 from mmsearch.images import (
     ImageLimits,
@@ -28,6 +30,18 @@ def query_split(query_id: str, test_share: float = TEST_SHARE) -> str:
     """`train` or `test`, decided by a hash of the query_id so it never changes between runs."""
     bucket = int(hashlib.sha256(query_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "test" if bucket < test_share else "train"
+
+
+def labeled_queries_inputs(con, limits: ImageLimits = ImageLimits()) -> str:
+    """A fingerprint of what labeled_queries is built from: the accepted drops holding raw queries
+    (a drop key's content never changes; a changed folder lands under a new key) and the
+    cleaning rules. Equal fingerprints build equal tables."""
+    drops = con.execute(
+        "SELECT d.name, d.seq, count(*) FROM raw_queries q JOIN drops d ON q.drop_name = d.name "
+        "WHERE d.status = 'accepted' GROUP BY d.name, d.seq ORDER BY d.seq"
+    ).fetchall()
+    inputs = [[list(row) for row in drops], CLEANING_RULES_VERSION, asdict(limits)]
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 def prepare_labeled_queries(con, layout, limits: ImageLimits = ImageLimits()) -> pd.DataFrame:

@@ -60,6 +60,11 @@ class HomeLayout:
         return self.artifacts / "LIVE.json"
 
     @property
+    def landing_digests(self) -> Path:
+        """Digests of landed files by their stat (`catalog.FileDigests`): a memo, safe to delete."""
+        return self.root / "cache" / "landing_digests.json"
+
+    @property
     def dagster_home(self) -> Path:
         return Path(os.environ.get("DAGSTER_HOME") or self.root / "dagster").resolve()
 

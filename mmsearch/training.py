@@ -25,8 +25,9 @@ class CatalogFeatures:
     image_features: np.ndarray
     text_features: np.ndarray
     has_image: np.ndarray
-    # Shopper-view features per product; the product's own image features where none is stored.
-    view_features: np.ndarray
+    # Shopper-view features per product (training only: None unless asked for); the product's
+    # own image features where none is stored.
+    view_features: np.ndarray | None
 
 
 def load_catalog_features(
@@ -35,10 +36,12 @@ def load_catalog_features(
     text_encoder_id: str,
     only: set[str] | None = None,
     with_features: bool = True,
+    views: bool = False,
 ) -> CatalogFeatures:
     """Clean products and their stored features; a product without an image gets a zero row.
 
     `only` limits the catalog to those product ids; without features, the arrays are empty.
+    `views` also reads the shopper-view features training uses (as many vectors again).
     """
     products = query_df(
         con,
@@ -50,9 +53,9 @@ def load_catalog_features(
         products = products[products["product_id"].isin(only)].reset_index(drop=True)
     if not with_features:
         empty = np.zeros((len(products), 0), dtype=np.float32)
-        return CatalogFeatures(products, empty, empty, np.zeros(len(products), bool), empty)
+        return CatalogFeatures(products, empty, empty, np.zeros(len(products), bool), None)
     shas = [s if isinstance(s, str) and s else None for s in products["image_sha"]]
-    wanted = [key for s in shas if s for key in (s, view_key(s))]
+    wanted = [key for s in shas if s for key in ((s, view_key(s)) if views else (s,))]
     image_vectors = read_vectors(con, "image_features", "image_sha", wanted, image_encoder_id)
     text_vectors = read_vectors(
         con, "text_features", "text_sha", list(products["text_sha"]), text_encoder_id
@@ -68,8 +71,8 @@ def load_catalog_features(
     for i, sha in enumerate(shas):
         if sha in image_vectors:
             image_features[i], has_image[i] = image_vectors[sha], True
-    view_features = image_features.copy()
-    for i, sha in enumerate(shas):
+    view_features = image_features.copy() if views else None
+    for i, sha in enumerate(shas if views else []):
         if sha and view_key(sha) in image_vectors:
             view_features[i] = image_vectors[view_key(sha)]
     text_features = (
@@ -115,7 +118,9 @@ def train_and_save(
     `encoders` records which encoders made the features: ids and the settings to reload them.
     Returns (model_version, summary).
     """
-    catalog = load_catalog_features(con, encoders["image_encoder_id"], encoders["text_encoder_id"])
+    catalog = load_catalog_features(
+        con, encoders["image_encoder_id"], encoders["text_encoder_id"], views=True
+    )
     if len(catalog.products) < 2:
         raise RuntimeError("need at least 2 live products to train the fusion model")
     queries = load_query_split(

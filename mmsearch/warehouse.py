@@ -112,17 +112,15 @@ CREATE TABLE IF NOT EXISTS labeled_queries (
     kind VARCHAR NOT NULL,
     split VARCHAR NOT NULL             -- train | test
 );
-CREATE TABLE IF NOT EXISTS image_features (
+CREATE TABLE IF NOT EXISTS image_features (  -- one row per (image_sha, encoder_id): store_vectors
     image_sha VARCHAR NOT NULL,
     encoder_id VARCHAR NOT NULL,
-    embedding FLOAT[] NOT NULL,
-    PRIMARY KEY (image_sha, encoder_id)
+    embedding FLOAT[] NOT NULL
 );
-CREATE TABLE IF NOT EXISTS text_features (
+CREATE TABLE IF NOT EXISTS text_features (  -- one row per (text_sha, encoder_id): store_vectors
     text_sha VARCHAR NOT NULL,
     encoder_id VARCHAR NOT NULL,
-    embedding FLOAT[] NOT NULL,
-    PRIMARY KEY (text_sha, encoder_id)
+    embedding FLOAT[] NOT NULL
 );
 CREATE TABLE IF NOT EXISTS model_versions (
     version VARCHAR PRIMARY KEY,
@@ -162,6 +160,27 @@ CREATE TABLE IF NOT EXISTS evaluation_results (
 """
 
 
+# Feature tables carry no PRIMARY KEY: DuckDB rewrites a table's whole ART index at every
+# checkpoint, which made adding 100 products' vectors to a 10,000-product catalog cost a second
+# per connection. store_vectors keeps the keys unique instead.
+KEYLESS_TABLES = ("image_features", "text_features")
+
+
+def _drop_feature_table_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild feature tables made with a PRIMARY KEY by earlier versions, once, without it."""
+    keyed = con.execute(
+        "SELECT DISTINCT table_name FROM duckdb_constraints() "
+        "WHERE constraint_type = 'PRIMARY KEY' AND table_name IN (SELECT unnest(?))",
+        [list(KEYLESS_TABLES)],
+    ).fetchall()
+    for (table,) in keyed:
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"CREATE TABLE {table}_keyless AS SELECT * FROM {table}")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE {table}_keyless RENAME TO {table}")
+        con.execute("COMMIT")
+
+
 @contextmanager
 def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse (creating its schema when writable) and close it afterwards."""
@@ -171,6 +190,7 @@ def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
     try:
         if not read_only:
             con.execute(SCHEMA)
+            _drop_feature_table_keys(con)
         yield con
     finally:
         con.close()
@@ -211,13 +231,47 @@ def replace_rows(
         raise
 
 
+# Stored embeddings already read by this process, per (warehouse file, table, encoder id).
+# Rows are content-addressed and never rewritten, so a cached vector cannot go stale: a pipeline
+# run whose steps each load the catalog's features reads them from DuckDB once. Past the budget
+# (a catalog of a few hundred thousand products) every read goes to DuckDB again.
+VECTOR_CACHE_BUDGET_BYTES = 1 << 30
+_vector_cache: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+
+
+def _cached_vectors(con, table: str, encoder_id: str) -> dict[str, np.ndarray] | None:
+    cached_bytes = sum(v.nbytes for rows in _vector_cache.values() for v in rows.values())
+    if cached_bytes > VECTOR_CACHE_BUDGET_BYTES:
+        _vector_cache.clear()
+        return None
+    (database,) = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone()
+    if not database:  # an in-memory database has no identity across connections
+        return None
+    return _vector_cache.setdefault((database, table, encoder_id), {})
+
+
 def read_vectors(
     con: duckdb.DuckDBPyConnection, table: str, key_column: str, keys: list[str], encoder_id: str
 ) -> dict[str, np.ndarray]:
     """The stored embeddings for `keys` under one encoder, as {key: float32 vector}."""
+    wanted = list(dict.fromkeys(keys))
+    cache = _cached_vectors(con, table, encoder_id) if wanted else None
+    if cache is None:
+        return _select_vectors(con, table, key_column, wanted, encoder_id)
+    cache.update(
+        _select_vectors(con, table, key_column, [k for k in wanted if k not in cache], encoder_id)
+    )
+    return {key: cache[key] for key in wanted if key in cache}
+
+
+def _select_vectors(
+    con: duckdb.DuckDBPyConnection, table: str, key_column: str, keys: list[str], encoder_id: str
+) -> dict[str, np.ndarray]:
     if not keys:
         return {}
-    con.register("wanted_keys", pd.DataFrame({"k": list(dict.fromkeys(keys))}))
+    con.register("wanted_keys", pd.DataFrame({"k": keys}))
     found = con.execute(
         f"SELECT t.{key_column}, t.embedding FROM {table} t "
         f"JOIN wanted_keys w ON t.{key_column} = w.k WHERE t.encoder_id = ?",
@@ -231,6 +285,7 @@ def read_vectors(
     lists = found.column(1).combine_chunks()
     flat = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     matrix = flat.reshape(found.num_rows, -1)
+    matrix.flags.writeable = False  # shared by every reader of the cache
     return dict(zip(found.column(0).to_pylist(), matrix, strict=True))
 
 
@@ -262,15 +317,24 @@ def store_vectors(
     vectors: np.ndarray,
     encoder_id: str,
 ) -> None:
-    """Insert embeddings keyed by content hash; existing keys are kept (content-addressed)."""
+    """Insert unit-norm embeddings keyed by content hash; existing keys are kept
+    (content-addressed). Any other vector is refused: search ranks by inner product."""
     if not keys:
         return
+    norms = np.linalg.norm(vectors, axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        worst = int(np.argmax(np.abs(norms - 1.0)))
+        raise ValueError(
+            f"{table}: embedding of {keys[worst]!r} has norm {norms[worst]:.4f}, not 1"
+        )
     frame = pd.DataFrame(
         {key_column: keys, "encoder_id": encoder_id, "embedding": [v.tolist() for v in vectors]}
     )
     con.register("incoming_vectors", frame)
     con.execute(
-        f"INSERT OR IGNORE INTO {table} ({key_column}, encoder_id, embedding) "
-        f"SELECT {key_column}, encoder_id, embedding::FLOAT[] FROM incoming_vectors"
+        f"INSERT INTO {table} ({key_column}, encoder_id, embedding) "
+        f"SELECT DISTINCT ON (i.{key_column}) i.{key_column}, i.encoder_id, "
+        f"i.embedding::FLOAT[] FROM incoming_vectors i WHERE NOT EXISTS (SELECT 1 FROM {table} t "
+        f"WHERE t.{key_column} = i.{key_column} AND t.encoder_id = i.encoder_id)"
     )
     con.unregister("incoming_vectors")

@@ -16,9 +16,15 @@ class TextEncoderResource(ConfigurableResource):
     device: str = "auto"
     max_length: int = 128
     batch_size: int = 64
+    # Where checked ONNX exports are kept between runs; empty: $MM_ENCODER_CACHE or ~/.cache.
+    compiled_dir: str = ""
+    # "auto": ONNX Runtime behind the fast tokenizer on a CPU when it matches the eager model.
+    execution: str = "auto"
 
     def load(self) -> TextEncoder:
-        return load_text_encoder(self.model_path, self.device, self.max_length)
+        return load_text_encoder(
+            self.model_path, self.device, self.max_length, self.compiled_dir, self.execution
+        )
 
     def settings(self) -> dict:
         return {"text_model_path": self.model_path}
@@ -36,9 +42,13 @@ class ImageEncoderResource(ConfigurableResource):
     batch_size: int = 64
     # "auto": ONNX Runtime on a CPU when it matches the eager model, fp16 autocast on CUDA.
     execution: str = "auto"
+    # Where checked ONNX exports are kept between runs; empty: $MM_ENCODER_CACHE or ~/.cache.
+    compiled_dir: str = ""
 
     def load(self) -> ImageEncoder:
-        return load_image_encoder(self.architecture, self.weights_path, self.device, self.execution)
+        return load_image_encoder(
+            self.architecture, self.weights_path, self.device, self.execution, self.compiled_dir
+        )
 
     def settings(self) -> dict:
         return {"image_architecture": self.architecture, "image_weights_path": self.weights_path}

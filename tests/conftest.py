@@ -36,6 +36,20 @@ def cli_json(home: Path, *args: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def encoder_cache(tmp_path_factory) -> Path:
+    """Encoder exports go to a folder of this test session (and its `mmsearch` subprocesses):
+    the first load exports and checks them, every later one loads the kept files."""
+    folder = tmp_path_factory.mktemp("encoder_cache")
+    previous = os.environ.get("MM_ENCODER_CACHE")
+    os.environ["MM_ENCODER_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MM_ENCODER_CACHE")
+    else:
+        os.environ["MM_ENCODER_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def sample_drop(tmp_path_factory) -> Path:
     """A 120-product generated catalog drop with labeled queries."""

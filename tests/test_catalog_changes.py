@@ -132,6 +132,18 @@ def monkeypatch_module():
         yield patch
 
 
+def _stored_views(home: Path, before_update: bool = False) -> int:
+    """Shopper-view embeddings in the warehouse (of the images trained on by the first model)."""
+    sql = "SELECT count(*) FROM image_features WHERE image_sha LIKE '%:shopper-view-%'"
+    if before_update:
+        sql = (
+            "SELECT count(DISTINCT image_sha) FROM model_products WHERE model_version = "
+            "(SELECT version FROM model_versions ORDER BY created_at LIMIT 1) AND image_sha <> ''"
+        )
+    with warehouse.connect(HomeLayout(home).warehouse, read_only=True) as con:
+        return con.execute(sql).fetchone()[0]
+
+
 def test_sensor_tick_requests_only_the_new_drop(changed_home):
     _, _, _, _, tick = changed_home
     assert [request.partition_key for request in tick.run_requests] == ["week-2"]
@@ -152,8 +164,9 @@ def test_only_new_and_changed_content_is_encoded(changed_home):
     features = _metadata(instance, "encoder_features")
     # New images and the re-shot ones (a retitled product keeps its image bytes).
     assert features["images_encoded"] == NEW + REIMAGED
-    assert features["shopper_views_encoded"] == NEW + REIMAGED
     assert features["texts_encoded"] == NEW + RETITLED
+    # Shopper views are a training input: without a retrain, the update encodes none.
+    assert _stored_views(home) == _stored_views(home, before_update=True)
     index = _metadata(instance, "product_index")
     assert index["products_added"] == NEW + RETITLED + REIMAGED
     assert index["products_removed"] == RETITLED + REIMAGED
@@ -190,6 +203,11 @@ def test_a_worse_model_is_not_promoted(changed_home):
         instance=_home_instance(home), raise_on_error=False
     )
     assert result.success
+    # The retrain encodes the shopper views of the images the update added.
+    assert (
+        _metadata(_home_instance(home), "fusion_model")["shopper_views_encoded"] == NEW + REIMAGED
+    )
+    assert _stored_views(home) == _stored_views(home, before_update=True) + NEW + REIMAGED
     index = _metadata(_home_instance(home), "product_index")
     assert index["promoted"] is False, index["promotion_reason"]
     assert index["candidate_mrr"] < index["live_mrr"]

@@ -1,0 +1,79 @@
+"""The warehouse's feature tables: content-addressed, unit-norm, keyless, read through a cache."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from mmsearch.warehouse import connect, read_vectors, store_vectors
+
+ENCODER = "image:test:0"
+
+
+def _unit(rows: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_a_stored_key_keeps_its_first_vector_and_duplicates_are_not_added(tmp_path):
+    first, second = _unit(3, seed=1), _unit(3, seed=2)
+    with connect(tmp_path / "w.duckdb") as con:
+        store_vectors(con, "image_features", "image_sha", ["a", "b", "c"], first, ENCODER)
+        store_vectors(con, "image_features", "image_sha", ["c", "d", "d"], second, ENCODER)
+        rows = con.execute(
+            "SELECT image_sha, count(*) FROM image_features GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        stored = read_vectors(con, "image_features", "image_sha", ["c", "d"], ENCODER)
+    assert rows == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    np.testing.assert_allclose(stored["c"], first[2], atol=1e-6)
+    np.testing.assert_allclose(stored["d"], second[1], atol=1e-6)
+
+
+def test_a_vector_that_is_not_unit_norm_is_refused(tmp_path):
+    vectors = _unit(2)
+    vectors[1] *= 3
+    with connect(tmp_path / "w.duckdb") as con:
+        with pytest.raises(ValueError, match="'bad' has norm 3.0000"):
+            store_vectors(con, "image_features", "image_sha", ["good", "bad"], vectors, ENCODER)
+        assert con.execute("SELECT count(*) FROM image_features").fetchone() == (0,)
+
+
+def test_feature_tables_made_with_a_primary_key_are_rebuilt_without_it(tmp_path):
+    path = tmp_path / "old.duckdb"
+    old = duckdb.connect(str(path))
+    old.execute(
+        "CREATE TABLE image_features (image_sha VARCHAR NOT NULL, encoder_id VARCHAR NOT NULL, "
+        "embedding FLOAT[] NOT NULL, PRIMARY KEY (image_sha, encoder_id))"
+    )
+    old.execute(
+        "INSERT INTO image_features VALUES ('a', ?, [1.0, 0.0]), ('b', ?, [0.0, 1.0])",
+        [ENCODER, ENCODER],
+    )
+    old.close()
+    with connect(path) as con:
+        keys = con.execute(
+            "SELECT count(*) FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+            "AND table_name = 'image_features'"
+        ).fetchone()
+        vectors = read_vectors(con, "image_features", "image_sha", ["a", "b"], ENCODER)
+    assert keys == (0,)
+    assert {key: list(value) for key, value in vectors.items()} == {"a": [1, 0], "b": [0, 1]}
+
+
+def test_cached_reads_see_vectors_stored_later_by_another_connection(tmp_path):
+    path = tmp_path / "w.duckdb"
+    vectors = _unit(4)
+    with connect(path) as con:
+        store_vectors(con, "text_features", "text_sha", ["a", "b"], vectors[:2], ENCODER)
+    with connect(path, read_only=True) as con:
+        assert set(read_vectors(con, "text_features", "text_sha", ["a", "b", "c"], ENCODER)) == {
+            "a",
+            "b",
+        }
+    with connect(path) as con:
+        store_vectors(con, "text_features", "text_sha", ["c"], vectors[2:3], ENCODER)
+    with connect(path, read_only=True) as con:
+        again = read_vectors(con, "text_features", "text_sha", ["a", "b", "c"], ENCODER)
+    assert set(again) == {"a", "b", "c"}
+    np.testing.assert_allclose(again["c"], vectors[2], atol=1e-6)
