@@ -156,17 +156,17 @@ def clean_catalog(
     cached = cached or {}
 
     def validate(row: dict) -> dict:
-        known = cached.get((row["drop_name"], row["row_number"]))
-        if known is not None:
-            return known
         try:
             return _validate_row(row, drop_dirs[row["drop_name"]], clean_images_dir, limits)
         except RowRejected as rejected:
             return {"rejected": rejected}
 
+    validated = [cached.get((row["drop_name"], row["row_number"])) for row in ordered]
+    fresh = [i for i, result in enumerate(validated) if result is None]
     # Image decoding dominates; Pillow releases the GIL while decoding.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        validated = list(pool.map(validate, ordered))
+        for i, result in zip(fresh, pool.map(validate, [ordered[i] for i in fresh]), strict=True):
+            validated[i] = result
 
     quarantine, outcomes, winners = [], {}, {}
     for row, result in zip(ordered, validated, strict=True):
