@@ -127,7 +127,14 @@ def _execute(
         instance=instance, raise_on_error=False, tags=tags, partition_key=partition_key
     )
     summary.run_ids.append(result.run_id)
-    for step, seconds in _step_seconds(instance, result.run_id).items():
+    steps = _step_seconds(instance, result.run_id)
+    # A multi-asset step (the SQL models) reports each of its assets' own build time.
+    for event in result.get_asset_materialization_events():
+        built = event.event_specific_data.materialization.metadata.get("build_seconds")
+        if built is not None:
+            steps.pop(event.step_key, None)
+            steps[event.asset_key.to_user_string()] = float(built.value)
+    for step, seconds in steps.items():
         summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
     _raise_if_failed(result, what)
 

@@ -115,6 +115,9 @@ def _ort_session(model: bytes | Path, threads: int):
     options.intra_op_num_threads = threads
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle workers block instead of spinning: a pipeline step runs DuckDB and NumPy between
+    # encoder calls, and spinning threads would take the CPU they need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
