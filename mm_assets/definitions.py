@@ -1,6 +1,11 @@
 """The one Definitions object: every asset, check, job, sensor, schedule and resource."""
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    Definitions,
+    in_process_executor,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from mm_assets import cleaning, evaluation, features, indexing, ingestion, training
 from mm_assets.jobs import (
@@ -28,6 +33,10 @@ def build_definitions(mm_home: str | None = None, **settings) -> Definitions:
         sensors=[catalog_drop_sensor, refresh_after_ingest, retrain_when_catalog_moved],
         schedules=[nightly_retrain],
         resources=build_resources(mm_home, **settings),
+        # Steps of a run go one after another in the run's process: every asset writes the one
+        # DuckDB file, which takes one writing process at a time (runs are queued by the
+        # `warehouse` pool), and the encoders and features are loaded once per run, not per step.
+        executor=in_process_executor,
     )
 
 

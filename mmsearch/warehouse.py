@@ -5,6 +5,8 @@ All SQL here takes values as parameters; no text from a feed is ever formatted i
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -181,12 +183,39 @@ def _drop_feature_table_keys(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("COMMIT")
 
 
+# How long to wait for another process's hold on the warehouse (DuckDB lets one process open
+# a file for writing, and then no other process at all) before giving up.
+LOCK_WAIT_SECONDS = float(os.environ.get("MM_WAREHOUSE_WAIT_SECONDS", "600"))
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting while another process (a pipeline run) holds it."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    pause = 0.1
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"the warehouse {path} has been held by another process for "
+                    f"{LOCK_WAIT_SECONDS:.0f} s (a pipeline run writing it?): {error}"
+                ) from error
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
 @contextmanager
 def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse (creating its schema when writable) and close it afterwards."""
+    """Open the warehouse (creating its schema when writable) and close it afterwards.
+
+    While another process holds the file, waits up to `MM_WAREHOUSE_WAIT_SECONDS` (600).
+    """
     if read_only and not Path(path).exists():
         raise FileNotFoundError(f"no warehouse at {path}: run `mmsearch run` first")
-    con = duckdb.connect(str(path), read_only=read_only)
+    con = _open(path, read_only)
     try:
         if not read_only:
             con.execute(SCHEMA)

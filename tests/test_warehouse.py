@@ -1,11 +1,19 @@
-"""The warehouse's feature tables: content-addressed, unit-norm, keyless, read through a cache."""
+"""The warehouse: content-addressed unit-norm feature tables, read through a cache; one writing
+process at a time (others wait), steps of a run in the run's process."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+import time
 
 import duckdb
 import numpy as np
 import pytest
 
+from mm_assets.definitions import build_definitions
+from mm_assets.jobs import INGEST_AND_REFRESH_JOB, INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
+from mmsearch import warehouse
 from mmsearch.warehouse import connect, read_vectors, store_vectors
 
 ENCODER = "image:test:0"
@@ -77,3 +85,51 @@ def test_cached_reads_see_vectors_stored_later_by_another_connection(tmp_path):
         again = read_vectors(con, "text_features", "text_sha", ["a", "b", "c"], ENCODER)
     assert set(again) == {"a", "b", "c"}
     np.testing.assert_allclose(again["c"], vectors[2], atol=1e-6)
+
+
+HOLD = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+"""
+
+
+def _hold(path, seconds: float) -> subprocess.Popen:
+    """Another process holding the warehouse open for writing, as a pipeline step does."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_connection_waits_for_another_process_to_let_go(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with connect(path):
+        pass
+    holder = _hold(path, 1.5)
+    started = time.monotonic()
+    with connect(path, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM image_features").fetchone() == (0,)
+    assert time.monotonic() - started >= 0.5
+    holder.wait()
+
+
+def test_a_connection_gives_up_with_a_clear_message(tmp_path, monkeypatch):
+    path = tmp_path / "w.duckdb"
+    with connect(path):
+        pass
+    monkeypatch.setattr(warehouse, "LOCK_WAIT_SECONDS", 0.3)
+    holder = _hold(path, 3)
+    with pytest.raises(RuntimeError, match="held by another process for 0 s"):
+        with connect(path):
+            pass
+    holder.kill()
+
+
+def test_runs_execute_their_steps_one_after_another_in_one_process():
+    defs = build_definitions()
+    for job in (INGEST_JOB, REFRESH_JOB, INGEST_AND_REFRESH_JOB, RETRAIN_JOB):
+        assert defs.resolve_job_def(job).executor_def.name == "in_process"
