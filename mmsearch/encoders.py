@@ -314,11 +314,8 @@ class TextEncoder:
         """The eager model as ONNX when, on the probe texts, the fast tokenizer gives the same
         token ids and ONNX Runtime the same embeddings (cosine) as the eager path."""
         tokens = self._tokens(_PROBE_TEXTS)
-        fast_tokenizer = _fast_tokenizer(self.folder, self.max_length)
-        fast_tokens = {
-            "input_ids": np.array([e.ids for e in fast_tokenizer.encode_batch(_PROBE_TEXTS)])
-        }
-        if not np.array_equal(fast_tokens["input_ids"], tokens["input_ids"]):
+        fast = _fast_tokenizer(self.folder, self.max_length).encode_batch(_PROBE_TEXTS)
+        if not np.array_equal(np.array([e.ids for e in fast]), tokens["input_ids"]):
             return None, "tokenizer.json gives other token ids than the model's tokenizer"
         try:
             model = _onnx_bytes(
@@ -330,8 +327,8 @@ class TextEncoder:
             return None, f"ONNX export failed: {error}"
         session = _ort_session(model, torch.get_num_threads())
         hidden = session.run(None, self._feed(session, tokens))[0]
-        fast = _mean_pool(torch.from_numpy(hidden), torch.from_numpy(tokens["attention_mask"]))
-        cosine = _min_cosine(self._forward(tokens), fast)
+        exported = _mean_pool(torch.from_numpy(hidden), torch.from_numpy(tokens["attention_mask"]))
+        cosine = _min_cosine(self._forward(tokens), exported)
         if cosine < EQUIVALENCE_MIN_COSINE:
             return None, f"ONNX output differs from eager: min cosine {cosine:.5f}"
         return model, ""
