@@ -32,8 +32,11 @@ def known_drop_versions(instance: DagsterInstance) -> dict[str, str | None]:
     return known
 
 
-def new_drop_versions(instance: DagsterInstance, layout: HomeLayout) -> list[str]:
-    """Keys of the landed drops (or changed drop contents) that no partition covers yet."""
-    known = known_drop_versions(instance)
+def new_drop_versions(
+    instance: DagsterInstance, layout: HomeLayout, known: dict[str, str | None] | None = None
+) -> list[str]:
+    """Keys of the landed drops (or changed drop contents) that no partition covers yet;
+    `known` spares reading the registered versions again when the caller has them."""
+    known = known_drop_versions(instance) if known is None else known
     digests = FileDigests(layout.landing_digests)
     return [key for key, _ in pending_drop_versions(layout.landing, known, digests)]

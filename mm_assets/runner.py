@@ -12,14 +12,9 @@ from dataclasses import dataclass, field
 from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from mm_assets.jobs import INGEST_AND_REFRESH_JOB, INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
-from mm_assets.partitions import catalog_drops, known_drop_versions
+from mm_assets.partitions import catalog_drops, known_drop_versions, new_drop_versions
 from mm_assets.training import RETRAIN_TAG, pending_retrain
-from mmsearch.catalog import (
-    FileDigests,
-    drop_folder_name,
-    landed_drops,
-    pending_drop_versions,
-)
+from mmsearch.catalog import drop_folder_name, landed_drops
 from mmsearch.quality import import_in_background
 from mmsearch.settings import HomeLayout
 
@@ -148,8 +143,7 @@ def run_pipeline(
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     downstream = sorted(assets - {"raw_products"})
     known = known_drop_versions(instance)
-    digests = FileDigests(layout.landing_digests)
-    new = [key for key, _ in pending_drop_versions(layout.landing, known, digests)]
+    new = new_drop_versions(instance, layout, known)
     if new:
         instance.add_dynamic_partitions(catalog_drops.name, new)
     waiting = [key for key, digest in known.items() if digest is None]
