@@ -6,8 +6,9 @@ A real model is trained on a generated 300-product catalog (through `mmsearch ru
 is then grown to `--products` products by copying its products under new ids with their fused
 embeddings jittered, and published as a release with the index the project chooses for that
 size. Each search goes through `SearchEngine.search`, the code `mmsearch search` runs: query
-image decoded and cleaned, encoders, fusion heads, FAISS, result rows. The baseline is the same
-searches against an exact Flat index over the same products, in the same process.
+image decoded and cleaned, encoders, fusion heads, the first stage (FAISS over fused embeddings,
+exact scans of the raw text and image features, BM25) and the ranker over the candidates, result
+rows. The baseline is the same searches with an exact Flat fused index, in the same process.
 """
 
 from __future__ import annotations
@@ -38,18 +39,25 @@ def build_small_home(home: Path) -> None:
 
 
 def grow_release(layout, size: int, plan=None):
-    """A release of `size` products: the live products copied under new ids, vectors jittered."""
+    """A release of `size` products: the live products copied under new ids, every vector
+    (fused, raw text, raw image) jittered, documents repeated with the copy's number."""
     from mmsearch import artifacts
     from mmsearch.indexing import build_index, index_type
+    from mmsearch.lexical import LexicalIndex
 
     live = artifacts.live_release(layout)
     base = live.load_products()
-    index = live.load_index()
-    vectors = np.stack([index.reconstruct(int(p)) for p in base["position"]])
     rng = np.random.default_rng(0)
     picks = np.arange(size) % len(base)
-    grown = vectors[picks] + rng.normal(0, 0.03, (size, vectors.shape[1])).astype(np.float32)
-    faiss.normalize_L2(grown)
+
+    def jittered(name: str) -> np.ndarray:
+        vectors = live.load_vectors(name)[picks]
+        vectors += rng.normal(0, 0.03, vectors.shape).astype(np.float32)
+        faiss.normalize_L2(vectors)
+        return vectors
+
+    vectors = {name: jittered(name) for name in artifacts.VECTOR_FILES}
+    grown = vectors["fused"]
     products = base.iloc[picks].reset_index(drop=True)
     products["product_id"] = [f"{pid}-{i}" for i, pid in enumerate(products["product_id"])]
     products["position"] = np.arange(size, dtype=np.int64)
@@ -62,6 +70,16 @@ def grow_release(layout, size: int, plan=None):
         built,
         products,
         index_type(built),
+        vectors,
+        LexicalIndex.build(
+            [
+                f"{t}. {c} {i}"
+                for i, (t, c) in enumerate(
+                    zip(products["title"], products["category"], strict=True)
+                )
+            ]
+        ),
+        live.load_ranker(),
         {"index": report.to_dict(), "promoted": True},
     )
     return release, report

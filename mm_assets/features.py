@@ -9,7 +9,11 @@ from dagster import (
     asset_check,
 )
 
-from mmsearch.features import extract_features, feature_coverage
+from mmsearch.features import (
+    extract_features,
+    extract_pseudo_query_features,
+    feature_coverage,
+)
 from resources import ImageEncoderResource, TextEncoderResource, WarehouseResource
 
 
@@ -19,7 +23,8 @@ from resources import ImageEncoderResource, TextEncoderResource, WarehouseResour
     pool="warehouse",
     kinds={"pytorch", "duckdb"},
     description="Image (CNN) and text (MiniLM) embeddings of products and labeled queries, "
-    "stored by content hash and encoder id; only content not yet encoded is encoded. "
+    "stored by content hash and encoder id; only content not yet encoded is encoded; also each "
+    "product's pseudo-queries (training, ranker fitting and label-free evaluation read them). "
     "(Shopper-view embeddings, a training input, are encoded by fusion_model when it trains.)",
 )
 def encoder_features(
@@ -31,8 +36,10 @@ def encoder_features(
     text_model, image_model = text_encoder.load(), image_encoder.load()
     with warehouse.connect() as con:
         report = extract_features(con, text_model, image_model, image_encoder.batch_size)
+        pseudo_queries = extract_pseudo_query_features(con, text_model)
     return MaterializeResult(
         metadata={
+            "pseudo_queries_encoded": pseudo_queries,
             "images_encoded": report.images_encoded,
             "texts_encoded": report.texts_encoded,
             "images_total": report.images_total,

@@ -17,8 +17,9 @@ from resources import PipelineSettings, WarehouseResource
     pool="warehouse",
     kinds={"faiss"},
     description="Every live product embedded by the model, in a FAISS inner-product index with "
-    "an id map: updated in place for the same model, rebuilt for a new one and published only "
-    "if it evaluates no worse than the live release; versions kept, LIVE.json switched atomically.",
+    "an id map, beside the raw-encoder and BM25 retrievers and a ranker fitted on held-out "
+    "queries: updated in place for the same model, rebuilt for a new one and published only if "
+    "the promotion gate passes it; versions kept, LIVE.json switched atomically.",
 )
 def product_index(
     context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
@@ -52,6 +53,7 @@ def product_index(
             "promoted": outcome.promoted,
             "promotion_reason": outcome.reason,
             "candidate_mrr": outcome.candidate_mrr if outcome.candidate_mrr is not None else -1.0,
+            "gate_p_value": outcome.p_value if outcome.p_value is not None else -1.0,
             "live_mrr": outcome.live_mrr if outcome.live_mrr is not None else -1.0,
         }
     )

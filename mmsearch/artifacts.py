@@ -13,15 +13,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from mmsearch.fusion import FusionConfig, FusionModel
 from mmsearch.indexing import load_index, save_index
+from mmsearch.lexical import LexicalIndex
+from mmsearch.ranking import Ranker
 from mmsearch.settings import HomeLayout
 
 MODEL_FILE, MODEL_CONFIG = "model.pt", "config.json"
 INDEX_FILE, INDEX_PRODUCTS, INDEX_MANIFEST = "index.faiss", "products.parquet", "manifest.json"
+LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
+# Per-product vectors a release keeps beside its index, rows aligned with products.parquet:
+# the fused embeddings (exact re-scoring) and the raw encoder features (the raw retrievers).
+VECTOR_FILES = {"fused": "fused.npy", "text": "text.npy", "image": "image.npy"}
 
 
 def utc_now() -> datetime:
@@ -81,6 +88,28 @@ class Release:
     def load_products(self) -> pd.DataFrame:
         return pd.read_parquet(self.folder / INDEX_PRODUCTS)
 
+    def load_vectors(self, name: str) -> np.ndarray:
+        """(products, dim) float32 vectors, rows aligned with `load_products()`."""
+        path = self.folder / VECTOR_FILES[name]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"release {self.index_version} has no {path.name}: it predates the two-stage "
+                "ranker; rebuild it with `mmsearch run --retrain`"
+            )
+        return np.load(path).astype(np.float32)
+
+    def load_lexical(self) -> LexicalIndex:
+        return LexicalIndex.load(self.folder / LEXICAL_DIR)
+
+    def load_ranker(self) -> Ranker:
+        path = self.folder / RANKER_FILE
+        return (
+            Ranker.from_dict(json.loads(path.read_text())) if path.is_file() else Ranker.default()
+        )
+
+    def save_ranker(self, ranker: Ranker) -> None:
+        _write_json_atomically(self.folder / RANKER_FILE, ranker.to_dict())
+
 
 def save_release(
     layout: HomeLayout,
@@ -89,13 +118,21 @@ def save_release(
     index,
     products: pd.DataFrame,
     index_type: str,
+    vectors: dict[str, np.ndarray],
+    lexical: LexicalIndex,
+    ranker: Ranker,
     extra: dict | None = None,
 ) -> Release:
-    """Write an index, its id -> product table and a manifest (plus `extra`); not yet live."""
+    """Write an index, its id -> product table, the products' vectors (`VECTOR_FILES`, stored as
+    float16), the lexical index, the ranker and a manifest (plus `extra`); not yet live."""
     folder = layout.indexes / index_version
     folder.mkdir(parents=True, exist_ok=True)
     save_index(index, folder / INDEX_FILE)
     products.reset_index(drop=True).to_parquet(folder / INDEX_PRODUCTS, index=False)
+    for name, file_name in VECTOR_FILES.items():
+        np.save(folder / file_name, np.asarray(vectors[name], dtype=np.float16))
+    lexical.save(folder / LEXICAL_DIR)
+    _write_json_atomically(folder / RANKER_FILE, ranker.to_dict())
     manifest = {
         "index_version": index_version,
         "model_version": model_version,
@@ -108,9 +145,9 @@ def save_release(
     return Release(index_version, model_version, folder, manifest)
 
 
-def mark_promoted(release: Release, promoted: bool, reason: str) -> None:
-    """Record the promotion gate's decision in a release's manifest (rollback skips refused ones)."""
-    release.manifest.update(promoted=promoted, promotion_reason=reason)
+def update_manifest(release: Release, **fields) -> None:
+    """Add fields to a release's manifest (the gate's decision: rollback skips refused ones)."""
+    release.manifest.update(fields)
     _write_json_atomically(release.folder / INDEX_MANIFEST, release.manifest)
 
 

@@ -175,7 +175,8 @@ def read_products(drop_dir: Path) -> pd.DataFrame:
 def read_queries(query_file: Path) -> pd.DataFrame:
     """Labeled queries (CONTRACT.md) with a 1-based `line_number`; bad lines are skipped.
 
-    Returns columns query_id, text, image_path, relevant (JSON text: object id -> grade), kind.
+    Returns columns query_id, text, image_path, relevant (JSON text: object id -> grade), kind,
+    template (optional: which generator template made the query; used to split by template).
     """
     rows = []
     for line_number, line in enumerate(
@@ -205,9 +206,10 @@ def read_queries(query_file: Path) -> pd.DataFrame:
                 "image_path": str(image_path) if image_path else None,
                 "relevant": json.dumps({str(k): float(v) for k, v in relevant.items()}),
                 "kind": str(record.get("kind") or _default_kind(text, image_path)),
+                "template": str(record["template"]) if record.get("template") else None,
             }
         )
-    columns = ["line_number", "query_id", "text", "image_path", "relevant", "kind"]
+    columns = ["line_number", "query_id", "text", "image_path", "relevant", "kind", "template"]
     return _nulls_as_none(pd.DataFrame(rows, columns=columns))
 
 

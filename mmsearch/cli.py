@@ -136,7 +136,7 @@ def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]
         return []
     with warehouse.connect(layout.warehouse) as con:
         frame = con.execute(
-            "SELECT source, method, kind, n, recall_at_1, recall_at_10, mrr, ndcg_at_10 "
+            "SELECT source, method, kind, n, recall_at_1, recall_at_10, mrr, ndcg_at_10, p_value "
             "FROM evaluation_results WHERE model_version = ? ORDER BY method, kind",
             [model_version],
         ).df()
@@ -160,8 +160,8 @@ def command_search(layout: HomeLayout, args) -> dict:
 
 
 def command_evaluate(layout: HomeLayout, args) -> dict:
-    from mmsearch.evaluation import evaluate_fusion
-    from mmsearch.queries import query_set_from_file
+    from mmsearch.evaluation import RETRIEVERS, evaluate_engine
+    from mmsearch.queries import query_content_key, query_set_from_file
     from mmsearch.search import SearchEngine
 
     query_file = Path(args.queries)
@@ -173,9 +173,36 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
         raise UserError(
             f"{query_file} has no usable labeled query (see CONTRACT.md for the format)"
         )
-    ids = list(engine.products["product_id"])
-    summary = evaluate_fusion(engine.model, engine.search_vectors, ids, queries, max(args.k, 10))
-    return {"model_version": engine.model_version, **summary}
+    trained = set(engine.model_config.get("summary", {}).get("trained_query_keys", []))
+    seen = [
+        i
+        for i, (text, sha) in enumerate(zip(queries.texts, queries.image_shas, strict=True))
+        if query_content_key(text, sha) in trained
+    ]
+    in_file = len(queries)
+    if seen and not args.include_trained:
+        queries = queries.subset([i for i in range(in_file) if i not in set(seen)])
+        if not len(queries):
+            raise UserError(
+                f"the live model trained on all {in_file} queries of {query_file}; "
+                "score them anyway with --include-trained"
+            )
+    evaluation = evaluate_engine(engine, queries, max(args.k, 10))
+    return {
+        "model_version": engine.model_version,
+        "index_version": engine.release.index_version,
+        **evaluation.summary(),
+        "retrievers": {
+            name: evaluation.summary(name) for name in RETRIEVERS if any(evaluation.per_query[name])
+        },
+        "significance": evaluation.significance(),
+        "queries": {
+            "in_file": in_file,
+            "trained_on": len(seen),
+            "scored": len(queries),
+            "trained_on_included": bool(args.include_trained and seen),
+        },
+    }
 
 
 def command_status(layout: HomeLayout) -> dict:
@@ -330,7 +357,7 @@ def _evaluation_text(rows: list[dict]) -> str:
     from mmsearch.evaluation import markdown_table
 
     frame = pd.DataFrame(rows)
-    return f"evaluation on {frame['source'].iloc[0]} (MRR and recall@10):\n{markdown_table(frame)}"
+    return f"evaluation on {frame['source'].iloc[0]} (MRR):\n{markdown_table(frame)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = add("evaluate", "score the live model and index on a labeled query file")
     evaluate.add_argument("--queries", required=True)
     evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument(
+        "--include-trained",
+        action="store_true",
+        help="also score the queries the live model trained on (left out by default)",
+    )
     add("status", "what is live")
     quarantine = add("quarantine", "quarantined rows with their reasons")
     quarantine.add_argument("--drop")

@@ -1,27 +1,37 @@
-"""Scoring a model and index on labeled queries, beside raw pretrained baselines.
+"""Scoring a release on held-out queries: the ranker beside every retriever alone.
 
-Methods compared on the same queries:
-- `fusion`: the trained model's query embedding searched in the release's FAISS index;
-- `text_baseline`: raw text-encoder embedding of the query text vs the products' raw text
-  embeddings (only for queries with text);
-- `image_baseline`: raw CNN embedding of the query image vs the products' raw image embeddings
-  (only for queries with an image).
-A method that cannot read a query kind (the text baseline on image-only queries) reports no row
-for it rather than a zero.
+Methods compared on the same queries, per query kind:
+- `ranker`: the two-stage search the product serves (`mmsearch.search`);
+- `fused`, `text`, `image`, `lexical`: each retriever alone, on the queries it can read (the raw
+  text encoder and BM25 need a query text, the raw image encoder a query image).
+The ranker's row carries a paired randomization test against the best single retriever of that
+kind (`p_value`). Queries are the labeled queries' `test` split; a catalog without labeled
+queries is scored on pseudo-queries of its `test` products (`mmsearch.splits`), which no model
+trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from mmsearch.fusion import FusionModel, embed_query_batch
-from mmsearch.metrics import aggregate, score_query
+from mmsearch.metrics import aggregate, paired_p_value, score_query
+from mmsearch.pseudo_queries import STYLES, attribute_pick, attributes_of
+from mmsearch.ranking import (
+    IMAGE,
+    IMAGE_TEXT,
+    RETRIEVERS,
+    TEXT,
+    Candidates,
+    query_kind,
+    retrievers_for,
+)
 
-FUSION, TEXT_BASELINE, IMAGE_BASELINE = "fusion", "text_baseline", "image_baseline"
+RANKER = "ranker"
+METHODS = (RANKER, *RETRIEVERS)
 OVERALL = "overall"
 
 
@@ -36,11 +46,18 @@ class QuerySet:
     image_features: np.ndarray
     has_text: np.ndarray
     has_image: np.ndarray
+    # The cleaned query texts ("" without text; the lexical retriever reads them) and the
+    # sha256 of each query image's source bytes (None without an image).
+    texts: list[str]
+    image_shas: list[str | None]
+    # Perceptual hash of each query photo (`mmsearch.images.perceptual_hash`), None without.
+    image_phashes: list[str | None]
 
     def __len__(self) -> int:
         return len(self.query_ids)
 
-    def subset(self, rows: np.ndarray) -> QuerySet:
+    def subset(self, rows: np.ndarray | Sequence[int]) -> QuerySet:
+        rows = np.asarray(rows, dtype=np.int64)
         return QuerySet(
             [self.query_ids[i] for i in rows],
             [self.kinds[i] for i in rows],
@@ -49,218 +66,269 @@ class QuerySet:
             self.image_features[rows],
             self.has_text[rows],
             self.has_image[rows],
+            [self.texts[i] for i in rows],
+            [self.image_shas[i] for i in rows],
+            [self.image_phashes[i] for i in rows],
         )
 
-
-def top_k_by_similarity(
-    queries: np.ndarray,
-    products: np.ndarray,
-    product_ids: Sequence[str],
-    k: int,
-    valid: np.ndarray | None = None,
-) -> list[list[str]]:
-    """Exact top-k product ids by inner product; `valid` masks out products without the modality."""
-    scores = queries @ products.T
-    if valid is not None:
-        scores[:, ~valid] = -np.inf
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    ordered = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
-    return [
-        [product_ids[j] for j in row if np.isfinite(scores[i, j])] for i, row in enumerate(ordered)
-    ]
+    def query_kinds(self) -> list[str]:
+        """What each query gives the retrievers: text, image or image+text."""
+        return [query_kind(t, i) for t, i in zip(self.has_text, self.has_image, strict=True)]
 
 
-def summarise(rankings: list[list[str]], queries: QuerySet) -> dict:
-    """{"overall": metrics, "by_kind": {kind: metrics}} for rankings aligned with `queries`."""
-    per_query = [score_query(r, rel) for r, rel in zip(rankings, queries.relevance, strict=True)]
-    by_kind = {
-        kind: aggregate(m for m, k in zip(per_query, queries.kinds, strict=True) if k == kind)
-        for kind in sorted(set(queries.kinds))
-    }
-    return {"overall": aggregate(per_query), "by_kind": by_kind}
-
-
-def evaluate_fusion(
-    model: FusionModel,
-    search_vectors: Callable[[np.ndarray, int], list[list[tuple[int, float]]]],
-    row_ids: Sequence[str],
-    queries: QuerySet,
-    k: int = 10,
-) -> dict:
-    """Scores of the trained model searched through an index (`search_vectors`)."""
-    vectors = embed_query_batch(
-        model, queries.image_features, queries.text_features, queries.has_image, queries.has_text
-    )
-    hits = search_vectors(vectors, k)
-    rankings = [[row_ids[p] for p, _ in row] for row in hits]
-    return summarise(rankings, queries)
-
-
-def evaluate_baselines(
-    queries: QuerySet,
-    product_ids: Sequence[str],
-    product_text: np.ndarray,
-    product_image: np.ndarray,
-    product_has_image: np.ndarray,
-    k: int = 10,
-) -> dict[str, dict]:
-    """Raw-embedding baselines, each on the queries it can read."""
-    results = {}
-    with_text = np.flatnonzero(queries.has_text)
-    if len(with_text):
-        subset = queries.subset(with_text)
-        rankings = top_k_by_similarity(subset.text_features, product_text, product_ids, k)
-        results[TEXT_BASELINE] = summarise(rankings, subset)
-    with_image = np.flatnonzero(queries.has_image)
-    if len(with_image) and product_has_image.any():
-        subset = queries.subset(with_image)
-        rankings = top_k_by_similarity(
-            subset.image_features, product_image, product_ids, k, valid=product_has_image
-        )
-        results[IMAGE_BASELINE] = summarise(rankings, subset)
-    return results
-
-
-def evaluate_heldout_pairs(
-    model: FusionModel,
-    image_features: np.ndarray,
-    text_features: np.ndarray,
-    product_ids: Sequence[str],
-    k: int = 10,
-) -> dict:
-    """Cross-modal retrieval among held-out products: each image finds its own text and back.
-
-    Used when a catalog has no labeled queries. Kinds: `image->text` and `text->image`.
-    """
-    n = len(product_ids)
-    has = np.ones(n, dtype=bool)
-    none = np.zeros(n, dtype=bool)
-    image_emb = embed_query_batch(model, image_features, np.zeros_like(text_features), has, none)
-    text_emb = embed_query_batch(model, np.zeros_like(image_features), text_features, none, has)
-    relevance = [{pid: 1.0} for pid in product_ids]
-    image_to_text = top_k_by_similarity(image_emb, text_emb, product_ids, k)
-    text_to_image = top_k_by_similarity(text_emb, image_emb, product_ids, k)
-    queries = QuerySet(
-        [f"i2t:{p}" for p in product_ids] + [f"t2i:{p}" for p in product_ids],
-        ["image->text"] * n + ["text->image"] * n,
-        relevance + relevance,
-        np.zeros((2 * n, 1)),
-        np.zeros((2 * n, 1)),
-        np.zeros(2 * n, bool),
-        np.zeros(2 * n, bool),
-    )
-    return summarise(image_to_text + text_to_image, queries)
-
-
-def results_table(model_version: str, source: str, results: dict[str, dict]) -> pd.DataFrame:
-    """Long table: one row per (method, kind) including `overall`."""
-    rows = []
-    for method, summary in results.items():
-        for kind, metrics in [(OVERALL, summary["overall"]), *summary["by_kind"].items()]:
-            rows.append(
-                {
-                    "model_version": model_version,
-                    "source": source,
-                    "method": method,
-                    "kind": kind,
-                    "n": int(metrics["n"]),
-                    "recall_at_1": metrics["recall@1"],
-                    "recall_at_10": metrics["recall@10"],
-                    "mrr": metrics["mrr"],
-                    "ndcg_at_10": metrics["ndcg@10"],
-                }
+def pseudo_query_set(catalog, rows: np.ndarray, own_photos: bool = False) -> QuerySet:
+    """Self-supervised queries for the catalog products at `rows` (CatalogFeatures loaded with
+    views and pseudo-queries): each pseudo-query text (`text`), the product's shopper view
+    (`image`), the view with the attribute pseudo-query (`image+text`) and, with `own_photos`,
+    the catalog photo itself (`own photo`). Each finds its own product; an attribute query is
+    answered as well by every product of the same category with that attribute value."""
+    ids = catalog.products["product_id"].tolist()
+    records = []  # (query id, kind, product row, style index or None, image source)
+    attributes = STYLES.index("attributes")
+    answers = _attribute_answers(catalog.products)
+    for row in rows:
+        for style, name in enumerate(STYLES):
+            if catalog.has_pseudo[row, style]:
+                records.append((f"{ids[row]}:{name}", TEXT, row, style, None))
+        if catalog.has_view[row]:
+            records.append((f"{ids[row]}:view", IMAGE, row, None, "view"))
+            if catalog.has_pseudo[row, attributes]:
+                records.append((f"{ids[row]}:view+text", IMAGE_TEXT, row, attributes, "view"))
+        if own_photos and catalog.has_image[row]:
+            records.append((f"{ids[row]}:photo", "own photo", row, None, "own"))
+    n = len(records)
+    text_features = np.zeros((n, catalog.text_features.shape[1]), dtype=np.float32)
+    image_features = np.zeros((n, catalog.image_features.shape[1]), dtype=np.float32)
+    has_text, has_image = np.zeros(n, bool), np.zeros(n, bool)
+    texts, shas, phashes = [], [], []
+    own_hashes = catalog.products["image_phash"].tolist()
+    for i, (_, _, row, style, source) in enumerate(records):
+        text = catalog.pseudo_texts[row][STYLES[style]] if style is not None else ""
+        if style is not None:
+            text_features[i], has_text[i] = catalog.pseudo_features[row, style], True
+        if source is not None:
+            image_features[i] = (
+                catalog.view_features[row] if source == "view" else catalog.image_features[row]
             )
-    columns = [
-        "model_version",
-        "source",
-        "method",
-        "kind",
-        "n",
-        "recall_at_1",
-        "recall_at_10",
-        "mrr",
-        "ndcg_at_10",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+            has_image[i] = True
+        texts.append(text)
+        shas.append(None)
+        phashes.append(own_hashes[row] if source == "own" else None)
+    relevance = []
+    for _, kind, row, style, _ in records:
+        product = catalog.products.iloc[row]
+        pick = attribute_pick(product) if style == attributes and kind == TEXT else None
+        key = (str(product["category"] or "").casefold(), *pick) if pick else None
+        relevance.append(dict.fromkeys(answers.get(key, []), 1.0) | {ids[row]: 1.0})
+    return QuerySet(
+        [r[0] for r in records],
+        [r[1] for r in records],
+        relevance,
+        text_features,
+        image_features,
+        has_text,
+        has_image,
+        texts,
+        shas,
+        phashes,
+    )
+
+
+def _attribute_answers(products: pd.DataFrame) -> dict[tuple[str, str, str], list[str]]:
+    """Product ids by (category, attribute name, value), casefolded."""
+    answers: dict[tuple[str, str, str], list[str]] = {}
+    for product in products.to_dict("records"):
+        category = str(product.get("category") or "").casefold()
+        for name, value in attributes_of(product).items():
+            answers.setdefault((category, name, value), []).append(product["product_id"])
+    return answers
+
+
+@dataclass
+class Evaluation:
+    """Per-query metrics of every method on one query set."""
+
+    queries: QuerySet
+    # method -> one metrics dict per query, None where the method cannot read the query.
+    per_query: dict[str, list[dict | None]] = field(default_factory=dict)
+
+    def summary(self, method: str = RANKER) -> dict:
+        """{"overall": metrics, "by_kind": {kind: metrics}} over the queries `method` read."""
+        scored = [
+            (m, k) for m, k in zip(self.per_query[method], self.queries.kinds, strict=True) if m
+        ]
+        by_kind = {
+            kind: aggregate(m for m, k in scored if k == kind)
+            for kind in sorted({k for _, k in scored})
+        }
+        return {"overall": aggregate(m for m, _ in scored), "by_kind": by_kind}
+
+    def reciprocal_ranks(self, method: str, rows: Sequence[int]) -> list[float]:
+        return [self.per_query[method][i]["mrr"] for i in rows]
+
+    def significance(self) -> dict[str, dict]:
+        """Per kind: the best single retriever (by MRR on that kind's queries, all of which it
+        can read), the ranker's MRR minus its MRR, and the paired test's p-value."""
+        result = {}
+        for kind in sorted(set(self.queries.kinds)) + [OVERALL]:
+            rows = [i for i, k in enumerate(self.queries.kinds) if kind in (k, OVERALL)]
+            readers = [
+                m
+                for m in RETRIEVERS
+                if rows and all(self.per_query[m][i] is not None for i in rows)
+            ]
+            if not readers:
+                continue
+            ranker = self.reciprocal_ranks(RANKER, rows)
+            best = max(readers, key=lambda m: np.mean(self.reciprocal_ranks(m, rows)))
+            other = self.reciprocal_ranks(best, rows)
+            result[kind] = {
+                "best_retriever": best,
+                "mrr_gain": round(float(np.mean(ranker) - np.mean(other)), 4),
+                "p_value": round(paired_p_value(ranker, other), 4),
+            }
+        return result
+
+    def table(self, model_version: str, source: str) -> pd.DataFrame:
+        """Long table: one row per (method, kind) including `overall`; the ranker's rows carry
+        the p-value against the best single retriever."""
+        significance = self.significance()
+        rows = []
+        for method in METHODS:
+            if not any(self.per_query.get(method, [])):
+                continue
+            summary = self.summary(method)
+            for kind, metrics in [*summary["by_kind"].items(), (OVERALL, summary["overall"])]:
+                test = significance.get(kind, {}) if method == RANKER else {}
+                rows.append(
+                    {
+                        "model_version": model_version,
+                        "source": source,
+                        "method": method,
+                        "kind": kind,
+                        "n": int(metrics["n"]),
+                        "recall_at_1": metrics["recall@1"],
+                        "recall_at_10": metrics["recall@10"],
+                        "mrr": metrics["mrr"],
+                        "ndcg_at_10": metrics["ndcg@10"],
+                        "p_value": test.get("p_value"),
+                    }
+                )
+        return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+TABLE_COLUMNS = [
+    "model_version",
+    "source",
+    "method",
+    "kind",
+    "n",
+    "recall_at_1",
+    "recall_at_10",
+    "mrr",
+    "ndcg_at_10",
+    "p_value",
+]
+
+
+def _ranked_ids(order: np.ndarray, candidates: Candidates, ids: Sequence[str], k: int) -> list:
+    return [ids[candidates.rows[i]] for i in order[:k]]
+
+
+def evaluate_engine(engine, queries: QuerySet, k: int = 10) -> Evaluation:
+    """Every method's per-query metrics on `queries`, through the engine's own two stages.
+
+    A retriever alone ranks the candidates by its own score: its top candidates are all in the
+    pool, so that is exactly its own top list.
+    """
+    ids = engine.products["product_id"].tolist()
+    depth = max(k, 10)
+    evaluation = Evaluation(queries, {m: [] for m in METHODS})
+    for i, candidates in enumerate(engine.candidates_for(queries)):
+        kind = query_kind(bool(queries.has_text[i]), bool(queries.has_image[i]))
+        relevance = queries.relevance[i]
+        ranked = [ids[row] for row, _ in engine.rank(kind, candidates, depth)]
+        evaluation.per_query[RANKER].append(score_query(ranked, relevance))
+        readable = retrievers_for(kind)
+        for method in RETRIEVERS:
+            if method not in readable or not len(candidates.rows):
+                evaluation.per_query[method].append(
+                    None if method not in readable else score_query([], relevance)
+                )
+                continue
+            order = np.argsort(-candidates.features[method], kind="stable")
+            evaluation.per_query[method].append(
+                score_query(_ranked_ids(order, candidates, ids, depth), relevance)
+            )
+    return evaluation
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """Kinds as rows, MRR (and recall@10) per method as columns, for Dagster metadata and the CLI."""
-    methods = [m for m in (FUSION, TEXT_BASELINE, IMAGE_BASELINE) if m in set(table["method"])]
-    kinds = list(dict.fromkeys(table["kind"]))
-    header = "| kind | n | " + " | ".join(f"{m} MRR | {m} R@10" for m in methods) + " |"
-    lines = [header, "|" + "---|" * (2 + 2 * len(methods))]
+    """Kinds as rows, MRR per method as columns (ranker first, with its p-value against the best
+    single retriever), for Dagster metadata, the CLI and the README."""
+    methods = [m for m in METHODS if m in set(table["method"])]
+    kinds = [k for k in dict.fromkeys(table["kind"]) if k != OVERALL] + [OVERALL]
+    header = "| kind | n | " + " | ".join(f"{m} MRR" for m in methods) + " | p (ranker vs best) |"
+    lines = [header, "|" + "---|" * (3 + len(methods))]
     for kind in kinds:
         rows = table[table["kind"] == kind].set_index("method")
-        n = int(rows["n"].max())
-        cells = []
-        for method in methods:
-            if method in rows.index:
-                cells += [
-                    f"{rows.loc[method, 'mrr']:.3f}",
-                    f"{rows.loc[method, 'recall_at_10']:.3f}",
-                ]
-            else:
-                cells += ["—", "—"]
-        lines.append(f"| {kind} | {n} | " + " | ".join(cells) + " |")
+        if rows.empty:
+            continue
+        cells = [f"{rows.loc[m, 'mrr']:.3f}" if m in rows.index else "—" for m in methods]
+        p_value = rows.loc[RANKER, "p_value"] if RANKER in rows.index else None
+        p_text = f"{p_value:.3f}" if p_value is not None and p_value == p_value else "—"
+        lines.append(f"| {kind} | {int(rows['n'].max())} | " + " | ".join(cells) + f" | {p_text} |")
     return "\n".join(lines)
 
 
-def evaluate_release(
-    con, layout, release, k: int = 10, with_baselines: bool = True
-) -> tuple[str, pd.DataFrame]:
-    """Score a release on the test split of the labeled queries, beside raw baselines.
+def held_out_queries(
+    con, catalog, split: str, image_id: str, text_id: str, both: bool = False
+) -> tuple[str, QuerySet]:
+    """The queries of one held-out split (`gate` or `test`): the labeled queries of that split
+    when there are any, else pseudo-queries of that split's products; with `both`, the two
+    together. Returns (source, queries); `catalog` must be loaded with views and pseudo-queries."""
+    from mmsearch.training import load_query_split
 
-    Without labeled queries, scores cross-modal retrieval among the products the model held out
-    from training. Returns (source, long results table); with baselines, the table is also stored
-    in the warehouse (without, it is a quick score, e.g. for the promotion gate).
-    """
-    from mmsearch.artifacts import load_model, utc_now
+    labeled = load_query_split(con, split, catalog, image_id, text_id)
+    if len(labeled) and not both:
+        return f"labeled queries ({split} split)", labeled
+    rows = np.flatnonzero(catalog.buckets() == split)
+    pseudo = pseudo_query_set(catalog, rows)
+    if not len(labeled):
+        return f"pseudo-queries of {split} products", pseudo
+    return f"labeled queries and pseudo-queries ({split} split)", concatenate(labeled, pseudo)
+
+
+def concatenate(first: QuerySet, second: QuerySet) -> QuerySet:
+    """Two query sets as one, in order."""
+    return QuerySet(
+        first.query_ids + second.query_ids,
+        first.kinds + second.kinds,
+        first.relevance + second.relevance,
+        np.concatenate([first.text_features, second.text_features]),
+        np.concatenate([first.image_features, second.image_features]),
+        np.concatenate([first.has_text, second.has_text]),
+        np.concatenate([first.has_image, second.has_image]),
+        first.texts + second.texts,
+        first.image_shas + second.image_shas,
+        first.image_phashes + second.image_phashes,
+    )
+
+
+def evaluate_release(con, layout, release, k: int = 10) -> tuple[str, Evaluation]:
+    """Score a release on the test split beside every retriever alone and store the table in
+    the warehouse. Returns (source, evaluation)."""
+    from mmsearch.artifacts import utc_now
     from mmsearch.search import SearchEngine
-    from mmsearch.training import load_catalog_features, load_query_split
+    from mmsearch.training import load_catalog_features
     from mmsearch.warehouse import replace_rows
 
-    model, config = load_model(layout, release.model_version)
-    encoders = config["encoders"]
+    engine = SearchEngine.of(layout, release)
+    encoders = engine.model_config["encoders"]
     image_id, text_id = encoders["image_encoder_id"], encoders["text_encoder_id"]
-    catalog = load_catalog_features(con, image_id, text_id)
-    queries = load_query_split(con, "test", catalog, image_id, text_id)
-    if len(queries):
-        source = "labeled queries (test split)"
-        engine = SearchEngine(release, model, config)
-        ids = list(engine.products["product_id"])
-        results = {FUSION: evaluate_fusion(model, engine.search_vectors, ids, queries, k)}
-        if with_baselines:
-            results.update(
-                evaluate_baselines(
-                    queries,
-                    list(catalog.products["product_id"]),
-                    catalog.text_features,
-                    catalog.image_features,
-                    catalog.has_image,
-                    k,
-                )
-            )
-    else:
-        source = "held-out image/text pairs"
-        held_out = set(config["summary"].get("validation_product_ids", []))
-        rows = np.flatnonzero(catalog.products["product_id"].isin(held_out) & catalog.has_image)
-        results = (
-            {
-                FUSION: evaluate_heldout_pairs(
-                    model,
-                    catalog.image_features[rows],
-                    catalog.text_features[rows],
-                    list(catalog.products["product_id"].iloc[rows]),
-                    k,
-                )
-            }
-            if len(rows) > 1
-            else {}
-        )
-    table = results_table(release.model_version, source, results)
-    table["evaluated_at"] = utc_now()
-    if len(table) and with_baselines:  # the stored table always carries its baselines
-        replace_rows(con, "evaluation_results", table, "model_version = ?", [release.model_version])
-    return source, table
+    catalog = load_catalog_features(con, image_id, text_id, views=True, pseudo=True)
+    source, queries = held_out_queries(con, catalog, "test", image_id, text_id)
+    evaluation = evaluate_engine(engine, queries, k)
+    table = evaluation.table(release.model_version, source).assign(evaluated_at=utc_now())
+    replace_rows(con, "evaluation_results", table, "model_version = ?", [release.model_version])
+    return source, evaluation

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from mmsearch.augment import shopper_view, view_key, view_seed
+from mmsearch.images import encoder_picture
+from mmsearch.pseudo_queries import pseudo_queries
 from mmsearch.text import text_key
 from mmsearch.warehouse import missing_keys, query_df, store_vectors
 
@@ -29,7 +31,8 @@ class FeatureReport:
 
 def _shopper_view_of(image_sha: str, image_file: str) -> Image.Image:
     with Image.open(image_file) as picture:
-        return shopper_view(picture.convert("RGB"), view_seed(image_sha))
+        # Prepared as a shopper's uploaded photo would be.
+        return encoder_picture(shopper_view(picture.convert("RGB"), view_seed(image_sha)))
 
 
 def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> FeatureReport:
@@ -88,6 +91,28 @@ def extract_shopper_views(con, image_encoder, batch_size: int = 64, chunk: int =
         vectors = image_encoder.encode_pictures(pictures, batch_size)
         store_vectors(con, "image_features", "image_sha", keys, vectors, image_encoder.encoder_id)
     return len(new_views)
+
+
+PRODUCT_FIELDS_SQL = (
+    "SELECT t.product_id, s.title, s.description, s.category, s.brand, s.attributes "
+    "FROM training_pairs t JOIN stg_products s USING (product_id)"
+)
+
+
+def extract_pseudo_query_features(con, text_encoder, batch_size: int = 64) -> int:
+    """Encode the pseudo-queries (`mmsearch.pseudo_queries`) of every live product not yet
+    encoded; returns how many texts were encoded. Training and the ranker's fitting read them."""
+    products = query_df(con, PRODUCT_FIELDS_SQL)
+    texts = {}
+    for product in products.to_dict("records"):
+        for text in pseudo_queries(product).values():
+            if text:
+                texts.setdefault(text_key(text), text)
+    new_texts = missing_keys(con, "text_features", "text_sha", list(texts), text_encoder.encoder_id)
+    if new_texts:
+        vectors = text_encoder.encode([texts[key] for key in new_texts], batch_size)
+        store_vectors(con, "text_features", "text_sha", new_texts, vectors, text_encoder.encoder_id)
+    return len(new_texts)
 
 
 def feature_coverage(con, image_encoder_id: str, text_encoder_id: str) -> dict[str, int]:

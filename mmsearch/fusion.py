@@ -47,6 +47,9 @@ class TrainingConfig:
     product_alignment_weight: float = 0.5
     structure_weight: float = 1.0
     view_weight: float = 1.0
+    # Pseudo-queries (`mmsearch.pseudo_queries`) finding their product: alone, and beside a
+    # shopper view as an image+text query.
+    pseudo_query_weight: float = 1.0
     # Products a training query is ranked against per step: its relevant ones plus a random
     # sample of others. A catalog at most this size is used whole (the exact softmax); above,
     # the sampled softmax keeps a step's cost flat instead of growing with the catalog.
@@ -121,7 +124,25 @@ class FusionModel(nn.Module):
         return self.fuse(image, text)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=math.log(100)).exp()
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Keep the temperature in [0.01, 1] (open_clip's bound), applied after each step so the
+        gradient of an out-of-range value is never silently zeroed in the forward pass."""
+        self.logit_scale.clamp_(0.0, math.log(100))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only, none on the temperature, the
+    normalisation layers' scales and the biases (decaying those only shrinks useful values)."""
+    decayed, plain = [], []
+    for name, parameter in model.named_parameters():
+        (decayed if parameter.ndim >= 2 and name != "logit_scale" else plain).append(parameter)
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -166,6 +187,8 @@ class TrainingResult:
     best_epoch: int = 0
     best_validation_loss: float = float("inf")
     validation_rows: list[int] = field(default_factory=list)
+    validation_query_rows: list[int] = field(default_factory=list)
+    early_stopping_on: str = "validation loss"
 
     def validation_ids(self, product_ids) -> list[str]:
         """The product ids held out from training (used for early stopping and evaluation)."""
@@ -199,11 +222,13 @@ def _pair_loss(
     text: torch.Tensor,
     config: TrainingConfig,
     views: torch.Tensor | None = None,
+    pseudo: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Image<->text InfoNCE, plus each modality finding its own fused product embedding.
 
     The second term keeps instance detail in the heads: an image must pick out its product, not
-    only the attributes its text shares with look-alike products.
+    only the attributes its text shares with look-alike products. `views` are shopper-style
+    re-shoots and `pseudo` short pseudo-query texts of the same products (features, aligned).
     """
     image_emb, text_emb = model.image_head(image), model.text_head(text)
     loss = clip_loss(image_emb, text_emb, model.scale())
@@ -217,6 +242,12 @@ def _pair_loss(
     if views is not None and config.view_weight:
         # A shopper-style re-shoot of the product must still find the product.
         loss = loss + config.view_weight * clip_loss(model.image_head(views), fused, model.scale())
+    query_text = model.text_head(pseudo) if pseudo is not None else None
+    if query_text is not None and config.pseudo_query_weight:
+        loss = loss + config.pseudo_query_weight * clip_loss(query_text, fused, model.scale())
+        if views is not None:
+            both = model.fuse(model.image_head(views), query_text)
+            loss = loss + config.pseudo_query_weight * clip_loss(both, fused, model.scale())
     return loss
 
 
@@ -269,6 +300,21 @@ def _query_loss(
     return multi_positive_loss(query, product_embeddings, positives, model.scale())
 
 
+def _pseudo_batch(
+    pseudo_all: torch.Tensor | None,
+    has_pseudo: np.ndarray | None,
+    rows: np.ndarray,
+    rng: np.random.Generator,
+) -> torch.Tensor | None:
+    """One stored pseudo-query per product of the batch, of a random style; None when the batch
+    has none (products without a stored one fall back to the first stored style)."""
+    if pseudo_all is None or has_pseudo is None or not has_pseudo[rows].any(axis=1).all():
+        return None
+    styles = rng.integers(0, has_pseudo.shape[1], len(rows))
+    chosen = np.where(has_pseudo[rows, styles], styles, has_pseudo[rows].argmax(axis=1))
+    return pseudo_all[torch.from_numpy(rows), torch.from_numpy(chosen)]
+
+
 def train_fusion_model(
     image_features: np.ndarray,
     text_features: np.ndarray,
@@ -276,26 +322,33 @@ def train_fusion_model(
     queries: QueryPairs | None = None,
     config: TrainingConfig = TrainingConfig(),
     view_features: np.ndarray | None = None,
+    pseudo_features: np.ndarray | None = None,
+    has_pseudo: np.ndarray | None = None,
+    trainable: np.ndarray | None = None,
 ) -> TrainingResult:
     """Train the heads and fusion on a catalog's features; returns the best model by validation.
 
-    Products with an image give image-text pairs; a held-out share of them (and of the training
-    queries) decides early stopping. `view_features` (optional, aligned with the products) are
-    encoder features of shopper-style views of each product image. Deterministic for a given
-    seed on CPU.
+    Products with an image (and `trainable`, when given) give image-text pairs; a held-out
+    share of them (and of the training queries) decides early stopping. When the catalog is too
+    small to hold any out, the training loss decides it instead (`early_stopping_on` says so).
+    `view_features` (optional, aligned with the products) are encoder features of shopper-style
+    views of each product image; `pseudo_features` (n, styles, text_dim) of its pseudo-queries.
+    Deterministic for a given seed on CPU.
     """
     _seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     model = FusionModel(FusionConfig(image_features.shape[1], text_features.shape[1]))
     optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        parameter_groups(model, config.weight_decay), lr=config.learning_rate
     )
     image_all = torch.from_numpy(image_features)
     text_all = torch.from_numpy(text_features)
     has_image_all = torch.from_numpy(has_image.astype(bool))
     views_all = torch.from_numpy(view_features) if view_features is not None else None
+    pseudo_all = torch.from_numpy(pseudo_features) if pseudo_features is not None else None
 
-    paired = np.flatnonzero(has_image)
+    usable = has_image.astype(bool) & (trainable if trainable is not None else True)
+    paired = np.flatnonzero(usable)
     rng.shuffle(paired)
     n_validation = max(2, int(len(paired) * config.validation_share)) if len(paired) >= 10 else 0
     validation_pairs, train_pairs = paired[:n_validation], paired[n_validation:]
@@ -308,8 +361,15 @@ def train_fusion_model(
         query_rows[:n_validation_queries],
         query_rows[n_validation_queries:],
     )
+    has_validation = len(validation_pairs) > 1 or len(validation_queries) > 0
 
-    result = TrainingResult(model=model, validation_rows=[int(i) for i in validation_pairs])
+    result = TrainingResult(
+        model=model,
+        validation_rows=[int(i) for i in validation_pairs],
+        validation_query_rows=[int(i) for i in validation_queries],
+    )
+    if not has_validation:
+        result.early_stopping_on = "training loss (too few products to hold any out)"
     best_state, stale = None, 0
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -318,13 +378,13 @@ def train_fusion_model(
         query_batches = np.array_split(rng.permutation(train_queries), n_batches)
         epoch_loss = 0.0
         for number in range(n_batches):
-            rows = torch.from_numpy(
-                order[number * config.batch_size : (number + 1) * config.batch_size]
-            )
+            batch_rows = order[number * config.batch_size : (number + 1) * config.batch_size]
+            rows = torch.from_numpy(batch_rows)
             loss = torch.zeros(())
             if len(rows) > 1:
                 views = views_all[rows] if views_all is not None else None
-                loss = _pair_loss(model, image_all[rows], text_all[rows], config, views)
+                pseudo = _pseudo_batch(pseudo_all, has_pseudo, batch_rows, rng)
+                loss = _pair_loss(model, image_all[rows], text_all[rows], config, views, pseudo)
             if len(query_batches[number]):
                 batch = query_batches[number]
                 candidates = _query_candidates(queries, batch, config.query_candidates, rng)
@@ -340,23 +400,29 @@ def train_fusion_model(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            model.clamp_temperature()
             epoch_loss += float(loss.detach())
-        validation_loss = _validation_loss(
-            model,
-            image_all,
-            text_all,
-            has_image_all,
-            validation_pairs,
-            queries,
-            validation_queries,
-            config,
-            views_all,
+        train_loss = epoch_loss / n_batches
+        validation_loss = (
+            _validation_loss(
+                model,
+                image_all,
+                text_all,
+                has_image_all,
+                validation_pairs,
+                queries,
+                validation_queries,
+                config,
+                views_all,
+            )
+            if has_validation
+            else train_loss
         )
         result.history.append(
             {
                 "epoch": epoch,
-                "train_loss": epoch_loss / n_batches,
-                "validation_loss": validation_loss,
+                "train_loss": train_loss,
+                "validation_loss": validation_loss if has_validation else None,
                 "temperature": float(1 / model.scale().detach()),
             }
         )

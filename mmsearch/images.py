@@ -11,6 +11,7 @@ import hashlib
 import io
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,17 +164,36 @@ def read_image_file(path: Path, limits: ImageLimits = ImageLimits()) -> tuple[Im
     return decode_image(data, limits), hashlib.sha256(data).hexdigest()
 
 
+def encoder_image_bytes(picture: Image.Image) -> bytes:
+    """The stored form of a clean picture: at most CLEAN_MAX_SIDE px, JPEG quality 95.
+
+    The one image preparation step: catalog images are stored as these bytes and encoded from
+    them, and a search or evaluation photo goes through the same bytes (`encoder_picture`), so one
+    photo gets one embedding whichever way it comes in.
+    """
+    small = picture.copy()
+    small.thumbnail((CLEAN_MAX_SIDE, CLEAN_MAX_SIDE), Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def encoder_picture(picture: Image.Image) -> Image.Image:
+    """A clean picture exactly as the encoder sees a stored catalog image (see
+    `encoder_image_bytes`)."""
+    with Image.open(io.BytesIO(encoder_image_bytes(picture))) as stored:
+        return stored.convert("RGB")
+
+
 def save_clean_image(picture: Image.Image, out_dir: Path, image_sha: str) -> Path:
-    """Store a downsized copy of a clean picture, named by its source bytes' hash."""
+    """Store a clean picture in its encoder form, named by its source bytes' hash."""
     target = out_dir / image_sha[:2] / f"{image_sha}.jpg"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    small = picture.copy()
-    small.thumbnail((CLEAN_MAX_SIDE, CLEAN_MAX_SIDE), Image.Resampling.BICUBIC)
     # A unique partial name: two rows sharing one image may be cleaned at the same moment.
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    small.save(partial, format="JPEG", quality=95)
+    partial.write_bytes(encoder_image_bytes(picture))
     partial.replace(target)
     return target
 
@@ -197,3 +217,24 @@ def perceptual_hash(picture: Image.Image) -> str:
     colours = np.asarray(picture.resize(grid, Image.Resampling.BOX), dtype=np.uint8) >> 5
     colour_code = "".join(str(int(c)) for c in colours.flat)
     return f"{structure:064x}{colour_code}"
+
+
+def _hash_parts(phash: str) -> tuple[np.ndarray, np.ndarray]:
+    structure = np.frombuffer(bytes.fromhex(phash[:64]), dtype=np.uint8)
+    colours = np.frombuffer(phash[64:].encode(), dtype=np.uint8) - ord("0")
+    return structure, colours.astype(np.int16)
+
+
+def photo_similarity(query_hash: str, product_hashes: Sequence[str | None]) -> np.ndarray:
+    """How alike a query photo looks to each product photo, from their perceptual hashes: the
+    share of the 256 structure bits that agree times how close the 4x4 colour grids are (1.0 for
+    the same photo; a colour variant of one design scores lower); 0 without a photo."""
+    structure, colours = _hash_parts(query_hash)
+    similarity = np.zeros(len(product_hashes), dtype=np.float64)
+    for i, product_hash in enumerate(product_hashes):
+        if isinstance(product_hash, str) and len(product_hash) == len(query_hash):
+            other_structure, other_colours = _hash_parts(product_hash)
+            same_structure = 1.0 - np.unpackbits(structure ^ other_structure).sum() / 256.0
+            same_colour = 1.0 - np.abs(colours - other_colours).mean() / 7.0
+            similarity[i] = same_structure * same_colour
+    return similarity

@@ -29,7 +29,16 @@ RAW_COLUMNS = [
     "attributes",
     "read_error",
 ]
-QUERY_COLUMNS = ["drop_name", "line_number", "query_id", "text", "image_path", "relevant", "kind"]
+QUERY_COLUMNS = [
+    "drop_name",
+    "line_number",
+    "query_id",
+    "text",
+    "image_path",
+    "relevant",
+    "kind",
+    "template",
+]
 
 
 @dataclass(frozen=True)

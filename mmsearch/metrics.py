@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 METRIC_NAMES = ("n", "recall@1", "recall@10", "mrr", "ndcg@10")
 
 
@@ -50,3 +52,19 @@ def aggregate(per_query: Iterable[dict[str, float]]) -> dict[str, float]:
     for name in METRIC_NAMES[1:]:
         summary[name] = round(sum(r[name] for r in rows) / len(rows), 4) if rows else 0.0
     return summary
+
+
+def paired_p_value(
+    first: Sequence[float], second: Sequence[float], rounds: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided p-value that two systems' per-query scores on the same queries differ in mean:
+    a paired randomization (sign-flip) test, as TREC-style comparisons use. 1.0 with no queries
+    or no difference."""
+    diffs = [a - b for a, b in zip(first, second, strict=True)]
+    if not diffs or not any(diffs):
+        return 1.0
+    values = np.asarray(diffs, dtype=np.float64)
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(rounds, len(values)))
+    observed = abs(values.mean())
+    extreme = (np.abs((signs * values).mean(axis=1)) >= observed - 1e-12).sum()
+    return float((extreme + 1) / (rounds + 1))

@@ -16,20 +16,21 @@ from mmsearch.evaluation import QuerySet
 from mmsearch.images import (
     ImageLimits,
     ImageRejected,
+    perceptual_hash,
     read_image_file,
     resolve_inside,
     save_clean_image,
 )
+from mmsearch.splits import SPLIT_RULES, query_split
 from mmsearch.text import clean_text, text_key
 
-# Share of each drop's labeled queries held out from training and used only for evaluation.
-TEST_SHARE = 0.5
+# What a labeled_queries row holds; a change rebuilds the table in every home.
+LABELED_QUERY_COLUMNS = "labeled-queries-2: image_phash"
 
 
-def query_split(query_id: str, test_share: float = TEST_SHARE) -> str:
-    """`train` or `test`, decided by a hash of the query_id so it never changes between runs."""
-    bucket = int(hashlib.sha256(query_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if bucket < test_share else "train"
+def query_content_key(text: str | None, image_sha: str | None) -> str:
+    """What a labeled query asks, as a key: the same text and image under any query_id."""
+    return hashlib.sha256(f"{text or ''}\x1f{image_sha or ''}".encode()).hexdigest()
 
 
 def labeled_queries_inputs(con, limits: ImageLimits = ImageLimits()) -> str:
@@ -40,7 +41,13 @@ def labeled_queries_inputs(con, limits: ImageLimits = ImageLimits()) -> str:
         "SELECT d.name, d.seq, count(*) FROM raw_queries q JOIN drops d ON q.drop_name = d.name "
         "WHERE d.status = 'accepted' GROUP BY d.name, d.seq ORDER BY d.seq"
     ).fetchall()
-    inputs = [[list(row) for row in drops], CLEANING_RULES_VERSION, asdict(limits)]
+    inputs = [
+        [list(row) for row in drops],
+        CLEANING_RULES_VERSION,
+        SPLIT_RULES,
+        LABELED_QUERY_COLUMNS,
+        asdict(limits),
+    ]
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -60,14 +67,15 @@ def prepare_labeled_queries(con, layout, limits: ImageLimits = ImageLimits()) ->
     rows = {}
     for record in raw:
         text = clean_text(record["text"]) if record["text"] else ""
-        image_file = image_sha = None
+        image_file = image_sha = image_phash = None
         if record["image_path"]:
             try:
                 source = resolve_inside(layout.drop_dir(record["drop_name"]), record["image_path"])
                 picture, image_sha = read_image_file(source, limits)
                 image_file = str(save_clean_image(picture, layout.clean_images, image_sha))
+                image_phash = perceptual_hash(picture)
             except (ImageRejected, OSError):
-                image_file = image_sha = None
+                image_file = image_sha = image_phash = None
         if not text and not image_file:
             continue
         rows[record["query_id"]] = {
@@ -76,9 +84,10 @@ def prepare_labeled_queries(con, layout, limits: ImageLimits = ImageLimits()) ->
             "text": text or None,
             "image_file": image_file,
             "image_sha": image_sha,
+            "image_phash": image_phash,
             "relevant": record["relevant"],
             "kind": record["kind"],
-            "split": query_split(record["query_id"]),
+            "split": query_split(record["relevant"], record.get("template")),
         }
     columns = [
         "query_id",
@@ -86,6 +95,7 @@ def prepare_labeled_queries(con, layout, limits: ImageLimits = ImageLimits()) ->
         "text",
         "image_file",
         "image_sha",
+        "image_phash",
         "relevant",
         "kind",
         "split",
@@ -118,6 +128,10 @@ def query_set_from_features(
     rows = table.iloc[keep]
     texts = [t if isinstance(t, str) and t else None for t in rows["text"]]
     shas = [s if isinstance(s, str) and s else None for s in rows["image_sha"]]
+    phashes = [
+        p if isinstance(p, str) and p else None
+        for p in (rows["image_phash"] if "image_phash" in rows else [None] * len(rows))
+    ]
     text_features = np.zeros((len(rows), text_dim), dtype=np.float32)
     image_features = np.zeros((len(rows), image_dim), dtype=np.float32)
     has_text = np.zeros(len(rows), dtype=bool)
@@ -136,6 +150,9 @@ def query_set_from_features(
         image_features[usable],
         has_text[usable],
         has_image[usable],
+        [t or "" for t, u in zip(texts, usable, strict=True) if u],
+        [s if h else None for s, h, u in zip(shas, has_image, usable, strict=True) if u],
+        [p if h else None for p, h, u in zip(phashes, has_image, usable, strict=True) if u],
     )
 
 
@@ -144,15 +161,16 @@ def query_set_from_file(engine, query_file: Path, limits: ImageLimits = ImageLim
     raw = read_queries(query_file)
     base = query_file.parent
     texts = [clean_text(t) if t else "" for t in raw["text"]]
-    pictures = []
+    pictures, shas = [], []
     for image_path in raw["image_path"]:
-        picture = None
+        picture = sha = None
         if image_path:
             try:
-                picture, _ = read_image_file(resolve_inside(base, image_path), limits)
+                picture, sha = read_image_file(resolve_inside(base, image_path), limits)
             except (ImageRejected, OSError):
-                picture = None
+                picture = sha = None
         pictures.append(picture)
+        shas.append(sha)
     has_text = np.array([bool(t) for t in texts], dtype=bool)
     has_image = np.array([p is not None for p in pictures], dtype=bool)
     text_dim = engine.model.config.text_dim
@@ -172,4 +190,11 @@ def query_set_from_file(engine, query_file: Path, limits: ImageLimits = ImageLim
         image_features[usable],
         has_text[usable],
         has_image[usable],
+        [t for t, u in zip(texts, usable, strict=True) if u],
+        [s for s, u in zip(shas, usable, strict=True) if u],
+        [
+            perceptual_hash(p) if p is not None else None
+            for p, u in zip(pictures, usable, strict=True)
+            if u
+        ],
     )

@@ -1460,8 +1460,11 @@ def _attr(p: Product, name: str) -> str:
     }[name]
 
 
-def _text_query(seed_p: Product, attrs: tuple[str, ...], rnd: random.Random) -> str | None:
-    """Shopper wording for the seed product's attributes; ~20% swap in a synonym."""
+def _text_query(
+    seed_p: Product, attrs: tuple[str, ...], rnd: random.Random
+) -> tuple[str, str] | None:
+    """Shopper wording for the seed product's attributes (~20% swap in a synonym), and the name
+    of the template that worded it."""
     d = seed_p.design
     cat_word, color_word = d.category.words[0], seed_p.color
     if rnd.random() < 0.2:  # a synonym the title did not use
@@ -1490,7 +1493,8 @@ def _text_query(seed_p: Product, attrs: tuple[str, ...], rnd: random.Random) -> 
             usable.append(t)
     if not usable:
         return None
-    return _fill(rnd.choice(usable), slots).lower()
+    template = rnd.choice(usable)
+    return _fill(template, slots).lower(), f"text:{QUERY_TEMPLATES.index(template)}"
 
 
 def make_queries(
@@ -1523,9 +1527,10 @@ def make_queries(
         attempts += 1
         seed_p = rnd.choice(clean)
         attrs = rnd.choices(sets, weights)[0]
-        text = _text_query(seed_p, attrs, rnd)
-        if not text or text in seen or text in title_set:
+        worded = _text_query(seed_p, attrs, rnd)
+        if not worded or worded[0] in seen or worded[0] in title_set:
             continue
+        text, template = worded
         named = ("category", *attrs)
         grade2 = [p for p in clean if all(_attr(p, a) == _attr(seed_p, a) for a in named)]
         if not 1 <= len(grade2) <= 30:
@@ -1537,7 +1542,7 @@ def make_queries(
                 if same and p.product_id not in relevant:
                     relevant[p.product_id] = 1
         seen.add(text)
-        queries.append({"kind": "text", "text": text, "relevant": relevant})
+        queries.append({"kind": "text", "text": text, "template": template, "relevant": relevant})
 
     # Image queries: a new photo of one product; its other colourways are loosely relevant.
     for p in rnd.sample(clean, min(n_image, len(clean))):
@@ -1550,9 +1555,16 @@ def make_queries(
     pairs = [(a, b) for a in clean for b in by_design[a.design.design_id] if b.color != a.color]
     for a, b in rnd.sample(pairs, min(n_both, len(pairs))):
         color_word = rnd.choice(COLOR_SYNONYMS[b.color]) if rnd.random() < 0.2 else b.color
-        text = rnd.choice(IMAGE_TEXT_TEMPLATES).format(c=color_word, cw=a.design.category.words[0])
+        template = rnd.choice(IMAGE_TEXT_TEMPLATES)
+        text = template.format(c=color_word, cw=a.design.category.words[0])
         queries.append(
-            {"kind": "image+text", "text": text, "relevant": {b.product_id: 3}, "_render": a}
+            {
+                "kind": "image+text",
+                "text": text,
+                "template": f"image+text:{IMAGE_TEXT_TEMPLATES.index(template)}",
+                "relevant": {b.product_id: 3},
+                "_render": a,
+            }
         )
 
     rnd.shuffle(queries)
@@ -1602,6 +1614,8 @@ def _query_record(q: dict) -> dict:
     record: dict = {"query_id": q["query_id"], "kind": q["kind"]}
     if "text" in q:
         record["text"] = q["text"]
+    if "template" in q:
+        record["template"] = q["template"]
     if "_render" in q:
         record["image_path"] = f"query_images/{q['query_id']}.png"
     record["relevant"] = q["relevant"]

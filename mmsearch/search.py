@@ -1,7 +1,10 @@
 """Answering searches from the live release: the same model and index code the pipeline builds.
 
-A query is a text, an image, or both; it goes through the frozen encoders the model was trained
-on, then the model's heads (and fusion when both are given), then the FAISS index.
+Two stages, as retrieval systems do it. First, candidates: up to `CANDIDATES` products from each
+retriever the query can use (the fused FAISS index over the trained model's embeddings, the raw
+text and raw image encoders' own similarities, BM25 over the product text), after the filters,
+so a filter never lets unrelated products push relevant ones out. Then one ranker
+(`mmsearch.ranking`), fitted per catalog, re-scores their union from every retriever's score.
 """
 
 from __future__ import annotations
@@ -16,11 +19,29 @@ from PIL import Image
 
 from mmsearch import artifacts
 from mmsearch.encoders import load_image_encoder, load_text_encoder
-from mmsearch.fusion import FusionModel, embed_query
-from mmsearch.images import ImageLimits, decode_image
+from mmsearch.fusion import FusionModel, embed_query, embed_query_batch
+from mmsearch.images import (
+    ImageLimits,
+    decode_image,
+    encoder_picture,
+    perceptual_hash,
+    photo_similarity,
+)
 from mmsearch.indexing import search_index
+from mmsearch.ranking import (
+    FUSED,
+    LEXICAL,
+    PHOTO_MATCH,
+    RAW_IMAGE,
+    RAW_TEXT,
+    Candidates,
+    query_kind,
+)
 from mmsearch.settings import HomeLayout
 from mmsearch.text import clean_text
+
+# Products each retriever contributes to the second stage.
+CANDIDATES = 100
 
 RESULT_FIELDS = ("product_id", "title", "category", "brand", "price", "image_file")
 
@@ -55,7 +76,8 @@ class EncoderSettings:
 
 
 class SearchEngine:
-    """A loaded release: model, index and product table, with encoders loaded on first use."""
+    """A loaded release: model, indexes, product vectors and table, ranker; encoders on first
+    use."""
 
     def __init__(self, release: artifacts.Release, model: FusionModel, model_config: dict):
         self.release = release
@@ -64,6 +86,15 @@ class SearchEngine:
         self.encoders = EncoderSettings.from_model_config(model_config)
         self.index = release.load_index()
         self.products = release.load_products()
+        self.vectors = {name: release.load_vectors(name) for name in artifacts.VECTOR_FILES}
+        self.lexical = release.load_lexical()
+        self.ranker = release.load_ranker()
+        self._has_image = self.products["image_sha"].fillna("").astype(str).ne("").to_numpy()
+        self._photo_hashes = (
+            self.products["image_phash"].to_numpy(dtype=object)
+            if "image_phash" in self.products
+            else np.full(len(self.products), None, dtype=object)
+        )
         # Index ids are stable positions (an incremental release leaves gaps); map them to rows.
         self._ids = (
             self.products["position"].to_numpy(dtype=np.int64)
@@ -80,6 +111,10 @@ class SearchEngine:
         release = artifacts.live_release(layout)
         if release is None:
             raise NothingLive("nothing is live yet: run `mmsearch run` (or `mmsearch demo`) first")
+        return cls.of(layout, release)
+
+    @classmethod
+    def of(cls, layout: HomeLayout, release: artifacts.Release) -> SearchEngine:
         model, config = artifacts.load_model(layout, release.model_version)
         return cls(release, model, config)
 
@@ -93,9 +128,10 @@ class SearchEngine:
         return encoder.encode(texts)
 
     def image_features(self, pictures: list[Image.Image]) -> np.ndarray:
+        """Raw CNN features of query pictures, prepared exactly as catalog images are."""
         encoder = self.encoders.image_encoder()
         self._check_encoder("image_encoder_id", encoder.encoder_id)
-        return encoder.encode_pictures(pictures)
+        return encoder.encode_pictures([encoder_picture(p) for p in pictures])
 
     def _check_encoder(self, key: str, encoder_id: str) -> None:
         expected = self.model_config.get("encoders", {}).get(key)
@@ -105,19 +141,8 @@ class SearchEngine:
                 "configured; retrain (`mmsearch run`) or restore the original encoder"
             )
 
-    def query_vector(
-        self, text: str | None = None, picture: Image.Image | None = None
-    ) -> np.ndarray:
-        """The shared-space embedding of a text, an image, or both."""
-        text = clean_text(text) if text else ""
-        if not text and picture is None:
-            raise ValueError("a search needs --text, --image, or both")
-        text_feature = self.text_features([text])[0] if text else None
-        image_feature = self.image_features([picture])[0] if picture is not None else None
-        return embed_query(self.model, image_feature, text_feature)
-
-    def allowed_positions(self, category: str | None, max_price: float | None) -> np.ndarray | None:
-        """Index ids of the products passing the filters, None when there is no filter."""
+    def allowed_rows(self, category: str | None, max_price: float | None) -> np.ndarray | None:
+        """A mask of the products passing the filters, None when there is no filter."""
         if not category and max_price is None:
             return None
         keep = np.ones(len(self.products), dtype=bool)
@@ -125,17 +150,66 @@ class SearchEngine:
             keep &= self._categories == category.strip().casefold()
         if max_price is not None:
             keep &= np.nan_to_num(self._prices, nan=math.inf) <= max_price
-        return self._ids[keep]
+        return keep
 
-    def search_vectors(
-        self, vectors: np.ndarray, k: int = 10, allowed: np.ndarray | None = None
-    ) -> list[list[tuple[int, float]]]:
-        """For each query vector, the top-k (row of `products`, score) pairs."""
-        scores, positions = search_index(self.index, vectors, k, allowed)
-        return [
-            [(int(self._row_of[p]), float(s)) for p, s in zip(row_p, row_s, strict=True) if p >= 0]
-            for row_p, row_s in zip(positions, scores, strict=True)
-        ]
+    def _top(self, scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        scores = np.where(allowed, scores, -np.inf)
+        depth = min(CANDIDATES, int(allowed.sum()))
+        if depth == 0:
+            return np.zeros(0, dtype=np.int64)
+        top = np.argpartition(-scores, depth - 1)[:depth]
+        return top[np.isfinite(scores[top])]
+
+    def candidates(
+        self,
+        text_feature: np.ndarray | None,
+        image_feature: np.ndarray | None,
+        text: str = "",
+        allowed: np.ndarray | None = None,
+        fused_query: np.ndarray | None = None,
+        photo_hash: str | None = None,
+    ) -> Candidates:
+        """First stage for one query: the union of each usable retriever's top `CANDIDATES`
+        among the `allowed` products, with every retriever's score for each (and, for a query
+        photo with its perceptual hash, how alike each candidate's photo looks)."""
+        allowed = np.ones(len(self.products), dtype=bool) if allowed is None else allowed
+        if fused_query is None:
+            fused_query = embed_query(self.model, image_feature, text_feature)
+        pools, scores = [], {}
+        positions = self._ids[allowed] if not allowed.all() else None
+        _, hits = search_index(self.index, fused_query[None], CANDIDATES, positions)
+        pools.append(self._row_of[hits[0][hits[0] >= 0]])
+        if text_feature is not None:
+            scores[RAW_TEXT] = self.vectors["text"] @ text_feature
+            pools.append(self._top(scores[RAW_TEXT], allowed))
+            scores[LEXICAL], coverage = (
+                self.lexical.scores(text) if text else (np.zeros(len(self.products)), 0.0)
+            )
+            pools.append(self._top(scores[LEXICAL], allowed & (scores[LEXICAL] > 0)))
+        if image_feature is not None:
+            scores[RAW_IMAGE] = np.where(self._has_image, self.vectors["image"] @ image_feature, 0)
+            pools.append(self._top(scores[RAW_IMAGE], allowed & self._has_image))
+        rows = np.unique(np.concatenate(pools)).astype(np.int64)
+        features = {FUSED: self.vectors["fused"][rows] @ fused_query}
+        for name, values in scores.items():
+            features[name] = values[rows]
+        if LEXICAL in features and features[LEXICAL].max(initial=0) > 0:
+            features[LEXICAL] = coverage * features[LEXICAL] / features[LEXICAL].max()
+        if image_feature is not None:
+            features[PHOTO_MATCH] = (
+                photo_similarity(photo_hash, self._photo_hashes[rows])
+                if photo_hash
+                else np.zeros(len(rows))
+            )
+        return Candidates(rows, features)
+
+    def rank(self, kind: str, candidates: Candidates, k: int) -> list[tuple[int, float]]:
+        """Second stage: the top-k (product row, score) by the ranker, best first."""
+        if not len(candidates.rows):
+            return []
+        scores = self.ranker.score(kind, candidates)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(candidates.rows[i]), float(scores[i])) for i in order]
 
     def search(
         self,
@@ -146,10 +220,41 @@ class SearchEngine:
         max_price: float | None = None,
     ) -> list[dict]:
         """Ranked products for a query, best first, each with its score and catalog fields."""
+        text = clean_text(text) if text else ""
         picture = load_query_image(image) if isinstance(image, (str, Path)) else image
-        vector = self.query_vector(text, picture)
-        hits = self.search_vectors(vector[None], k, self.allowed_positions(category, max_price))[0]
-        return [self.describe(row, score) for row, score in hits]
+        if not text and picture is None:
+            raise ValueError("a search needs --text, --image, or both")
+        text_feature = self.text_features([text])[0] if text else None
+        image_feature = self.image_features([picture])[0] if picture is not None else None
+        candidates = self.candidates(
+            text_feature,
+            image_feature,
+            text,
+            self.allowed_rows(category, max_price),
+            photo_hash=perceptual_hash(picture) if picture is not None else None,
+        )
+        kind = query_kind(bool(text), picture is not None)
+        return [self.describe(row, score) for row, score in self.rank(kind, candidates, k)]
+
+    def candidates_for(self, queries) -> list[Candidates]:
+        """First stage for every query of a QuerySet (`mmsearch.evaluation`)."""
+        fused = embed_query_batch(
+            self.model,
+            queries.image_features,
+            queries.text_features,
+            queries.has_image,
+            queries.has_text,
+        )
+        return [
+            self.candidates(
+                queries.text_features[i] if queries.has_text[i] else None,
+                queries.image_features[i] if queries.has_image[i] else None,
+                queries.texts[i] if queries.has_text[i] else "",
+                fused_query=fused[i],
+                photo_hash=queries.image_phashes[i],
+            )
+            for i in range(len(queries))
+        ]
 
     def describe(self, row_number: int, score: float) -> dict:
         row = self.products.iloc[row_number]

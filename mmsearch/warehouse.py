@@ -58,8 +58,10 @@ CREATE TABLE IF NOT EXISTS raw_queries (
     image_path VARCHAR,
     relevant JSON,
     kind VARCHAR,
+    template VARCHAR,                  -- optional: the generator's template, for grouped splits
     PRIMARY KEY (drop_name, line_number)
 );
+ALTER TABLE raw_queries ADD COLUMN IF NOT EXISTS template VARCHAR;
 CREATE TABLE IF NOT EXISTS clean_products (
     product_id VARCHAR PRIMARY KEY,
     title VARCHAR NOT NULL,
@@ -112,8 +114,10 @@ CREATE TABLE IF NOT EXISTS labeled_queries (
     image_sha VARCHAR,
     relevant JSON NOT NULL,
     kind VARCHAR NOT NULL,
-    split VARCHAR NOT NULL             -- train | test
+    image_phash VARCHAR,
+    split VARCHAR NOT NULL             -- train | gate | test | unused (mmsearch/splits.py)
 );
+ALTER TABLE labeled_queries ADD COLUMN IF NOT EXISTS image_phash VARCHAR;
 CREATE TABLE IF NOT EXISTS image_features (  -- one row per (image_sha, encoder_id): store_vectors
     image_sha VARCHAR NOT NULL,
     encoder_id VARCHAR NOT NULL,
@@ -149,8 +153,8 @@ CREATE TABLE IF NOT EXISTS releases (
 );
 CREATE TABLE IF NOT EXISTS evaluation_results (
     model_version VARCHAR NOT NULL,
-    source VARCHAR NOT NULL,            -- labeled queries or held-out pairs
-    method VARCHAR NOT NULL,            -- fusion model or a raw baseline
+    source VARCHAR NOT NULL,            -- labeled queries or held-out products' pseudo-queries
+    method VARCHAR NOT NULL,            -- ranker, or one retriever alone
     kind VARCHAR NOT NULL,
     n INTEGER NOT NULL,
     recall_at_1 DOUBLE,
@@ -159,6 +163,8 @@ CREATE TABLE IF NOT EXISTS evaluation_results (
     ndcg_at_10 DOUBLE,
     evaluated_at TIMESTAMP NOT NULL
 );
+-- The ranker's paired-test p-value against the best single retriever of the same kind.
+ALTER TABLE evaluation_results ADD COLUMN IF NOT EXISTS p_value DOUBLE;
 """
 
 

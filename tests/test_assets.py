@@ -68,7 +68,7 @@ def test_definitions_load_with_the_whole_asset_graph():
         "row_accounting_balanced",
         "clean_products_expectations",
         "features_cover_catalog",
-        "fusion_beats_baselines",
+        "ranker_not_below_its_retrievers",
         "images_match_their_text",
     }
     assert defs.resolve_job_def("refresh_catalog") is not None
@@ -175,12 +175,15 @@ def test_evaluation_is_in_range_and_recorded(materialized):
             "SELECT method, kind, n, mrr, recall_at_10 FROM evaluation_results WHERE model_version = ?",
             [release.model_version],
         ).fetchall()
-    assert {m for m, *_ in rows} == {"fusion", "text_baseline", "image_baseline"}
-    fusion = {k: (n, mrr, r10) for m, k, n, mrr, r10 in rows if m == "fusion"}
-    assert fusion["overall"][0] >= 10
-    assert 0.2 < fusion["overall"][1] <= 1.0 and fusion["overall"][2] >= fusion["overall"][1]
+    assert {m for m, *_ in rows} == {"ranker", "fused", "text", "image", "lexical"}
+    ranker = {k: (n, mrr, r10) for m, k, n, mrr, r10 in rows if m == "ranker"}
+    assert ranker["overall"][0] >= 10
+    assert 0.2 < ranker["overall"][1] <= 1.0 and ranker["overall"][2] >= ranker["overall"][1]
+    # Each retriever alone is scored only on the query kinds it can read.
+    text_only = {k for m, k, *_ in rows if m == "text"}
+    assert "image" not in text_only and "text" in text_only
     metadata = refresh.asset_materializations_for_node("search_evaluation")[0].metadata
-    assert "fusion MRR" in metadata["results"].value
+    assert "ranker MRR" in metadata["results"].value and "lexical MRR" in metadata["results"].value
 
 
 def test_runs_are_recorded_in_the_instance(materialized):

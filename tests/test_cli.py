@@ -82,11 +82,28 @@ def test_image_plus_text_search_answers(built_home, sample_drop):
 
 def test_evaluate_scores_a_labeled_query_file(built_home, sample_drop):
     home, _ = built_home
-    result = cli_json(home, "evaluate", "--queries", str(sample_drop / "queries.jsonl"))
+    result = cli_json(
+        home, "evaluate", "--queries", str(sample_drop / "queries.jsonl"), "--include-trained"
+    )
     overall = result["overall"]
     assert set(overall) == {"n", "recall@1", "recall@10", "mrr", "ndcg@10"}
     assert overall["n"] > 20 and 0.2 < overall["mrr"] <= 1
     assert {"text", "image", "image+text"} <= set(result["by_kind"])
+    assert set(result["retrievers"]) == {"fused", "text", "image", "lexical"}
+    assert "image" not in result["retrievers"]["text"]["by_kind"]
+    assert result["significance"]["overall"]["best_retriever"] in result["retrievers"]
+
+
+def test_evaluate_leaves_out_the_queries_the_model_trained_on(built_home, sample_drop):
+    home, _ = built_home
+    query_file = str(sample_drop / "queries.jsonl")
+    held_out = cli_json(home, "evaluate", "--queries", query_file)["queries"]
+    everything = cli_json(home, "evaluate", "--queries", query_file, "--include-trained")
+    in_file = sum(1 for line in (sample_drop / "queries.jsonl").open() if line.strip())
+    assert held_out["in_file"] == everything["queries"]["in_file"] == in_file
+    assert 0 < held_out["trained_on"] < in_file
+    assert held_out["scored"] == in_file - held_out["trained_on"]
+    assert everything["queries"]["scored"] == everything["overall"]["n"] == in_file
 
 
 def test_status_and_quarantine_account_for_every_row(built_home):
