@@ -1,7 +1,7 @@
 """Catalog drops: finding them, copying them in, and reading their products and queries.
 
 A drop is a directory with exactly one of products.csv / products.parquet / products.jsonl, the
-images it refers to, and optionally queries.jsonl (see CONTRACT.md). Reading returns every row as
+images it refers to, and optionally queries.jsonl (docs/interface.md). Reading returns every row as
 text; deciding what is usable is the cleaning stage's job. A drop that cannot be read at all
 raises DropRejected naming the drop and the problem.
 """
@@ -173,7 +173,7 @@ def read_products(drop_dir: Path) -> pd.DataFrame:
 
 
 def read_queries(query_file: Path) -> pd.DataFrame:
-    """Labeled queries (CONTRACT.md) with a 1-based `line_number`; bad lines are skipped.
+    """Labeled queries (docs/interface.md) with a 1-based `line_number`; bad lines are skipped.
 
     Returns columns query_id, text, image_path, relevant (JSON text: object id -> grade), kind,
     template (optional: which generator template made the query; used to split by template).

@@ -1,4 +1,4 @@
-"""`mmsearch`: the command line of CONTRACT.md.
+"""`mmsearch`: the command line of docs/interface.md.
 
 Every command exits 0 on success and non-zero with a one-line reason on failure; `--json` prints
 exactly one JSON object on stdout while everything else (Dagster's logs included) goes to stderr.
@@ -171,7 +171,7 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
     queries = query_set_from_file(engine, query_file)
     if not len(queries):
         raise UserError(
-            f"{query_file} has no usable labeled query (see CONTRACT.md for the format)"
+            f"{query_file} has no usable labeled query (the format: docs/interface.md)"
         )
     trained = set(engine.model_config.get("summary", {}).get("trained_query_keys", []))
     seen = [

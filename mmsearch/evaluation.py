@@ -5,9 +5,9 @@ Methods compared on the same queries, per query kind:
 - `fused`, `text`, `image`, `lexical`: each retriever alone, on the queries it can read (the raw
   text encoder and BM25 need a query text, the raw image encoder a query image).
 The ranker's row carries a paired randomization test against the best single retriever of that
-kind (`p_value`). Queries are the labeled queries' `test` split; a catalog without labeled
-queries is scored on pseudo-queries of its `test` products (`mmsearch.splits`), which no model
-trained on.
+kind (`p_value`). Queries are the labeled queries' `test` split; a catalog with fewer labeled
+test queries than `MIN_LABELED` is scored on pseudo-queries of its `test` products
+(`mmsearch.splits`) as well, which no model trained on.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mmsearch.pseudo_queries import STYLES, attribute_pick, attributes_of
 from mmsearch.ranking import (
     IMAGE,
     IMAGE_TEXT,
+    MIN_LABELED,
     RETRIEVERS,
     TEXT,
     Candidates,
@@ -285,12 +286,13 @@ def held_out_queries(
     con, catalog, split: str, image_id: str, text_id: str, both: bool = False
 ) -> tuple[str, QuerySet]:
     """The queries of one held-out split (`gate` or `test`): the labeled queries of that split
-    when there are any, else pseudo-queries of that split's products; with `both`, the two
-    together. Returns (source, queries); `catalog` must be loaded with views and pseudo-queries."""
+    when there are at least `MIN_LABELED`, else (or with `both`) together with pseudo-queries of
+    that split's products. Returns (source, queries); `catalog` must be loaded with views and
+    pseudo-queries."""
     from mmsearch.training import load_query_split
 
     labeled = load_query_split(con, split, catalog, image_id, text_id)
-    if len(labeled) and not both:
+    if len(labeled) >= MIN_LABELED and not both:
         return f"labeled queries ({split} split)", labeled
     rows = np.flatnonzero(catalog.buckets() == split)
     pseudo = pseudo_query_set(catalog, rows)

@@ -157,7 +157,7 @@ def query_set_from_features(
 
 
 def query_set_from_file(engine, query_file: Path, limits: ImageLimits = ImageLimits()) -> QuerySet:
-    """Encode a labeled query file (CONTRACT.md) with the live engine's encoders."""
+    """Encode a labeled query file (docs/interface.md) with the live engine's encoders."""
     raw = read_queries(query_file)
     base = query_file.parent
     texts = [clean_text(t) if t else "" for t in raw["text"]]

@@ -1,4 +1,4 @@
-"""The `mmsearch` commands of CONTRACT.md, run as real processes against a real MM_HOME."""
+"""The `mmsearch` commands of docs/interface.md, run as real processes against a real MM_HOME."""
 
 from __future__ import annotations
 
