@@ -170,9 +170,7 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
     engine = SearchEngine.live(layout)
     queries = query_set_from_file(engine, query_file)
     if not len(queries):
-        raise UserError(
-            f"{query_file} has no usable labeled query (the format: docs/interface.md)"
-        )
+        raise UserError(f"{query_file} has no usable labeled query (the format: docs/interface.md)")
     trained = set(engine.model_config.get("summary", {}).get("trained_query_keys", []))
     seen = [
         i
