@@ -144,19 +144,47 @@ def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]
 
 
 def command_search(layout: HomeLayout, args) -> dict:
-    from mmsearch.search import SearchEngine
+    from mmsearch.search import SearchEngine, UnknownCategory
 
     if not args.text and not args.image:
         raise UserError("give --text, --image, or both")
     if args.k < 1:
         raise UserError("--k must be at least 1")
     engine = SearchEngine.live(layout)
-    results = engine.search(args.text, args.image, args.k, args.category, args.max_price)
+    try:
+        answer = engine.answer(args.text, args.image, args.k, args.category, args.max_price)
+    except UnknownCategory as error:
+        raise UserError(str(error)) from None
     return {
+        "model_version": engine.model_version,
+        "index_version": engine.release.index_version,
+        **answer,
+    }
+
+
+def command_similar(layout: HomeLayout, args) -> dict:
+    from mmsearch.search import SearchEngine, UnknownCategory, UnknownProduct
+
+    if args.k < 1:
+        raise UserError("--k must be at least 1")
+    engine = SearchEngine.live(layout)
+    try:
+        engine.check_category(args.category)
+        results = engine.similar(args.product_id, args.k, args.category, args.max_price)
+    except (UnknownProduct, UnknownCategory) as error:
+        raise UserError(str(error)) from None
+    return {
+        "product_id": args.product_id,
         "model_version": engine.model_version,
         "index_version": engine.release.index_version,
         "results": results,
     }
+
+
+def command_serve(layout: HomeLayout, host: str, port: int) -> None:
+    from mmsearch.server import serve
+
+    serve(layout, host, port)
 
 
 def command_evaluate(layout: HomeLayout, args) -> dict:
@@ -312,7 +340,9 @@ def command_ui(layout: HomeLayout, port: int) -> None:
 
 
 def _print_human(command: str, result: dict) -> None:
-    if command == "search":
+    if command in ("search", "similar"):
+        if not result["results"]:
+            print("no product matches")
         for rank, hit in enumerate(result["results"], start=1):
             price = "" if hit["price"] is None else f"  {hit['price']:.2f}"
             print(
@@ -390,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also score the queries the live model trained on (left out by default)",
     )
+    similar = add("similar", "products like this one (recommendations), itself excluded")
+    similar.add_argument("product_id")
+    similar.add_argument("--k", type=int, default=10)
+    similar.add_argument("--category")
+    similar.add_argument("--max-price", type=float)
+    serve = add("serve", "serve the HTTP API and the search page from the live release", False)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
     add("status", "what is live")
     quarantine = add("quarantine", "quarantined rows with their reasons")
     quarantine.add_argument("--drop")
@@ -416,6 +454,10 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
         return command_search(layout, args)
     if args.command == "evaluate":
         return command_evaluate(layout, args)
+    if args.command == "similar":
+        return command_similar(layout, args)
+    if args.command == "serve":
+        command_serve(layout, args.host, args.port)
     if args.command == "status":
         return command_status(layout)
     if args.command == "quarantine":
@@ -430,7 +472,7 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (
-        args.command == "search"
+        args.command in ("search", "similar")
         and args.max_price is not None
         and not math.isfinite(args.max_price)
     ):

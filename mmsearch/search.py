@@ -50,6 +50,22 @@ class NothingLive(RuntimeError):
     """No release has been published in this MM_HOME yet."""
 
 
+class UnknownProduct(KeyError):
+    """A product id that is not in the live release."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownCategory(ValueError):
+    """A category filter that matches no live product."""
+
+
+# A candidate whose photo looks at least this much like the product's (perceptual hash) is a
+# near-duplicate of it, not a recommendation.
+NEAR_DUPLICATE_PHOTO = 0.9
+
+
 @dataclass(frozen=True)
 class EncoderSettings:
     """Which local encoders to load; empty paths mean the packaged defaults."""
@@ -220,10 +236,24 @@ class SearchEngine:
         max_price: float | None = None,
     ) -> list[dict]:
         """Ranked products for a query, best first, each with its score and catalog fields."""
+        return self.answer(text, image, k, category, max_price)["results"]
+
+    def answer(
+        self,
+        text: str | None = None,
+        image: str | Path | Image.Image | None = None,
+        k: int = 10,
+        category: str | None = None,
+        max_price: float | None = None,
+    ) -> dict:
+        """`{"results": [...], "facets": {...}}` for a query: the ranked products and the
+        categories and price range of the candidates the ranker chose from. An unknown category
+        is refused (UnknownCategory) naming the known ones."""
         text = clean_text(text) if text else ""
         picture = load_query_image(image) if isinstance(image, (str, Path)) else image
         if not text and picture is None:
             raise ValueError("a search needs --text, --image, or both")
+        self.check_category(category)
         text_feature = self.text_features([text])[0] if text else None
         image_feature = self.image_features([picture])[0] if picture is not None else None
         candidates = self.candidates(
@@ -234,7 +264,8 @@ class SearchEngine:
             photo_hash=perceptual_hash(picture) if picture is not None else None,
         )
         kind = query_kind(bool(text), picture is not None)
-        return [self.describe(row, score) for row, score in self.rank(kind, candidates, k)]
+        results = [self.describe(row, score) for row, score in self.rank(kind, candidates, k)]
+        return {"results": results, "facets": self.facets(candidates.rows)}
 
     def candidates_for(self, queries) -> list[Candidates]:
         """First stage for every query of a QuerySet (`mmsearch.evaluation`)."""
@@ -255,6 +286,74 @@ class SearchEngine:
             )
             for i in range(len(queries))
         ]
+
+    def categories(self) -> dict[str, int]:
+        """Live products per category (as written in the catalog), most first."""
+        counts = self.products["category"].fillna("").value_counts()
+        return {str(name): int(n) for name, n in counts.items() if name}
+
+    def check_category(self, category: str | None) -> None:
+        """Refuse a category filter that no live product has, naming the ones that exist."""
+        if category and not (self._categories == category.strip().casefold()).any():
+            known = ", ".join(list(self.categories())[:30])
+            raise UnknownCategory(f"no live product has category {category!r}; known: {known}")
+
+    def row_of_product(self, product_id: str) -> int:
+        rows = np.flatnonzero(self.products["product_id"].to_numpy() == product_id)
+        if not len(rows):
+            examples = ", ".join(self.products["product_id"].head(5))
+            raise UnknownProduct(
+                f"no live product has id {product_id!r} ({len(self.products):,} live products, "
+                f"e.g. {examples})"
+            )
+        return int(rows[0])
+
+    def similar(
+        self,
+        product_id: str,
+        k: int = 10,
+        category: str | None = None,
+        max_price: float | None = None,
+    ) -> list[dict]:
+        """Products like `product_id`, best first: its own image and text (as stored in the
+        release) as an image+text query through both stages, without the product itself, its
+        near-duplicates (a photo that looks the same, or the same text) and products it shares
+        no retriever candidate with."""
+        row = self.row_of_product(product_id)
+        allowed = self.allowed_rows(category, max_price)
+        allowed = np.ones(len(self.products), bool) if allowed is None else allowed.copy()
+        same_text = self.products["text_sha"].to_numpy() == self.products["text_sha"].iloc[row]
+        allowed &= ~same_text
+        photo = self._photo_hashes[row]
+        image_feature = self.vectors["image"][row] if self._has_image[row] else None
+        candidates = self.candidates(
+            self.vectors["text"][row],
+            image_feature,
+            str(self.products["title"].iloc[row]),
+            allowed,
+            fused_query=self.vectors["fused"][row],
+        )
+        if photo and len(candidates.rows):
+            looks_same = photo_similarity(photo, self._photo_hashes[candidates.rows])
+            keep = looks_same < NEAR_DUPLICATE_PHOTO
+            candidates = Candidates(
+                candidates.rows[keep], {n: v[keep] for n, v in candidates.features.items()}
+            )
+        kind = query_kind(True, image_feature is not None)
+        return [self.describe(r, score) for r, score in self.rank(kind, candidates, k)]
+
+    def facets(self, rows: np.ndarray) -> dict:
+        """Category counts and price range of products (rows), so a page offers filters that
+        exist."""
+        categories = self.products["category"].iloc[rows].fillna("").value_counts()
+        prices = self._prices[rows]
+        prices = prices[np.isfinite(prices)]
+        return {
+            "categories": {str(c): int(n) for c, n in categories.items() if c},
+            "price": (
+                {"min": float(prices.min()), "max": float(prices.max())} if len(prices) else None
+            ),
+        }
 
     def describe(self, row_number: int, score: float) -> dict:
         row = self.products.iloc[row_number]

@@ -1,0 +1,318 @@
+"""`mmsearch serve`: every route, every bad request, the hot swap under load, and the page in a
+real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from conftest import cli_json
+from helpers import picture, png_bytes
+from mmsearch import artifacts, server, warehouse
+from mmsearch.catalog import read_products
+from mmsearch.images import ImageLimits
+from mmsearch.server import LiveSearch, create_app
+from mmsearch.settings import HomeLayout
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def client(built_home):
+    home, _ = built_home
+    with TestClient(create_app(LiveSearch(HomeLayout(home)))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def product_photo(built_home, sample_drop) -> tuple[str, Path]:
+    """A live product with a unique photo, and that photo's file in the drop."""
+    from mmsearch.search import SearchEngine
+
+    engine = SearchEngine.live(HomeLayout(built_home[0]))
+    unique = engine.products.drop_duplicates("image_sha", keep=False)
+    rows = read_products(sample_drop).drop_duplicates("product_id", keep="last")
+    rows = rows[rows["product_id"].isin(set(unique["product_id"]))]
+    for product_id, path in zip(rows["product_id"], rows["image_path"], strict=True):
+        if isinstance(path, str) and (sample_drop / path).is_file():
+            return product_id, sample_drop / path
+    raise AssertionError("no product photo in the sample drop")
+
+
+def _one_line_error(response, status: int) -> str:
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    assert message and "\n" not in message
+    return message
+
+
+def test_health_names_the_live_release(client, built_home):
+    home, run = built_home
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["products"] == run["index_size"]
+    assert health["index_version"] == artifacts.live_release(HomeLayout(home)).index_version
+
+
+def test_text_search_answers_like_the_command_line_with_facets(client, built_home):
+    home, _ = built_home
+    answer = client.get("/api/search", params={"text": "red", "k": 5}).json()
+    command = cli_json(home, "search", "--text", "red", "--k", "5")
+    assert [r["product_id"] for r in answer["results"]] == [
+        r["product_id"] for r in command["results"]
+    ]
+    assert answer["model_version"] == command["model_version"]
+    facets = answer["facets"]
+    assert sum(facets["categories"].values()) >= len(answer["results"])
+    assert facets["price"]["min"] <= facets["price"]["max"]
+    category = answer["results"][0]["category"]
+    filtered = client.get("/api/search", params={"text": "red", "category": category}).json()
+    assert filtered["results"] and {r["category"] for r in filtered["results"]} == {category}
+    assert set(filtered["facets"]["categories"]) == {category}
+
+
+def test_photo_search_finds_the_product_and_takes_text_beside_it(client, product_photo):
+    product_id, path = product_photo
+    with path.open("rb") as photo:
+        answer = client.post("/api/search", files={"image": (path.name, photo)}, data={"k": "3"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["product_id"] == product_id
+    with path.open("rb") as photo:
+        both = client.post(
+            "/api/search", files={"image": (path.name, photo)}, data={"text": "in blue"}
+        )
+    assert both.status_code == 200 and len(both.json()["results"]) == 10
+
+
+def test_similar_products_leave_out_the_product_and_unknown_ids_are_404(client, product_photo):
+    product_id, _ = product_photo
+    answer = client.get(f"/api/products/{product_id}/similar", params={"k": 5}).json()
+    assert answer["product_id"] == product_id and len(answer["results"]) == 5
+    assert product_id not in {r["product_id"] for r in answer["results"]}
+    missing = client.get("/api/products/no-such-product/similar")
+    assert "no-such-product" in _one_line_error(missing, 404)
+
+
+def test_product_image_is_served_by_id_only(client, product_photo):
+    product_id, _ = product_photo
+    image = client.get(f"/api/products/{product_id}/image")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.content[:3] == b"\xff\xd8\xff"
+    _one_line_error(client.get("/api/products/..%2F..%2Fwarehouse.duckdb/image"), 404)
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({}, "give a text"),
+        ({"text": "   "}, "give a text"),
+        ({"text": "red", "k": "0"}, "k must be from 1 to 100"),
+        ({"text": "red", "k": "101"}, "k must be from 1 to 100"),
+        ({"text": "red", "k": "ten"}, "k must be a whole number"),
+        ({"text": "red", "max_price": "cheap"}, "max_price must be a number"),
+        ({"text": "red", "max_price": "-3"}, "max_price must be a finite number >= 0"),
+        ({"text": "red", "category": "spaceships"}, "no live product has category 'spaceships'"),
+    ],
+)
+def test_bad_text_searches_get_400_and_one_line(client, params, fragment):
+    assert fragment in _one_line_error(client.get("/api/search", params=params), 400)
+
+
+def test_unknown_category_lists_the_known_ones(client):
+    message = _one_line_error(client.get("/api/search?text=red&category=nosuch"), 400)
+    known = client.get("/api/search?text=red&k=1").json()["results"][0]["category"]
+    assert "known:" in message and known in message
+
+
+@pytest.mark.parametrize(
+    ("upload", "status", "fragment"),
+    [
+        (b"", 400, "image file is zero bytes"),
+        (b"just some text, not a picture at all", 415, "not a raster image"),
+        (png_bytes(picture())[:300], 400, "image refused"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, 400, "image refused"),
+    ],
+    ids=["empty", "text file", "truncated png", "garbage after a png signature"],
+)
+def test_bad_uploads_are_refused_and_the_server_keeps_serving(client, upload, status, fragment):
+    response = client.post("/api/search", files={"image": ("upload.png", upload)})
+    assert fragment in _one_line_error(response, status)
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_oversized_uploads_and_decompression_bombs_are_refused_before_decoding(
+    built_home, monkeypatch
+):
+    home, _ = built_home
+    app = create_app(LiveSearch(HomeLayout(home)), ImageLimits(max_pixels=10_000))
+    with TestClient(app) as small:
+        bomb = png_bytes(picture(size=(400, 400)))  # 160,000 pixels against a 10,000 cap
+        response = small.post("/api/search", files={"image": ("big.png", bomb)})
+        assert "pixels; refused undecoded" in _one_line_error(response, 413)
+        monkeypatch.setattr(server, "MAX_UPLOAD_BYTES", 1000)
+        response = small.post("/api/search", files={"image": ("big.png", bomb)})
+        assert "larger than" in _one_line_error(response, 413)
+
+
+def test_a_json_body_is_refused_as_the_wrong_content_type(client):
+    response = client.post("/api/search", json={"text": "red"})
+    assert "multipart form" in _one_line_error(response, 415)
+
+
+def test_openapi_document_lists_the_routes(client):
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {
+        "/api/health",
+        "/api/search",
+        "/api/products/{product_id}/similar",
+        "/api/products/{product_id}/image",
+    } <= paths
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RunningServer:
+    """A real uvicorn server on loopback, in a thread."""
+
+    def __init__(self, home: Path):
+        self.port = _free_port()
+        config = uvicorn.Config(
+            create_app(LiveSearch(HomeLayout(home))),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RunningServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def home_copy(built_home, tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("served") / "home"
+    shutil.copytree(built_home[0], copy, ignore=shutil.ignore_patterns("dagster"))
+    return copy
+
+
+def test_a_new_release_is_served_without_a_restart_or_a_failed_request(home_copy):
+    import httpx
+
+    layout = HomeLayout(home_copy)
+    before = artifacts.live_release(layout)
+    failures, answered, stop = [], [], threading.Event()
+
+    def shopper(client: httpx.Client) -> None:
+        while not stop.is_set():
+            response = client.get("/api/search", params={"text": "blue", "k": 5})
+            if response.status_code != 200:
+                failures.append(response.text)
+            else:
+                answered.append(response.json()["index_version"])
+
+    with RunningServer(home_copy) as running:
+        clients = [httpx.Client(base_url=running.url, timeout=30) for _ in range(4)]
+        threads = [threading.Thread(target=shopper, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        from mmsearch.releases import build_release
+
+        with warehouse.connect(layout.warehouse) as con:
+            after = build_release(con, layout, before.model_version)
+        artifacts.publish(layout, after)
+        deadline = time.monotonic() + 30
+        while after.index_version not in answered[-4:] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        health = clients[0].get("/api/health").json()
+    assert not failures, failures[:3]
+    assert before.index_version in answered and answered[-1] == after.index_version
+    assert health["index_version"] == after.index_version
+    assert len(answered) > 20
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs it)")
+def test_the_search_page_in_a_real_browser(home_copy, product_photo, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    _, photo = product_photo
+    # MM_SCREENSHOT_DIR=docs keeps the screenshot the README shows.
+    screenshots = Path(os.environ.get("MM_SCREENSHOT_DIR", tmp_path))
+    with RunningServer(home_copy) as running, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(running.url)
+        expect(page.locator("#release")).to_contain_text("products")
+
+        page.fill("#text", "red")
+        page.click("button[type=submit]")
+        cards = page.locator(".card")
+        expect(cards.first).to_be_visible()
+        assert cards.count() == 10
+        expect(page.locator("#message")).to_contain_text("Results for")
+        first_image = cards.first.locator("img")
+        assert first_image.evaluate("img => img.complete && img.naturalWidth > 0")
+
+        category = cards.first.locator(".category").inner_text()
+        page.select_option("#category", category)
+        expect(page.locator("#message")).to_contain_text("Results for")
+        page.wait_for_function(
+            "c => [...document.querySelectorAll('.card .category')]"
+            ".every(e => e.textContent === c)",
+            arg=category,
+        )
+        page.wait_for_function("[...document.images].every(i => i.complete)")
+        page.screenshot(path=str(screenshots / "search-page.png"))
+
+        page.select_option("#category", "")
+        page.fill("#text", "")
+        page.set_input_files("#image", str(photo))
+        page.click("button[type=submit]")
+        expect(page.locator("#message")).to_contain_text("your photo")
+        top = page.locator(".card").first
+        top_title = top.locator(".title").inner_text()
+        top.locator(".more-like-this").click()
+        expect(page.locator("#message")).to_contain_text(f"More like “{top_title}”")
+        expect(page.locator(".card").first).to_be_visible()
+
+        page.fill("#max-price", "0.001")
+        page.fill("#text", "red")
+        page.click("#clear-image")
+        page.click("button[type=submit]")
+        expect(page.locator("#message")).to_contain_text("No product matches")
+
+        page.goto(f"{running.url}/?")
+        page.fill("#text", "red")
+        page.fill("#max-price", "")
+        page.evaluate("document.getElementById('category').add(new Option('nosuch', 'nosuch'))")
+        page.select_option("#category", "nosuch")
+        expect(page.locator("#message")).to_contain_text("no live product has category")
+        browser.close()
