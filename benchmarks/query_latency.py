@@ -62,6 +62,8 @@ def grow_release(layout, size: int, plan=None):
     products["product_id"] = [f"{pid}-{i}" for i, pid in enumerate(products["product_id"])]
     products["position"] = np.arange(size, dtype=np.int64)
     built, report = build_index(grown, plan=plan)
+    positions = np.arange(size, dtype=np.int64)
+    with_image = products["image_sha"].fillna("").astype(str).ne("").to_numpy()
     version = artifacts.new_version("index", f"bench-{size}-{report.plan.kind}")
     release = artifacts.save_release(
         layout,
@@ -71,6 +73,10 @@ def grow_release(layout, size: int, plan=None):
         products,
         index_type(built),
         vectors,
+        {
+            "text": build_index(vectors["text"])[0],
+            "image": build_index(vectors["image"][with_image], ids=positions[with_image])[0],
+        },
         LexicalIndex.build(
             [
                 f"{t}. {c} {i}"

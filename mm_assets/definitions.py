@@ -7,7 +7,15 @@ from dagster import (
     load_assets_from_modules,
 )
 
-from mm_assets import cleaning, evaluation, features, indexing, ingestion, training
+from mm_assets import (
+    cleaning,
+    evaluation,
+    features,
+    indexing,
+    ingestion,
+    recommendations,
+    training,
+)
 from mm_assets.jobs import (
     ingest_and_refresh_job,
     ingest_drop_job,
@@ -20,7 +28,7 @@ from sensors.drops import catalog_drop_sensor, refresh_after_ingest
 from sensors.retrain import retrain_when_catalog_moved
 from sensors.schedules import nightly_retrain
 
-STAGES = [ingestion, cleaning, features, training, indexing, evaluation]
+STAGES = [ingestion, cleaning, features, training, indexing, evaluation, recommendations]
 
 
 def build_definitions(mm_home: str | None = None, **settings) -> Definitions:

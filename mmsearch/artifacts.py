@@ -29,6 +29,8 @@ LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
 # Per-product vectors a release keeps beside its index, rows aligned with products.parquet:
 # the fused embeddings (exact re-scoring) and the raw encoder features (the raw retrievers).
 VECTOR_FILES = {"fused": "fused.npy", "text": "text.npy", "image": "image.npy"}
+# The raw encoders' own FAISS indexes (ids: the same stable positions as the fused index).
+RETRIEVER_INDEX_FILES = {"text": "text.faiss", "image": "image.faiss"}
 
 
 def utc_now() -> datetime:
@@ -98,6 +100,9 @@ class Release:
             )
         return np.load(path).astype(np.float32)
 
+    def load_retriever_index(self, name: str):
+        return load_index(self.folder / RETRIEVER_INDEX_FILES[name])
+
     def load_lexical(self) -> LexicalIndex:
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
 
@@ -119,18 +124,22 @@ def save_release(
     products: pd.DataFrame,
     index_type: str,
     vectors: dict[str, np.ndarray],
+    retriever_indexes: dict[str, object],
     lexical: LexicalIndex,
     ranker: Ranker,
     extra: dict | None = None,
 ) -> Release:
     """Write an index, its id -> product table, the products' vectors (`VECTOR_FILES`, stored as
-    float16), the lexical index, the ranker and a manifest (plus `extra`); not yet live."""
+    float16), the raw encoders' indexes, the lexical index, the ranker and a manifest (plus
+    `extra`); not yet live."""
     folder = layout.indexes / index_version
     folder.mkdir(parents=True, exist_ok=True)
     save_index(index, folder / INDEX_FILE)
     products.reset_index(drop=True).to_parquet(folder / INDEX_PRODUCTS, index=False)
     for name, file_name in VECTOR_FILES.items():
         np.save(folder / file_name, np.asarray(vectors[name], dtype=np.float16))
+    for name, file_name in RETRIEVER_INDEX_FILES.items():
+        save_index(retriever_indexes[name], folder / file_name)
     lexical.save(folder / LEXICAL_DIR)
     _write_json_atomically(folder / RANKER_FILE, ranker.to_dict())
     manifest = {

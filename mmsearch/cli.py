@@ -355,6 +355,11 @@ def _print_human(command: str, result: dict) -> None:
         print(f"run {result['run_id']}: {assets}")
         print(f"rows: {result['rows']}")
         print(f"live model {result['model_version']}, index size {result['index_size']}")
+        release = result.get("release") or {}
+        if release.get("promoted") is False:
+            print(
+                f"new model {release['model_version']} not promoted: {release['promotion_reason']}"
+            )
         if result.get("evaluation"):
             print(_evaluation_text(result["evaluation"]))
         for search in result.get("sample_searches", []):

@@ -114,7 +114,8 @@ def pseudo_query_set(catalog, rows: np.ndarray, own_photos: bool = False) -> Que
             has_image[i] = True
         texts.append(text)
         shas.append(None)
-        phashes.append(own_hashes[row] if source == "own" else None)
+        own = own_hashes[row] if source == "own" else None
+        phashes.append(own if isinstance(own, str) and own else None)
     relevance = []
     for _, kind, row, style, _ in records:
         product = catalog.products.iloc[row]

@@ -93,7 +93,11 @@ def _without_self(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def tune_nprobe(
-    index: faiss.Index, vectors: np.ndarray, target: float = TARGET_RECALL, seed: int = 0
+    index: faiss.Index,
+    vectors: np.ndarray,
+    target: float = TARGET_RECALL,
+    seed: int = 0,
+    ids: np.ndarray | None = None,
 ) -> tuple[int, float, int]:
     """The smallest nprobe reaching `target` recall@10 on "similar products" queries.
 
@@ -104,13 +108,14 @@ def tune_nprobe(
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(vectors), size=min(TUNING_QUERIES, len(vectors)), replace=False)
     queries = np.ascontiguousarray(vectors[rows])
+    ids = np.arange(len(vectors), dtype=np.int64) if ids is None else ids
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
-    truth = _without_self(exact.search(queries, RECALL_K + 1)[1], rows)
+    truth = _without_self(ids[exact.search(queries, RECALL_K + 1)[1]], ids[rows])
     nprobe, recall = 1, 0.0
     while True:
         index.nprobe = nprobe
-        found = _without_self(index.search(queries, RECALL_K + 1)[1], rows)
+        found = _without_self(index.search(queries, RECALL_K + 1)[1], ids[rows])
         recall = recall_at_k(found, truth)
         if recall >= target or nprobe >= index.nlist:
             return nprobe, recall, len(rows)
@@ -121,13 +126,15 @@ def build_index(
     embeddings: np.ndarray,
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
     plan: IndexPlan | None = None,
+    ids: np.ndarray | None = None,
 ) -> tuple[faiss.Index, IndexReport]:
-    """An inner-product index over `embeddings` (ids = row positions) and what was chosen."""
+    """An inner-product index over `embeddings` (ids: `ids`, default the row positions) and
+    what was chosen."""
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, dim = vectors.shape
     plan = plan or choose_index(n, dim, memory_budget_mb)
     index = _empty_index(plan, dim)
-    ids = np.arange(n, dtype=np.int64)
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, np.int64)
     if plan.kind == "flat":
         index.add_with_ids(vectors, ids)
         return index, IndexReport(plan, 0, 1.0, 0)
@@ -135,7 +142,7 @@ def build_index(
     sample = vectors[rng.choice(n, size=min(n, TRAINING_PER_LIST * plan.nlist), replace=False)]
     index.train(sample)
     index.add_with_ids(vectors, ids)
-    nprobe, recall, queries = tune_nprobe(index, vectors)
+    nprobe, recall, queries = tune_nprobe(index, vectors, ids=ids)
     index.nprobe = nprobe
     return index, IndexReport(plan, nprobe, round(recall, 4), queries)
 

@@ -99,7 +99,17 @@ def _content(frame: pd.DataFrame) -> pd.Series:
 
 
 def _save(
-    layout, con, model_version, index, products, vectors, documents, ranker, fingerprint, extra
+    layout,
+    con,
+    model_version,
+    index,
+    products,
+    vectors,
+    retriever_indexes,
+    documents,
+    ranker,
+    fingerprint,
+    extra,
 ) -> artifacts.Release:
     index_version = artifacts.new_version("index", fingerprint)
     lexical = LexicalIndex.build(list(documents))
@@ -111,6 +121,7 @@ def _save(
         products,
         index_type(index),
         vectors,
+        retriever_indexes,
         lexical,
         ranker,
         extra,
@@ -189,6 +200,13 @@ def build_release(
         position=np.arange(len(catalog.products), dtype=np.int64)
     )
     vectors = {"fused": fused, "text": catalog.text_features, "image": catalog.image_features}
+    positions, with_image = products["position"].to_numpy(), catalog.has_image
+    retriever_indexes = {
+        "text": build_index(catalog.text_features, memory_budget_mb, ids=positions)[0],
+        "image": build_index(
+            catalog.image_features[with_image], memory_budget_mb, ids=positions[with_image]
+        )[0],
+    }
     fingerprint = json.dumps([model_version, sorted(catalog.products["text_sha"])])
     extra = {"mode": "full", "promoted": False, "index": report.to_dict()}
     release = _save(
@@ -198,6 +216,7 @@ def build_release(
         index,
         products,
         vectors,
+        retriever_indexes,
         catalog.products["document"],
         Ranker.default(),
         fingerprint,
@@ -221,7 +240,10 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         return None
     try:
         previous_vectors = {name: live.load_vectors(name) for name in artifacts.VECTOR_FILES}
-    except FileNotFoundError:
+        retriever_indexes = {
+            name: live.load_retriever_index(name) for name in artifacts.RETRIEVER_INDEX_FILES
+        }
+    except (FileNotFoundError, RuntimeError):
         return None
     model, config = artifacts.load_model(layout, live.model_version)
     encoders = config["encoders"]
@@ -240,7 +262,9 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
             return ReleaseOutcome(live, "unchanged", 0, 0, True, "nothing changed")
     index = live.load_index()
     if len(removed):
-        index.remove_ids(np.ascontiguousarray(removed["position"], dtype=np.int64))
+        gone = np.ascontiguousarray(removed["position"], dtype=np.int64)
+        for each in (index, *retriever_indexes.values()):
+            each.remove_ids(gone)
     positions = dict(zip(_content(previous), previous["position"].astype(np.int64), strict=True))
     source_row = {key: ("previous", row) for row, key in enumerate(_content(previous))}
     next_position = int(previous["position"].to_numpy().max(initial=-1)) + 1
@@ -252,6 +276,10 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         fused = _embed(model, catalog)
         new_positions = np.arange(next_position, next_position + len(catalog.products))
         index.add_with_ids(np.ascontiguousarray(fused, dtype=np.float32), new_positions)
+        retriever_indexes["text"].add_with_ids(catalog.text_features, new_positions)
+        retriever_indexes["image"].add_with_ids(
+            catalog.image_features[catalog.has_image], new_positions[catalog.has_image]
+        )
         positions.update(zip(_content(catalog.products), new_positions, strict=True))
         source_row.update(
             {key: ("added", row) for row, key in enumerate(_content(catalog.products))}
@@ -287,6 +315,7 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         index,
         products,
         vectors,
+        retriever_indexes,
         current["document"],
         live.load_ranker(),
         fingerprint,

@@ -103,13 +103,19 @@ class SearchEngine:
         self.index = release.load_index()
         self.products = release.load_products()
         self.vectors = {name: release.load_vectors(name) for name in artifacts.VECTOR_FILES}
+        self.retriever_indexes = {
+            name: release.load_retriever_index(name) for name in artifacts.RETRIEVER_INDEX_FILES
+        }
         self.lexical = release.load_lexical()
         self.ranker = release.load_ranker()
         self._has_image = self.products["image_sha"].fillna("").astype(str).ne("").to_numpy()
-        self._photo_hashes = (
-            self.products["image_phash"].to_numpy(dtype=object)
+        hashes = (
+            self.products["image_phash"]
             if "image_phash" in self.products
-            else np.full(len(self.products), None, dtype=object)
+            else pd.Series([None] * len(self.products))
+        )
+        self._photo_hashes = np.array(
+            [h if isinstance(h, str) and h else None for h in hashes], dtype=object
         )
         # Index ids are stable positions (an incremental release leaves gaps); map them to rows.
         self._ids = (
@@ -168,6 +174,14 @@ class SearchEngine:
             keep &= np.nan_to_num(self._prices, nan=math.inf) <= max_price
         return keep
 
+    def _recall(self, name: str, query: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+        """Rows of a raw encoder index's top `CANDIDATES` among the allowed positions."""
+        index = self.retriever_indexes[name]
+        if not index.ntotal:
+            return np.zeros(0, dtype=np.int64)
+        _, hits = search_index(index, query[None], CANDIDATES, positions)
+        return self._row_of[hits[0][hits[0] >= 0]]
+
     def _top(self, scores: np.ndarray, allowed: np.ndarray) -> np.ndarray:
         scores = np.where(allowed, scores, -np.inf)
         depth = min(CANDIDATES, int(allowed.sum()))
@@ -196,19 +210,22 @@ class SearchEngine:
         _, hits = search_index(self.index, fused_query[None], CANDIDATES, positions)
         pools.append(self._row_of[hits[0][hits[0] >= 0]])
         if text_feature is not None:
-            scores[RAW_TEXT] = self.vectors["text"] @ text_feature
-            pools.append(self._top(scores[RAW_TEXT], allowed))
+            pools.append(self._recall("text", text_feature, positions))
             scores[LEXICAL], coverage = (
                 self.lexical.scores(text) if text else (np.zeros(len(self.products)), 0.0)
             )
             pools.append(self._top(scores[LEXICAL], allowed & (scores[LEXICAL] > 0)))
         if image_feature is not None:
-            scores[RAW_IMAGE] = np.where(self._has_image, self.vectors["image"] @ image_feature, 0)
-            pools.append(self._top(scores[RAW_IMAGE], allowed & self._has_image))
+            pools.append(self._recall("image", image_feature, positions))
         rows = np.unique(np.concatenate(pools)).astype(np.int64)
         features = {FUSED: self.vectors["fused"][rows] @ fused_query}
-        for name, values in scores.items():
-            features[name] = values[rows]
+        if text_feature is not None:
+            features[RAW_TEXT] = self.vectors["text"][rows] @ text_feature
+            features[LEXICAL] = scores[LEXICAL][rows]
+        if image_feature is not None:
+            features[RAW_IMAGE] = np.where(
+                self._has_image[rows], self.vectors["image"][rows] @ image_feature, 0.0
+            )
         if LEXICAL in features and features[LEXICAL].max(initial=0) > 0:
             features[LEXICAL] = coverage * features[LEXICAL] / features[LEXICAL].max()
         if image_feature is not None:

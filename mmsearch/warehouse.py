@@ -99,6 +99,14 @@ CREATE TABLE IF NOT EXISTS image_text_mismatches (
     own_text_rank INTEGER NOT NULL,
     z_score DOUBLE NOT NULL
 );
+CREATE TABLE IF NOT EXISTS product_recommendations (
+    model_version VARCHAR NOT NULL,
+    product_id VARCHAR NOT NULL,
+    content VARCHAR NOT NULL,           -- text and image hash the list was computed for
+    rank INTEGER NOT NULL,
+    neighbour_id VARCHAR NOT NULL,
+    score DOUBLE NOT NULL
+);
 CREATE TABLE IF NOT EXISTS row_outcomes (
     drop_name VARCHAR NOT NULL,
     row_number INTEGER NOT NULL,

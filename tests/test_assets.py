@@ -45,6 +45,7 @@ PYTHON_ASSETS = {
     "product_index",
     "image_text_consistency",
     "search_evaluation",
+    "product_recommendations",
 }
 SQL_MODELS = {
     "stg_products",

@@ -174,6 +174,24 @@ def test_only_new_and_changed_content_is_encoded(changed_home):
     assert _metadata(instance, "fusion_model")["trained"] is False
 
 
+def test_recommendations_are_recomputed_only_where_the_catalog_changed(changed_home):
+    home, _, second, changes, _ = changed_home
+    metadata = _metadata(_home_instance(home), "product_recommendations")
+    touched = {row["product_id"] for key in ("new", "retitled", "reimaged") for row in changes[key]}
+    assert metadata["mode"] == "incremental"
+    assert len(touched) <= metadata["lists_recomputed"] < second["index_size"] / 2
+    assert metadata["lists_kept"] + metadata["lists_recomputed"] == second["index_size"]
+    with warehouse.connect(HomeLayout(home).warehouse, read_only=True) as con:
+        lists = con.execute(
+            "SELECT product_id, count(*), count(*) FILTER (WHERE neighbour_id = product_id), "
+            "max(model_version) FROM product_recommendations GROUP BY product_id"
+        ).fetchall()
+        live = {row[0] for row in con.execute("SELECT product_id FROM training_pairs").fetchall()}
+    assert {row[0] for row in lists} == live and touched <= live
+    assert all(n == 10 and itself == 0 for _, n, itself, _ in lists)
+    assert {model for *_, model in lists} == {second["model_version"]}
+
+
 def test_a_refresh_with_nothing_changed_publishes_nothing_new(changed_home):
     home, _, second, _, _ = changed_home
     layout = HomeLayout(home)

@@ -94,6 +94,29 @@ def test_evaluate_scores_a_labeled_query_file(built_home, sample_drop):
     assert result["significance"]["overall"]["best_retriever"] in result["retrievers"]
 
 
+def test_similar_leaves_out_the_product_and_names_unknown_ids(built_home):
+    home, _ = built_home
+    first = cli_json(home, "search", "--text", "blue", "--k", "1")["results"][0]
+    similar = cli_json(home, "similar", first["product_id"], "--k", "5")
+    assert similar["product_id"] == first["product_id"] and len(similar["results"]) == 5
+    assert first["product_id"] not in {r["product_id"] for r in similar["results"]}
+    same_category = cli_json(home, "similar", first["product_id"], "--category", first["category"])[
+        "results"
+    ]
+    assert same_category and {r["category"] for r in same_category} == {first["category"]}
+    unknown = run_cli(home, "similar", "no-such-id", check=False)
+    assert unknown.returncode != 0
+    assert "no live product has id 'no-such-id'" in unknown.stderr.strip().splitlines()[-1]
+
+
+def test_an_unknown_category_says_so_and_lists_the_known_ones(built_home):
+    home, _ = built_home
+    known = cli_json(home, "search", "--text", "blue", "--k", "1")["results"][0]["category"]
+    result = run_cli(home, "search", "--text", "blue", "--category", "nosuch", check=False)
+    message = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and "'nosuch'" in message and known in message
+
+
 def test_evaluate_leaves_out_the_queries_the_model_trained_on(built_home, sample_drop):
     home, _ = built_home
     query_file = str(sample_drop / "queries.jsonl")

@@ -278,8 +278,11 @@ def test_the_search_page_in_a_real_browser(home_copy, product_photo, tmp_path):
         expect(cards.first).to_be_visible()
         assert cards.count() == 10
         expect(page.locator("#message")).to_contain_text("Results for")
-        first_image = cards.first.locator("img")
-        assert first_image.evaluate("img => img.complete && img.naturalWidth > 0")
+        # The first result's picture is really served and decoded.
+        page.wait_for_function(
+            "() => { const i = document.querySelector('.card img');"
+            " return i.complete && i.naturalWidth > 0; }"
+        )
 
         category = cards.first.locator(".category").inner_text()
         page.select_option("#category", category)

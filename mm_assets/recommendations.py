@@ -1,0 +1,42 @@
+"""Stage 7: each live product's similar products, stored for shops that export them."""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from mm_assets.indexing import product_index
+from mmsearch.artifacts import live_release
+from mmsearch.recommendations import COLUMNS, update_recommendations
+from mmsearch.search import SearchEngine
+from mmsearch.warehouse import query_df, replace_rows
+from resources import WarehouseResource
+
+
+@asset(
+    deps=[product_index],
+    group_name="recommendations",
+    pool="warehouse",
+    kinds={"duckdb"},
+    description="The 10 most similar products of every live product (the live release's "
+    "`similar`: the product itself and its near-duplicates left out), recomputed only for new "
+    "or changed products and for lists that name a removed or changed one.",
+)
+def product_recommendations(
+    context: AssetExecutionContext, warehouse: WarehouseResource
+) -> MaterializeResult:
+    release = live_release(warehouse.layout)
+    engine = SearchEngine.of(warehouse.layout, release)
+    with warehouse.connect() as con:
+        previous = query_df(con, f"SELECT {', '.join(COLUMNS)} FROM product_recommendations")
+        update = update_recommendations(engine, previous)
+        replace_rows(con, "product_recommendations", update.table)
+    sample = update.table[update.table["rank"] <= 3].head(30)
+    return MaterializeResult(
+        metadata={
+            "mode": update.mode,
+            "lists_recomputed": update.recomputed,
+            "lists_kept": update.kept,
+            "lists_dropped": update.dropped,
+            "dagster/row_count": len(update.table),
+            "model_version": release.model_version,
+            "sample": MetadataValue.md(sample.to_markdown(index=False) if len(sample) else "none"),
+        }
+    )
