@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/sample_pipeline.py [--products 1500] [--home /tmp/bench_home]
 
-Quality: the fusion model against the raw pretrained text-only and image-only baselines, all
-scored in this run on the same held-out labeled queries. Speed: a cold `mmsearch run` against a
+Quality: the ranker beside every retriever alone (fused, raw text, raw image, BM25), all scored
+in this run on the same held-out labeled queries. Speed: a cold `mmsearch run` against a
 second run on the unchanged catalog (which should do nothing).
 """
 
