@@ -282,6 +282,9 @@ def command_quarantine(layout: HomeLayout, drop: str | None) -> dict:
     if not layout.warehouse.exists():
         return {"rows": []}
     with warehouse.connect(layout.warehouse, read_only=True) as con:
+        drops = [name for (name,) in con.execute("SELECT name FROM drops ORDER BY seq").fetchall()]
+        if drop is not None and drop not in drops:
+            raise UserError(f"no drop is named {drop!r}; drops: {', '.join(drops) or 'none yet'}")
         rows = con.execute(
             "SELECT q.drop_name, q.row_number, q.product_id, q.reason_code, q.reason FROM quarantine q "
             "JOIN drops d ON d.name = q.drop_name WHERE ? IS NULL OR q.drop_name = ? "
@@ -375,13 +378,69 @@ def _print_human(command: str, result: dict) -> None:
             _print_human("search", search)
     elif command == "ingest":
         print(result["drop"])
+    elif command == "status":
+        print(
+            f"{result['products']:,} live products, {result['quarantined']:,} quarantined rows; "
+            f"model {result['model_version'] or 'none'}, index {result['index']['type'] or 'none'} "
+            f"({result['index']['size']:,} products)"
+        )
+        if result["drops"]:
+            print(
+                _table(
+                    result["drops"],
+                    ["name", "status", "rows", "live", "replaced", "quarantined", "deleted"],
+                )
+            )
+    elif command == "evaluate":
+        print(_evaluate_text(result))
+    elif command == "rollback":
+        print(
+            f"live: model {result['model_version']}, index {result['index_version']} "
+            f"(was model {result['previous_model_version']})"
+        )
     elif command == "quarantine":
+        if not result["rows"]:
+            print("no quarantined rows")
         for row in result["rows"]:
             print(
                 f"{row['drop']}:{row['row']}  {row['product_id']}  {row['reason_code']}: {row['reason']}"
             )
     else:
         print(json.dumps(result, indent=2, default=str))
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    """A plain text table of `columns` of `rows`, for people."""
+    cells = [
+        [str(row.get(c, "") if row.get(c) is not None else "-") for c in columns] for row in rows
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def _evaluate_text(result: dict) -> str:
+    """MRR per query kind of the ranker and each retriever, and what was scored."""
+    methods = {"ranker": result, **result["retrievers"]}
+    rows = []
+    for kind in [*sorted(result["by_kind"]), "overall"]:
+        row = {"kind": kind}
+        for name, summary in methods.items():
+            metrics = summary["overall"] if kind == "overall" else summary["by_kind"].get(kind)
+            row[name] = f"{metrics['mrr']:.3f}" if metrics and metrics["n"] else None
+        own = result["overall"] if kind == "overall" else result["by_kind"][kind]
+        row["n"] = own["n"]
+        test = result["significance"].get(kind, {})
+        row["p vs best"] = f"{test['p_value']:.3f} ({test['best_retriever']})" if test else None
+        rows.append(row)
+    queries = result["queries"]
+    return (
+        f"MRR on {queries['scored']} of the file's {queries['in_file']} queries "
+        f"({queries['trained_on']} the live model trained on "
+        f"{'included' if queries['trained_on_included'] else 'left out'}):\n"
+        + _table(rows, ["kind", "n", *methods, "p vs best"])
+    )
 
 
 def _evaluation_text(rows: list[dict]) -> str:

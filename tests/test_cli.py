@@ -117,6 +117,18 @@ def test_an_unknown_category_says_so_and_lists_the_known_ones(built_home):
     assert result.returncode != 0 and "'nosuch'" in message and known in message
 
 
+def test_commands_print_tables_for_people_and_name_unknown_drops(built_home, sample_drop):
+    home, run = built_home
+    status = run_cli(home, "status").stdout
+    assert status.startswith(f"{run['index_size']:,} live products") and "{" not in status
+    assert "quarantined" in status.splitlines()[1] and "sample" in status
+    evaluate = run_cli(home, "evaluate", "--queries", str(sample_drop / "queries.jsonl")).stdout
+    assert evaluate.startswith("MRR on ") and "ranker" in evaluate and "{" not in evaluate
+    unknown = run_cli(home, "quarantine", "--drop", "nosuch", check=False)
+    message = unknown.stderr.strip().splitlines()[-1]
+    assert unknown.returncode != 0 and "'nosuch'" in message and "drops: sample" in message
+
+
 def test_evaluate_leaves_out_the_queries_the_model_trained_on(built_home, sample_drop):
     home, _ = built_home
     query_file = str(sample_drop / "queries.jsonl")
