@@ -118,8 +118,14 @@ def _execute(
     defs, instance, job_name, summary: RunSummary, what: str, tags=None, partition_key=None
 ) -> None:
     """Run one job in process, add its step timings to `summary`, raise if it failed."""
+    # Dagster's console log at MM_LOG_LEVEL (default WARNING; `mmsearch -v` asks for more).
+    level = os.environ.get("MM_LOG_LEVEL", "WARNING").upper()
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, raise_on_error=False, tags=tags, partition_key=partition_key
+        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        instance=instance,
+        raise_on_error=False,
+        tags=tags,
+        partition_key=partition_key,
     )
     summary.run_ids.append(result.run_id)
     steps = _step_seconds(instance, result.run_id)

@@ -454,6 +454,13 @@ def _evaluation_text(rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsearch", description="Multimodal product search")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show Dagster's run log (-v: info, -vv: debug); quiet (warnings) by default",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
@@ -535,6 +542,8 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ["MM_LOG_LEVEL"] = "DEBUG" if args.verbose > 1 else "INFO"
     if (
         args.command in ("search", "similar")
         and args.max_price is not None

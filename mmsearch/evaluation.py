@@ -12,6 +12,7 @@ test queries than `MIN_LABELED` is scored on pseudo-queries of its `test` produc
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -283,6 +284,22 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# Products of a held-out split whose pseudo-queries are scored: enough for a paired test, few
+# enough that scoring a release after every catalog update stays a matter of seconds.
+MAX_HELD_OUT_PRODUCTS = 200
+
+
+def held_out_products(catalog, split: str, limit: int = MAX_HELD_OUT_PRODUCTS) -> np.ndarray:
+    """Rows of up to `limit` products of `split`: those first by a hash of their id, so the
+    set stays the same as the catalog grows, except for new products that hash lower."""
+    rows = np.flatnonzero(catalog.buckets() == split)
+    if len(rows) <= limit:
+        return rows
+    ids = catalog.products["product_id"].to_numpy()[rows]
+    order = sorted(range(len(rows)), key=lambda i: hashlib.sha256(ids[i].encode()).digest())
+    return np.sort(rows[order[:limit]])
+
+
 def held_out_queries(
     con, catalog, split: str, image_id: str, text_id: str, both: bool = False
 ) -> tuple[str, QuerySet]:
@@ -295,8 +312,7 @@ def held_out_queries(
     labeled = load_query_split(con, split, catalog, image_id, text_id)
     if len(labeled) >= MIN_LABELED and not both:
         return f"labeled queries ({split} split)", labeled
-    rows = np.flatnonzero(catalog.buckets() == split)
-    pseudo = pseudo_query_set(catalog, rows)
+    pseudo = pseudo_query_set(catalog, held_out_products(catalog, split))
     if not len(labeled):
         return f"pseudo-queries of {split} products", pseudo
     return f"labeled queries and pseudo-queries ({split} split)", concatenate(labeled, pseudo)

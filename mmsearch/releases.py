@@ -398,7 +398,12 @@ def release_model(
             prune_versions(layout, keep)
             return outcome
     candidate = build_release(con, layout, model_version, memory_budget_mb)
-    decision = promotion_gate(con, layout, candidate, live, tolerance)
+    if live is not None and live.model_version == model_version:
+        # The live model's release predates the current release files: a rebuild, not a model
+        # change, so there is nothing for the gate to compare.
+        decision = GateDecision(True, "same model, release rebuilt in the current format")
+    else:
+        decision = promotion_gate(con, layout, candidate, live, tolerance)
     if decision.promoted:
         _go_live(con, layout, candidate)
     artifacts.update_manifest(

@@ -61,6 +61,10 @@ class UnknownCategory(ValueError):
     """A category filter that matches no live product."""
 
 
+class BadQuery(ValueError):
+    """A query this release cannot answer, e.g. a photo when no product has one."""
+
+
 # A candidate whose photo looks at least this much like the product's (perceptual hash) is a
 # near-duplicate of it, not a recommendation.
 NEAR_DUPLICATE_PHOTO = 0.9
@@ -269,7 +273,9 @@ class SearchEngine:
         text = clean_text(text) if text else ""
         picture = load_query_image(image) if isinstance(image, (str, Path)) else image
         if not text and picture is None:
-            raise ValueError("a search needs --text, --image, or both")
+            raise BadQuery("a search needs --text, --image, or both")
+        if picture is not None and not self._has_image.any():
+            raise BadQuery("no live product has a photo to compare a photo with; search by text")
         self.check_category(category)
         text_feature = self.text_features([text])[0] if text else None
         image_feature = self.image_features([picture])[0] if picture is not None else None

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from mmsearch.images import ImageLimits, ImageRejected, decode_image
-from mmsearch.search import NothingLive, SearchEngine, UnknownCategory, UnknownProduct
+from mmsearch.search import BadQuery, NothingLive, SearchEngine, UnknownCategory, UnknownProduct
 from mmsearch.settings import HomeLayout
 
 MAX_K = 100
@@ -159,6 +159,10 @@ def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, 400)
 
+    @app.exception_handler(BadQuery)
+    async def bad_query(request: Request, error: BadQuery) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=400)
+
     @app.exception_handler(NothingLive)
     async def nothing_live(request: Request, error: NothingLive) -> JSONResponse:
         return JSONResponse({"error": str(error)}, status_code=503)
@@ -265,7 +269,13 @@ def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI
 
 def serve(layout: HomeLayout, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until stopped (Ctrl-C)."""
+    import faiss
+    import torch
     import uvicorn
 
+    # Many requests at once: one thread each (encoders, FAISS) uses the cores better than every
+    # request spreading over all of them and waiting on the others.
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(create_app(LiveSearch(layout)), host=host, port=port, log_level="warning")

@@ -245,7 +245,8 @@ def test_a_run_killed_in_training_leaves_the_live_version_serving(changed_home):
     models_before = sorted(p.name for p in (home / "artifacts" / "models").iterdir())
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "mmsearch.cli", "run", "--retrain"],
+        # -vv: Dagster's debug log says when each step starts.
+        [sys.executable, "-m", "mmsearch.cli", "-vv", "run", "--retrain"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -224,3 +224,21 @@ def test_rollback_makes_the_earlier_release_live_again(tmp_path):
     assert cli_json(home, "status")["model_version"] == second["model_version"]
     unknown = run_cli(home, "rollback", "model-nope", check=False)
     assert unknown.returncode != 0 and "model-nope" in unknown.stderr
+
+
+def test_a_catalog_without_photos_is_searched_by_text_and_refuses_photo_queries(tmp_path):
+    home = tmp_path / "home"
+    rows = [
+        {"product_id": f"t{i}", "title": f"{colour} wool scarf {i}", "category": "scarf"}
+        for i, colour in enumerate(["red", "blue", "green", "grey", "black", "white"] * 3)
+    ]
+    run_cli(home, "ingest", str(write_drop(tmp_path / "text-only", rows)))
+    run = cli_json(home, "run")
+    assert run["index_size"] == len(rows)
+    hits = cli_json(home, "search", "--text", "green wool scarf", "--k", "3")["results"]
+    assert hits and "green" in hits[0]["title"]
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png_bytes(picture()))
+    refused = run_cli(home, "search", "--image", str(photo), check=False)
+    assert refused.returncode != 0
+    assert "no live product has a photo" in refused.stderr.strip().splitlines()[-1]

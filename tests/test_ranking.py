@@ -242,3 +242,28 @@ def test_the_gate_refuses_a_candidate_it_cannot_compare(built_home, tmp_path):
         refused = promotion_gate(con, layout, candidate, live)
     assert not refused.promoted
     assert refused.reason.startswith("not compared: the live release cannot be loaded")
+
+
+def test_a_release_from_before_the_two_stage_files_is_rebuilt_with_the_same_model(
+    built_home, tmp_path
+):
+    import shutil
+
+    from mmsearch import artifacts, warehouse
+    from mmsearch.releases import release_model
+    from mmsearch.search import SearchEngine
+    from mmsearch.settings import HomeLayout
+
+    copy = tmp_path / "home"
+    shutil.copytree(built_home[0], copy, ignore=shutil.ignore_patterns("dagster"))
+    layout = HomeLayout(copy)
+    old = artifacts.live_release(layout)
+    for name in (*artifacts.VECTOR_FILES.values(), *artifacts.RETRIEVER_INDEX_FILES.values()):
+        (old.folder / name).unlink()
+    with pytest.raises(FileNotFoundError, match="predates the two-stage ranker"):
+        SearchEngine.live(layout)
+    with warehouse.connect(layout.warehouse) as con:
+        outcome = release_model(con, layout, old.model_version)
+    assert (outcome.mode, outcome.promoted) == ("full", True), outcome.reason
+    assert outcome.reason == "same model, release rebuilt in the current format"
+    assert SearchEngine.live(layout).search(text="blue", k=3)
