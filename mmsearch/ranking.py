@@ -53,6 +53,7 @@ PRIOR = {
 # Labeled held-out queries of a kind needed to fit on them rather than on pseudo-queries.
 MIN_LABELED = 30
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+# Below this paired-test p-value a difference counts (ranker fitting and the promotion gate).
 SIGNIFICANCE_LEVEL = 0.05
 ASCENT_ROUNDS = 3
 

@@ -32,7 +32,7 @@ from mmsearch.fusion import embed_products
 from mmsearch.indexing import DEFAULT_MEMORY_BUDGET_MB, build_index, index_type
 from mmsearch.lexical import LexicalIndex
 from mmsearch.metrics import paired_p_value
-from mmsearch.ranking import Ranker, fit_ranker, query_kind
+from mmsearch.ranking import SIGNIFICANCE_LEVEL, Ranker, fit_ranker, query_kind
 from mmsearch.search import SearchEngine
 from mmsearch.settings import HomeLayout
 from mmsearch.training import CatalogFeatures, load_catalog_features, load_query_split
@@ -50,8 +50,6 @@ RELEASE_COLUMNS = [
     "attributes",
 ]
 CONTENT_KEYS = ["text_sha", "image_sha"]
-# The gate refuses a candidate whose MRR is this much lower with p below this.
-SIGNIFICANCE_LEVEL = 0.05
 
 
 @dataclass(frozen=True)

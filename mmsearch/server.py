@@ -9,6 +9,7 @@ keeps serving.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -135,6 +136,7 @@ async def _picture(upload: UploadFile, limits: ImageLimits):
         raise BadRequest(f"image refused: {rejected.message}", status) from None
 
 
+@functools.cache
 def _page() -> str:
     return (resources.files("mmsearch") / "static" / "index.html").read_text(encoding="utf-8")
 
