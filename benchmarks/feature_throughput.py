@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmsearch.encoders import ImageEncoder, load_image_encoder, load_text_encoder
-from mmsearch.sample_catalog import write_sample_catalog
+from mmsearch.features.encoders import ImageEncoder, load_image_encoder, load_text_encoder
+from mmsearch.sample import write_sample_catalog
 
 
 def naive_images(encoder: ImageEncoder, files: list[Path], batch: int = 64) -> np.ndarray:
     """Decode one by one, then one eager fp32 NCHW forward per batch of 64."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    from mmsearch.encoders import default_image_weights_path
+    from mmsearch.features.encoders import default_image_weights_path
 
     model = EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(torch.load(default_image_weights_path(), weights_only=True))

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmsearch.sample_catalog import write_sample_catalog
+from mmsearch.sample import write_sample_catalog
 
 
 def mmsearch(home: Path, *args: str) -> tuple[dict, float]:
@@ -29,7 +29,7 @@ def mmsearch(home: Path, *args: str) -> tuple[dict, float]:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "mmsearch.cli", *args, "--json"],
+        [sys.executable, "-m", "mm_cli", *args, "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -17,7 +17,7 @@ import time
 import faiss
 import numpy as np
 
-from mmsearch.indexing import IndexPlan, build_index, choose_index, index_type, recall_at_k
+from mmsearch.index.indexing import IndexPlan, build_index, choose_index, index_type, recall_at_k
 
 
 def mixture(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:

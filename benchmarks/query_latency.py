@@ -29,8 +29,8 @@ import numpy as np
 def build_small_home(home: Path) -> None:
     os.environ["MM_HOME"] = str(home)
     os.environ.pop("DAGSTER_HOME", None)
-    from mmsearch.cli import command_run
-    from mmsearch.sample_catalog import write_sample_catalog
+    from mm_cli.main import command_run
+    from mmsearch.sample import write_sample_catalog
     from mmsearch.settings import HomeLayout
 
     layout = HomeLayout(home).ensure()
@@ -41,9 +41,10 @@ def build_small_home(home: Path) -> None:
 def grow_release(layout, size: int, plan=None):
     """A release of `size` products: the live products copied under new ids, every vector
     (fused, raw text, raw image) jittered, documents repeated with the copy's number."""
-    from mmsearch import artifacts
-    from mmsearch.indexing import build_index, index_type
-    from mmsearch.lexical import LexicalIndex
+    from mmsearch.clock import new_version
+    from mmsearch.index import artifacts
+    from mmsearch.index.indexing import build_index, index_type
+    from mmsearch.index.lexical import LexicalIndex
 
     live = artifacts.live_release(layout)
     base = live.load_products()
@@ -64,7 +65,7 @@ def grow_release(layout, size: int, plan=None):
     built, report = build_index(grown, plan=plan)
     positions = np.arange(size, dtype=np.int64)
     with_image = products["image_sha"].fillna("").astype(str).ne("").to_numpy()
-    version = artifacts.new_version("index", f"bench-{size}-{report.plan.kind}")
+    version = new_version("index", f"bench-{size}-{report.plan.kind}")
     release = artifacts.save_release(
         layout,
         version,
@@ -110,9 +111,9 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="mm_latency_"))
     build_small_home(home)
 
-    from mmsearch import artifacts
-    from mmsearch.indexing import IndexPlan
-    from mmsearch.search import SearchEngine
+    from mmsearch.index.indexing import IndexPlan
+    from mmsearch.model.store import load_model
+    from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
     layout = HomeLayout(home)
@@ -133,7 +134,7 @@ def main() -> None:
     }
     chosen, report = grow_release(layout, args.products)
     flat, _ = grow_release(layout, args.products, IndexPlan("flat"))
-    model, config = artifacts.load_model(layout, chosen.model_version)
+    model, config = load_model(layout, chosen.model_version)
     engines = {
         f"chosen {chosen.manifest['index_type']} (nprobe {report.nprobe})": SearchEngine(
             chosen, model, config

@@ -54,7 +54,8 @@ def main() -> None:
     if not (args.home / "artifacts" / "LIVE.json").is_file():
         subprocess.run([MMSEARCH, "demo", "--json"], check=True, stdout=subprocess.DEVNULL)
 
-    from mmsearch import artifacts, warehouse
+    from mmsearch import warehouse
+    from mmsearch.index import artifacts
     from mmsearch.settings import HomeLayout
 
     layout = HomeLayout(args.home)

@@ -27,8 +27,8 @@ def main() -> None:
     os.environ["MM_HOME"] = str(home)
     os.environ.pop("DAGSTER_HOME", None)
 
-    from mmsearch.cli import _evaluation_text, command_run
-    from mmsearch.sample_catalog import write_sample_catalog
+    from mm_cli.main import _evaluation_text, command_run
+    from mmsearch.sample import write_sample_catalog
     from mmsearch.settings import home as current_home
 
     layout = current_home()
@@ -55,7 +55,7 @@ def main() -> None:
         f"\n| unchanged catalog (baseline: should do nothing) | {warm_seconds:.1f} |"
     )
     print(f"assets recomputed on the unchanged catalog: {sorted(warm['assets']) or 'none'}")
-    from mmsearch.cli import _evaluation_for
+    from mm_cli.main import _evaluation_for
 
     print("\n" + _evaluation_text(_evaluation_for(layout, cold["model_version"])))
     print(f"\nMM_HOME kept at {home}")

@@ -84,7 +84,7 @@ def quality_table(result: dict) -> str:
 
 def reshoot(path: Path) -> Image.Image:
     """Another shot of the same photo: 85% size, 4% cropped off each side, JPEG quality 70."""
-    from mmsearch.images import decode_image
+    from mmsearch.catalog.images import decode_image
 
     picture = decode_image(path.read_bytes())
     width, height = picture.size
@@ -98,8 +98,8 @@ def reshoot(path: Path) -> Image.Image:
 def own_photo_ranks(home: Path, drop: Path, limit: int) -> dict:
     """Share of products whose own catalog photo, and a re-shot copy, come back at rank 1."""
     os.environ["MM_HOME"] = str(home)
-    from mmsearch.catalog import read_products
-    from mmsearch.search import SearchEngine
+    from mmsearch.catalog.drops import read_products
+    from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
     engine = SearchEngine.live(HomeLayout(home))
@@ -128,7 +128,7 @@ def held_out_split_file(queries: Path, out: Path) -> int:
     """The grouped `gate` and `test` splits of a labeled query file (no target and no template
     of theirs is trained on), written to `out` beside it so image paths stay relative; returns
     how many."""
-    from mmsearch.splits import GATE, TEST, query_split
+    from mmsearch.queries.splits import GATE, TEST, query_split
 
     kept = []
     for line in queries.read_text().splitlines():
@@ -171,7 +171,7 @@ def main() -> None:
         photos = own_photo_ranks(home, catalog / "catalog", args.own_photo_products)
         report.append(f"own photos, independent catalog: {json.dumps(photos)}")
 
-    from mmsearch.sample_catalog import write_sample_catalog
+    from mmsearch.sample import write_sample_catalog
 
     labeled = work / "sample-labeled"
     shutil.rmtree(labeled, ignore_errors=True)

@@ -124,7 +124,7 @@ def in_process_p50(home: Path, queries: dict[str, list[dict]], count: int = 40) 
 
     from PIL import Image
 
-    from mmsearch.search import SearchEngine
+    from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
     engine = SearchEngine.live(HomeLayout(home))
@@ -211,7 +211,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="mm_serve_"))
     build_small_home(home)
 
-    from mmsearch import artifacts
+    from mmsearch.index import artifacts
     from mmsearch.settings import HomeLayout
 
     layout = HomeLayout(home)

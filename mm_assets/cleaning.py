@@ -16,10 +16,10 @@ from dagster import (
 
 from mm_assets.history import latest_metadata
 from mm_assets.ingestion import raw_products
-from mmsearch.cleaning import OUTCOMES, accounting_by_drop, clean_warehouse
-from mmsearch.duplicates import find_near_duplicates
-from mmsearch.quality import run_clean_products_suite
-from mmsearch.queries import labeled_queries_inputs, prepare_labeled_queries
+from mmsearch.catalog.cleaning import OUTCOMES, accounting_by_drop, clean_warehouse
+from mmsearch.catalog.duplicates import find_near_duplicates
+from mmsearch.catalog.quality import run_clean_products_suite
+from mmsearch.queries.labeled import labeled_queries_inputs, prepare_labeled_queries
 from mmsearch.warehouse import query_df, query_records, replace_rows
 from resources import PipelineSettings, WarehouseResource
 

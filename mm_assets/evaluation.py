@@ -12,10 +12,12 @@ from dagster import (
 )
 
 from mm_assets.indexing import product_index
-from mmsearch.artifacts import live_release, load_model
-from mmsearch.consistency import image_text_mismatches
-from mmsearch.evaluation import RANKER, evaluate_release, markdown_table
-from mmsearch.training import load_catalog_features
+from mmsearch.evaluation.consistency import image_text_mismatches
+from mmsearch.evaluation.scoring import RANKER, markdown_table
+from mmsearch.features.catalog_features import load_catalog_features
+from mmsearch.index.artifacts import live_release
+from mmsearch.model.store import load_model
+from mmsearch.publishing.assessment import evaluate_release
 from mmsearch.warehouse import query_df, replace_rows
 from resources import WarehouseResource
 

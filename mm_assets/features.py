@@ -9,7 +9,7 @@ from dagster import (
     asset_check,
 )
 
-from mmsearch.features import (
+from mmsearch.features.extraction import (
     extract_features,
     extract_pseudo_query_features,
     feature_coverage,

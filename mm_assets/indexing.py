@@ -7,7 +7,7 @@ With the live model, only new and changed products are embedded and the live ind
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from mm_assets.training import fusion_model, latest_model_state
-from mmsearch.releases import release_model
+from mmsearch.publishing.build import release_model
 from resources import PipelineSettings, WarehouseResource
 
 

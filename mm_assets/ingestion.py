@@ -3,7 +3,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from mm_assets.partitions import catalog_drops
-from mmsearch.ingestion import ingest_drop
+from mmsearch.catalog.ingestion import ingest_drop
 from resources import WarehouseResource
 
 

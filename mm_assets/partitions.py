@@ -7,7 +7,7 @@ win) instead of silently overwriting what was ingested.
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DynamicPartitionsDefinition
 
-from mmsearch.catalog import FileDigests, pending_drop_versions
+from mmsearch.catalog.drops import FileDigests, pending_drop_versions
 from mmsearch.settings import HomeLayout
 
 catalog_drops = DynamicPartitionsDefinition(name="catalog_drops")

@@ -3,9 +3,9 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from mm_assets.indexing import product_index
-from mmsearch.artifacts import live_release
-from mmsearch.recommendations import COLUMNS, update_recommendations
-from mmsearch.search import SearchEngine
+from mmsearch.index.artifacts import live_release
+from mmsearch.search.engine import SearchEngine
+from mmsearch.search.recommendations import COLUMNS, update_recommendations
 from mmsearch.warehouse import query_df, replace_rows
 from resources import WarehouseResource
 

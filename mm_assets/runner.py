@@ -14,9 +14,9 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance
 from mm_assets.jobs import INGEST_AND_REFRESH_JOB, INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
 from mm_assets.partitions import catalog_drops, known_drop_versions, new_drop_versions
 from mm_assets.training import RETRAIN_TAG, pending_retrain
-from mmsearch.catalog import drop_folder_name, landed_drops
-from mmsearch.quality import import_in_background
-from mmsearch.settings import HomeLayout
+from mmsearch.catalog.drops import landed_drops
+from mmsearch.catalog.quality import import_in_background
+from mmsearch.settings import HomeLayout, drop_folder_name
 
 # Telemetry off on a machine that may be offline. Runs the daemon launches (sensors, schedule,
 # UI) that touch the `warehouse` pool go one at a time: DuckDB has one writer. The limit is

@@ -16,9 +16,10 @@ from dagster import (
 
 from mm_assets.features import encoder_features
 from mm_assets.history import latest_metadata
-from mmsearch.artifacts import live_release, load_model
-from mmsearch.features import extract_shopper_views
-from mmsearch.training import changes_since_model, train_and_save
+from mmsearch.features.extraction import extract_shopper_views
+from mmsearch.index.artifacts import live_release
+from mmsearch.model.store import load_model
+from mmsearch.model.training import changes_since_model, train_and_save
 from resources import ImageEncoderResource, PipelineSettings, TextEncoderResource, WarehouseResource
 
 RETRAIN_TAG = "mmsearch/retrain"

@@ -23,8 +23,14 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from mmsearch.images import ImageLimits, ImageRejected, decode_image
-from mmsearch.search import BadQuery, NothingLive, SearchEngine, UnknownCategory, UnknownProduct
+from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
+from mmsearch.search.engine import (
+    BadQuery,
+    NothingLive,
+    SearchEngine,
+    UnknownCategory,
+    UnknownProduct,
+)
 from mmsearch.settings import HomeLayout
 
 MAX_K = 100

@@ -7,6 +7,7 @@ resources, the CLI and the tests all ask it rather than joining paths themselves
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,14 @@ DEFAULT_MM_HOME = "mm_home"
 def mm_home_from_env() -> Path:
     """The MM_HOME folder: `$MM_HOME`, or `./mm_home` under the current directory."""
     return Path(os.environ.get(MM_HOME_ENV) or Path.cwd() / DEFAULT_MM_HOME).resolve()
+
+
+_VERSION_SUFFIX = re.compile(r"@[0-9a-f]{10}$")
+
+
+def drop_folder_name(drop_key: str) -> str:
+    """The landing folder a drop key (a plain name or a `name@hash` version) reads from."""
+    return _VERSION_SUFFIX.sub("", drop_key)
 
 
 @dataclass(frozen=True)
@@ -35,8 +44,6 @@ class HomeLayout:
 
     def drop_dir(self, drop_key: str) -> Path:
         """The landing folder of a drop key (a folder name, or `name@hash` for a later version)."""
-        from mmsearch.catalog import drop_folder_name
-
         return self.landing / drop_folder_name(drop_key)
 
     @property

@@ -123,7 +123,7 @@ CREATE TABLE IF NOT EXISTS labeled_queries (
     relevant JSON NOT NULL,
     kind VARCHAR NOT NULL,
     image_phash VARCHAR,
-    split VARCHAR NOT NULL             -- train | gate | test | unused (mmsearch/splits.py)
+    split VARCHAR NOT NULL             -- train | gate | test | unused (mmsearch/queries/splits.py)
 );
 ALTER TABLE labeled_queries ADD COLUMN IF NOT EXISTS image_phash VARCHAR;
 CREATE TABLE IF NOT EXISTS image_features (  -- one row per (image_sha, encoder_id): store_vectors

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from mmsearch import artifacts
+from mmsearch.index import artifacts
 from mmsearch.settings import HomeLayout
 
 

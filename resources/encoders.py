@@ -6,7 +6,12 @@ local transformers folder or torchvision weights file to use other weights. Noth
 
 from dagster import ConfigurableResource
 
-from mmsearch.encoders import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
+from mmsearch.features.encoders import (
+    ImageEncoder,
+    TextEncoder,
+    load_image_encoder,
+    load_text_encoder,
+)
 
 
 class TextEncoderResource(ConfigurableResource):

@@ -9,8 +9,8 @@ import os
 
 from dagster import ConfigurableResource
 
-from mmsearch.fusion import TrainingConfig
-from mmsearch.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
+from mmsearch.catalog.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
+from mmsearch.model.fusion import TrainingConfig
 
 
 class PipelineSettings(ConfigurableResource):

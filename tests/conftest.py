@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsearch.sample_catalog import write_sample_catalog
+from mmsearch.sample import write_sample_catalog
 
 SMALL_CATALOG = 120
 
@@ -20,7 +20,7 @@ def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     env["MM_HOME"] = str(home)
     result = subprocess.run(
-        [sys.executable, "-m", "mmsearch.cli", *args],
+        [sys.executable, "-m", "mm_cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -11,12 +11,14 @@ from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
 
 from mm_assets.definitions import build_definitions, defs
 from mm_assets.partitions import catalog_drops
-from mmsearch import artifacts, warehouse
-from mmsearch.catalog import copy_drop
-from mmsearch.consistency import image_text_mismatches
-from mmsearch.search import SearchEngine
+from mmsearch import warehouse
+from mmsearch.catalog.drops import copy_drop
+from mmsearch.evaluation.consistency import image_text_mismatches
+from mmsearch.features.catalog_features import load_catalog_features
+from mmsearch.index import artifacts
+from mmsearch.model.store import load_model
+from mmsearch.search.engine import SearchEngine
 from mmsearch.settings import HomeLayout
-from mmsearch.training import load_catalog_features
 
 KNOWN_REASONS = {
     "missing_product_id",
@@ -200,7 +202,7 @@ def test_runs_are_recorded_in_the_instance(materialized):
 def test_products_whose_image_shows_another_product_are_flagged(materialized):
     layout, *_ = materialized
     release = artifacts.live_release(layout)
-    model, config = artifacts.load_model(layout, release.model_version)
+    model, config = load_model(layout, release.model_version)
     encoders = config["encoders"]
     with warehouse.connect(layout.warehouse, read_only=True) as con:
         catalog = load_catalog_features(

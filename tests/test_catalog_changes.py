@@ -35,10 +35,11 @@ from helpers import picture, png_bytes, write_drop
 from mm_assets.definitions import build_definitions
 from mm_assets.jobs import INGEST_JOB, RETRAIN_JOB
 from mm_assets.partitions import catalog_drops
-from mmsearch import releases, warehouse
-from mmsearch.ranking import FEATURES, Ranker
-from mmsearch.releases import release_model
-from mmsearch.sample_catalog import write_sample_catalog
+from mmsearch import warehouse
+from mmsearch.publishing import build as releases
+from mmsearch.publishing.build import release_model
+from mmsearch.sample import write_sample_catalog
+from mmsearch.search.ranking import FEATURES, Ranker
 from mmsearch.settings import HomeLayout
 from resources import WarehouseResource
 from sensors.drops import catalog_drop_sensor
@@ -246,7 +247,7 @@ def test_a_run_killed_in_training_leaves_the_live_version_serving(changed_home):
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
     process = subprocess.Popen(
         # -vv: Dagster's debug log says when each step starts.
-        [sys.executable, "-m", "mmsearch.cli", "-vv", "run", "--retrain"],
+        [sys.executable, "-m", "mm_cli", "-vv", "run", "--retrain"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

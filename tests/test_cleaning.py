@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from helpers import picture, png_bytes, write_drop
-from mmsearch.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
-from mmsearch.images import ImageLimits, ImageRejected, decode_image
-from mmsearch.text import clean_text
+from mmsearch.catalog.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
+from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
+from mmsearch.catalog.text import clean_text
 
 
 def test_clean_text_strips_html_scripts_entities_and_whitespace():
@@ -204,8 +204,8 @@ def test_clean_images_are_stored_by_content_hash(tmp_path):
 def test_one_picture_reencoded_is_a_near_duplicate_but_colour_variants_are_not():
     import pandas as pd
 
-    from mmsearch.duplicates import find_near_duplicates
-    from mmsearch.images import perceptual_hash
+    from mmsearch.catalog.duplicates import find_near_duplicates
+    from mmsearch.catalog.images import perceptual_hash
 
     red = picture((200, 30, 30), seed=1)
     variants = {

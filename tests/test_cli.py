@@ -242,3 +242,62 @@ def test_a_catalog_without_photos_is_searched_by_text_and_refuses_photo_queries(
     refused = run_cli(home, "search", "--image", str(photo), check=False)
     assert refused.returncode != 0
     assert "no live product has a photo" in refused.stderr.strip().splitlines()[-1]
+
+
+def _in_terminal(home, *args: str) -> str:
+    """Run `mmsearch` with stdout and stderr on a pseudo-terminal, as a person would; returns
+    everything it wrote there."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mm_cli", *args], stdout=follower, stderr=follower, env=env
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=900) == 0
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_run_at_a_terminal_shows_progress_and_prints_under_40_lines(tmp_path, sample_drop):
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(sample_drop))
+    output = _in_terminal(home, "run")
+    # Bars redraw in place with carriage returns; what stays on screen are the lines.
+    assert "encoding images" in output and "encoding texts" in output
+    assert "training" in output and "epoch" in output and "validation_loss" in output
+    lines = [line for line in output.replace("\r\n", "\n").split("\n") if line.strip()]
+    printed = [line.rsplit("\r", 1)[-1] for line in lines]
+    assert len(lines) < 40, "\n".join(printed)
+    assert printed[0].startswith("run ") and any(p.startswith("live model") for p in printed)
+    # Piped (not a terminal), the same command shows no bar.
+    piped = run_cli(home, "run", "--retrain")
+    assert "epoch" not in piped.stderr and "%|" not in piped.stderr
+
+
+def test_result_lines_show_brand_and_the_attributes_that_matched(built_home):
+    home, _ = built_home
+    hits = cli_json(home, "search", "--text", "red t-shirt", "--k", "5")["results"]
+    assert any(hit["matched"].get("category") == "t-shirt" for hit in hits), hits
+    for hit in hits:
+        assert all(value in ("red", "t-shirt") for value in hit["matched"].values()), hit
+    text = run_cli(home, "search", "--text", "red t-shirt", "--k", "5").stdout.splitlines()
+    first = hits[0]
+    assert text[0].startswith("  1. ") and first["product_id"] in text[0]
+    if first["brand"]:
+        assert f"({first['brand']})" in text[0]
+    if first["matched"]:
+        assert "matched " + ", ".join(f"{k}={v}" for k, v in first["matched"].items()) in text[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import picture
-from mmsearch.encoders import (
+from mmsearch.features.encoders import (
     CompiledEncoders,
     ImageEncoder,
     TextEncoder,

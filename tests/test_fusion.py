@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmsearch.encoders import load_image_encoder, load_text_encoder
-from mmsearch.fusion import (
+from mmsearch.features.encoders import load_image_encoder, load_text_encoder
+from mmsearch.model.fusion import (
     EMBED_DIM,
     TrainingConfig,
     clip_loss,

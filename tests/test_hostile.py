@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, write_drop
-from mmsearch.catalog import DropRejected, read_products
-from mmsearch.cleaning import clean_catalog
-from mmsearch.text import clean_text
+from mmsearch.catalog.cleaning import clean_catalog
+from mmsearch.catalog.drops import DropRejected, read_products
+from mmsearch.catalog.text import clean_text
 
 
 def test_every_hostile_row_lands_where_expected(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from mmsearch.indexing import (
+from mmsearch.index.indexing import (
     EXACT_MAX,
     IndexPlan,
     build_index,

@@ -9,8 +9,8 @@ import pytest
 
 from helpers import write_drop
 from mmsearch import warehouse
-from mmsearch.catalog import DropRejected, copy_drop, read_products, read_queries
-from mmsearch.ingestion import ingest_drop
+from mmsearch.catalog.drops import DropRejected, copy_drop, read_products, read_queries
+from mmsearch.catalog.ingestion import ingest_drop
 from mmsearch.settings import HomeLayout
 
 

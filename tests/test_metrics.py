@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mmsearch.metrics import aggregate, ndcg_at, score_query
+from mmsearch.evaluation.metrics import aggregate, ndcg_at, score_query
 
 
 def test_first_target_at_rank_two():

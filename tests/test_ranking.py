@@ -12,30 +12,37 @@ import pytest
 import torch
 
 from helpers import picture, png_bytes
-from mmsearch.encoders import load_image_encoder
-from mmsearch.fusion import (
+from mmsearch.catalog.images import decode_image, encoder_picture, save_clean_image
+from mmsearch.evaluation.metrics import paired_p_value
+from mmsearch.features.encoders import load_image_encoder
+from mmsearch.model.fusion import (
     FusionConfig,
     FusionModel,
     TrainingConfig,
     parameter_groups,
     train_fusion_model,
 )
-from mmsearch.images import decode_image, encoder_picture, save_clean_image
-from mmsearch.metrics import paired_p_value
-from mmsearch.pseudo_queries import STYLES, pseudo_queries
-from mmsearch.ranking import (
+from mmsearch.publishing.fitting import fit_ranker, fit_weights
+from mmsearch.queries.pseudo import STYLES, pseudo_queries
+from mmsearch.queries.query_sets import MIN_LABELED
+from mmsearch.queries.splits import (
+    GATE,
+    TEST,
+    TRAIN,
+    UNUSED,
+    product_bucket,
+    query_split,
+    query_target,
+)
+from mmsearch.search.ranking import (
     FEATURES,
     FUSED,
     LEXICAL,
-    MIN_LABELED,
     PHOTO_MATCH,
     RAW_TEXT,
     TEXT,
     Candidates,
-    fit_ranker,
-    fit_weights,
 )
-from mmsearch.splits import GATE, TEST, TRAIN, UNUSED, product_bucket, query_split, query_target
 
 
 def test_a_photo_gets_one_embedding_through_the_pipeline_and_through_search(tmp_path):
@@ -190,8 +197,8 @@ def test_a_tiny_catalog_trains_past_its_first_epoch():
 
 
 def test_a_products_own_catalog_photo_comes_first(built_home, sample_drop):
-    from mmsearch.catalog import read_products
-    from mmsearch.search import SearchEngine
+    from mmsearch.catalog.drops import read_products
+    from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
     home, _ = built_home
@@ -210,7 +217,7 @@ def test_a_products_own_catalog_photo_comes_first(built_home, sample_drop):
 
 
 def test_release_records_a_ranker_no_worse_than_its_retrievers(built_home):
-    from mmsearch import artifacts
+    from mmsearch.index import artifacts
     from mmsearch.settings import HomeLayout
 
     home, _ = built_home
@@ -225,8 +232,9 @@ def test_release_records_a_ranker_no_worse_than_its_retrievers(built_home):
 def test_the_gate_refuses_a_candidate_it_cannot_compare(built_home, tmp_path):
     import shutil
 
-    from mmsearch import artifacts, warehouse
-    from mmsearch.releases import build_release, promotion_gate
+    from mmsearch import warehouse
+    from mmsearch.index import artifacts
+    from mmsearch.publishing.build import build_release, promotion_gate
     from mmsearch.settings import HomeLayout
 
     home, _ = built_home
@@ -249,9 +257,10 @@ def test_a_release_from_before_the_two_stage_files_is_rebuilt_with_the_same_mode
 ):
     import shutil
 
-    from mmsearch import artifacts, warehouse
-    from mmsearch.releases import release_model
-    from mmsearch.search import SearchEngine
+    from mmsearch import warehouse
+    from mmsearch.index import artifacts
+    from mmsearch.publishing.build import release_model
+    from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
     copy = tmp_path / "home"

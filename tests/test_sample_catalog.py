@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmsearch.sample_catalog import (
+from mmsearch.sample import (
     CATEGORIES,
     COLORS,
     CSV_COLUMNS,
-    SHAPES,
     SampleCatalogSummary,
     write_sample_catalog,
 )
+from mmsearch.sample.rendering import SHAPES
 
 N = 120
 

@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 
 from conftest import cli_json
 from helpers import picture, png_bytes
-from mmsearch import artifacts, server, warehouse
-from mmsearch.catalog import read_products
-from mmsearch.images import ImageLimits
+from mmsearch import server, warehouse
+from mmsearch.catalog.drops import read_products
+from mmsearch.catalog.images import ImageLimits
+from mmsearch.index import artifacts
 from mmsearch.server import LiveSearch, create_app
 from mmsearch.settings import HomeLayout
 
@@ -35,7 +36,7 @@ def client(built_home):
 @pytest.fixture(scope="module")
 def product_photo(built_home, sample_drop) -> tuple[str, Path]:
     """A live product with a unique photo, and that photo's file in the drop."""
-    from mmsearch.search import SearchEngine
+    from mmsearch.search.engine import SearchEngine
 
     engine = SearchEngine.live(HomeLayout(built_home[0]))
     unique = engine.products.drop_duplicates("image_sha", keep=False)
@@ -241,7 +242,7 @@ def test_a_new_release_is_served_without_a_restart_or_a_failed_request(home_copy
         for thread in threads:
             thread.start()
         time.sleep(1.0)
-        from mmsearch.releases import build_release
+        from mmsearch.publishing.build import build_release
 
         with warehouse.connect(layout.warehouse) as con:
             after = build_release(con, layout, before.model_version)

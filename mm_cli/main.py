@@ -12,8 +12,10 @@ import json
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 
+from mmsearch.progress import enable_for_terminal as enable_progress_bars
 from mmsearch.settings import HomeLayout, home
 
 SAMPLE_DROP = "sample-catalog"
@@ -47,7 +49,8 @@ def _rejected_drops(con) -> list[dict]:
 def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) -> dict:
     from mm_assets.definitions import build_definitions
     from mm_assets.runner import run_pipeline
-    from mmsearch import artifacts, warehouse
+    from mmsearch import warehouse
+    from mmsearch.index import artifacts
 
     summary = run_pipeline(
         layout, build_definitions(str(layout.root)), force=force, retrain=retrain
@@ -76,7 +79,7 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
 
 def _release_summary(layout: HomeLayout) -> dict | None:
     """How the newest index version came about: mode, products added/removed, promotion."""
-    from mmsearch import artifacts
+    from mmsearch.index import artifacts
 
     if not layout.indexes.is_dir():
         return None
@@ -89,7 +92,7 @@ def _release_summary(layout: HomeLayout) -> dict | None:
 
 
 def command_demo(layout: HomeLayout) -> dict:
-    from mmsearch.sample_catalog import write_sample_catalog
+    from mmsearch.sample import write_sample_catalog
 
     target = layout.landing / SAMPLE_DROP
     if not target.exists():
@@ -104,7 +107,7 @@ def command_demo(layout: HomeLayout) -> dict:
 
 def _sample_searches(layout: HomeLayout, drop: Path) -> list[dict]:
     """One text, one image and one image+text query of the sample, answered by the live index."""
-    from mmsearch.search import SearchEngine
+    from mmsearch.search.engine import SearchEngine
 
     queries = [
         json.loads(line) for line in (drop / "queries.jsonl").read_text().splitlines() if line
@@ -144,7 +147,7 @@ def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]
 
 
 def command_search(layout: HomeLayout, args) -> dict:
-    from mmsearch.search import SearchEngine, UnknownCategory
+    from mmsearch.search.engine import SearchEngine, UnknownCategory
 
     if not args.text and not args.image:
         raise UserError("give --text, --image, or both")
@@ -163,7 +166,7 @@ def command_search(layout: HomeLayout, args) -> dict:
 
 
 def command_similar(layout: HomeLayout, args) -> dict:
-    from mmsearch.search import SearchEngine, UnknownCategory, UnknownProduct
+    from mmsearch.search.engine import SearchEngine, UnknownCategory, UnknownProduct
 
     if args.k < 1:
         raise UserError("--k must be at least 1")
@@ -188,9 +191,9 @@ def command_serve(layout: HomeLayout, host: str, port: int) -> None:
 
 
 def command_evaluate(layout: HomeLayout, args) -> dict:
-    from mmsearch.evaluation import RETRIEVERS, evaluate_engine
-    from mmsearch.queries import query_content_key, query_set_from_file
-    from mmsearch.search import SearchEngine
+    from mmsearch.evaluation.scoring import RETRIEVERS, evaluate_engine
+    from mmsearch.queries.labeled import query_content_key, query_set_from_file
+    from mmsearch.search.engine import SearchEngine
 
     query_file = Path(args.queries)
     if not query_file.is_file():
@@ -232,7 +235,8 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
 
 
 def command_status(layout: HomeLayout) -> dict:
-    from mmsearch import artifacts, warehouse
+    from mmsearch import warehouse
+    from mmsearch.index import artifacts
 
     release = artifacts.live_release(layout)
     status = {
@@ -300,7 +304,7 @@ def command_quarantine(layout: HomeLayout, drop: str | None) -> dict:
 
 
 def command_rollback(layout: HomeLayout, version: str | None) -> dict:
-    from mmsearch import artifacts
+    from mmsearch.index import artifacts
 
     releases = sorted(
         (
@@ -342,16 +346,24 @@ def command_ui(layout: HomeLayout, port: int) -> None:
     os.execvp(program, [program, "dev", "-m", "mm_assets.definitions", "-p", str(port)])
 
 
+def _result_line(rank: int, hit: dict) -> str:
+    """`  1. 0.912  P123  Red leather tote  (Acme) [bags] 49.00  matched colour=red`"""
+    brand = f" ({hit['brand']})" if hit.get("brand") else ""
+    price = "" if hit["price"] is None else f" {hit['price']:.2f}"
+    matched = hit.get("matched") or {}
+    reasons = "  matched " + ", ".join(f"{k}={v}" for k, v in matched.items()) if matched else ""
+    return (
+        f"{rank:>3}. {hit['score']:.3f}  {hit['product_id']}  {hit['title']}{brand} "
+        f"[{hit['category'] or '-'}]{price}{reasons}"
+    )
+
+
 def _print_human(command: str, result: dict) -> None:
     if command in ("search", "similar"):
         if not result["results"]:
             print("no product matches")
         for rank, hit in enumerate(result["results"], start=1):
-            price = "" if hit["price"] is None else f"  {hit['price']:.2f}"
-            print(
-                f"{rank:>3}. {hit['score']:.3f}  {hit['product_id']}  {hit['title']}  "
-                f"[{hit['category'] or '-'}]{price}"
-            )
+            print(_result_line(rank, hit))
     elif command in ("run", "demo"):
         assets = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in result["assets"].items())
         assets = assets or "nothing to do, every asset is up to date"
@@ -446,7 +458,7 @@ def _evaluate_text(result: dict) -> str:
 def _evaluation_text(rows: list[dict]) -> str:
     import pandas as pd
 
-    from mmsearch.evaluation import markdown_table
+    from mmsearch.evaluation.scoring import markdown_table
 
     frame = pd.DataFrame(rows)
     return f"evaluation on {frame['source'].iloc[0]} (MRR):\n{markdown_table(frame)}"
@@ -460,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="count",
         default=0,
         help="show Dagster's run log (-v: info, -vv: debug); quiet (warnings) by default",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="print the full traceback when a command fails"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -513,7 +528,7 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
     if args.command == "demo":
         return command_demo(layout)
     if args.command == "ingest":
-        from mmsearch.catalog import DropRejected, copy_drop
+        from mmsearch.catalog.drops import DropRejected, copy_drop
 
         try:
             return {"drop": copy_drop(Path(args.path), layout.landing)}
@@ -544,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["MM_LOG_LEVEL"] = "DEBUG" if args.verbose > 1 else "INFO"
+    if not getattr(args, "json", False):
+        enable_progress_bars()  # only when stderr is a terminal
     if (
         args.command in ("search", "similar")
         and args.max_price is not None
@@ -560,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmsearch: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # one line for the user; the traceback helps no one at a prompt
+    except Exception as error:  # one line for the user; --debug for the traceback
+        if args.debug:
+            traceback.print_exc()
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"mmsearch {args.command}: {message}", file=sys.stderr)
         return 1

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmsearch.progress import bar
+
 EMBED_DIM = 256
 
 
@@ -47,7 +49,7 @@ class TrainingConfig:
     product_alignment_weight: float = 0.5
     structure_weight: float = 1.0
     view_weight: float = 1.0
-    # Pseudo-queries (`mmsearch.pseudo_queries`) finding their product: alone, and beside a
+    # Pseudo-queries (`mmsearch.queries.pseudo`) finding their product: alone, and beside a
     # shopper view as an image+text query.
     pseudo_query_weight: float = 1.0
     # Products a training query is ranked against per step: its relevant ones plus a random
@@ -371,6 +373,7 @@ def train_fusion_model(
     if not has_validation:
         result.early_stopping_on = "training loss (too few products to hold any out)"
     best_state, stale = None, 0
+    progress = bar(config.epochs, "training", "epoch")
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = rng.permutation(train_pairs)
@@ -426,6 +429,10 @@ def train_fusion_model(
                 "temperature": float(1 / model.scale().detach()),
             }
         )
+        progress.update()
+        progress.set_postfix(
+            train_loss=f"{train_loss:.3f}", validation_loss=f"{validation_loss:.3f}"
+        )
         if validation_loss < result.best_validation_loss - 1e-4:
             result.best_validation_loss, result.best_epoch, stale = validation_loss, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -433,6 +440,7 @@ def train_fusion_model(
             stale += 1
             if stale >= config.patience:
                 break
+    progress.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmsearch.progress import bar
+
 # Never reach for a model hub: every model here is a local folder or file.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -354,9 +356,11 @@ class TextEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         order = np.argsort([len(text) for text in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            chosen = order[start : start + batch_size]
-            out[chosen] = self._forward(self._tokens([texts[i] or "" for i in chosen]))
+        with bar(len(texts), "encoding texts", "text") as progress:
+            for start in range(0, len(texts), batch_size):
+                chosen = order[start : start + batch_size]
+                out[chosen] = self._forward(self._tokens([texts[i] or "" for i in chosen]))
+                progress.update(len(chosen))
         return out
 
 
@@ -505,11 +509,13 @@ class ImageEncoder:
         """(len(pictures), dim) float32 unit vectors for clean RGB pictures."""
         batch_size = self._batch(batch_size)
         out = np.zeros((len(pictures), self.dim), dtype=np.float32)
-        for start in range(0, len(pictures), batch_size):
-            chunk = pictures[start : start + batch_size]
-            out[start : start + len(chunk)] = self._forward(
-                np.stack([self.preprocess(p) for p in chunk])
-            )
+        with bar(len(pictures), "encoding pictures", "image") as progress:
+            for start in range(0, len(pictures), batch_size):
+                chunk = pictures[start : start + batch_size]
+                out[start : start + len(chunk)] = self._forward(
+                    np.stack([self.preprocess(p) for p in chunk])
+                )
+                progress.update(len(chunk))
         return out
 
     def encode_files(self, paths: Sequence[str | Path], batch_size: int = 64) -> np.ndarray:
@@ -521,7 +527,10 @@ class ImageEncoder:
             with Image.open(path) as picture:
                 return self.preprocess(picture.convert("RGB"))
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with (
+            ThreadPoolExecutor(max_workers=2) as pool,
+            bar(len(paths), "encoding images", "image") as progress,
+        ):
             batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
             pending = pool.submit(lambda b: list(map(load, b)), batches[0]) if batches else None
             for number, _batch in enumerate(batches):
@@ -530,6 +539,7 @@ class ImageEncoder:
                     pending = pool.submit(lambda b: list(map(load, b)), batches[number + 1])
                 start = number * batch_size
                 out[start : start + len(pixels)] = self._forward(pixels)
+                progress.update(len(pixels))
         return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmsearch.fusion import FusionModel
+from mmsearch.model.fusion import FusionModel
 
 COLUMNS = ["product_id", "title", "similarity", "own_text_rank", "z_score"]
 

@@ -1,4 +1,4 @@
-"""Versioned model and index artifacts under MM_HOME, and the pointer to the live release.
+"""Versioned releases (index, vectors, retrievers, ranker weights) under MM_HOME, and the live pointer.
 
 Search reads only these files (never the warehouse), so it never waits on a running pipeline.
 A release goes live by atomically replacing LIVE.json; until then the previous one keeps serving.
@@ -6,24 +6,18 @@ A release goes live by atomically replacing LIVE.json; until then the previous o
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from mmsearch.fusion import FusionConfig, FusionModel
-from mmsearch.indexing import load_index, save_index
-from mmsearch.lexical import LexicalIndex
-from mmsearch.ranking import Ranker
+from mmsearch.clock import utc_now, write_json_atomically
+from mmsearch.index.indexing import load_index, save_index
+from mmsearch.index.lexical import LexicalIndex
 from mmsearch.settings import HomeLayout
 
-MODEL_FILE, MODEL_CONFIG = "model.pt", "config.json"
 INDEX_FILE, INDEX_PRODUCTS, INDEX_MANIFEST = "index.faiss", "products.parquet", "manifest.json"
 LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
 # Per-product vectors a release keeps beside its index, rows aligned with products.parquet:
@@ -31,44 +25,6 @@ LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
 VECTOR_FILES = {"fused": "fused.npy", "text": "text.npy", "image": "image.npy"}
 # The raw encoders' own FAISS indexes (ids: the same stable positions as the fused index).
 RETRIEVER_INDEX_FILES = {"text": "text.faiss", "image": "image.faiss"}
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def new_version(prefix: str, fingerprint: str) -> str:
-    """The one place version strings are made: `<prefix>-<UTC time>-<content hash>`."""
-    stamp = utc_now().strftime("%Y%m%dT%H%M%S")
-    return f"{prefix}-{stamp}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}"
-
-
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(partial, path)
-
-
-def save_model(layout: HomeLayout, version: str, model: FusionModel, config: dict) -> Path:
-    """Write a model's weights and its config (encoders, training config, metrics)."""
-    folder = layout.models / version
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / MODEL_FILE)
-    _write_json_atomically(
-        folder / MODEL_CONFIG, {**config, "version": version, "fusion": model.config.to_dict()}
-    )
-    return folder
-
-
-def load_model(layout: HomeLayout, version: str) -> tuple[FusionModel, dict]:
-    """A saved model (weights loaded with weights_only=True) and its config."""
-    folder = layout.models / version
-    if not (folder / MODEL_FILE).is_file():
-        raise FileNotFoundError(f"model version {version!r} not found under {layout.models}")
-    config = json.loads((folder / MODEL_CONFIG).read_text())
-    model = FusionModel(FusionConfig(**config["fusion"]))
-    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
-    return model.eval(), config
 
 
 @dataclass(frozen=True)
@@ -106,14 +62,13 @@ class Release:
     def load_lexical(self) -> LexicalIndex:
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
 
-    def load_ranker(self) -> Ranker:
+    def load_ranker(self) -> dict | None:
+        """The ranker's stored form (`Ranker.to_dict()`), or None when the release has none."""
         path = self.folder / RANKER_FILE
-        return (
-            Ranker.from_dict(json.loads(path.read_text())) if path.is_file() else Ranker.default()
-        )
+        return json.loads(path.read_text()) if path.is_file() else None
 
-    def save_ranker(self, ranker: Ranker) -> None:
-        _write_json_atomically(self.folder / RANKER_FILE, ranker.to_dict())
+    def save_ranker(self, ranker: dict) -> None:
+        write_json_atomically(self.folder / RANKER_FILE, ranker)
 
 
 def save_release(
@@ -126,7 +81,7 @@ def save_release(
     vectors: dict[str, np.ndarray],
     retriever_indexes: dict[str, object],
     lexical: LexicalIndex,
-    ranker: Ranker,
+    ranker: dict,
     extra: dict | None = None,
 ) -> Release:
     """Write an index, its id -> product table, the products' vectors (`VECTOR_FILES`, stored as
@@ -141,7 +96,7 @@ def save_release(
     for name, file_name in RETRIEVER_INDEX_FILES.items():
         save_index(retriever_indexes[name], folder / file_name)
     lexical.save(folder / LEXICAL_DIR)
-    _write_json_atomically(folder / RANKER_FILE, ranker.to_dict())
+    write_json_atomically(folder / RANKER_FILE, ranker)
     manifest = {
         "index_version": index_version,
         "model_version": model_version,
@@ -150,14 +105,14 @@ def save_release(
         "created_at": utc_now().isoformat(),
         **(extra or {}),
     }
-    _write_json_atomically(folder / INDEX_MANIFEST, manifest)
+    write_json_atomically(folder / INDEX_MANIFEST, manifest)
     return Release(index_version, model_version, folder, manifest)
 
 
 def update_manifest(release: Release, **fields) -> None:
     """Add fields to a release's manifest (the gate's decision: rollback skips refused ones)."""
     release.manifest.update(fields)
-    _write_json_atomically(release.folder / INDEX_MANIFEST, release.manifest)
+    write_json_atomically(release.folder / INDEX_MANIFEST, release.manifest)
 
 
 def load_release(layout: HomeLayout, index_version: str) -> Release:
@@ -176,7 +131,7 @@ def publish(layout: HomeLayout, release: Release) -> dict:
         "index_version": release.index_version,
         "published_at": utc_now().isoformat(),
     }
-    _write_json_atomically(layout.live_pointer, pointer)
+    write_json_atomically(layout.live_pointer, pointer)
     return pointer
 
 

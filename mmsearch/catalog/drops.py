@@ -13,11 +13,12 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
+
+from mmsearch.settings import drop_folder_name
 
 PRODUCT_FILES = ("products.csv", "products.parquet", "products.jsonl")
 QUERY_FILE = "queries.jsonl"
@@ -317,12 +318,6 @@ def copy_drop(source: Path, landing: Path) -> str:
 # A drop whose files change after ingestion is ingested again as a new version, keyed
 # `<folder>@<first 10 hex digits of its content hash>`; the first version is keyed by the folder name.
 VERSION_MARK = "@"
-_VERSION_SUFFIX = re.compile(r"@[0-9a-f]{10}$")
-
-
-def drop_folder_name(drop_key: str) -> str:
-    """The landing folder a drop key (a plain name or a `name@hash` version) reads from."""
-    return _VERSION_SUFFIX.sub("", drop_key)
 
 
 def pending_drop_versions(

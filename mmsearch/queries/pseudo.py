@@ -8,7 +8,7 @@ pseudo-queries never change between runs):
   every product of that category with that value answers;
 - `description`: a fragment of one description sentence.
 Training learns from the pseudo-queries of `train` products; the ranker is fitted and releases
-are gated on those of held-out products (`mmsearch.splits`).
+are gated on those of held-out products (`mmsearch.queries.splits`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 MAX_ATTRIBUTE_WORDS = 3
 
 
-def _words(text: object) -> list[str]:
+def words_of(text: object) -> list[str]:
+    """The casefolded words of a text (none for a non-string or empty one)."""
     return _WORD.findall(str(text).casefold()) if isinstance(text, str) and text else []
 
 
@@ -61,10 +62,10 @@ def attributes_of(product: Mapping) -> dict[str, str]:
     values = {}
     if isinstance(attributes, Mapping):
         for name, value in attributes.items():
-            if 0 < len(_words(value)) <= MAX_ATTRIBUTE_WORDS:
-                values[str(name).casefold()] = " ".join(_words(value))
-    if _words(product.get("brand")):
-        values["brand"] = " ".join(_words(product.get("brand")))
+            if 0 < len(words_of(value)) <= MAX_ATTRIBUTE_WORDS:
+                values[str(name).casefold()] = " ".join(words_of(value))
+    if words_of(product.get("brand")):
+        values["brand"] = " ".join(words_of(product.get("brand")))
     return values
 
 
@@ -82,8 +83,8 @@ def pseudo_query(product: Mapping, style: str) -> str:
     """One short query in `style` for a product (title, category, brand, attributes,
     description fields); "" when the product has nothing for that style."""
     rng = _rng(str(product.get("product_id", "")), style)
-    title = _words(product.get("title"))
-    category = _words(product.get("category"))
+    title = words_of(product.get("title"))
+    category = words_of(product.get("category"))
     if style == "title":
         words = _fragment(title, rng)
     elif style == "attributes":
@@ -92,7 +93,7 @@ def pseudo_query(product: Mapping, style: str) -> str:
         words = pick[1].split() + noun if pick else _fragment(category + title, rng)
     elif style == "description":
         sentences = [s for s in _SENTENCE.split(str(product.get("description") or "")) if s]
-        words = _fragment(_words(rng.choice(sentences)), rng, 3, 6) if sentences else []
+        words = _fragment(words_of(rng.choice(sentences)), rng, 3, 6) if sentences else []
     else:
         raise ValueError(f"unknown pseudo-query style {style!r}; known: {', '.join(STYLES)}")
     return " ".join(words)

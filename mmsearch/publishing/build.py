@@ -5,7 +5,7 @@
   removed from the index; every other field (price, title shown) is refreshed. No rebuild.
 - A new model: a full build, its ranker fitted on held-out queries, then the promotion gate:
   candidate and live are scored through their own two-stage search on the same `gate` queries
-  (`mmsearch.splits`), compared with a paired test; the candidate goes live unless it is worse
+  (`mmsearch.queries.splits`), compared with a paired test; the candidate goes live unless it is worse
   by more than the tolerance or significantly worse, and never when it cannot be compared.
 Either way the result is a new index version; LIVE.json switches atomically, so a failed or
 killed run leaves the previous release serving. The newest `keep` versions are kept.
@@ -20,22 +20,24 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mmsearch import artifacts
-from mmsearch.evaluation import (
-    RANKER,
-    QuerySet,
-    evaluate_engine,
-    held_out_queries,
-    pseudo_query_set,
+from mmsearch.clock import new_version, utc_now
+from mmsearch.evaluation.metrics import paired_p_value
+from mmsearch.evaluation.scoring import RANKER, evaluate_engine, held_out_queries
+from mmsearch.features.catalog_features import (
+    CatalogFeatures,
+    load_catalog_features,
+    load_query_split,
 )
-from mmsearch.fusion import embed_products
-from mmsearch.indexing import DEFAULT_MEMORY_BUDGET_MB, build_index, index_type
-from mmsearch.lexical import LexicalIndex
-from mmsearch.metrics import paired_p_value
-from mmsearch.ranking import SIGNIFICANCE_LEVEL, Ranker, fit_ranker, query_kind
-from mmsearch.search import SearchEngine
+from mmsearch.index import artifacts
+from mmsearch.index.indexing import DEFAULT_MEMORY_BUDGET_MB, build_index, index_type
+from mmsearch.index.lexical import LexicalIndex
+from mmsearch.model.fusion import embed_products
+from mmsearch.model.store import load_model
+from mmsearch.publishing.fitting import fit_ranker
+from mmsearch.queries.query_sets import QuerySet, pseudo_query_set
+from mmsearch.search.engine import SearchEngine
+from mmsearch.search.ranking import SIGNIFICANCE_LEVEL, Ranker, query_kind
 from mmsearch.settings import HomeLayout
-from mmsearch.training import CatalogFeatures, load_catalog_features, load_query_split
 
 # The product fields an index carries so search answers without the warehouse, plus the content
 # keys (to see what changed) and the stable index id of each product.
@@ -109,7 +111,7 @@ def _save(
     fingerprint,
     extra,
 ) -> artifacts.Release:
-    index_version = artifacts.new_version("index", fingerprint)
+    index_version = new_version("index", fingerprint)
     lexical = LexicalIndex.build(list(documents))
     release = artifacts.save_release(
         layout,
@@ -133,7 +135,7 @@ def _save(
             str(release.folder),
             release.manifest["index_type"],
             release.size,
-            artifacts.utc_now(),
+            utc_now(),
         ],
     )
     return release
@@ -184,10 +186,10 @@ def build_release(
     release (not yet live).
 
     The index type is chosen by catalog size and memory budget; the manifest records it with
-    its tuned nprobe and measured recall@10 (`mmsearch.indexing`), and the ranker's weights with
+    its tuned nprobe and measured recall@10 (`mmsearch.index.indexing`), and the ranker's weights with
     each retriever's score on the fitting queries.
     """
-    model, config = artifacts.load_model(layout, model_version)
+    model, config = load_model(layout, model_version)
     encoders = config["encoders"]
     catalog = load_catalog_features(
         con, encoders["image_encoder_id"], encoders["text_encoder_id"], views=True, pseudo=True
@@ -216,14 +218,14 @@ def build_release(
         vectors,
         retriever_indexes,
         catalog.products["document"],
-        Ranker.default(),
+        Ranker.default().to_dict(),
         fingerprint,
         extra,
     )
     engine = SearchEngine(release, model, config)
     labeled, pseudo = fitting_queries(con, catalog, config)
     ranker = fit_ranker(ranker_examples(engine, labeled), ranker_examples(engine, pseudo))
-    release.save_ranker(ranker)
+    release.save_ranker(ranker.to_dict())
     artifacts.update_manifest(release, ranker=ranker.to_dict())
     return release
 
@@ -243,7 +245,7 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         }
     except (FileNotFoundError, RuntimeError):
         return None
-    model, config = artifacts.load_model(layout, live.model_version)
+    model, config = load_model(layout, live.model_version)
     encoders = config["encoders"]
     current = load_catalog_features(
         con, encoders["image_encoder_id"], encoders["text_encoder_id"], with_features=False

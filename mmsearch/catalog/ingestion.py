@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
-from mmsearch.artifacts import utc_now
-from mmsearch.catalog import (
+from mmsearch.catalog.drops import (
     KNOWN_COLUMNS,
     QUERY_FILE,
     READ_ERROR,
@@ -18,6 +17,7 @@ from mmsearch.catalog import (
     read_products,
     read_queries,
 )
+from mmsearch.clock import utc_now
 from mmsearch.settings import HomeLayout
 from mmsearch.warehouse import replace_rows
 

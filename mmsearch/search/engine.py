@@ -4,7 +4,7 @@ Two stages, as retrieval systems do it. First, candidates: up to `CANDIDATES` pr
 retriever the query can use (the fused FAISS index over the trained model's embeddings, the raw
 text and raw image encoders' own similarities, BM25 over the product text), after the filters,
 so a filter never lets unrelated products push relevant ones out. Then one ranker
-(`mmsearch.ranking`), fitted per catalog, re-scores their union from every retriever's score.
+(`mmsearch.search.ranking`), fitted per catalog, re-scores their union from every retriever's score.
 """
 
 from __future__ import annotations
@@ -17,28 +17,31 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mmsearch import artifacts
-from mmsearch.encoders import load_image_encoder, load_text_encoder
-from mmsearch.fusion import FusionModel, embed_query, embed_query_batch
-from mmsearch.images import (
+from mmsearch.catalog.images import (
     ImageLimits,
     decode_image,
     encoder_picture,
     perceptual_hash,
     photo_similarity,
 )
-from mmsearch.indexing import search_index
-from mmsearch.ranking import (
+from mmsearch.catalog.text import clean_text
+from mmsearch.features.encoders import load_image_encoder, load_text_encoder
+from mmsearch.index import artifacts
+from mmsearch.index.indexing import search_index
+from mmsearch.model.fusion import FusionModel, embed_query, embed_query_batch
+from mmsearch.model.store import load_model
+from mmsearch.queries.pseudo import attributes_of, words_of
+from mmsearch.search.ranking import (
     FUSED,
     LEXICAL,
     PHOTO_MATCH,
     RAW_IMAGE,
     RAW_TEXT,
     Candidates,
+    Ranker,
     query_kind,
 )
 from mmsearch.settings import HomeLayout
-from mmsearch.text import clean_text
 
 # Products each retriever contributes to the second stage.
 CANDIDATES = 100
@@ -111,7 +114,8 @@ class SearchEngine:
             name: release.load_retriever_index(name) for name in artifacts.RETRIEVER_INDEX_FILES
         }
         self.lexical = release.load_lexical()
-        self.ranker = release.load_ranker()
+        stored = release.load_ranker()
+        self.ranker = Ranker.from_dict(stored) if stored else Ranker.default()
         self._has_image = self.products["image_sha"].fillna("").astype(str).ne("").to_numpy()
         hashes = (
             self.products["image_phash"]
@@ -141,7 +145,7 @@ class SearchEngine:
 
     @classmethod
     def of(cls, layout: HomeLayout, release: artifacts.Release) -> SearchEngine:
-        model, config = artifacts.load_model(layout, release.model_version)
+        model, config = load_model(layout, release.model_version)
         return cls(release, model, config)
 
     @property
@@ -287,11 +291,16 @@ class SearchEngine:
             photo_hash=perceptual_hash(picture) if picture is not None else None,
         )
         kind = query_kind(bool(text), picture is not None)
-        results = [self.describe(row, score) for row, score in self.rank(kind, candidates, k)]
+        words = set(words_of(text))
+        results = [
+            self.describe(row, score)
+            | {"matched": matched_attributes(self.products.iloc[row], words)}
+            for row, score in self.rank(kind, candidates, k)
+        ]
         return {"results": results, "facets": self.facets(candidates.rows)}
 
     def candidates_for(self, queries) -> list[Candidates]:
-        """First stage for every query of a QuerySet (`mmsearch.evaluation`)."""
+        """First stage for every query of a QuerySet (`mmsearch.evaluation.scoring`)."""
         fused = embed_query_batch(
             self.model,
             queries.image_features,
@@ -387,6 +396,14 @@ class SearchEngine:
                 None if value is None or (isinstance(value, float) and math.isnan(value)) else value
             )
         return result
+
+
+def matched_attributes(product, words: set[str]) -> dict[str, str]:
+    """The product's category, brand and attributes whose every word is among the query's
+    `words` (casefolded), by name: what a result line shows as the reason it matched."""
+    category = " ".join(words_of(product.get("category")))
+    named = {"category": category, **attributes_of(product)} if category else attributes_of(product)
+    return {name: value for name, value in named.items() if words and set(value.split()) <= words}
 
 
 def load_query_image(path: str | Path, limits: ImageLimits = ImageLimits()) -> Image.Image:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmsearch.images import (
+from mmsearch.catalog.images import (
     ImageLimits,
     ImageRejected,
     perceptual_hash,
@@ -25,7 +25,7 @@ from mmsearch.images import (
     resolve_inside,
     save_clean_image,
 )
-from mmsearch.text import MAX_TITLE_CHARS, clean_text
+from mmsearch.catalog.text import MAX_TITLE_CHARS, clean_text
 
 MAX_PRODUCT_ID_CHARS = 256
 TRUE_WORDS = {"true", "1", "yes", "y", "t"}

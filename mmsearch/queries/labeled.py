@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsearch.catalog import read_queries
-from mmsearch.cleaning import CLEANING_RULES_VERSION
-from mmsearch.evaluation import QuerySet
-from mmsearch.images import (
+from mmsearch.catalog.cleaning import CLEANING_RULES_VERSION
+from mmsearch.catalog.drops import read_queries
+from mmsearch.catalog.images import (
     ImageLimits,
     ImageRejected,
     perceptual_hash,
@@ -21,8 +20,9 @@ from mmsearch.images import (
     resolve_inside,
     save_clean_image,
 )
-from mmsearch.splits import SPLIT_RULES, query_split
-from mmsearch.text import clean_text, text_key
+from mmsearch.catalog.text import clean_text, text_key
+from mmsearch.queries.query_sets import QuerySet
+from mmsearch.queries.splits import SPLIT_RULES, query_split
 
 # What a labeled_queries row holds; a change rebuilds the table in every home.
 LABELED_QUERY_COLUMNS = "labeled-queries-2: image_phash"

@@ -2,7 +2,7 @@
 
 Embeddings are stored keyed by content (sha256 of the image bytes or of the text) and by encoder
 id, so an unchanged product is never encoded twice and a new encoder re-encodes everything.
-Shopper views (`mmsearch.augment`) are training-only inputs: they are encoded when a model is
+Shopper views (`mmsearch.features.augment`) are training-only inputs: they are encoded when a model is
 trained, so adding products to the live index does not pay for them.
 """
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from mmsearch.augment import shopper_view, view_key, view_seed
-from mmsearch.images import encoder_picture
-from mmsearch.pseudo_queries import pseudo_queries
-from mmsearch.text import text_key
+from mmsearch.catalog.images import encoder_picture
+from mmsearch.catalog.text import text_key
+from mmsearch.features.augment import shopper_view, view_key, view_seed
+from mmsearch.queries.pseudo import pseudo_queries
 from mmsearch.warehouse import missing_keys, query_df, store_vectors
 
 
@@ -100,7 +100,7 @@ PRODUCT_FIELDS_SQL = (
 
 
 def extract_pseudo_query_features(con, text_encoder, batch_size: int = 64) -> int:
-    """Encode the pseudo-queries (`mmsearch.pseudo_queries`) of every live product not yet
+    """Encode the pseudo-queries (`mmsearch.queries.pseudo`) of every live product not yet
     encoded; returns how many texts were encoded. Training and the ranker's fitting read them."""
     products = query_df(con, PRODUCT_FIELDS_SQL)
     texts = {}

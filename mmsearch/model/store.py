@@ -1,0 +1,35 @@
+"""Versioned fusion models under MM_HOME: weights plus the config they were trained with."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mmsearch.clock import write_json_atomically
+from mmsearch.model.fusion import FusionConfig, FusionModel
+from mmsearch.settings import HomeLayout
+
+MODEL_FILE, MODEL_CONFIG = "model.pt", "config.json"
+
+
+def save_model(layout: HomeLayout, version: str, model: FusionModel, config: dict):
+    """Write a model's weights and its config (encoders, training config, metrics)."""
+    folder = layout.models / version
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / MODEL_FILE)
+    write_json_atomically(
+        folder / MODEL_CONFIG, {**config, "version": version, "fusion": model.config.to_dict()}
+    )
+    return folder
+
+
+def load_model(layout: HomeLayout, version: str) -> tuple[FusionModel, dict]:
+    """A saved model (weights loaded with weights_only=True) and its config."""
+    folder = layout.models / version
+    if not (folder / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"model version {version!r} not found under {layout.models}")
+    config = json.loads((folder / MODEL_CONFIG).read_text())
+    model = FusionModel(FusionConfig(**config["fusion"]))
+    model.load_state_dict(torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model.eval(), config
