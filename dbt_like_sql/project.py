@@ -2,7 +2,9 @@
 
 Conventions follow dbt so the folder could move to dbt-duckdb with little change:
 - `{{ ref('model') }}` and `{{ source('name', 'table') }}` declare dependencies;
-- `{{ config(materialized='view' | 'table' | 'incremental', unique_key='col') }}`;
+- `{{ config(materialized='view' | 'table' | 'incremental', unique_key='col') }}`; an incremental
+  run works like dbt's delete+insert: the rows its query returns replace the stored rows with the
+  same unique_key and the rest are added;
 - `{% if is_incremental() %} ... {% endif %}` and `{{ this }}` inside incremental models;
 - `schema.yml` files give model and column descriptions and column tests: unique, not_null,
   accepted_values (values: [...]), relationships (to: ref('model'), field: column).
@@ -214,17 +216,44 @@ class Project:
             elif model.materialized == "table" or not exists:
                 con.execute(f"CREATE OR REPLACE TABLE {relation} AS {self.render(name)}")
             else:
-                key = _quote(model.unique_key)
-                con.execute(
-                    f"INSERT INTO {relation} SELECT * FROM ({self.render(name, incremental=True)}) AS new_rows "
-                    f"WHERE new_rows.{key} NOT IN (SELECT {key} FROM {relation} WHERE {key} IS NOT NULL)"
-                )
+                self._merge_incremental(con, model)
         except duckdb.Error as error:
             message = str(error).strip().splitlines()[0]
             raise ProjectError(
                 f"model {name!r} ({model.path}) failed in DuckDB: {message}"
             ) from None
         return int(con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0])
+
+    def _merge_incremental(self, con: duckdb.DuckDBPyConnection, model: Model) -> None:
+        """dbt's delete+insert: rows of the incremental query replace the rows with the same
+        unique_key (an update), the other rows are inserted, and rows it does not return stay."""
+        relation, key = _quote(model.name), _quote(model.unique_key)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE incremental_rows AS "
+                f"{self.render(model.name, incremental=True)}"
+            )
+            repeated = con.execute(
+                f"SELECT {key}, count(*) FROM incremental_rows WHERE {key} IS NOT NULL "
+                f"GROUP BY {key} HAVING count(*) > 1 LIMIT 3"
+            ).fetchall()
+            if repeated:
+                raise ProjectError(
+                    f"model {model.name!r} ({model.path}): its incremental query returns several "
+                    f"rows for unique_key {model.unique_key!r} (e.g. {repeated}); make the key "
+                    "unique in the model's SQL"
+                )
+            con.execute(
+                f"DELETE FROM {relation} WHERE {key} IN "
+                f"(SELECT {key} FROM incremental_rows WHERE {key} IS NOT NULL)"
+            )
+            con.execute(f"INSERT INTO {relation} BY NAME SELECT * FROM incremental_rows")
+            con.execute("DROP TABLE incremental_rows")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
 
     def run_test(self, con: duckdb.DuckDBPyConnection, test: ColumnTest) -> int:
         """The number of rows breaking a column test."""

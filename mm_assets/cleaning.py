@@ -1,7 +1,5 @@
 """Stage 2: text and image cleaning, quarantine, duplicate resolution, and quality checks."""
 
-import json
-
 import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
@@ -18,7 +16,11 @@ from mm_assets.history import latest_metadata
 from mm_assets.ingestion import raw_products
 from mmsearch.catalog.cleaning import OUTCOMES, accounting_by_drop, clean_warehouse
 from mmsearch.catalog.duplicates import find_near_duplicates
-from mmsearch.catalog.quality import run_clean_products_suite
+from mmsearch.catalog.quality import (
+    previous_catalog,
+    run_clean_products_suite,
+    stored_image_sizes,
+)
 from mmsearch.queries.labeled import labeled_queries_inputs, prepare_labeled_queries
 from mmsearch.warehouse import query_df, query_records, replace_rows
 from resources import PipelineSettings, WarehouseResource
@@ -43,6 +45,7 @@ def clean_products(
         live = con.execute("SELECT count(*) FROM clean_products").fetchone()[0]
     return MaterializeResult(
         metadata={
+            "dagster/row_count": MetadataValue.int(live),
             "live_products": live,
             "quarantined_rows": int(accounting["quarantined"].sum()),
             "row_accounting": MetadataValue.md(accounting.to_markdown(index=False)),
@@ -80,6 +83,7 @@ def labeled_queries(
     )
     return MaterializeResult(
         metadata={
+            "dagster/row_count": MetadataValue.int(len(table)),
             "queries": len(table),
             "inputs": inputs,
             "reused": reused,
@@ -122,14 +126,21 @@ def row_accounting_balanced(
 @asset_check(
     asset=clean_products,
     blocking=True,
-    description="Great Expectations suite: unique non-null ids, non-null titles, prices >= 0, "
-    "and each drop's quarantined share under the configured limit",
+    description="Great Expectations suite over the clean catalog (docs/quality-checks.md): each "
+    "drop's quarantined share under the configured limit (ERROR, blocks downstream); price "
+    "outliers and median drift, title and description lengths, products without image, category "
+    "count and unseen categories, small and shared images (WARN)",
 )
 def clean_products_expectations(
     context: AssetCheckExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
 ) -> AssetCheckResult:
     with warehouse.connect(read_only=True) as con:
-        products = query_df(con, "SELECT product_id, title, price FROM clean_products")
+        products = query_df(
+            con,
+            "SELECT product_id, title, description, category, price, image_sha, image_phash, "
+            "image_file FROM clean_products",
+        )
+        previous = previous_catalog(con)
         shares = query_df(
             con,
             "SELECT d.name AS drop_name, d.rows_read, "
@@ -137,7 +148,8 @@ def clean_products_expectations(
             "FROM drops d LEFT JOIN quarantine q ON q.drop_name = d.name "
             "WHERE d.status = 'accepted' GROUP BY d.name, d.rows_read",
         )
-    outcome = run_clean_products_suite(products, shares, settings.max_quarantine_share)
+    products = products.join(stored_image_sizes(products["image_file"]))
+    outcome = run_clean_products_suite(products, shares, settings.max_quarantine_share, previous)
     over_limit = shares[shares["quarantined_share"] > settings.max_quarantine_share]
     garbage = [
         f"drop {row.drop_name!r} has {row.quarantined_share:.0%} of its rows quarantined "
@@ -146,11 +158,13 @@ def clean_products_expectations(
     ]
     return AssetCheckResult(
         passed=outcome.success,
-        severity=AssetCheckSeverity.ERROR,
-        description="; ".join(garbage) or outcome.summary,
+        severity=AssetCheckSeverity(outcome.severity),
+        description="; ".join([*garbage, outcome.summary]),
         metadata={
             "expectations": MetadataValue.md(outcome.markdown()),
-            "failed": MetadataValue.json(json.loads(json.dumps(outcome.failed))),
+            "observed": MetadataValue.json({r["name"]: r["observed"] for r in outcome.results}),
+            "failed": MetadataValue.json(outcome.failed),
+            "skipped": MetadataValue.json(outcome.skipped),
         },
     )
 
@@ -180,6 +194,7 @@ def near_duplicates(
     counts = flagged.groupby("kind")["group_key"].nunique().to_dict() if len(flagged) else {}
     return MaterializeResult(
         metadata={
+            "dagster/row_count": MetadataValue.int(len(flagged)),
             "same_image_groups": int(counts.get("same_image", 0)),
             "identical_row_groups": int(counts.get("identical_row", 0)),
             "flagged": MetadataValue.md(

@@ -125,7 +125,7 @@ def build_sql_assets(project: Project | None = None) -> list:
                 yield MaterializeResult(
                     asset_key=model.name,
                     metadata={
-                        "rows": rows,
+                        "dagster/row_count": MetadataValue.int(rows),
                         # The step builds every model; this is the share of this one and its tests.
                         "build_seconds": round(time.perf_counter() - started, 3),
                         "sql": MetadataValue.md(f"```sql\n{project.render(model.name)}\n```"),

@@ -30,7 +30,7 @@ def test_the_shipped_project_orders_models_after_their_refs():
     assert project.models["training_pairs"].refs == ["stg_products", "product_documents"]
     assert project.models["stg_products"].sources == [("warehouse", "clean_products")]
     assert project.models["ingested_rows"].materialized == "incremental"
-    assert any(t.kind == "relationships" for t in project.models["product_documents"].tests)
+    assert project.models["ingested_rows"].unique_key == "row_key"
 
 
 def test_product_documents_decide_the_embedded_text_and_its_hash():
@@ -53,7 +53,42 @@ def test_product_documents_decide_the_embedded_text_and_its_hash():
     assert sha == hashlib.sha256(rows["p1"].encode()).hexdigest()
 
 
-def test_incremental_model_adds_only_new_keys(tmp_path):
+def test_incremental_model_updates_existing_keys_and_inserts_new_ones(tmp_path):
+    """Like dbt's delete+insert: a row whose unique_key is already there is replaced, a new key
+    is added, and rows the incremental query does not return stay as they were."""
+    project = Project(
+        write_models(
+            tmp_path,
+            {
+                "prices.sql": """
+            {{ config(materialized='incremental', unique_key='id') }}
+            select id, value, version from {{ source('warehouse', 'raw_products') }}
+            {% if is_incremental() %}
+            where version > (select max(version) from {{ this }})
+            {% endif %}
+        """,
+            },
+        )
+    )
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE raw_products AS SELECT * FROM (VALUES (1, 'a', 1), (2, 'b', 1), (3, 'c', 1)) "
+        "t(id, value, version)"
+    )
+    assert project.run_model(con, "prices") == 3
+    con.execute("DELETE FROM raw_products WHERE id = 1")  # not returned again: kept as it was
+    con.execute("UPDATE raw_products SET value = 'changed', version = 2 WHERE id = 2")
+    con.execute("INSERT INTO raw_products VALUES (4, 'd', 2)")
+    assert project.run_model(con, "prices") == 4
+    assert con.execute("SELECT id, value, version FROM prices ORDER BY id").fetchall() == [
+        (1, "a", 1),
+        (2, "changed", 2),
+        (3, "c", 1),
+        (4, "d", 2),
+    ]
+
+
+def test_incremental_query_repeating_a_key_is_refused_and_changes_nothing(tmp_path):
     project = Project(
         write_models(
             tmp_path,
@@ -61,23 +96,43 @@ def test_incremental_model_adds_only_new_keys(tmp_path):
                 "ledger.sql": """
             {{ config(materialized='incremental', unique_key='id') }}
             select id, value from {{ source('warehouse', 'raw_products') }}
-            {% if is_incremental() %} where id not in (select id from {{ this }}) {% endif %}
         """,
             },
         )
     )
     con = duckdb.connect()
+    con.execute("CREATE TABLE raw_products AS SELECT * FROM (VALUES (1, 'a')) t(id, value)")
+    project.run_model(con, "ledger")
+    con.execute("INSERT INTO raw_products VALUES (1, 'again')")
+    with pytest.raises(ProjectError, match=r"model 'ledger' .*several rows for unique_key 'id'"):
+        project.run_model(con, "ledger")
+    assert con.execute("SELECT id, value FROM ledger").fetchall() == [(1, "a")]
+
+
+def test_ingested_rows_keeps_each_raw_row_as_first_ingested():
+    """The shipped ledger filters out the row_keys it holds, so a re-ingested drop (same drop
+    name and row numbers, a later ingested_at) only adds the rows the ledger lacks."""
+    project = Project()
+    con = duckdb.connect()
     con.execute(
-        "CREATE TABLE raw_products AS SELECT * FROM (VALUES (1, 'a'), (2, 'b')) t(id, value)"
+        "CREATE TABLE raw_products AS SELECT * FROM (VALUES "
+        "('d1', 1, 'p1', TIMESTAMP '2024-01-01'), ('d1', 2, 'p2', TIMESTAMP '2024-01-01')) "
+        "t(drop_name, row_number, product_id, ingested_at)"
     )
-    assert project.run_model(con, "ledger") == 2
-    con.execute("DELETE FROM raw_products WHERE id = 1")
-    con.execute("INSERT INTO raw_products VALUES (2, 'changed'), (3, 'c')")
-    assert project.run_model(con, "ledger") == 3
-    assert con.execute("SELECT value FROM ledger ORDER BY id").fetchall() == [
-        ("a",),
-        ("b",),
-        ("c",),
+    assert project.run_model(con, "ingested_rows") == 2
+    con.execute(
+        "CREATE OR REPLACE TABLE raw_products AS SELECT * FROM (VALUES "
+        "('d1', 1, 'p1-renamed', TIMESTAMP '2024-02-01'), ('d1', 3, 'p3', TIMESTAMP '2024-02-01')) "
+        "t(drop_name, row_number, product_id, ingested_at)"
+    )
+    assert project.run_model(con, "ingested_rows") == 3
+    rows = con.execute(
+        "SELECT row_key, product_id, ingested_at::DATE::VARCHAR FROM ingested_rows ORDER BY row_key"
+    ).fetchall()
+    assert rows == [
+        ("d1:1", "p1", "2024-01-01"),
+        ("d1:2", "p2", "2024-01-01"),
+        ("d1:3", "p3", "2024-02-01"),
     ]
 
 
