@@ -45,8 +45,9 @@ def grow_release(layout, size: int, plan=None):
     from mmsearch.index import artifacts
     from mmsearch.index.indexing import build_index, index_type
     from mmsearch.index.lexical import LexicalIndex
+    from mmsearch.index.registry import registry_for
 
-    live = artifacts.live_release(layout)
+    live = registry_for(layout).live()
     base = live.load_products()
     rng = np.random.default_rng(0)
     picks = np.arange(size) % len(base)

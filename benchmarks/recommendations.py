@@ -55,11 +55,11 @@ def main() -> None:
         subprocess.run([MMSEARCH, "demo", "--json"], check=True, stdout=subprocess.DEVNULL)
 
     from mmsearch import warehouse
-    from mmsearch.index import artifacts
+    from mmsearch.index.registry import registry_for
     from mmsearch.settings import HomeLayout
 
     layout = HomeLayout(args.home)
-    release = artifacts.live_release(layout)
+    release = registry_for(layout).live()
     products = release.load_products().reset_index(drop=True)
     with warehouse.connect(layout.warehouse, read_only=True) as con:
         recommended = con.execute(

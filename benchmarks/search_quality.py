@@ -99,10 +99,11 @@ def own_photo_ranks(home: Path, drop: Path, limit: int) -> dict:
     """Share of products whose own catalog photo, and a re-shot copy, come back at rank 1."""
     os.environ["MM_HOME"] = str(home)
     from mmsearch.catalog.drops import read_products
+    from mmsearch.index.registry import registry_for
     from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
-    engine = SearchEngine.live(HomeLayout(home))
+    engine = SearchEngine.live(registry_for(HomeLayout(home)))
     live = set(engine.products["product_id"])
     products = read_products(drop)
     rows = [

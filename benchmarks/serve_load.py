@@ -124,10 +124,11 @@ def in_process_p50(home: Path, queries: dict[str, list[dict]], count: int = 40) 
 
     from PIL import Image
 
+    from mmsearch.index.registry import registry_for
     from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
-    engine = SearchEngine.live(HomeLayout(home))
+    engine = SearchEngine.live(registry_for(HomeLayout(home)))
     medians = {}
     for kind, searches in queries.items():
         times = []
@@ -211,15 +212,15 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="mm_serve_"))
     build_small_home(home)
 
-    from mmsearch.index import artifacts
+    from mmsearch.index.registry import registry_for
     from mmsearch.settings import HomeLayout
 
     layout = HomeLayout(home)
     drop = layout.landing / "sample"
     queries = sample_queries(drop)
-    small = artifacts.live_release(layout)
+    small = registry_for(layout).live()
     grown, report = grow_release(layout, args.products)
-    artifacts.publish(layout, grown)
+    registry_for(layout).publish(grown)
     baseline = in_process_p50(home, queries)
     server, url = start_server(home)
     try:
@@ -236,7 +237,7 @@ def main() -> None:
                 f"| {kind} | {figures['requests']} | {figures['qps']:.1f} | {figures['p50']:.1f} "
                 f"| {figures['p99']:.1f} | {figures['failed']} | {baseline[kind]:.1f} |"
             )
-        artifacts.publish(layout, small)
+        registry_for(layout).publish(small)
         time.sleep(3)  # the watcher swaps back to the 300-product release
         fresh = home / "fresh-drop"
         new_drop(fresh, drop)

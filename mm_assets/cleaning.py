@@ -48,6 +48,13 @@ def clean_products(
             "dagster/row_count": MetadataValue.int(live),
             "live_products": live,
             "quarantined_rows": int(accounting["quarantined"].sum()),
+            # Plotted across materializations in the UI: a feed getting worse shows as a rise.
+            "quarantine_share": MetadataValue.float(
+                round(
+                    float(accounting["quarantined"].sum()) / max(int(accounting["read"].sum()), 1),
+                    4,
+                )
+            ),
             "row_accounting": MetadataValue.md(accounting.to_markdown(index=False)),
             "quarantine_reasons": MetadataValue.md(
                 reasons.to_markdown(index=False) if len(reasons) else "none"

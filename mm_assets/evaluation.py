@@ -1,5 +1,6 @@
 """Stage 6: evaluation of the live release beside raw pretrained baselines."""
 
+import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -7,6 +8,9 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
     asset_check,
 )
@@ -15,11 +19,22 @@ from mm_assets.indexing import product_index
 from mmsearch.evaluation.consistency import image_text_mismatches
 from mmsearch.evaluation.scoring import RANKER, markdown_table
 from mmsearch.features.catalog_features import load_catalog_features
-from mmsearch.index.artifacts import live_release
-from mmsearch.model.store import load_model
 from mmsearch.publishing.assessment import evaluate_release
 from mmsearch.warehouse import query_df, replace_rows
-from resources import WarehouseResource
+from resources import ReleaseRegistryResource, WarehouseResource
+
+
+def _results_table(table) -> MetadataValue:
+    columns = ["method", "kind", "n", "recall_at_1", "recall_at_10", "mrr", "ndcg_at_10"]
+    records = [
+        TableRecord({c: (None if pd.isna(row[c]) else row[c]) for c in columns})
+        for row in table[columns].to_dict("records")
+    ]
+    types = {"method": "string", "kind": "string", "n": "int"}
+    return MetadataValue.table(
+        records=records,
+        schema=TableSchema(columns=[TableColumn(c, types.get(c, "float")) for c in columns]),
+    )
 
 
 @asset(
@@ -32,18 +47,24 @@ from resources import WarehouseResource
     "the best of them, on the labeled queries' test split or on pseudo-queries of test products.",
 )
 def search_evaluation(
-    context: AssetExecutionContext, warehouse: WarehouseResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, registry: ReleaseRegistryResource
 ) -> MaterializeResult:
-    release = live_release(warehouse.layout)
+    release = registry.registry.live()
     with warehouse.connect() as con:
-        source, evaluation = evaluate_release(con, warehouse.layout, release)
+        source, evaluation = evaluate_release(con, registry.registry, release)
     table = evaluation.table(release.model_version, source)
     metadata = {"source": source, "model_version": release.model_version}
     if len(table):
         metadata["results"] = MetadataValue.md(markdown_table(table))
-        ranker_rows = table[table["method"] == RANKER]
-        for kind, mrr in zip(ranker_rows["kind"], ranker_rows["mrr"], strict=True):
-            metadata[f"ranker_mrr/{kind}"] = MetadataValue.float(float(mrr))
+        metadata["results_table"] = _results_table(table)
+        metadata["dagster/row_count"] = len(table)
+        # One number per kind and method: the UI plots each across materializations.
+        for row in table.to_dict("records"):
+            for measure in ("mrr", "recall_at_10"):
+                if row.get(measure) is not None and row["method"] in (RANKER, "fused"):
+                    metadata[f"{row['method']}_{measure}/{row['kind']}"] = MetadataValue.float(
+                        float(row[measure])
+                    )
     return MaterializeResult(metadata=metadata)
 
 
@@ -53,9 +74,11 @@ def search_evaluation(
     "p < 0.05) than the best retriever alone",
 )
 def ranker_not_below_its_retrievers(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+    context: AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    registry: ReleaseRegistryResource,
 ) -> AssetCheckResult:
-    release = live_release(warehouse.layout)
+    release = registry.registry.live()
     with warehouse.connect(read_only=True) as con:
         table = query_df(
             con,
@@ -88,10 +111,10 @@ def ranker_not_below_its_retrievers(
     "far below the catalog's and own text not among the closest): a to-do list, not a deletion.",
 )
 def image_text_consistency(
-    context: AssetExecutionContext, warehouse: WarehouseResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, registry: ReleaseRegistryResource
 ) -> MaterializeResult:
-    release = live_release(warehouse.layout)
-    model, config = load_model(warehouse.layout, release.model_version)
+    release = registry.registry.live()
+    model, config = registry.registry.load_model(release.model_version)
     encoders = config["encoders"]
     with warehouse.connect() as con:
         catalog = load_catalog_features(
@@ -125,9 +148,11 @@ def image_text_consistency(
     description="warns while products whose image and text disagree are waiting for a merchandiser",
 )
 def images_match_their_text(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource
+    context: AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    registry: ReleaseRegistryResource,
 ) -> AssetCheckResult:
-    release = live_release(warehouse.layout)
+    release = registry.registry.live()
     with warehouse.connect(read_only=True) as con:
         flagged = query_df(
             con,

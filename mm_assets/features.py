@@ -22,6 +22,19 @@ from resources import ImageEncoderResource, TextEncoderResource, WarehouseResour
     group_name="features",
     pool="warehouse",
     kinds={"pytorch", "duckdb"},
+    # On Kubernetes with the per-step executor (docs/production.md), this step's pod asks for a
+    # GPU node; elsewhere the tag is ignored and the encoders use CUDA when the machine has it.
+    op_tags={
+        "dagster-k8s/config": {
+            "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+            "pod_spec_config": {
+                "node_selector": {"nvidia.com/gpu.present": "true"},
+                "tolerations": [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+            },
+        }
+    },
     description="Image (CNN) and text (MiniLM) embeddings of products and labeled queries, "
     "stored by content hash and encoder id; only content not yet encoded is encoded; also each "
     "product's pseudo-queries (training, ranker fitting and label-free evaluation read them). "

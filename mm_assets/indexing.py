@@ -1,14 +1,35 @@
-"""Stage 5: product embeddings and the FAISS index, published as the live release.
+"""Stage 5: a candidate release, the promotion gate, and the live release.
 
-With the live model, only new and changed products are embedded and the live index is updated
-(no rebuild); with a new model the index is rebuilt and goes live only through the promotion gate.
+`candidate_release` embeds the catalog with the current model (the one `fusion_model` chose) and
+saves a release through the registry: with the live model, only new and changed products are
+embedded and the live index is updated (no rebuild); with a new model the index is rebuilt and
+its ranker fitted. `promotion_gate` is a blocking asset check on it: when it fails, the run does
+not materialize `product_index`, so the candidate never goes live. `product_index` publishes the
+candidate (LIVE.json switched atomically) and prunes old versions.
 """
 
-from dagster import AssetExecutionContext, MaterializeResult, asset
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
-from mm_assets.training import fusion_model, latest_model_state
-from mmsearch.publishing.build import release_model
-from resources import PipelineSettings, WarehouseResource
+from mm_assets.training import fusion_model
+from mmsearch.publishing.build import make_candidate
+from mmsearch.publishing.gate import promotion_gate
+from resources import PipelineSettings, ReleaseRegistryResource, WarehouseResource
+
+
+def _current_candidate(registry):
+    proposed = registry.candidate()
+    if not proposed or not proposed.get("index_version"):
+        raise RuntimeError("no candidate release: materialize candidate_release first")
+    return registry.release(proposed["index_version"])
 
 
 @asset(
@@ -16,44 +37,125 @@ from resources import PipelineSettings, WarehouseResource
     group_name="indexing",
     pool="warehouse",
     kinds={"faiss"},
-    description="Every live product embedded by the model, in a FAISS inner-product index with "
-    "an id map, beside the raw-encoder and BM25 retrievers and a ranker fitted on held-out "
-    "queries: updated in place for the same model, rebuilt for a new one and published only if "
-    "the promotion gate passes it; versions kept, LIVE.json switched atomically.",
+    description="Every live product embedded by the current model, in a FAISS inner-product "
+    "index with an id map, beside the raw-encoder and BM25 retrievers and a ranker fitted on "
+    "held-out queries: the live release updated in place for the same model, rebuilt for a new "
+    "one. Saved with checksums through the registry; not live until the promotion gate passes.",
 )
-def product_index(
-    context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
+def candidate_release(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    registry: ReleaseRegistryResource,
+    settings: PipelineSettings,
 ) -> MaterializeResult:
-    state = latest_model_state(context.instance)
-    if not state:
-        raise RuntimeError("fusion_model has never been materialized: materialize it first")
+    releases = registry.registry
+    proposed = releases.candidate()
+    if not proposed:
+        raise RuntimeError("fusion_model has chosen no model yet: materialize it first")
     with warehouse.connect() as con:
-        outcome = release_model(
-            con,
-            warehouse.layout,
-            state["model_version"],
-            settings.promotion_tolerance,
-            settings.keep_versions,
-            settings.index_memory_budget_mb,
+        candidate = make_candidate(
+            con, releases, proposed["model_version"], settings.index_memory_budget_mb
         )
-    if not outcome.promoted:
-        context.log.warning(f"model {state['model_version']} not promoted: {outcome.reason}")
-    release = outcome.release
+    release = candidate.release
+    index = release.manifest.get("index") or {}
+    ranker = release.manifest.get("ranker") or {}
     return MaterializeResult(
         metadata={
             "index_version": release.index_version,
             "model_version": release.model_version,
+            "mode": candidate.mode,
             "index_type": release.manifest["index_type"],
             "size": release.size,
-            "mode": outcome.mode,
-            "index_recall_at_10": (release.manifest.get("index") or {}).get("recall_at_10", 1.0),
-            "index_nprobe": (release.manifest.get("index") or {}).get("nprobe", 0),
-            "products_added": outcome.added,
-            "products_removed": outcome.removed,
-            "promoted": outcome.promoted,
-            "promotion_reason": outcome.reason,
-            "candidate_mrr": outcome.candidate_mrr if outcome.candidate_mrr is not None else -1.0,
-            "gate_p_value": outcome.p_value if outcome.p_value is not None else -1.0,
-            "live_mrr": outcome.live_mrr if outcome.live_mrr is not None else -1.0,
+            "dagster/row_count": release.size,
+            "products_added": candidate.added,
+            "products_removed": candidate.removed,
+            "index_recall_at_10": index.get("recall_at_10", 1.0),
+            "index_nprobe": index.get("nprobe", 0),
+            "files_checksummed": len(release.manifest.get("files", {})),
+            "ranker_weights": MetadataValue.json(ranker.get("weights", {})),
+        }
+    )
+
+
+@asset_check(
+    asset=candidate_release,
+    name="promotion_gate",
+    blocking=True,
+    description="The promotion gate: the candidate and the live release search the same gate "
+    "queries (never trained on) through their own two stages; the candidate is refused when its "
+    "MRR is lower by more than the tolerance or significantly lower (paired randomization test), "
+    "and when the two cannot be compared. A refused candidate never goes live.",
+)
+def promotion_gate_check(
+    context: AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    registry: ReleaseRegistryResource,
+    settings: PipelineSettings,
+) -> AssetCheckResult:
+    releases = registry.registry
+    candidate = _current_candidate(releases)
+    live = releases.live()
+    with warehouse.connect(read_only=True) as con:
+        decision = promotion_gate(con, releases, candidate, live, settings.promotion_tolerance)
+    releases.record(
+        candidate,
+        promoted=decision.promoted,
+        promotion_reason=decision.reason,
+        gate=decision.to_dict(),
+    )
+    if not decision.promoted:
+        context.log.warning(f"model {candidate.model_version} not promoted: {decision.reason}")
+    return AssetCheckResult(
+        passed=decision.promoted,
+        severity=AssetCheckSeverity.ERROR,
+        description=decision.reason,
+        metadata={
+            "candidate_index_version": candidate.index_version,
+            "candidate_model_version": candidate.model_version,
+            "live_model_version": live.model_version if live else "none",
+            "candidate_mrr": decision.candidate_mrr if decision.candidate_mrr is not None else -1.0,
+            "live_mrr": decision.live_mrr if decision.live_mrr is not None else -1.0,
+            "p_value": decision.p_value if decision.p_value is not None else -1.0,
+            "gate_queries": decision.queries,
+            "query_source": decision.source or "none",
+            "reason": decision.reason,
+        },
+    )
+
+
+@asset(
+    deps=[candidate_release],
+    group_name="indexing",
+    pool="warehouse",
+    kinds={"faiss"},
+    description="The live release: the candidate that passed the promotion gate, published by "
+    "switching LIVE.json atomically (search keeps serving the previous one until then); the "
+    "newest `keep_versions` versions are kept.",
+)
+def product_index(
+    context: AssetExecutionContext,
+    registry: ReleaseRegistryResource,
+    settings: PipelineSettings,
+) -> MaterializeResult:
+    releases = registry.registry
+    candidate = _current_candidate(releases)
+    if candidate.manifest.get("promoted") is False:
+        raise RuntimeError(
+            f"candidate {candidate.index_version} was refused by the promotion gate: "
+            f"{candidate.manifest.get('promotion_reason')}"
+        )
+    previous = releases.live()
+    if previous is None or previous.index_version != candidate.index_version:
+        releases.publish(candidate.verified())
+    removed = releases.prune(settings.keep_versions)
+    return MaterializeResult(
+        metadata={
+            "index_version": candidate.index_version,
+            "model_version": candidate.model_version,
+            "previous_index_version": previous.index_version if previous else "none",
+            "size": candidate.size,
+            "dagster/row_count": candidate.size,
+            "promotion_reason": candidate.manifest.get("promotion_reason", ""),
+            "versions_pruned": len(removed),
         }
     )

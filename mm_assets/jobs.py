@@ -7,7 +7,6 @@ from mm_assets.partitions import catalog_drops
 from mm_assets.training import RETRAIN_TAG, fusion_model
 
 INGEST_JOB, REFRESH_JOB, RETRAIN_JOB = "ingest_drop", "refresh_catalog", "retrain_model"
-INGEST_AND_REFRESH_JOB = "ingest_and_refresh"
 
 ingest_drop_job = define_asset_job(
     INGEST_JOB,
@@ -28,10 +27,4 @@ retrain_model_job = define_asset_job(
     tags={RETRAIN_TAG: "true"},
     description="Retrain the fusion model on the current features, rebuild the index, publish "
     "it if it passes the promotion gate, and evaluate.",
-)
-ingest_and_refresh_job = define_asset_job(
-    INGEST_AND_REFRESH_JOB,
-    selection=AssetSelection.assets(raw_products).downstream(),
-    description="Read one landed catalog drop and refresh everything downstream, in one run: "
-    "what `mmsearch run` launches for the last drop it ingests.",
 )

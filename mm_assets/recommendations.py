@@ -3,11 +3,10 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from mm_assets.indexing import product_index
-from mmsearch.index.artifacts import live_release
 from mmsearch.search.engine import SearchEngine
 from mmsearch.search.recommendations import COLUMNS, update_recommendations
 from mmsearch.warehouse import query_df, replace_rows
-from resources import WarehouseResource
+from resources import ReleaseRegistryResource, WarehouseResource
 
 
 @asset(
@@ -20,10 +19,10 @@ from resources import WarehouseResource
     "or changed products and for lists that name a removed or changed one.",
 )
 def product_recommendations(
-    context: AssetExecutionContext, warehouse: WarehouseResource
+    context: AssetExecutionContext, warehouse: WarehouseResource, registry: ReleaseRegistryResource
 ) -> MaterializeResult:
-    release = live_release(warehouse.layout)
-    engine = SearchEngine.of(warehouse.layout, release)
+    release = registry.registry.live()
+    engine = SearchEngine.of(registry.registry, release)
     with warehouse.connect() as con:
         previous = query_df(con, f"SELECT {', '.join(COLUMNS)} FROM product_recommendations")
         update = update_recommendations(engine, previous)

@@ -11,32 +11,83 @@ from dagster import (
     DagsterInstance,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
 )
 
 from mm_assets.features import encoder_features
 from mm_assets.history import latest_metadata
 from mmsearch.features.extraction import extract_shopper_views
-from mmsearch.index.artifacts import live_release
-from mmsearch.model.store import load_model
 from mmsearch.model.training import changes_since_model, train_and_save
-from resources import ImageEncoderResource, PipelineSettings, TextEncoderResource, WarehouseResource
+from resources import (
+    ImageEncoderResource,
+    PipelineSettings,
+    ReleaseRegistryResource,
+    TextEncoderResource,
+    WarehouseResource,
+)
 
 RETRAIN_TAG = "mmsearch/retrain"
 
 
-def _reusable_model(layout, encoders: dict) -> str | None:
-    """The live model when it was trained with these encoders."""
-    release = live_release(layout)
+def _reusable_model(registry, encoders: dict) -> tuple[str | None, dict]:
+    """(the live model, its config) when it was trained with these encoders, else (None, {})."""
+    release = registry.live()
     if release is None:
-        return None
+        return None, {}
     try:
-        _, config = load_model(layout, release.model_version)
+        _, config = registry.load_model(release.model_version)
     except FileNotFoundError:
-        return None
+        return None, {}
     trained_with = config.get("encoders", {})
     same = all(trained_with.get(k) == encoders[k] for k in ("text_encoder_id", "image_encoder_id"))
-    return release.model_version if same else None
+    return (release.model_version, config) if same else (None, {})
+
+
+def _curve(history: list[dict]) -> MetadataValue:
+    """The training curve, one row per epoch, as a table the UI shows."""
+    return MetadataValue.table(
+        records=[
+            TableRecord(
+                {
+                    "epoch": row["epoch"],
+                    "train_loss": round(row["train_loss"], 5),
+                    "validation_loss": round(row["validation_loss"], 5)
+                    if row.get("validation_loss") is not None
+                    else None,
+                    "temperature": round(row["temperature"], 5),
+                }
+            )
+            for row in history
+        ],
+        schema=TableSchema(
+            columns=[
+                TableColumn("epoch", "int"),
+                TableColumn("train_loss", "float"),
+                TableColumn("validation_loss", "float"),
+                TableColumn("temperature", "float"),
+            ]
+        ),
+    )
+
+
+def _figures(config: dict) -> dict:
+    """A model's training figures as numeric metadata, plotted across materializations."""
+    summary, history = config.get("summary", {}), config.get("history", [])
+    figures = {
+        "best_epoch": summary.get("best_epoch", 0),
+        "epochs_run": summary.get("epochs_run", len(history)),
+        "best_validation_loss": MetadataValue.float(
+            float(summary.get("best_validation_loss") or 0.0)
+        ),
+        "temperature": MetadataValue.float(float(summary.get("temperature") or 0.0)),
+    }
+    if history:
+        figures["final_train_loss"] = MetadataValue.float(float(history[-1]["train_loss"]))
+        figures["training_curve"] = _curve(history)
+    return figures
 
 
 @asset(
@@ -51,6 +102,7 @@ def _reusable_model(layout, encoders: dict) -> str | None:
 def fusion_model(
     context: AssetExecutionContext,
     warehouse: WarehouseResource,
+    registry: ReleaseRegistryResource,
     text_encoder: TextEncoderResource,
     image_encoder: ImageEncoderResource,
     settings: PipelineSettings,
@@ -63,36 +115,38 @@ def fusion_model(
         **image_encoder.settings(),
     }
     forced = context.run.tags.get(RETRAIN_TAG) == "true"
-    reusable = _reusable_model(warehouse.layout, encoders)
+    releases = registry.registry
+    reusable, config = _reusable_model(releases, encoders)
     metadata = {}
     with warehouse.connect() as con:
         if forced or reusable is None:
             views = extract_shopper_views(con, image_model, image_encoder.batch_size)
-            version, summary = train_and_save(
-                con, warehouse.layout, encoders, settings.training_config()
-            )
+            version, _ = train_and_save(con, warehouse.layout, encoders, settings.training_config())
+            releases.push_model(version)
+            _, config = releases.load_model(version)
             reason = "retrain requested" if forced else "no live model for these encoders"
             metadata.update(
                 shopper_views_encoded=views,
-                training_queries=summary["training_queries"],
-                best_epoch=summary["best_epoch"],
-                epochs_run=summary["epochs_run"],
-                best_validation_loss=summary["best_validation_loss"],
-                temperature=MetadataValue.float(summary["temperature"] or 0.0),
+                training_queries=config["summary"]["training_queries"],
             )
         else:
             version, reason = reusable, "kept the live model: not enough of the catalog changed"
         products = con.execute("SELECT count(*) FROM training_pairs").fetchone()[0]
         changed = changes_since_model(con, version)
+    # The model the candidate release is built with, through the registry.
+    releases.propose(version)
+    live = releases.live()
     due = settings.retrain_due(changed, products)
     return MaterializeResult(
         metadata={
             "model_version": version,
             "trained": version != reusable,
             "reason": reason,
+            "live_model_version": live.model_version if live else "none",
             "products": products,
             "changed_since_model": changed,
             "retrain_due": due,
+            **_figures(config),
             **metadata,
         }
     )

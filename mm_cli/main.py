@@ -50,12 +50,13 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
     from mm_assets.definitions import build_definitions
     from mm_assets.runner import run_pipeline
     from mmsearch import warehouse
-    from mmsearch.index import artifacts
+    from mmsearch.index.registry import registry_for
 
     summary = run_pipeline(
         layout, build_definitions(str(layout.root)), force=force, retrain=retrain
     )
-    release = artifacts.live_release(layout)
+    registry = registry_for(layout)
+    release = registry.live()
     with warehouse.connect(layout.warehouse) as con:
         rows, rejected = _rows_summary(con), _rejected_drops(con)
     for drop in rejected:
@@ -73,22 +74,20 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
         "rejected_drops": rejected,
         "refreshed": summary.refreshed,
         "retrained_because": summary.retrained_because,
-        "release": _release_summary(layout),
+        "refused": summary.refused,
+        "waited_for_runs": summary.waited_for,
+        "release": _release_summary(registry),
     }
 
 
-def _release_summary(layout: HomeLayout) -> dict | None:
-    """How the newest index version came about: mode, products added/removed, promotion."""
-    from mmsearch.index import artifacts
-
-    if not layout.indexes.is_dir():
+def _release_summary(registry) -> dict | None:
+    """How the newest candidate release came about: mode, size, the gate's decision."""
+    proposed = registry.candidate()
+    if not proposed or not proposed.get("index_version"):
         return None
-    manifests = sorted(layout.indexes.glob(f"*/{artifacts.INDEX_MANIFEST}"))
-    if not manifests:
-        return None
-    newest = json.loads(max(manifests, key=lambda m: m.parent.name).read_text())
+    manifest = registry.release(proposed["index_version"]).manifest
     keys = ("index_version", "model_version", "mode", "size", "promoted", "promotion_reason")
-    return {key: newest.get(key) for key in keys}
+    return {key: manifest.get(key) for key in keys}
 
 
 def command_demo(layout: HomeLayout) -> dict:
@@ -107,12 +106,11 @@ def command_demo(layout: HomeLayout) -> dict:
 
 def _sample_searches(layout: HomeLayout, drop: Path) -> list[dict]:
     """One text, one image and one image+text query of the sample, answered by the live index."""
-    from mmsearch.search.engine import SearchEngine
 
     queries = [
         json.loads(line) for line in (drop / "queries.jsonl").read_text().splitlines() if line
     ]
-    engine = SearchEngine.live(layout)
+    engine = _live_engine(layout)
     answers = []
     for kind in ("text", "image", "image+text"):
         query = next((q for q in queries if q.get("kind") == kind), None)
@@ -146,14 +144,26 @@ def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]
     return frame.to_dict("records")
 
 
+def _live_engine(layout: HomeLayout):
+    """The live release's engine; a damaged live release is named on stderr and the newest
+    earlier release that verifies answers."""
+    from mmsearch.index.registry import registry_for
+    from mmsearch.search.engine import SearchEngine
+
+    engine = SearchEngine.live(registry_for(layout))
+    if engine.fallback:
+        print(f"warning: {engine.fallback}", file=sys.stderr)
+    return engine
+
+
 def command_search(layout: HomeLayout, args) -> dict:
-    from mmsearch.search.engine import SearchEngine, UnknownCategory
+    from mmsearch.search.engine import UnknownCategory
 
     if not args.text and not args.image:
         raise UserError("give --text, --image, or both")
     if args.k < 1:
         raise UserError("--k must be at least 1")
-    engine = SearchEngine.live(layout)
+    engine = _live_engine(layout)
     try:
         answer = engine.answer(args.text, args.image, args.k, args.category, args.max_price)
     except UnknownCategory as error:
@@ -162,15 +172,16 @@ def command_search(layout: HomeLayout, args) -> dict:
         "model_version": engine.model_version,
         "index_version": engine.release.index_version,
         **answer,
+        **({"warning": engine.fallback} if engine.fallback else {}),
     }
 
 
 def command_similar(layout: HomeLayout, args) -> dict:
-    from mmsearch.search.engine import SearchEngine, UnknownCategory, UnknownProduct
+    from mmsearch.search.engine import UnknownCategory, UnknownProduct
 
     if args.k < 1:
         raise UserError("--k must be at least 1")
-    engine = SearchEngine.live(layout)
+    engine = _live_engine(layout)
     try:
         engine.check_category(args.category)
         results = engine.similar(args.product_id, args.k, args.category, args.max_price)
@@ -193,12 +204,11 @@ def command_serve(layout: HomeLayout, host: str, port: int) -> None:
 def command_evaluate(layout: HomeLayout, args) -> dict:
     from mmsearch.evaluation.scoring import RETRIEVERS, evaluate_engine
     from mmsearch.queries.labeled import query_content_key, query_set_from_file
-    from mmsearch.search.engine import SearchEngine
 
     query_file = Path(args.queries)
     if not query_file.is_file():
         raise UserError(f"query file {query_file} does not exist")
-    engine = SearchEngine.live(layout)
+    engine = _live_engine(layout)
     queries = query_set_from_file(engine, query_file)
     if not len(queries):
         raise UserError(f"{query_file} has no usable labeled query (the format: docs/interface.md)")
@@ -236,9 +246,9 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
 
 def command_status(layout: HomeLayout) -> dict:
     from mmsearch import warehouse
-    from mmsearch.index import artifacts
+    from mmsearch.index.registry import registry_for
 
-    release = artifacts.live_release(layout)
+    release = registry_for(layout).live()
     status = {
         "products": 0,
         "quarantined": 0,
@@ -304,41 +314,42 @@ def command_quarantine(layout: HomeLayout, drop: str | None) -> dict:
 
 
 def command_rollback(layout: HomeLayout, version: str | None) -> dict:
-    from mmsearch.index import artifacts
+    from dagster import AssetMaterialization
 
-    releases = sorted(
-        (
-            artifacts.load_release(layout, folder.name)
-            for folder in layout.indexes.iterdir()
-            if (folder / artifacts.INDEX_MANIFEST).is_file()
-        ),
-        key=lambda release: release.manifest["created_at"],
+    from mm_assets.instance import instance_for
+    from mmsearch.index.registry import NoSuchRelease, registry_for
+
+    try:
+        target, previous = registry_for(layout).rollback(version)
+    except NoSuchRelease as missing:
+        raise UserError(str(missing)) from None
+    # The model in use changed without a run: recorded as a materialization of `fusion_model`,
+    # so the assets that follow it (the index catching up with the catalog, evaluation,
+    # recommendations) are requested by the next `mmsearch run` or the daemon.
+    instance_for(layout).report_runless_asset_event(
+        AssetMaterialization(
+            "fusion_model",
+            description=f"rolled back to {target.model_version}",
+            metadata={
+                "model_version": target.model_version,
+                "trained": False,
+                "reason": f"rolled back from {previous.model_version if previous else 'none'}",
+                "live_model_version": target.model_version,
+                "index_version": target.index_version,
+            },
+        )
     )
-    # A release the promotion gate refused was never live; rollback never picks it.
-    releases = [r for r in releases if r.manifest.get("promoted", True)]
-    live = artifacts.live_release(layout)
-    if version:
-        matches = [r for r in releases if version in (r.index_version, r.model_version)]
-        if not matches:
-            raise UserError(f"no published release has version {version!r}")
-        target = matches[-1]
-    else:
-        earlier = [
-            r for r in releases if live and r.manifest["created_at"] < live.manifest["created_at"]
-        ]
-        if not earlier:
-            raise UserError("there is no earlier release to roll back to")
-        target = earlier[-1]
-    artifacts.publish(layout, target)
     return {
         "model_version": target.model_version,
         "index_version": target.index_version,
-        "previous_model_version": live.model_version if live else None,
+        "previous_model_version": previous.model_version if previous else None,
     }
 
 
 def command_ui(layout: HomeLayout, port: int) -> None:
-    os.environ["DAGSTER_HOME"] = str(layout.dagster_home)
+    from mm_assets.instance import instance_for
+
+    instance_for(layout)  # sets DAGSTER_HOME and writes dagster.yaml for the current profile
     os.environ["MM_HOME"] = str(layout.root)
     # The dagster beside this interpreter: `.venv/bin/mmsearch ui` works without an activated venv.
     beside = Path(sys.executable).parent / "dagster"
@@ -366,15 +377,16 @@ def _print_human(command: str, result: dict) -> None:
             print(_result_line(rank, hit))
     elif command in ("run", "demo"):
         assets = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in result["assets"].items())
-        assets = assets or "nothing to do, every asset is up to date"
-        print(f"run {result['run_id']}: {assets}")
+        runs = len(result.get("run_ids") or [])
+        if assets:
+            print(f"{runs} run{'s' if runs != 1 else ''} (last {result['run_id']}): {assets}")
+        else:
+            print("nothing to do, every asset is up to date")
         print(f"rows: {result['rows']}")
         print(f"live model {result['model_version']}, index size {result['index_size']}")
         release = result.get("release") or {}
-        if release.get("promoted") is False:
-            print(
-                f"new model {release['model_version']} not promoted: {release['promotion_reason']}"
-            )
+        if result.get("refused"):
+            print(f"new model {release.get('model_version')} not promoted: {result['refused']}")
         if result.get("evaluation"):
             print(_evaluation_text(result["evaluation"]))
         for search in result.get("sample_searches", []):

@@ -10,6 +10,7 @@ keeps serving.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import threading
@@ -24,6 +25,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
+from mmsearch.index.artifacts import DamagedRelease
+from mmsearch.index.registry import registry_for
+from mmsearch.model.store import DamagedModel
 from mmsearch.search.engine import (
     BadQuery,
     NothingLive,
@@ -54,21 +58,36 @@ class LiveSearch:
 
     def __init__(self, layout: HomeLayout):
         self.layout = layout
+        self.registry = registry_for(layout)
         self._engine: SearchEngine | None = None
         self._pointer: str | None = None
+        self._refused: str | None = None  # a live pointer whose release did not verify
         self._stop = threading.Event()
         self.refresh()
 
     def _read_pointer(self) -> str | None:
-        path = self.layout.live_pointer
-        return path.read_text() if path.is_file() else None
+        pointer = self.registry.live_pointer()
+        return json.dumps(pointer, sort_keys=True) if pointer else None
 
     def refresh(self) -> bool:
-        """Load the live release if it changed; True when the serving engine was swapped."""
+        """Load the live release if it changed; True when the serving engine was swapped.
+
+        A new live release whose files do not verify is refused once, naming the file, and the
+        serving engine stays (at start-up, with none serving, the newest release that verifies)."""
         pointer = self._read_pointer()
-        if pointer is None or pointer == self._pointer:
+        if pointer is None or pointer in (self._pointer, self._refused):
             return False
-        engine = SearchEngine.live(self.layout)
+        try:
+            engine = (
+                SearchEngine.live(self.registry)
+                if self._engine is None
+                else SearchEngine.of(self.registry, self.registry.live().verified())
+            )
+        except (DamagedRelease, DamagedModel):
+            self._refused = pointer
+            raise
+        if engine.fallback:
+            log.error("live release refused, serving an earlier one: %s", engine.fallback)
         engine.text_features(["warm up"])  # encoders loaded before the first request needs them
         self._engine, self._pointer = engine, pointer  # one reference: requests see old or new
         log.info("serving %s", engine.release.index_version)

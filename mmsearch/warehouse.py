@@ -5,6 +5,7 @@ All SQL here takes values as parameters; no text from a feed is ever formatted i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -156,9 +157,9 @@ CREATE TABLE IF NOT EXISTS releases (
     path VARCHAR NOT NULL,
     index_type VARCHAR NOT NULL,
     size INTEGER NOT NULL,
-    published_at TIMESTAMP NOT NULL,
-    live BOOLEAN NOT NULL
+    published_at TIMESTAMP NOT NULL   -- when built; what is live is the registry's LIVE.json
 );
+ALTER TABLE releases DROP COLUMN IF EXISTS live;
 CREATE TABLE IF NOT EXISTS evaluation_results (
     model_version VARCHAR NOT NULL,
     source VARCHAR NOT NULL,            -- labeled queries or held-out products' pseudo-queries
@@ -197,14 +198,40 @@ def _drop_feature_table_keys(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("COMMIT")
 
 
-# How long to wait for another process's hold on the warehouse (DuckDB lets one process open
-# a file for writing, and then no other process at all) before giving up.
-LOCK_WAIT_SECONDS = float(os.environ.get("MM_WAREHOUSE_WAIT_SECONDS", "600"))
+# The schema's version: its text's hash. A home is migrated (SCHEMA run, old shapes fixed) when
+# the version it records differs, so once per home and per schema change, not per connection.
+SCHEMA_VERSION = hashlib.sha256(SCHEMA.encode()).hexdigest()[:16]
+_MIGRATED: set[Path] = set()  # homes this process has seen at SCHEMA_VERSION
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> bool:
+    """Bring the warehouse to SCHEMA_VERSION; True when it had to."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_versions (version VARCHAR PRIMARY KEY, "
+        "applied_at TIMESTAMP NOT NULL)"
+    )
+    if con.execute(
+        "SELECT count(*) FROM schema_versions WHERE version = ?", [SCHEMA_VERSION]
+    ).fetchone()[0]:
+        return False
+    con.execute("BEGIN TRANSACTION")
+    con.execute(SCHEMA)
+    con.execute("COMMIT")
+    _drop_feature_table_keys(con)
+    con.execute("INSERT INTO schema_versions VALUES (?, now()::TIMESTAMP)", [SCHEMA_VERSION])
+    return True
+
+
+def lock_wait_seconds() -> float:
+    """How long to wait for another process's hold on the warehouse (DuckDB lets one process
+    open a file for writing, and then no other process at all): `MM_WAREHOUSE_WAIT_SECONDS`."""
+    return float(os.environ.get("MM_WAREHOUSE_WAIT_SECONDS", "600"))
 
 
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """Open the file, waiting while another process (a pipeline run) holds it."""
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    wait = lock_wait_seconds()
+    deadline = time.monotonic() + wait
     pause = 0.1
     while True:
         try:
@@ -215,7 +242,7 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"the warehouse {path} has been held by another process for "
-                    f"{LOCK_WAIT_SECONDS:.0f} s (a pipeline run writing it?): {error}"
+                    f"{wait:.0f} s (a pipeline run writing it?): {error}"
                 ) from error
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
@@ -223,7 +250,7 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 @contextmanager
 def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the warehouse (creating its schema when writable) and close it afterwards.
+    """Open the warehouse (migrating a new or older one when writable) and close it afterwards.
 
     While another process holds the file, waits up to `MM_WAREHOUSE_WAIT_SECONDS` (600).
     """
@@ -231,9 +258,9 @@ def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
         raise FileNotFoundError(f"no warehouse at {path}: run `mmsearch run` first")
     con = _open(path, read_only)
     try:
-        if not read_only:
-            con.execute(SCHEMA)
-            _drop_feature_table_keys(con)
+        if not read_only and Path(path).resolve() not in _MIGRATED:
+            migrate(con)
+            _MIGRATED.add(Path(path).resolve())
         yield con
     finally:
         con.close()

@@ -1,11 +1,13 @@
-"""Dagster resources: warehouse, encoders, artifact store and settings, built in one place."""
+"""Dagster resources: warehouse, encoders, release registry and settings, built in one place."""
 
+import os
 from pathlib import Path
 
+from mmsearch.index.registry import REMOTE_ENV
 from mmsearch.settings import mm_home_from_env
-from resources.artifacts import ArtifactStoreResource
 from resources.encoders import ImageEncoderResource, TextEncoderResource
-from resources.settings import PipelineSettings
+from resources.registry import ReleaseRegistryResource
+from resources.settings import PipelineSettings, settings_from_environment
 from resources.warehouse import WarehouseResource
 
 
@@ -14,17 +16,17 @@ def build_resources(mm_home: Path | str | None = None, **settings) -> dict:
     home = str(Path(mm_home).resolve()) if mm_home else str(mm_home_from_env())
     return {
         "warehouse": WarehouseResource(mm_home=home),
-        "artifact_store": ArtifactStoreResource(mm_home=home),
+        "registry": ReleaseRegistryResource(mm_home=home, remote=os.environ.get(REMOTE_ENV, "")),
         "text_encoder": TextEncoderResource(),
         "image_encoder": ImageEncoderResource(),
-        "settings": PipelineSettings(**settings),
+        "settings": PipelineSettings(**(settings_from_environment() | settings)),
     }
 
 
 __all__ = [
-    "ArtifactStoreResource",
     "ImageEncoderResource",
     "PipelineSettings",
+    "ReleaseRegistryResource",
     "TextEncoderResource",
     "WarehouseResource",
     "build_resources",

@@ -1,13 +1,14 @@
 """Pipeline settings with defaults that work on a laptop CPU.
 
-The catalog-change and index knobs also read environment variables, so `mmsearch` and
-`dagster dev` can be tuned without code: MM_RETRAIN_MIN_PRODUCTS, MM_RETRAIN_MIN_SHARE,
-MM_PROMOTION_TOLERANCE, MM_KEEP_VERSIONS, MM_INDEX_MEMORY_MB.
+The catalog-change and index knobs can also come from environment variables, so `mmsearch` and
+`dagster dev` can be tuned without code (`ENVIRONMENT`): `settings_from_environment` turns the ones
+that are set into resource config when the definitions are built (whole numbers as Dagster
+`EnvVar`s, shown as such in the UI), never at import.
 """
 
 import os
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 
 from mmsearch.catalog.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 from mmsearch.model.fusion import TrainingConfig
@@ -26,14 +27,14 @@ class PipelineSettings(ConfigurableResource):
     seed: int = TrainingConfig.seed
     # A retrain is due once this many live products are new or changed since the live model was
     # trained, or this share of the catalog; below both, new products join the index incrementally.
-    retrain_min_changed_products: int = int(os.environ.get("MM_RETRAIN_MIN_PRODUCTS", "500"))
-    retrain_min_changed_share: float = float(os.environ.get("MM_RETRAIN_MIN_SHARE", "0.2"))
+    retrain_min_changed_products: int = 500
+    retrain_min_changed_share: float = 0.2
     # A new model goes live only if its MRR >= the live model's MRR minus this.
-    promotion_tolerance: float = float(os.environ.get("MM_PROMOTION_TOLERANCE", "0.01"))
+    promotion_tolerance: float = 0.01
     # Model and index versions kept on disk (the live ones always stay).
-    keep_versions: int = int(os.environ.get("MM_KEEP_VERSIONS", "5"))
+    keep_versions: int = 5
     # Memory the product index may use; above it, vectors are product-quantized.
-    index_memory_budget_mb: int = int(os.environ.get("MM_INDEX_MEMORY_MB", "2048"))
+    index_memory_budget_mb: int = 2048
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_pixels, self.min_image_side)
@@ -54,3 +55,22 @@ class PipelineSettings(ConfigurableResource):
         return (
             changed >= self.retrain_min_changed_products or share >= self.retrain_min_changed_share
         )
+
+
+# Setting -> (environment variable, whole number?).
+ENVIRONMENT = {
+    "retrain_min_changed_products": ("MM_RETRAIN_MIN_PRODUCTS", True),
+    "retrain_min_changed_share": ("MM_RETRAIN_MIN_SHARE", False),
+    "promotion_tolerance": ("MM_PROMOTION_TOLERANCE", False),
+    "keep_versions": ("MM_KEEP_VERSIONS", True),
+    "index_memory_budget_mb": ("MM_INDEX_MEMORY_MB", True),
+}
+
+
+def settings_from_environment() -> dict:
+    """Config for the settings whose environment variable is set."""
+    config = {}
+    for name, (variable, whole) in ENVIRONMENT.items():
+        if os.environ.get(variable):
+            config[name] = EnvVar.int(variable) if whole else float(os.environ[variable])
+    return config

@@ -1,21 +1,22 @@
 """The drop sensor: a new folder in `$MM_HOME/landing/` becomes a partition and an ingest run.
 
+What follows an ingestion (cleaning, features, model, index, evaluation) is requested by the
+assets' automation conditions, which the daemon's automation sensor evaluates.
+
 A folder whose files changed since it was ingested becomes a new version (`<folder>@<hash>`);
 a drop seen again unchanged requests nothing (run keys make a repeated request a no-op too).
 """
 
 from dagster import (
-    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    run_status_sensor,
     sensor,
 )
 
-from mm_assets.jobs import ingest_drop_job, refresh_catalog_job
+from mm_assets.jobs import ingest_drop_job
 from mm_assets.partitions import catalog_drops, new_drop_versions
 from resources import WarehouseResource
 
@@ -34,14 +35,3 @@ def catalog_drop_sensor(context: SensorEvaluationContext, warehouse: WarehouseRe
         run_requests=[RunRequest(partition_key=name, run_key=f"ingest:{name}") for name in new],
         dynamic_partitions_requests=[catalog_drops.build_add_request(new)],
     )
-
-
-@run_status_sensor(
-    run_status=DagsterRunStatus.SUCCESS,
-    monitored_jobs=[ingest_drop_job],
-    request_job=refresh_catalog_job,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="After a drop is ingested, refresh cleaning, features, model, index and evaluation.",
-)
-def refresh_after_ingest(context):
-    return RunRequest(run_key=f"refresh-after:{context.dagster_run.run_id}")

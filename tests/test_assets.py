@@ -15,7 +15,7 @@ from mmsearch import warehouse
 from mmsearch.catalog.drops import copy_drop
 from mmsearch.evaluation.consistency import image_text_mismatches
 from mmsearch.features.catalog_features import load_catalog_features
-from mmsearch.index import artifacts
+from mmsearch.index.registry import registry_for
 from mmsearch.model.store import load_model
 from mmsearch.search.engine import SearchEngine
 from mmsearch.settings import HomeLayout
@@ -44,6 +44,7 @@ PYTHON_ASSETS = {
     "near_duplicates",
     "encoder_features",
     "fusion_model",
+    "candidate_release",
     "product_index",
     "image_text_consistency",
     "search_evaluation",
@@ -73,6 +74,7 @@ def test_definitions_load_with_the_whole_asset_graph():
         "clean_products_expectations",
         "features_cover_catalog",
         "ranker_not_below_its_retrievers",
+        "promotion_gate",
         "images_match_their_text",
     }
     assert defs.resolve_job_def("refresh_catalog") is not None
@@ -158,7 +160,7 @@ def test_features_are_unit_vectors_of_the_encoder_dimensions(materialized):
 
 def test_release_is_live_and_a_products_image_retrieves_it_first(materialized):
     layout, *_ = materialized
-    engine = SearchEngine.live(layout)
+    engine = SearchEngine.live(registry_for(layout))
     assert engine.release.size == len(engine.products)
     sample = engine.products.dropna(subset=["image_file"]).head(15)
     from PIL import Image
@@ -173,7 +175,7 @@ def test_release_is_live_and_a_products_image_retrieves_it_first(materialized):
 
 def test_evaluation_is_in_range_and_recorded(materialized):
     layout, _, _, refresh, _, _ = materialized
-    release = artifacts.live_release(layout)
+    release = registry_for(layout).live()
     with warehouse.connect(layout.warehouse, read_only=True) as con:
         rows = con.execute(
             "SELECT method, kind, n, mrr, recall_at_10 FROM evaluation_results WHERE model_version = ?",
@@ -201,7 +203,7 @@ def test_runs_are_recorded_in_the_instance(materialized):
 
 def test_products_whose_image_shows_another_product_are_flagged(materialized):
     layout, *_ = materialized
-    release = artifacts.live_release(layout)
+    release = registry_for(layout).live()
     model, config = load_model(layout, release.model_version)
     encoders = config["encoders"]
     with warehouse.connect(layout.warehouse, read_only=True) as con:

@@ -21,6 +21,7 @@ import pytest
 from dagster import (
     AssetKey,
     AssetMaterialization,
+    DagsterEventType,
     DagsterInstance,
     RunRequest,
     SkipReason,
@@ -36,8 +37,9 @@ from mm_assets.definitions import build_definitions
 from mm_assets.jobs import INGEST_JOB, RETRAIN_JOB
 from mm_assets.partitions import catalog_drops
 from mmsearch import warehouse
+from mmsearch.index.registry import registry_for
 from mmsearch.publishing import build as releases
-from mmsearch.publishing.build import release_model
+from mmsearch.publishing.build import make_candidate
 from mmsearch.sample import write_sample_catalog
 from mmsearch.search.ranking import FEATURES, Ranker
 from mmsearch.settings import HomeLayout
@@ -169,7 +171,8 @@ def test_only_new_and_changed_content_is_encoded(changed_home):
     assert features["texts_encoded"] == NEW + RETITLED
     # Shopper views are a training input: without a retrain, the update encodes none.
     assert _stored_views(home) == _stored_views(home, before_update=True)
-    index = _metadata(instance, "product_index")
+    index = _metadata(instance, "candidate_release")
+    assert index["mode"] == "incremental"
     assert index["products_added"] == NEW + RETITLED + REIMAGED
     assert index["products_removed"] == RETITLED + REIMAGED
     assert _metadata(instance, "fusion_model")["trained"] is False
@@ -197,7 +200,7 @@ def test_a_refresh_with_nothing_changed_publishes_nothing_new(changed_home):
     home, _, second, _, _ = changed_home
     layout = HomeLayout(home)
     with warehouse.connect(layout.warehouse) as con:
-        outcome = release_model(con, layout, second["model_version"])
+        outcome = make_candidate(con, registry_for(layout), second["model_version"])
     assert (outcome.mode, outcome.release.index_version) == ("unchanged", second["index_version"])
 
 
@@ -215,27 +218,52 @@ def test_new_products_are_searchable_and_replaced_ones_updated(changed_home):
     assert results["results"][0]["product_id"] == reimaged["product_id"]
 
 
-def test_a_worse_model_is_not_promoted(changed_home, monkeypatch):
+def test_a_worse_model_is_not_promoted(changed_home, monkeypatch, capsys):
+    import mm_assets.definitions
+    from mm_cli.main import main
+
     home, _, second, _, _ = changed_home
     live_before = json.loads((home / "artifacts" / "LIVE.json").read_text())
     # A model that barely trained, behind a ranker that orders candidates backwards: the ranker
     # fitted on held-out queries would otherwise lean on the raw retrievers and save the release.
     backwards = Ranker({kind: dict.fromkeys(names, -1.0) for kind, names in FEATURES.items()})
     monkeypatch.setattr(releases, "fit_ranker", lambda labeled, pseudo: backwards)
-    worse = build_definitions(str(home), training_epochs=1, learning_rate=1e-7)
-    result = worse.resolve_job_def(RETRAIN_JOB).execute_in_process(
-        instance=_home_instance(home), raise_on_error=False
+    original = mm_assets.definitions.build_definitions
+    monkeypatch.setattr(
+        mm_assets.definitions,
+        "build_definitions",
+        lambda mm_home: original(mm_home, training_epochs=1, learning_rate=1e-7),
     )
-    assert result.success
+    monkeypatch.setenv("MM_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    # `mmsearch run --retrain`, as a person runs it: it exits 0 and says so in one line.
+    assert main(["run", "--retrain"]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "not promoted" in line]
+    assert len(said) == 1 and said[0].startswith("new model model-"), said
+    assert "refused, significantly worse: gate MRR" in said[0]
+    # The run in the Dagster instance: the blocking gate check failed, nothing was published.
+    instance = _home_instance(home)
+    run = instance.get_runs(limit=1)[0]
+    assert run.job_name == RETRAIN_JOB and run.status.value == "FAILURE"
+    [record] = instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    gate = record.dagster_event.event_specific_data
+    assert gate.check_name == "promotion_gate"
+    materialized = {
+        r.dagster_event.asset_key.to_user_string()
+        for r in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    }
+    assert "candidate_release" in materialized and "product_index" not in materialized
     # The retrain encodes the shopper views of the images the update added.
     assert (
         _metadata(_home_instance(home), "fusion_model")["shopper_views_encoded"] == NEW + REIMAGED
     )
     assert _stored_views(home) == _stored_views(home, before_update=True) + NEW + REIMAGED
-    index = _metadata(_home_instance(home), "product_index")
-    assert index["promoted"] is False, index["promotion_reason"]
-    assert index["candidate_mrr"] < index["live_mrr"] and index["gate_p_value"] < 0.05
-    assert index["promotion_reason"].startswith("refused, significantly worse: gate MRR")
+    figures = {k: v.value for k, v in gate.metadata.items()}
+    assert not gate.passed and gate.severity.value == "ERROR", gate.description
+    assert figures["candidate_mrr"] < figures["live_mrr"] and figures["p_value"] < 0.05
+    assert gate.description.startswith("refused, significantly worse: gate MRR")
+    candidate = registry_for(HomeLayout(home)).release(figures["candidate_index_version"])
+    assert candidate.manifest["promoted"] is False
     assert json.loads((home / "artifacts" / "LIVE.json").read_text()) == live_before
     assert cli_json(home, "search", "--text", "blue")["model_version"] == second["model_version"]
 

@@ -217,9 +217,29 @@ def test_rollback_makes_the_earlier_release_live_again(tmp_path):
     first = cli_json(home, "run")
     second = cli_json(home, "run", "--force")
     assert second["model_version"] != first["model_version"]
-    rolled = cli_json(home, "rollback")
+    # Two more products (below the retrain threshold): the second model's index grows to 14.
+    more = write_drop(
+        tmp_path / "more",
+        [
+            {"product_id": f"p{i}", "title": f"Desk {i}", "image_path": f"i/{i}.png"}
+            for i in (12, 13)
+        ],
+        {f"i/{i}.png": png_bytes(picture((30, 200, 10 * i), seed=i)) for i in (12, 13)},
+    )
+    run_cli(home, "ingest", str(more))
+    grown = cli_json(home, "run")
+    assert (grown["model_version"], grown["index_size"]) == (second["model_version"], 14)
+    # Back to the first model, whose only release predates the new products ...
+    rolled = cli_json(home, "rollback", first["model_version"])
     assert rolled["model_version"] == first["model_version"]
+    assert cli_json(home, "status")["index"]["size"] == 12
     assert cli_json(home, "search", "--text", "lamp")["model_version"] == first["model_version"]
+    # ... and the next run brings that model's index up to date with the live catalog.
+    caught_up = cli_json(home, "run")
+    assert (caught_up["model_version"], caught_up["index_size"]) == (first["model_version"], 14)
+    assert "candidate_release" in caught_up["assets"] and "fusion_model" not in caught_up["assets"]
+    hits = cli_json(home, "search", "--text", "Desk 13", "--k", "3")["results"]
+    assert "p13" in [hit["product_id"] for hit in hits]
     cli_json(home, "rollback", second["model_version"])
     assert cli_json(home, "status")["model_version"] == second["model_version"]
     unknown = run_cli(home, "rollback", "model-nope", check=False)
@@ -282,7 +302,11 @@ def test_run_at_a_terminal_shows_progress_and_prints_under_40_lines(tmp_path, sa
     lines = [line for line in output.replace("\r\n", "\n").split("\n") if line.strip()]
     printed = [line.rsplit("\r", 1)[-1] for line in lines]
     assert len(lines) < 40, "\n".join(printed)
-    assert printed[0].startswith("run ") and any(p.startswith("live model") for p in printed)
+    assert (
+        " run" in printed[0]
+        and "(last " in printed[0]
+        and any(p.startswith("live model") for p in printed)
+    )
     # Piped (not a terminal), the same command shows no bar.
     piped = run_cli(home, "run", "--retrain")
     assert "epoch" not in piped.stderr and "%|" not in piped.stderr
@@ -301,3 +325,66 @@ def test_result_lines_show_brand_and_the_attributes_that_matched(built_home):
         assert f"({first['brand']})" in text[0]
     if first["matched"]:
         assert "matched " + ", ".join(f"{k}={v}" for k, v in first["matched"].items()) in text[0]
+
+
+def _lamps(folder, ids):
+    return write_drop(
+        folder,
+        [{"product_id": f"p{i}", "title": f"Lamp {i}", "image_path": f"i/{i}.png"} for i in ids],
+        {f"i/{i}.png": png_bytes(picture((200, 20 * i, 40), seed=i)) for i in ids},
+    )
+
+
+def test_two_runs_started_together_ingest_a_drop_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(_lamps(tmp_path / "drop", range(12))))
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mm_cli", "run", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=900) for process in runs]
+    assert [process.returncode for process in runs] == [0, 0], [err for _, err in outputs]
+    summaries = [json.loads(out) for out, _ in outputs]
+    # One of them ingested the drop and built the index; the other found nothing left to do.
+    assert sorted(len(s["ingested_drops"]) for s in summaries) == [0, 1]
+    assert {s["index_size"] for s in summaries} == {12}
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster")))
+    ingest_runs = [r for r in instance.get_runs() if r.job_name == "ingest_drop"]
+    assert len(ingest_runs) == 1
+
+
+def test_a_damaged_live_release_is_refused_by_name_and_search_answers_from_the_one_before(
+    tmp_path,
+):
+    from mmsearch.index.registry import registry_for
+    from mmsearch.settings import HomeLayout
+
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(_lamps(tmp_path / "drop", range(12))))
+    first = cli_json(home, "run")
+    run_cli(home, "ingest", str(_lamps(tmp_path / "more", range(12, 14))))
+    second = cli_json(home, "run")
+    assert (first["index_size"], second["index_size"]) == (12, 14)
+    live = registry_for(HomeLayout(home)).live()
+    vectors = live.folder / "fused.npy"
+    vectors.write_bytes(vectors.read_bytes()[:100])  # cut short, as by a full disk
+    answer = run_cli(home, "search", "--text", "lamp", "--json")
+    warning = answer.stderr.strip().splitlines()[-1]
+    assert warning.startswith("warning: ") and str(vectors) in warning and "damaged" in warning
+    result = json.loads(answer.stdout)
+    assert result["index_version"] == first["index_version"] and "warning" in result
+    assert {hit["product_id"] for hit in result["results"]} <= {f"p{i}" for i in range(12)}

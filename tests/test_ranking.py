@@ -15,6 +15,7 @@ from helpers import picture, png_bytes
 from mmsearch.catalog.images import decode_image, encoder_picture, save_clean_image
 from mmsearch.evaluation.metrics import paired_p_value
 from mmsearch.features.encoders import load_image_encoder
+from mmsearch.index.registry import registry_for
 from mmsearch.model.fusion import (
     FusionConfig,
     FusionModel,
@@ -198,11 +199,12 @@ def test_a_tiny_catalog_trains_past_its_first_epoch():
 
 def test_a_products_own_catalog_photo_comes_first(built_home, sample_drop):
     from mmsearch.catalog.drops import read_products
+    from mmsearch.index.registry import registry_for
     from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
     home, _ = built_home
-    engine = SearchEngine.live(HomeLayout(home))
+    engine = SearchEngine.live(registry_for(HomeLayout(home)))
     live = engine.products.drop_duplicates("image_sha", keep=False)  # photos of one product
     rows = read_products(sample_drop).drop_duplicates("product_id", keep="last")
     rows = rows[rows["product_id"].isin(set(live["product_id"]))]
@@ -217,11 +219,10 @@ def test_a_products_own_catalog_photo_comes_first(built_home, sample_drop):
 
 
 def test_release_records_a_ranker_no_worse_than_its_retrievers(built_home):
-    from mmsearch.index import artifacts
     from mmsearch.settings import HomeLayout
 
     home, _ = built_home
-    release = artifacts.live_release(HomeLayout(home))
+    release = registry_for(HomeLayout(home)).live()
     fitted = release.manifest["ranker"]["fitted_on"]
     assert {"text", "image", "image+text"} <= set(fitted)
     for kind, report in fitted.items():
@@ -234,22 +235,29 @@ def test_the_gate_refuses_a_candidate_it_cannot_compare(built_home, tmp_path):
 
     from mmsearch import warehouse
     from mmsearch.index import artifacts
-    from mmsearch.publishing.build import build_release, promotion_gate
+    from mmsearch.publishing.build import build_release
+    from mmsearch.publishing.gate import promotion_gate
     from mmsearch.settings import HomeLayout
 
     home, _ = built_home
     copy = tmp_path / "home"
     shutil.copytree(home, copy, ignore=shutil.ignore_patterns("dagster"))
     layout = HomeLayout(copy)
-    live = artifacts.live_release(layout)
+    registry = registry_for(layout)
+    live = registry.live()
+    # The live model under another version: a "new" model the gate must compare, and that it
+    # finds exactly as good.
+    twin = "model-twin"
+    shutil.copytree(layout.models / live.model_version, layout.models / twin)
     with warehouse.connect(layout.warehouse) as con:
-        candidate = build_release(con, layout, live.model_version)
-        fair = promotion_gate(con, layout, candidate, live)
+        candidate = build_release(con, registry, twin)
+        fair = promotion_gate(con, registry, candidate, live)
         assert fair.promoted and fair.queries > 0 and fair.p_value == 1.0, fair.reason
         (live.folder / artifacts.INDEX_FILE).write_bytes(b"damaged")
-        refused = promotion_gate(con, layout, candidate, live)
+        refused = promotion_gate(con, registry, candidate, live)
     assert not refused.promoted
     assert refused.reason.startswith("not compared: the live release cannot be loaded")
+    assert artifacts.INDEX_FILE in refused.reason
 
 
 def test_a_release_from_before_the_two_stage_files_is_rebuilt_with_the_same_model(
@@ -259,20 +267,28 @@ def test_a_release_from_before_the_two_stage_files_is_rebuilt_with_the_same_mode
 
     from mmsearch import warehouse
     from mmsearch.index import artifacts
-    from mmsearch.publishing.build import release_model
+    from mmsearch.publishing.build import make_candidate
+    from mmsearch.publishing.gate import promotion_gate
     from mmsearch.search.engine import SearchEngine
     from mmsearch.settings import HomeLayout
 
     copy = tmp_path / "home"
     shutil.copytree(built_home[0], copy, ignore=shutil.ignore_patterns("dagster"))
     layout = HomeLayout(copy)
-    old = artifacts.live_release(layout)
+    registry = registry_for(layout)
+    old = registry.live()
     for name in (*artifacts.VECTOR_FILES.values(), *artifacts.RETRIEVER_INDEX_FILES.values()):
         (old.folder / name).unlink()
+    # A release of that era had no checksums either.
+    artifacts.update_manifest(old, files=None)
+    old.manifest.pop("files")
+    artifacts.update_manifest(old)
     with pytest.raises(FileNotFoundError, match="predates the two-stage ranker"):
-        SearchEngine.live(layout)
+        SearchEngine.live(registry)
     with warehouse.connect(layout.warehouse) as con:
-        outcome = release_model(con, layout, old.model_version)
-    assert (outcome.mode, outcome.promoted) == ("full", True), outcome.reason
-    assert outcome.reason == "same model, release rebuilt in the current format"
-    assert SearchEngine.live(layout).search(text="blue", k=3)
+        candidate = make_candidate(con, registry, old.model_version)
+        decision = promotion_gate(con, registry, candidate.release, registry.live())
+    assert candidate.mode == "full" and decision.promoted, decision.reason
+    assert decision.reason == "promoted: the live model, catalog brought up to date"
+    registry.publish(candidate.release)
+    assert SearchEngine.live(registry).search(text="blue", k=3)

@@ -5,19 +5,19 @@ from __future__ import annotations
 from dagster import (
     RunRequest,
     SkipReason,
-    build_run_status_sensor_context,
     build_schedule_context,
     build_sensor_context,
+    evaluate_automation_conditions,
     instance_for_test,
 )
 
 from helpers import write_drop
 from mm_assets.definitions import build_definitions
-from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
+from mm_assets.jobs import INGEST_JOB, RETRAIN_JOB
 from mm_assets.partitions import catalog_drops
 from mmsearch.settings import HomeLayout
 from resources import WarehouseResource
-from sensors.drops import catalog_drop_sensor, refresh_after_ingest
+from sensors.drops import catalog_drop_sensor
 from sensors.schedules import nightly_retrain
 
 
@@ -39,24 +39,32 @@ def test_new_drop_becomes_a_partition_and_an_ingest_run_once(tmp_path):
         assert isinstance(again, SkipReason)
 
 
-def test_refresh_follows_a_successful_ingest(tmp_path):
+def test_automation_requests_everything_downstream_after_an_ingest_and_nothing_again(tmp_path):
     layout = HomeLayout(tmp_path / "home").ensure()
     write_drop(layout.landing / "d1", [{"product_id": "p1", "title": "A"}])
     definitions = build_definitions(str(layout.root))
+    downstream = {
+        key
+        for key in definitions.resolve_asset_graph().get_all_asset_keys()
+        if key.to_user_string() != "raw_products"
+    }
     with instance_for_test() as instance:
+        before = evaluate_automation_conditions(defs=definitions, instance=instance)
+        assert before.total_requested == 0  # nothing ingested: nothing to refresh
         instance.add_dynamic_partitions(catalog_drops.name, ["d1"])
-        ingest = definitions.resolve_job_def(INGEST_JOB).execute_in_process(
+        definitions.resolve_job_def(INGEST_JOB).execute_in_process(
             instance=instance, partition_key="d1"
         )
-        context = build_run_status_sensor_context(
-            sensor_name=refresh_after_ingest.name,
-            dagster_instance=instance,
-            dagster_run=ingest.dagster_run,
-            dagster_event=ingest.get_run_success_event(),
+        after = evaluate_automation_conditions(
+            defs=definitions, instance=instance, cursor=before.cursor
         )
-        request = refresh_after_ingest(context)
-    assert refresh_after_ingest.job_name == REFRESH_JOB
-    assert request.run_key == f"refresh-after:{ingest.run_id}"
+        requested = {key for key in downstream if after.get_num_requested(key)}
+        again = evaluate_automation_conditions(
+            defs=definitions, instance=instance, cursor=after.cursor
+        )
+    assert requested == downstream
+    # Requested once: the same ingestion does not ask again on the next evaluation.
+    assert again.total_requested == 0
 
 
 def test_nightly_retrain_runs_the_retrain_job_at_two():

@@ -19,7 +19,7 @@ from helpers import picture, png_bytes
 from mmsearch import server, warehouse
 from mmsearch.catalog.drops import read_products
 from mmsearch.catalog.images import ImageLimits
-from mmsearch.index import artifacts
+from mmsearch.index.registry import registry_for
 from mmsearch.server import LiveSearch, create_app
 from mmsearch.settings import HomeLayout
 
@@ -36,9 +36,10 @@ def client(built_home):
 @pytest.fixture(scope="module")
 def product_photo(built_home, sample_drop) -> tuple[str, Path]:
     """A live product with a unique photo, and that photo's file in the drop."""
+    from mmsearch.index.registry import registry_for
     from mmsearch.search.engine import SearchEngine
 
-    engine = SearchEngine.live(HomeLayout(built_home[0]))
+    engine = SearchEngine.live(registry_for(HomeLayout(built_home[0])))
     unique = engine.products.drop_duplicates("image_sha", keep=False)
     rows = read_products(sample_drop).drop_duplicates("product_id", keep="last")
     rows = rows[rows["product_id"].isin(set(unique["product_id"]))]
@@ -59,7 +60,7 @@ def test_health_names_the_live_release(client, built_home):
     home, run = built_home
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["products"] == run["index_size"]
-    assert health["index_version"] == artifacts.live_release(HomeLayout(home)).index_version
+    assert health["index_version"] == registry_for(HomeLayout(home)).live().index_version
 
 
 def test_text_search_answers_like_the_command_line_with_facets(client, built_home):
@@ -225,7 +226,7 @@ def test_a_new_release_is_served_without_a_restart_or_a_failed_request(home_copy
     import httpx
 
     layout = HomeLayout(home_copy)
-    before = artifacts.live_release(layout)
+    before = registry_for(layout).live()
     failures, answered, stop = [], [], threading.Event()
 
     def shopper(client: httpx.Client) -> None:
@@ -245,8 +246,8 @@ def test_a_new_release_is_served_without_a_restart_or_a_failed_request(home_copy
         from mmsearch.publishing.build import build_release
 
         with warehouse.connect(layout.warehouse) as con:
-            after = build_release(con, layout, before.model_version)
-        artifacts.publish(layout, after)
+            after = build_release(con, registry_for(layout), before.model_version)
+        registry_for(layout).publish(after)
         deadline = time.monotonic() + 30
         while after.index_version not in answered[-4:] and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -320,3 +321,32 @@ def test_the_search_page_in_a_real_browser(home_copy, product_photo, tmp_path):
         page.select_option("#category", "nosuch")
         expect(page.locator("#message")).to_contain_text("no live product has category")
         browser.close()
+
+
+def test_a_damaged_new_release_is_refused_once_and_the_serving_one_stays(built_home, tmp_path):
+    import json
+    import shutil
+
+    from mmsearch.index.artifacts import INDEX_MANIFEST, DamagedRelease
+    from mmsearch.server import LiveSearch
+
+    home = tmp_path / "home"
+    shutil.copytree(built_home[0], home, ignore=shutil.ignore_patterns("dagster"))
+    layout = HomeLayout(home)
+    registry = registry_for(layout)
+    serving = registry.live()
+    live = LiveSearch(layout)
+    assert live.engine.release.index_version == serving.index_version
+    # A copy of the live release under a new version, with its index file cut short.
+    copy = layout.indexes / "index-99990101T000000-damaged0"
+    shutil.copytree(serving.folder, copy)
+    manifest = json.loads((copy / INDEX_MANIFEST).read_text())
+    manifest["index_version"] = copy.name
+    (copy / INDEX_MANIFEST).write_text(json.dumps(manifest))
+    (copy / "index.faiss").write_bytes((copy / "index.faiss").read_bytes()[:64])
+    registry.publish(registry.release(copy.name))
+    with pytest.raises(DamagedRelease, match=str(copy / "index.faiss")):
+        live.refresh()
+    assert live.engine.release.index_version == serving.index_version
+    assert live.engine.search(text="blue", k=3)
+    assert live.refresh() is False  # refused once, not re-read every half second

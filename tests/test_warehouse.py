@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mm_assets.definitions import build_definitions
-from mm_assets.jobs import INGEST_AND_REFRESH_JOB, INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
+from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
 from mmsearch import warehouse
 from mmsearch.warehouse import connect, read_vectors, store_vectors
 
@@ -121,7 +121,7 @@ def test_a_connection_gives_up_with_a_clear_message(tmp_path, monkeypatch):
     path = tmp_path / "w.duckdb"
     with connect(path):
         pass
-    monkeypatch.setattr(warehouse, "LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setenv("MM_WAREHOUSE_WAIT_SECONDS", "0.3")
     holder = _hold(path, 3)
     with pytest.raises(RuntimeError, match="held by another process for 0 s"):
         with connect(path):
@@ -131,5 +131,35 @@ def test_a_connection_gives_up_with_a_clear_message(tmp_path, monkeypatch):
 
 def test_runs_execute_their_steps_one_after_another_in_one_process():
     defs = build_definitions()
-    for job in (INGEST_JOB, REFRESH_JOB, INGEST_AND_REFRESH_JOB, RETRAIN_JOB):
+    for job in (INGEST_JOB, REFRESH_JOB, RETRAIN_JOB):
         assert defs.resolve_job_def(job).executor_def.name == "in_process"
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
+
+
+def test_the_schema_is_migrated_once_per_home_and_again_when_it_changes(tmp_path, monkeypatch):
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:
+        assert warehouse.migrate(con) is True
+        assert warehouse.migrate(con) is False  # the same version: nothing to do
+    # Another process opening the home does not run the schema again.
+    probe = (
+        "from pathlib import Path; from mmsearch import warehouse\n"
+        "calls = []\n"
+        "original = warehouse.migrate\n"
+        "warehouse.migrate = lambda con: calls.append(original(con)) or calls[-1]\n"
+        f"with warehouse.connect(Path({str(path)!r})) as con: pass\n"
+        "print(calls)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[False]"
+    # A new schema version (a code change) migrates the home once more, keeping its rows.
+    with duckdb.connect(str(path)) as con:
+        con.execute(
+            "INSERT INTO drops (name, seq, source_path, registered_at, status) "
+            "VALUES ('d1', 1, '/x', now()::TIMESTAMP, 'accepted')"
+        )
+    monkeypatch.setattr(warehouse, "SCHEMA_VERSION", "next-version")
+    with duckdb.connect(str(path)) as con:
+        assert warehouse.migrate(con) is True
+        versions = con.execute("SELECT count(*) FROM schema_versions").fetchone()[0]
+        assert versions == 2 and con.execute("SELECT count(*) FROM drops").fetchone()[0] == 1

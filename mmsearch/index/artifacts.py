@@ -6,6 +6,7 @@ A release goes live by atomically replacing LIVE.json; until then the previous o
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,27 @@ LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
 VECTOR_FILES = {"fused": "fused.npy", "text": "text.npy", "image": "image.npy"}
 # The raw encoders' own FAISS indexes (ids: the same stable positions as the fused index).
 RETRIEVER_INDEX_FILES = {"text": "text.faiss", "image": "image.faiss"}
+
+
+class DamagedRelease(RuntimeError):
+    """A release file is missing or differs from the checksum its manifest recorded."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a release folder but its manifest, by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): _sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != INDEX_MANIFEST and path.suffix != ".partial"
+    }
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,28 @@ class Release:
 
     def save_ranker(self, ranker: dict) -> None:
         write_json_atomically(self.folder / RANKER_FILE, ranker)
+        update_manifest(self, files=file_checksums(self.folder))
+
+    def verified(self) -> Release:
+        """This release, after `verify()`."""
+        self.verify()
+        return self
+
+    def verify(self) -> None:
+        """Raise DamagedRelease naming the first file that is missing, extra or not the one
+        the manifest recorded. A release from before checksums has nothing to check."""
+        recorded = self.manifest.get("files")
+        if recorded is None:
+            return
+        for name, expected in recorded.items():
+            path = self.folder / name
+            if not path.is_file():
+                raise DamagedRelease(f"release {self.index_version}: {path} is missing")
+            if _sha256(path) != expected:
+                raise DamagedRelease(
+                    f"release {self.index_version}: {path} is damaged (its checksum differs from "
+                    "the manifest's)"
+                )
 
 
 def save_release(
@@ -104,6 +148,7 @@ def save_release(
         "size": int(index.ntotal),
         "created_at": utc_now().isoformat(),
         **(extra or {}),
+        "files": file_checksums(folder),
     }
     write_json_atomically(folder / INDEX_MANIFEST, manifest)
     return Release(index_version, model_version, folder, manifest)
@@ -120,8 +165,13 @@ def load_release(layout: HomeLayout, index_version: str) -> Release:
     manifest_path = folder / INDEX_MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"index version {index_version!r} not found under {layout.indexes}")
-    manifest = json.loads(manifest_path.read_text())
-    return Release(index_version, manifest["model_version"], folder, manifest)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        return Release(index_version, manifest["model_version"], folder, manifest)
+    except (ValueError, KeyError) as error:
+        raise DamagedRelease(
+            f"release {index_version}: {manifest_path} is damaged ({error})"
+        ) from None
 
 
 def publish(layout: HomeLayout, release: Release) -> dict:

@@ -9,10 +9,10 @@ from mmsearch.search.engine import SearchEngine
 from mmsearch.warehouse import replace_rows
 
 
-def evaluate_release(con, layout, release, k: int = 10) -> tuple[str, Evaluation]:
+def evaluate_release(con, registry, release, k: int = 10) -> tuple[str, Evaluation]:
     """Score a release on the test split beside every retriever alone and store the table in
     the warehouse. Returns (source, evaluation)."""
-    engine = SearchEngine.of(layout, release)
+    engine = SearchEngine.of(registry, release)
     encoders = engine.model_config["encoders"]
     image_id, text_id = encoders["image_encoder_id"], encoders["text_encoder_id"]
     catalog = load_catalog_features(con, image_id, text_id, views=True, pseudo=True)

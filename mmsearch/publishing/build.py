@@ -1,28 +1,24 @@
-"""Releases: a model's product embeddings in a FAISS index, the retrievers and the fitted ranker.
+"""Candidate releases: a model's product embeddings in a FAISS index, the retrievers and the
+fitted ranker, saved through the registry and not yet live.
 
 - Same model as the live release: an incremental update. Only new or changed products (by
   product_id, text hash and image hash) are embedded and added; replaced and deleted ones are
   removed from the index; every other field (price, title shown) is refreshed. No rebuild.
-- A new model: a full build, its ranker fitted on held-out queries, then the promotion gate:
-  candidate and live are scored through their own two-stage search on the same `gate` queries
-  (`mmsearch.queries.splits`), compared with a paired test; the candidate goes live unless it is worse
-  by more than the tolerance or significantly worse, and never when it cannot be compared.
-Either way the result is a new index version; LIVE.json switches atomically, so a failed or
-killed run leaves the previous release serving. The newest `keep` versions are kept.
+- A new model: a full build with its ranker fitted on held-out queries.
+Either way the result is a new index version. It goes live only after the promotion gate
+(`mmsearch.publishing.gate`) passes it, when the registry switches LIVE.json atomically, so a
+refused candidate, or a failed or killed run, leaves the previous release serving.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from mmsearch.clock import new_version, utc_now
-from mmsearch.evaluation.metrics import paired_p_value
-from mmsearch.evaluation.scoring import RANKER, evaluate_engine, held_out_queries
 from mmsearch.features.catalog_features import (
     CatalogFeatures,
     load_catalog_features,
@@ -31,13 +27,12 @@ from mmsearch.features.catalog_features import (
 from mmsearch.index import artifacts
 from mmsearch.index.indexing import DEFAULT_MEMORY_BUDGET_MB, build_index, index_type
 from mmsearch.index.lexical import LexicalIndex
+from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.model.fusion import embed_products
-from mmsearch.model.store import load_model
 from mmsearch.publishing.fitting import fit_ranker
 from mmsearch.queries.query_sets import QuerySet, pseudo_query_set
 from mmsearch.search.engine import SearchEngine
-from mmsearch.search.ranking import SIGNIFICANCE_LEVEL, Ranker, query_kind
-from mmsearch.settings import HomeLayout
+from mmsearch.search.ranking import Ranker, query_kind
 
 # The product fields an index carries so search answers without the warehouse, plus the content
 # keys (to see what changed) and the stable index id of each product.
@@ -55,38 +50,13 @@ CONTENT_KEYS = ["text_sha", "image_sha"]
 
 
 @dataclass(frozen=True)
-class GateDecision:
-    promoted: bool
-    reason: str
-    candidate_mrr: float | None = None
-    live_mrr: float | None = None
-    p_value: float | None = None
-    queries: int = 0
-    source: str = ""
+class Candidate:
+    """A release built for the current model, not yet live, and how it was made."""
 
-    def to_dict(self) -> dict:
-        return {
-            "promoted": self.promoted,
-            "reason": self.reason,
-            "candidate_mrr": self.candidate_mrr,
-            "live_mrr": self.live_mrr,
-            "p_value": self.p_value,
-            "queries": self.queries,
-            "source": self.source,
-        }
-
-
-@dataclass(frozen=True)
-class ReleaseOutcome:
     release: artifacts.Release
-    mode: str  # incremental | full | unchanged
+    mode: str  # incremental (the live model, updated in place) | full | unchanged
     added: int
     removed: int
-    promoted: bool
-    reason: str
-    candidate_mrr: float | None = None
-    live_mrr: float | None = None
-    p_value: float | None = None
 
 
 def _embed(model, catalog) -> np.ndarray:
@@ -99,7 +69,7 @@ def _content(frame: pd.DataFrame) -> pd.Series:
 
 
 def _save(
-    layout,
+    registry: ReleaseRegistry,
     con,
     model_version,
     index,
@@ -114,7 +84,7 @@ def _save(
     index_version = new_version("index", fingerprint)
     lexical = LexicalIndex.build(list(documents))
     release = artifacts.save_release(
-        layout,
+        registry.layout,
         index_version,
         model_version,
         index,
@@ -127,8 +97,8 @@ def _save(
         extra,
     )
     con.execute(
-        "INSERT INTO releases (index_version, model_version, path, index_type, size, published_at, live) "
-        "VALUES (?, ?, ?, ?, ?, ?, false)",
+        "INSERT INTO releases (index_version, model_version, path, index_type, size, published_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
         [
             index_version,
             model_version,
@@ -139,11 +109,6 @@ def _save(
         ],
     )
     return release
-
-
-def _go_live(con, layout: HomeLayout, release: artifacts.Release) -> None:
-    artifacts.publish(layout, release)
-    con.execute("UPDATE releases SET live = (index_version = ?)", [release.index_version])
 
 
 def ranker_examples(engine: SearchEngine, queries: QuerySet) -> dict[str, list]:
@@ -178,7 +143,7 @@ def fitting_queries(con, catalog: CatalogFeatures, model_config: dict) -> tuple[
 
 def build_release(
     con,
-    layout: HomeLayout,
+    registry: ReleaseRegistry,
     model_version: str,
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
 ) -> artifacts.Release:
@@ -189,7 +154,7 @@ def build_release(
     its tuned nprobe and measured recall@10 (`mmsearch.index.indexing`), and the ranker's weights with
     each retriever's score on the fitting queries.
     """
-    model, config = load_model(layout, model_version)
+    model, config = registry.load_model(model_version)
     encoders = config["encoders"]
     catalog = load_catalog_features(
         con, encoders["image_encoder_id"], encoders["text_encoder_id"], views=True, pseudo=True
@@ -210,7 +175,7 @@ def build_release(
     fingerprint = json.dumps([model_version, sorted(catalog.products["text_sha"])])
     extra = {"mode": "full", "promoted": False, "index": report.to_dict()}
     release = _save(
-        layout,
+        registry,
         con,
         model_version,
         index,
@@ -227,11 +192,13 @@ def build_release(
     ranker = fit_ranker(ranker_examples(engine, labeled), ranker_examples(engine, pseudo))
     release.save_ranker(ranker.to_dict())
     artifacts.update_manifest(release, ranker=ranker.to_dict())
+    registry.finish(release)
     return release
 
 
-def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseOutcome | None:
-    """Bring the live release up to date with the catalog without a rebuild (its ranker kept).
+def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> Candidate | None:
+    """The live release brought up to date with the catalog without a rebuild (its model and
+    ranker kept), as a new release that is not yet live.
 
     None when the live release predates content keys or stored vectors (a full build is needed).
     """
@@ -245,7 +212,7 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         }
     except (FileNotFoundError, RuntimeError):
         return None
-    model, config = load_model(layout, live.model_version)
+    model, config = registry.load_model(live.model_version)
     encoders = config["encoders"]
     current = load_catalog_features(
         con, encoders["image_encoder_id"], encoders["text_encoder_id"], with_features=False
@@ -259,7 +226,7 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
             previous[shown].reset_index(drop=True).equals(current[shown].reset_index(drop=True))
         )
         if same_fields:
-            return ReleaseOutcome(live, "unchanged", 0, 0, True, "nothing changed")
+            return Candidate(live, "unchanged", 0, 0)
     index = live.load_index()
     if len(removed):
         gone = np.ascontiguousarray(removed["position"], dtype=np.int64)
@@ -299,17 +266,15 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         vectors[name] = np.stack(rows) if rows else old[:0]
     products = current[shown].assign(position=[int(positions[key]) for key in keys])
     fingerprint = json.dumps([live.index_version, sorted(added_ids), len(removed)])
-    reason = "same model, catalog updated"
     extra = {
         "mode": "incremental",
-        "promoted": True,
-        "promotion_reason": reason,
+        "promoted": False,
         "base": live.index_version,
         "index": live.manifest.get("index"),
         "ranker": live.manifest.get("ranker"),
     }
     release = _save(
-        layout,
+        registry,
         con,
         live.model_version,
         index,
@@ -321,135 +286,24 @@ def update_release(con, layout: HomeLayout, live: artifacts.Release) -> ReleaseO
         fingerprint,
         extra,
     )
-    _go_live(con, layout, release)
-    return ReleaseOutcome(release, "incremental", len(added_ids), len(removed), True, reason)
+    registry.finish(release)
+    return Candidate(release, "incremental", len(added_ids), len(removed))
 
 
-def promotion_gate(
+def make_candidate(
     con,
-    layout: HomeLayout,
-    candidate: artifacts.Release,
-    live: artifacts.Release | None,
-    tolerance: float = 0.01,
-) -> GateDecision:
-    """Whether `candidate` may replace `live`: both searched, through their own two stages, on
-    the same `gate` queries; per-query reciprocal ranks compared with a paired test.
-
-    Promoted unless the candidate's MRR is below the live one's by more than `tolerance`, or
-    below it with p < SIGNIFICANCE_LEVEL. Fails closed: when the two cannot be compared (no gate
-    queries, the live release unreadable, other encoders) the candidate is refused, saying why.
-    """
-    if live is None:
-        return GateDecision(True, "nothing live yet")
-    candidate_engine = SearchEngine.of(layout, candidate)
-    encoders = candidate_engine.model_config["encoders"]
-    try:
-        live_engine = SearchEngine.of(layout, live)
-    except (FileNotFoundError, KeyError, RuntimeError, ValueError, OSError) as error:
-        return GateDecision(False, f"not compared: the live release cannot be loaded ({error})")
-    live_encoders = live_engine.model_config.get("encoders", {})
-    if any(live_encoders.get(k) != encoders[k] for k in ("image_encoder_id", "text_encoder_id")):
-        return GateDecision(False, "not compared: the live release was built with other encoders")
-    catalog = load_catalog_features(
-        con, encoders["image_encoder_id"], encoders["text_encoder_id"], views=True, pseudo=True
-    )
-    source, queries = held_out_queries(
-        con, catalog, "gate", encoders["image_encoder_id"], encoders["text_encoder_id"], both=True
-    )
-    if not len(queries):
-        return GateDecision(False, "not compared: no gate queries or gate products to score on")
-    candidate_rr = evaluate_engine(candidate_engine, queries).reciprocal_ranks(
-        RANKER, range(len(queries))
-    )
-    live_rr = evaluate_engine(live_engine, queries).reciprocal_ranks(RANKER, range(len(queries)))
-    candidate_mrr, live_mrr = float(np.mean(candidate_rr)), float(np.mean(live_rr))
-    p_value = paired_p_value(candidate_rr, live_rr)
-    scores = (
-        f"gate MRR {candidate_mrr:.4f} vs live {live_mrr:.4f} on {len(queries)} {source}, "
-        f"paired p={p_value:.3f}"
-    )
-    worse_by = live_mrr - candidate_mrr
-    if worse_by > tolerance or (worse_by > 0 and p_value < SIGNIFICANCE_LEVEL):
-        verdict = "significantly worse" if p_value < SIGNIFICANCE_LEVEL else "worse"
-        reason = f"refused, {verdict}: {scores}; {live.model_version} keeps serving"
-        promoted = False
-    else:
-        promoted, reason = True, f"promoted: {scores}"
-    return GateDecision(promoted, reason, candidate_mrr, live_mrr, p_value, len(queries), source)
-
-
-def release_model(
-    con,
-    layout: HomeLayout,
+    registry: ReleaseRegistry,
     model_version: str,
-    tolerance: float = 0.01,
-    keep: int = 5,
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
-) -> ReleaseOutcome:
-    """Make the catalog searchable with `model_version`, the cheapest safe way.
-
-    The live release of the same model is updated incrementally; a new model gets a full build
-    that goes live only through `promotion_gate`.
-    """
-    live = artifacts.live_release(layout)
+) -> Candidate:
+    """A release for `model_version`, the cheapest safe way: the live release of the same
+    model updated in place, else a full build. Recorded as the registry's candidate."""
+    live = registry.live()
+    candidate = None
     if live is not None and live.model_version == model_version:
-        outcome = update_release(con, layout, live)
-        if outcome is not None:
-            prune_versions(layout, keep)
-            return outcome
-    candidate = build_release(con, layout, model_version, memory_budget_mb)
-    if live is not None and live.model_version == model_version:
-        # The live model's release predates the current release files: a rebuild, not a model
-        # change, so there is nothing for the gate to compare.
-        decision = GateDecision(True, "same model, release rebuilt in the current format")
-    else:
-        decision = promotion_gate(con, layout, candidate, live, tolerance)
-    if decision.promoted:
-        _go_live(con, layout, candidate)
-    artifacts.update_manifest(
-        candidate,
-        promoted=decision.promoted,
-        promotion_reason=decision.reason,
-        gate=decision.to_dict(),
-    )
-    prune_versions(layout, keep)
-    return ReleaseOutcome(
-        candidate,
-        "full",
-        candidate.size,
-        0,
-        decision.promoted,
-        decision.reason,
-        decision.candidate_mrr,
-        decision.live_mrr,
-        decision.p_value,
-    )
-
-
-def prune_versions(layout: HomeLayout, keep: int) -> list[str]:
-    """Delete all but the newest `keep` index versions, and models no kept index uses.
-
-    The live release and its model always stay; the newest `keep` models stay too.
-    """
-    keep = max(keep, 1)
-    live = artifacts.live_release(layout)
-    removed = []
-
-    def newest_first(root):
-        folders = [f for f in root.iterdir() if f.is_dir()] if root.is_dir() else []
-        return sorted(folders, key=lambda f: f.name, reverse=True)
-
-    kept_models = {live.model_version} if live else set()
-    for position, folder in enumerate(newest_first(layout.indexes)):
-        if position < keep or (live and folder.name == live.index_version):
-            manifest = folder / artifacts.INDEX_MANIFEST
-            if manifest.is_file():
-                kept_models.add(json.loads(manifest.read_text())["model_version"])
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder.name)
-    for position, folder in enumerate(newest_first(layout.models)):
-        if position >= keep and folder.name not in kept_models:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder.name)
-    return removed
+        candidate = update_release(con, registry, live)
+    if candidate is None:
+        release = build_release(con, registry, model_version, memory_budget_mb)
+        candidate = Candidate(release, "full", release.size, 0)
+    registry.propose(model_version, candidate.release.index_version)
+    return candidate

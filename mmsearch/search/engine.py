@@ -27,9 +27,11 @@ from mmsearch.catalog.images import (
 from mmsearch.catalog.text import clean_text
 from mmsearch.features.encoders import load_image_encoder, load_text_encoder
 from mmsearch.index import artifacts
+from mmsearch.index.artifacts import DamagedRelease
 from mmsearch.index.indexing import search_index
+from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.model.fusion import FusionModel, embed_query, embed_query_batch
-from mmsearch.model.store import load_model
+from mmsearch.model.store import DamagedModel
 from mmsearch.queries.pseudo import attributes_of, words_of
 from mmsearch.search.ranking import (
     FUSED,
@@ -41,7 +43,6 @@ from mmsearch.search.ranking import (
     Ranker,
     query_kind,
 )
-from mmsearch.settings import HomeLayout
 
 # Products each retriever contributes to the second stage.
 CANDIDATES = 100
@@ -106,6 +107,8 @@ class SearchEngine:
         self.release = release
         self.model = model
         self.model_config = model_config
+        # Why this engine serves an earlier release than the live one (None when it does not).
+        self.fallback: str | None = None
         self.encoders = EncoderSettings.from_model_config(model_config)
         self.index = release.load_index()
         self.products = release.load_products()
@@ -137,15 +140,26 @@ class SearchEngine:
         self._prices = pd.to_numeric(self.products["price"], errors="coerce").to_numpy(dtype=float)
 
     @classmethod
-    def live(cls, layout: HomeLayout) -> SearchEngine:
-        release = artifacts.live_release(layout)
+    def live(cls, registry: ReleaseRegistry) -> SearchEngine:
+        """The engine of the live release, its files verified. A damaged live release is
+        refused naming the file, and the newest earlier release that verifies answers instead;
+        `fallback` then says why."""
+        release = registry.live()
         if release is None:
             raise NothingLive("nothing is live yet: run `mmsearch run` (or `mmsearch demo`) first")
-        return cls.of(layout, release)
+        try:
+            return cls.of(registry, release.verified())
+        except (DamagedRelease, DamagedModel) as damage:
+            previous = registry.last_good(release)
+            if previous is None:
+                raise
+            engine = cls.of(registry, previous)
+            engine.fallback = f"{damage}; answering from {previous.index_version}"
+            return engine
 
     @classmethod
-    def of(cls, layout: HomeLayout, release: artifacts.Release) -> SearchEngine:
-        model, config = load_model(layout, release.model_version)
+    def of(cls, registry: ReleaseRegistry, release: artifacts.Release) -> SearchEngine:
+        model, config = registry.load_model(release.model_version)
         return cls(release, model, config)
 
     @property
