@@ -18,21 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmsearch.catalog.columns import KNOWN_COLUMNS, REQUIRED_COLUMNS
 from mmsearch.settings import drop_folder_name
 
 PRODUCT_FILES = ("products.csv", "products.parquet", "products.jsonl")
 QUERY_FILE = "queries.jsonl"
-REQUIRED_COLUMNS = ("product_id", "title")
-KNOWN_COLUMNS = (
-    "product_id",
-    "title",
-    "description",
-    "category",
-    "brand",
-    "price",
-    "image_path",
-    "deleted",
-)
 # A row whose JSON line cannot be parsed is still a row; this column carries why.
 READ_ERROR = "_read_error"
 

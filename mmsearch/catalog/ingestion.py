@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
+from mmsearch.catalog.columns import KNOWN_COLUMNS
 from mmsearch.catalog.drops import (
-    KNOWN_COLUMNS,
     QUERY_FILE,
     READ_ERROR,
     DropRejected,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mmsearch.catalog.columns import RELEASE_COLUMNS
 from mmsearch.clock import new_version, utc_now
 from mmsearch.features.catalog_features import (
     CatalogFeatures,
@@ -34,18 +35,7 @@ from mmsearch.queries.query_sets import QuerySet, pseudo_query_set
 from mmsearch.search.engine import SearchEngine
 from mmsearch.search.ranking import Ranker, query_kind
 
-# The product fields an index carries so search answers without the warehouse, plus the content
-# keys (to see what changed) and the stable index id of each product.
-RELEASE_COLUMNS = [
-    "product_id",
-    "title",
-    "category",
-    "brand",
-    "price",
-    "image_file",
-    "image_phash",
-    "attributes",
-]
+# The content keys a release keeps beside each product's fields, to see what changed.
 CONTENT_KEYS = ["text_sha", "image_sha"]
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmsearch.catalog.columns import DROP_COLUMNS
+
 RGB = tuple[int, int, int]
 
 #: Named product colours with the RGB the renderer paints them in.
@@ -324,18 +326,8 @@ DIRTY_KINDS: tuple[str, ...] = (
 )
 DIRTY_SHARE = 0.03
 
-CSV_COLUMNS = (
-    "product_id",
-    "title",
-    "description",
-    "category",
-    "brand",
-    "price",
-    "image_path",
-    "color",
-    "pattern",
-    "material",
-)
+# The drop columns, then the attributes the sample's products carry.
+CSV_COLUMNS = (*DROP_COLUMNS, "color", "pattern", "material")
 
 PRODUCT_IMAGE_SIZE = (224, 224)
 QUERY_IMAGE_SIZES: tuple[tuple[int, int], ...] = ((224, 224), (256, 256), (240, 320), (320, 240))

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mmsearch.catalog.columns import RESULT_FIELDS
 from mmsearch.catalog.images import (
     ImageLimits,
     decode_image,
@@ -46,8 +47,6 @@ from mmsearch.search.ranking import (
 
 # Products each retriever contributes to the second stage.
 CANDIDATES = 100
-
-RESULT_FIELDS = ("product_id", "title", "category", "brand", "price", "image_file")
 
 
 class NothingLive(RuntimeError):
