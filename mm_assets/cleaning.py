@@ -14,7 +14,12 @@ from dagster import (
 
 from mm_assets.history import latest_metadata
 from mm_assets.ingestion import raw_products
-from mmsearch.catalog.cleaning import OUTCOMES, accounting_by_drop, clean_warehouse
+from mmsearch.catalog.cleaning import (
+    CLEANING_RULES_VERSION,
+    OUTCOMES,
+    accounting_by_drop,
+    clean_warehouse,
+)
 from mmsearch.catalog.duplicates import find_near_duplicates
 from mmsearch.catalog.quality import (
     previous_catalog,
@@ -28,6 +33,8 @@ from resources import PipelineSettings, WarehouseResource
 
 @asset(
     deps=[raw_products],
+    # New cleaning rules re-clean the catalog (the automation conditions see the new version).
+    code_version=f"cleaning-rules-{CLEANING_RULES_VERSION}",
     group_name="cleaning",
     pool="warehouse",
     kinds={"duckdb", "python"},

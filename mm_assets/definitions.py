@@ -37,24 +37,28 @@ from sensors.schedules import nightly_retrain
 STAGES = [ingestion, cleaning, features, training, indexing, evaluation, recommendations]
 
 
-# An upstream asset whose latest blocking check failed (Dagster's all_deps_blocking_checks_passed
-# would also hold back an asset until checks that run in the same run have passed, splitting one
-# refresh into a run per checked stage).
-UPSTREAM_CHECK_FAILED = AutomationCondition.any_deps_match(
+# Everything after ingestion follows its inputs: once any upstream asset is updated (a drop
+# ingested, the model retrained or rolled back) or its own code version changes, the asset is
+# requested, unless an upstream asset is missing or in progress, or it is itself in progress.
+# The daemon's automation sensor evaluates this; so does `mmsearch run` (`mm_assets.runner`).
+FOLLOW_INPUTS = (
+    AutomationCondition.eager() | AutomationCondition.code_version_changed()
+).with_label("eager or a new code version")
+# product_index publishes: never while its candidate's latest promotion gate failed. (Only
+# there: a blocking check that failed with WARN severity blocks nothing, and Dagster's
+# all_deps_blocking_checks_passed would hold an asset back until checks in the same run pass,
+# one run per checked stage.)
+CANDIDATE_REFUSED = AutomationCondition.any_deps_match(
     AutomationCondition.any_checks_match(AutomationCondition.check_failed(), blocking_only=True)
 )
-FOLLOW_INPUTS = (AutomationCondition.eager() & ~UPSTREAM_CHECK_FAILED).with_label(
-    "eager, unless an upstream blocking check failed"
+PUBLISH_WHEN_PASSED = (FOLLOW_INPUTS & ~CANDIDATE_REFUSED).with_label(
+    "eager, unless the candidate's promotion gate failed"
 )
 
 
 def _eager(spec):
-    # Everything after ingestion follows its inputs: once any upstream asset is updated (a drop
-    # ingested, the model retrained or rolled back), the asset is requested, unless an upstream
-    # asset is missing or in progress, it is itself in progress, or an upstream blocking check
-    # failed (a candidate the promotion gate refused never reaches product_index). The daemon's
-    # automation sensor evaluates this; so does `mmsearch run` (`mm_assets.runner`).
-    return spec.replace_attributes(automation_condition=FOLLOW_INPUTS)
+    condition = PUBLISH_WHEN_PASSED if spec.key == indexing.product_index.key else FOLLOW_INPUTS
+    return spec.replace_attributes(automation_condition=condition)
 
 
 # The daemon's evaluator of the automation conditions, on from the start (Dagster's implicit one

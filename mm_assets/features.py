@@ -14,11 +14,14 @@ from mmsearch.features.extraction import (
     extract_pseudo_query_features,
     feature_coverage,
 )
+from mmsearch.queries.pseudo import PSEUDO_QUERY_RULES
 from resources import ImageEncoderResource, TextEncoderResource, WarehouseResource
 
 
 @asset(
     deps=["training_pairs", "stg_labeled_queries"],
+    # New pseudo-query rules make new texts to encode.
+    code_version=PSEUDO_QUERY_RULES,
     group_name="features",
     pool="warehouse",
     kinds={"pytorch", "duckdb"},

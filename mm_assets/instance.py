@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from dagster import DagsterInstance
 from sqlalchemy.engine import make_url
@@ -33,7 +34,25 @@ _WAREHOUSE_POOLS = """concurrency:
 """
 
 # Telemetry off on a machine that may be offline.
-INSTANCE_CONFIG = "telemetry:\n  enabled: false\n" + _WAREHOUSE_POOLS
+_TELEMETRY_OFF = "telemetry:\n  enabled: false\n"
+# What this module wrote before the pooled event log: upgraded when found.
+_EARLIER_INSTANCE_CONFIG = _TELEMETRY_OFF + _WAREHOUSE_POOLS
+
+
+def embedded_config(dagster_home: Path) -> str:
+    """The embedded profile's `dagster.yaml`: SQLite files under `dagster_home`, the event log
+    keeping its connections (`mm_assets.storage`; Dagster's own opens one per event), in the
+    same files Dagster's default uses."""
+    return (
+        _EARLIER_INSTANCE_CONFIG
+        + f"""event_log_storage:
+  module: mm_assets.storage
+  class: PooledSqliteEventLogStorage
+  config:
+    base_dir: {dagster_home.resolve() / "history" / "runs"}
+"""
+    )
+
 
 POSTGRES_INSTANCE_CONFIG = f"""telemetry:
   enabled: false
@@ -46,15 +65,24 @@ run_coordinator:
   class: QueuedRunCoordinator
 {_WAREHOUSE_POOLS}"""
 
-# Files this module writes; any other content was edited by hand and is left alone.
-_PROFILES = (INSTANCE_CONFIG, POSTGRES_INSTANCE_CONFIG)
+
+def _written_here(text: str) -> bool:
+    """Whether `text` is a file this module writes (for any home: a home may have been moved);
+    any other content was edited by hand and is left alone."""
+    moved = embedded_config(Path("/")).split("base_dir:")[0]
+    return text in (POSTGRES_INSTANCE_CONFIG, _EARLIER_INSTANCE_CONFIG) or (
+        text.startswith(moved) and text.count("\n") == moved.count("\n") + 1
+    )
+
 
 log = logging.getLogger(__name__)
 
 
-def instance_config() -> str:
+def instance_config(dagster_home: Path) -> str:
     """The `dagster.yaml` text of the profile the environment asks for."""
-    return POSTGRES_INSTANCE_CONFIG if os.environ.get(POSTGRES_URL_ENV) else INSTANCE_CONFIG
+    if os.environ.get(POSTGRES_URL_ENV):
+        return POSTGRES_INSTANCE_CONFIG
+    return embedded_config(dagster_home)
 
 
 def check_postgres_url(url: str) -> None:
@@ -88,11 +116,11 @@ def instance_for(layout: HomeLayout) -> DagsterInstance:
     os.environ["DAGSTER_HOME"] = str(layout.dagster_home)
     layout.dagster_home.mkdir(parents=True, exist_ok=True)
     config = layout.dagster_home / "dagster.yaml"
-    wanted = instance_config()
+    wanted = instance_config(layout.dagster_home)
     if wanted == POSTGRES_INSTANCE_CONFIG:
         check_postgres_url(os.environ[POSTGRES_URL_ENV])
     current = config.read_text() if config.exists() else None
-    if current is None or (current != wanted and current in _PROFILES):
+    if current is None or (current != wanted and _written_here(current)):
         config.write_text(wanted)
     elif current != wanted and wanted == POSTGRES_INSTANCE_CONFIG:
         log.warning(

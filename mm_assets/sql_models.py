@@ -7,6 +7,7 @@ sources; a source table maps to the Python asset that writes it. Adding a `.sql`
 `ref()` adds an asset with that lineage, no Python.
 """
 
+import hashlib
 import time
 from collections.abc import Iterator
 
@@ -59,6 +60,9 @@ def _model_spec(project: Project, model: Model) -> AssetSpec:
         group_name=SQL_GROUP,
         kinds={"duckdb", "sql"},
         description=model.description or f"SQL model {model.path.name}",
+        # A changed SQL file is a new code version: the automation conditions rebuild the model
+        # and what follows it.
+        code_version=hashlib.sha256(model.path.read_bytes()).hexdigest()[:12],
         # A model left unbuilt (an upstream model failed its tests) is skipped, with its
         # downstream assets, instead of failing the whole step first.
         skippable=True,

@@ -425,10 +425,8 @@ def _print_human(command: str, result: dict) -> None:
     elif command == "quarantine":
         if not result["rows"]:
             print("no quarantined rows")
-        for row in result["rows"]:
-            print(
-                f"{row['drop']}:{row['row']}  {row['product_id']}  {row['reason_code']}: {row['reason']}"
-            )
+        else:
+            print(_table(result["rows"], ["drop", "row", "product_id", "reason_code", "reason"]))
     else:
         print(json.dumps(result, indent=2, default=str))
 

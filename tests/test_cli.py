@@ -124,9 +124,14 @@ def test_commands_print_tables_for_people_and_name_unknown_drops(built_home, sam
     assert "quarantined" in status.splitlines()[1] and "sample" in status
     evaluate = run_cli(home, "evaluate", "--queries", str(sample_drop / "queries.jsonl")).stdout
     assert evaluate.startswith("MRR on ") and "ranker" in evaluate and "{" not in evaluate
+    quarantine = run_cli(home, "quarantine").stdout.splitlines()
+    assert quarantine[0].split() == ["drop", "row", "product_id", "reason_code", "reason"]
+    assert len(quarantine) == 1 + run["rows"]["quarantined"]
     unknown = run_cli(home, "quarantine", "--drop", "nosuch", check=False)
     message = unknown.stderr.strip().splitlines()[-1]
     assert unknown.returncode != 0 and "'nosuch'" in message and "drops: sample" in message
+    nosuch = run_cli(home, "search", "--text", "blue", "--category", "nosuch", check=False)
+    assert nosuch.returncode != 0 and "'nosuch'" in nosuch.stderr.strip().splitlines()[-1]
 
 
 def test_evaluate_leaves_out_the_queries_the_model_trained_on(built_home, sample_drop):

@@ -35,9 +35,9 @@ from conftest import cli_json, run_cli
 from helpers import write_drop
 from mm_assets.definitions import defs
 from mm_assets.instance import (
-    INSTANCE_CONFIG,
     POSTGRES_INSTANCE_CONFIG,
     POSTGRES_URL_ENV,
+    embedded_config,
     instance_for,
 )
 from mm_assets.jobs import REFRESH_JOB
@@ -235,7 +235,7 @@ def test_dagster_yaml_follows_the_profile_and_a_hand_edited_one_is_kept(
 
     monkeypatch.delenv(POSTGRES_URL_ENV)
     embedded = instance_for(layout)
-    assert config.read_text() == INSTANCE_CONFIG
+    assert config.read_text() == embedded_config(layout.dagster_home)
     assert not isinstance(embedded.run_storage, PostgresRunStorage)
 
     monkeypatch.setenv(POSTGRES_URL_ENV, postgres_profile)
@@ -245,9 +245,9 @@ def test_dagster_yaml_follows_the_profile_and_a_hand_edited_one_is_kept(
 
     monkeypatch.delenv(POSTGRES_URL_ENV)
     instance_for(layout)
-    assert config.read_text() == INSTANCE_CONFIG
+    assert config.read_text() == embedded_config(layout.dagster_home)
 
-    edited = INSTANCE_CONFIG + "run_monitoring:\n  enabled: true\n"
+    edited = embedded_config(layout.dagster_home) + "run_monitoring:\n  enabled: true\n"
     config.write_text(edited)
     monkeypatch.setenv(POSTGRES_URL_ENV, postgres_profile)
     instance_for(layout)

@@ -73,3 +73,31 @@ def test_nightly_retrain_runs_the_retrain_job_at_two():
     with instance_for_test() as instance:
         request = nightly_retrain.evaluate_tick(build_schedule_context(instance=instance))
     assert isinstance(request.run_requests[0], RunRequest)
+
+
+def test_a_changed_sql_model_is_requested_again_with_nothing_else(tmp_path, monkeypatch):
+    import shutil
+
+    import dbt_like_sql.project as sql_project
+    from mm_assets import definitions
+
+    layout = HomeLayout(tmp_path / "home").ensure()
+    first = build_definitions(str(layout.root))
+    models = tmp_path / "models"
+    shutil.copytree(sql_project.MODELS_DIR, models)
+    changed = next(models.rglob("category_statistics.sql"))
+    changed.write_text(changed.read_text() + "\n-- a comment is a new code version too\n")
+    original = definitions.build_sql_assets
+    monkeypatch.setattr(
+        definitions, "build_sql_assets", lambda: original(sql_project.Project(models))
+    )
+    second = definitions.build_definitions(str(layout.root))
+    with instance_for_test() as instance:
+        before = evaluate_automation_conditions(defs=first, instance=instance)
+        after = evaluate_automation_conditions(defs=second, instance=instance, cursor=before.cursor)
+    requested = {
+        key.to_user_string()
+        for key in second.resolve_asset_graph().get_all_asset_keys()
+        if after.get_num_requested(key)
+    }
+    assert requested == {"category_statistics"}
