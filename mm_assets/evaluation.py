@@ -135,6 +135,7 @@ def image_text_consistency(
         metadata={
             "model_version": release.model_version,
             "flagged_products": len(table),
+            "dagster/row_count": len(table),
             "checked_products": int(catalog.has_image.sum()),
             "mismatches": MetadataValue.md(
                 table.head(50).to_markdown(index=False) if len(table) else "none"

@@ -55,6 +55,8 @@ def encoder_features(
         pseudo_queries = extract_pseudo_query_features(con, text_model)
     return MaterializeResult(
         metadata={
+            # Rows of the feature tables: one vector per distinct image and text.
+            "dagster/row_count": report.images_total + report.texts_total,
             "pseudo_queries_encoded": pseudo_queries,
             "images_encoded": report.images_encoded,
             "texts_encoded": report.texts_encoded,
