@@ -81,6 +81,7 @@ def test_unreadable_drop_is_rejected_naming_drop_and_problem(tmp_path, setup, pr
     with pytest.raises(DropRejected) as caught:
         read_products(drop)
     assert "broken-drop" in str(caught.value) and problem in str(caught.value)
+    assert str(caught.value).endswith("(the drop format: docs/interface.md)")
 
 
 def test_windows_1252_csv_is_decoded(tmp_path):

@@ -27,11 +27,15 @@ QUERY_FILE = "queries.jsonl"
 READ_ERROR = "_read_error"
 
 
+# Where the repo describes the drop and query file formats; refusals point there.
+FORMAT_DOC = "docs/interface.md"
+
+
 class DropRejected(ValueError):
     """A drop that cannot be read at all; the message names the drop and the problem."""
 
     def __init__(self, drop_name: str, problem: str):
-        super().__init__(f"drop {drop_name!r} rejected: {problem}")
+        super().__init__(f"drop {drop_name!r} rejected: {problem} (the drop format: {FORMAT_DOC})")
         self.drop_name = drop_name
         self.problem = problem
 
