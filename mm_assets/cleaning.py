@@ -12,8 +12,8 @@ from dagster import (
     asset_check,
 )
 
-from mm_assets.history import latest_metadata
 from mm_assets.ingestion import raw_products
+from mm_assets.metadata import latest_metadata
 from mmsearch.catalog.cleaning import (
     CLEANING_RULES_VERSION,
     OUTCOMES,

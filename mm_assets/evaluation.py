@@ -1,6 +1,5 @@
 """Stage 6: evaluation of the live release beside raw pretrained baselines."""
 
-import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -8,33 +7,18 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
     asset_check,
 )
 
 from mm_assets.indexing import product_index
+from mm_assets.metadata import table as metadata_table
 from mmsearch.evaluation.consistency import image_text_mismatches
 from mmsearch.evaluation.scoring import RANKER, markdown_table
 from mmsearch.features.catalog_features import load_catalog_features
 from mmsearch.publishing.assessment import evaluate_release
 from mmsearch.warehouse import query_df, replace_rows
 from resources import ReleaseRegistryResource, WarehouseResource
-
-
-def _results_table(table) -> MetadataValue:
-    columns = ["method", "kind", "n", "recall_at_1", "recall_at_10", "mrr", "ndcg_at_10"]
-    records = [
-        TableRecord({c: (None if pd.isna(row[c]) else row[c]) for c in columns})
-        for row in table[columns].to_dict("records")
-    ]
-    types = {"method": "string", "kind": "string", "n": "int"}
-    return MetadataValue.table(
-        records=records,
-        schema=TableSchema(columns=[TableColumn(c, types.get(c, "float")) for c in columns]),
-    )
 
 
 @asset(
@@ -56,7 +40,12 @@ def search_evaluation(
     metadata = {"source": source, "model_version": release.model_version}
     if len(table):
         metadata["results"] = MetadataValue.md(markdown_table(table))
-        metadata["results_table"] = _results_table(table)
+        metadata["results_table"] = metadata_table(
+            table.to_dict("records"),
+            {"method": "string", "kind": "string", "n": "int"}
+            | dict.fromkeys(["recall_at_1", "recall_at_10", "mrr", "ndcg_at_10"], "float"),
+            digits=4,
+        )
         metadata["dagster/row_count"] = len(table)
         # One number per kind and method: the UI plots each across materializations.
         for row in table.to_dict("records"):

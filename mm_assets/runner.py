@@ -223,15 +223,6 @@ def _automation_requests(defs, instance) -> list[AssetKey]:
     return sorted((k for k in keys if result.get_num_requested(k)), key=str)
 
 
-def _waiting_drops(instance, in_flight: set[str]) -> list[str]:
-    """Registered drop versions never ingested (a run stopped before it) and not in flight."""
-    return [
-        key
-        for key, digest in known_drop_versions(instance).items()
-        if digest is None and key not in in_flight
-    ]
-
-
 def run_pipeline(
     layout: HomeLayout, defs, force: bool = False, retrain: bool = False
 ) -> RunSummary:
@@ -243,9 +234,12 @@ def run_pipeline(
         if not instance.run_storage.get_cursor_values({AUTOMATION_CURSOR}):
             _automation_requests(defs, instance)  # the first evaluation only sets the baseline
         requests = _sensor_requests(defs, instance, "catalog_drop_sensor")
-        drops = [r.partition_key for r in requests] + _waiting_drops(instance, set())
+        known = known_drop_versions(instance)
+        # Registered versions never ingested: a run stopped before it (none is in flight now).
+        waiting = [key for key, digest in known.items() if digest is None]
+        drops = [r.partition_key for r in requests] + waiting
         if force:  # read every landed folder again, under its latest key
-            latest = {drop_folder_name(key): key for key in known_drop_versions(instance)}
+            latest = {drop_folder_name(key): key for key in known}
             drops += [latest[name] for name in landed_drops(layout.landing) if name in latest]
         drops = list(dict.fromkeys(drops))
         if drops:

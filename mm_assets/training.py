@@ -11,14 +11,11 @@ from dagster import (
     DagsterInstance,
     MaterializeResult,
     MetadataValue,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
 )
 
 from mm_assets.features import encoder_features
-from mm_assets.history import latest_metadata
+from mm_assets.metadata import latest_metadata, table
 from mmsearch.features.extraction import extract_shopper_views
 from mmsearch.model.training import changes_since_model, train_and_save
 from resources import (
@@ -32,45 +29,17 @@ from resources import (
 RETRAIN_TAG = "mmsearch/retrain"
 
 
-def _reusable_model(registry, encoders: dict) -> tuple[str | None, dict]:
+def _reusable_model(registry, release, encoders: dict) -> tuple[str | None, dict]:
     """(the live model, its config) when it was trained with these encoders, else (None, {})."""
-    release = registry.live()
     if release is None:
         return None, {}
     try:
-        _, config = registry.load_model(release.model_version)
+        config = registry.model_config(release.model_version)
     except FileNotFoundError:
         return None, {}
     trained_with = config.get("encoders", {})
     same = all(trained_with.get(k) == encoders[k] for k in ("text_encoder_id", "image_encoder_id"))
     return (release.model_version, config) if same else (None, {})
-
-
-def _curve(history: list[dict]) -> MetadataValue:
-    """The training curve, one row per epoch, as a table the UI shows."""
-    return MetadataValue.table(
-        records=[
-            TableRecord(
-                {
-                    "epoch": row["epoch"],
-                    "train_loss": round(row["train_loss"], 5),
-                    "validation_loss": round(row["validation_loss"], 5)
-                    if row.get("validation_loss") is not None
-                    else None,
-                    "temperature": round(row["temperature"], 5),
-                }
-            )
-            for row in history
-        ],
-        schema=TableSchema(
-            columns=[
-                TableColumn("epoch", "int"),
-                TableColumn("train_loss", "float"),
-                TableColumn("validation_loss", "float"),
-                TableColumn("temperature", "float"),
-            ]
-        ),
-    )
 
 
 def _figures(config: dict) -> dict:
@@ -86,7 +55,16 @@ def _figures(config: dict) -> dict:
     }
     if history:
         figures["final_train_loss"] = MetadataValue.float(float(history[-1]["train_loss"]))
-        figures["training_curve"] = _curve(history)
+        # The latest training's curve, one row per epoch.
+        figures["training_curve"] = table(
+            history,
+            {
+                "epoch": "int",
+                "train_loss": "float",
+                "validation_loss": "float",
+                "temperature": "float",
+            },
+        )
     return figures
 
 
@@ -116,14 +94,15 @@ def fusion_model(
     }
     forced = context.run.tags.get(RETRAIN_TAG) == "true"
     releases = registry.registry
-    reusable, config = _reusable_model(releases, encoders)
+    live = releases.live()
+    reusable, config = _reusable_model(releases, live, encoders)
     metadata = {}
     with warehouse.connect() as con:
         if forced or reusable is None:
             views = extract_shopper_views(con, image_model, image_encoder.batch_size)
             version, _ = train_and_save(con, warehouse.layout, encoders, settings.training_config())
             releases.push_model(version)
-            _, config = releases.load_model(version)
+            config = releases.model_config(version)
             reason = "retrain requested" if forced else "no live model for these encoders"
             metadata.update(
                 shopper_views_encoded=views,
@@ -135,7 +114,6 @@ def fusion_model(
         changed = changes_since_model(con, version)
     # The model the candidate release is built with, through the registry.
     releases.propose(version)
-    live = releases.live()
     due = settings.retrain_due(changed, products)
     return MaterializeResult(
         metadata={

@@ -26,6 +26,10 @@ LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
 VECTOR_FILES = {"fused": "fused.npy", "text": "text.npy", "image": "image.npy"}
 # The raw encoders' own FAISS indexes (ids: the same stable positions as the fused index).
 RETRIEVER_INDEX_FILES = {"text": "text.faiss", "image": "image.faiss"}
+# Size and modification time of each file when its checksum last matched: a file that still has
+# both is not hashed again (a cut or rewritten file changes them), so the checksums of a large
+# release are read once, not at every `mmsearch search`.
+VERIFIED_STAMP = ".verified.json"
 
 
 class DamagedRelease(RuntimeError):
@@ -41,12 +45,27 @@ def _sha256(path: Path) -> str:
 
 
 def file_checksums(folder: Path) -> dict[str, str]:
-    """sha256 of every file of a release folder but its manifest, by relative path."""
+    """sha256 of every file of a release folder but its manifest and stamp, by relative path."""
     return {
         path.relative_to(folder).as_posix(): _sha256(path)
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != INDEX_MANIFEST and path.suffix != ".partial"
+        if path.is_file()
+        and path.name not in (INDEX_MANIFEST, VERIFIED_STAMP)
+        and path.suffix != ".partial"
     }
+
+
+def _file_state(path: Path) -> list[int]:
+    state = path.stat()
+    return [state.st_size, state.st_mtime_ns]
+
+
+def _stamp(folder: Path, names) -> None:
+    """Record the files' current size and time as verified (skipped on a read-only folder)."""
+    try:
+        write_json_atomically(folder / VERIFIED_STAMP, {n: _file_state(folder / n) for n in names})
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -91,7 +110,9 @@ class Release:
 
     def save_ranker(self, ranker: dict) -> None:
         write_json_atomically(self.folder / RANKER_FILE, ranker)
-        update_manifest(self, files=file_checksums(self.folder))
+        files = {**self.manifest.get("files", {}), RANKER_FILE: _sha256(self.folder / RANKER_FILE)}
+        update_manifest(self, files=files)
+        _stamp(self.folder, files)
 
     def verified(self) -> Release:
         """This release, after `verify()`."""
@@ -104,15 +125,21 @@ class Release:
         recorded = self.manifest.get("files")
         if recorded is None:
             return
+        try:
+            stamp = json.loads((self.folder / VERIFIED_STAMP).read_text())
+        except (OSError, ValueError):
+            stamp = {}
         for name, expected in recorded.items():
             path = self.folder / name
             if not path.is_file():
                 raise DamagedRelease(f"release {self.index_version}: {path} is missing")
-            if _sha256(path) != expected:
+            if stamp.get(name) != _file_state(path) and _sha256(path) != expected:
                 raise DamagedRelease(
                     f"release {self.index_version}: {path} is damaged (its checksum differs from "
                     "the manifest's)"
                 )
+        if any(stamp.get(name) != _file_state(self.folder / name) for name in recorded):
+            _stamp(self.folder, recorded)
 
 
 def save_release(
@@ -151,6 +178,7 @@ def save_release(
         "files": file_checksums(folder),
     }
     write_json_atomically(folder / INDEX_MANIFEST, manifest)
+    _stamp(folder, manifest["files"])
     return Release(index_version, model_version, folder, manifest)
 
 

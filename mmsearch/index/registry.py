@@ -104,6 +104,11 @@ class ReleaseRegistry:
         """Mirror a model saved under this MM_HOME (`model.store.save_model`) to the remote."""
         self._push(self.layout.models / version, "models")
 
+    def model_config(self, version: str) -> dict:
+        """A model's config without loading its weights; pulled from the remote if missing."""
+        self._pull(self.layout.models / version, "models")
+        return store.load_config(self.layout, version)
+
     def load_model(self, version: str):
         """(model, config); a model missing here is pulled from the remote first."""
         self._pull(self.layout.models / version, "models")
@@ -112,14 +117,16 @@ class ReleaseRegistry:
     # -- releases ----------------------------------------------------------------------------
 
     def finish(self, release: Release) -> None:
-        """A release's files are complete: record checksums and push it to the remote."""
-        artifacts.update_manifest(release, files=artifacts.file_checksums(release.folder))
+        """A release's files are complete (their checksums in its manifest): push it."""
         self._push(release.folder, "indexes")
 
     def record(self, release: Release, **fields) -> None:
         """Add fields to a release's manifest here and on the remote (the gate's decision)."""
         artifacts.update_manifest(release, **fields)
-        self._push(release.folder, "indexes")
+        if self.remote:
+            filesystem, root = self._fs()
+            manifest = release.folder / artifacts.INDEX_MANIFEST
+            filesystem.put(str(manifest), f"{root}/indexes/{release.folder.name}/{manifest.name}")
 
     def release(self, index_version: str, verify: bool = False) -> Release:
         """A release by version, pulled from the remote when missing here; with `verify`,

@@ -31,12 +31,18 @@ def save_model(layout: HomeLayout, version: str, model: FusionModel, config: dic
     return folder
 
 
-def load_model(layout: HomeLayout, version: str) -> tuple[FusionModel, dict]:
-    """A saved model (weights loaded with weights_only=True) and its config."""
+def load_config(layout: HomeLayout, version: str) -> dict:
+    """A saved model's config (encoders, training config, summary and history), no weights."""
     folder = layout.models / version
     if not (folder / MODEL_FILE).is_file():
         raise FileNotFoundError(f"model version {version!r} not found under {layout.models}")
-    config = json.loads((folder / MODEL_CONFIG).read_text())
+    return json.loads((folder / MODEL_CONFIG).read_text())
+
+
+def load_model(layout: HomeLayout, version: str) -> tuple[FusionModel, dict]:
+    """A saved model (weights loaded with weights_only=True) and its config."""
+    folder = layout.models / version
+    config = load_config(layout, version)
     expected = config.get("weights_sha256")
     if expected and hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest() != expected:
         raise DamagedModel(
