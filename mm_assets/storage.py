@@ -23,11 +23,15 @@ from sqlalchemy.pool import QueuePool
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
-    @property
-    def _engines(self) -> dict[str, Engine]:
-        if "_pooled_engines" not in self.__dict__:
-            self.__dict__["_pooled_engines"] = {}
-        return self.__dict__["_pooled_engines"]
+    def __init__(self, base_dir: str, inst_data=None):
+        # Set before the parent's __init__, which may connect (to create the index shard).
+        self._engines: dict[str, Engine] = {}
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value) -> PooledSqliteEventLogStorage:
+        # The parent's builds a SqliteEventLogStorage whatever the class it is called on.
+        return cls(inst_data=inst_data, **config_value)
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:

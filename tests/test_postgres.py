@@ -260,3 +260,27 @@ def test_a_postgres_url_without_an_installed_driver_is_refused_with_the_fix(tmp_
     with pytest.raises(ValueError, match=r"postgresql\+psycopg2://user:password@") as refused:
         instance_for(HomeLayout(tmp_path / "home").ensure())
     assert "s3cret-pw" not in str(refused.value)
+
+
+def test_the_embedded_profile_keeps_its_event_log_connections(tmp_path, monkeypatch):
+    from dagster import asset, materialize
+
+    from mm_assets.storage import PooledSqliteEventLogStorage
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv(POSTGRES_URL_ENV, raising=False)
+    instance = instance_for(HomeLayout(tmp_path / "home").ensure())
+    storage = instance.event_log_storage
+    assert isinstance(storage, PooledSqliteEventLogStorage)
+
+    @asset
+    def probe() -> int:
+        return 1
+
+    first = materialize([probe], instance=instance)
+    engines = dict(storage._engines)
+    second = materialize([probe], instance=instance)
+    # One engine per database file, kept: the index shard's is the same object both times.
+    assert storage._engines["index"] is engines["index"]
+    assert first.run_id in storage._engines and second.run_id in storage._engines
+    assert instance.get_latest_materialization_event(probe.key).run_id == second.run_id
