@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 from dagster import DagsterInstance
 from sqlalchemy.engine import make_url
@@ -34,25 +33,7 @@ _WAREHOUSE_POOLS = """concurrency:
 """
 
 # Telemetry off on a machine that may be offline.
-_TELEMETRY_OFF = "telemetry:\n  enabled: false\n"
-# What this module wrote before the pooled event log: upgraded when found.
-_EARLIER_INSTANCE_CONFIG = _TELEMETRY_OFF + _WAREHOUSE_POOLS
-
-
-def embedded_config(dagster_home: Path) -> str:
-    """The embedded profile's `dagster.yaml`: SQLite files under `dagster_home`, the event log
-    keeping its connections (`mm_assets.storage`; Dagster's own opens one per event), in the
-    same files Dagster's default uses."""
-    return (
-        _EARLIER_INSTANCE_CONFIG
-        + f"""event_log_storage:
-  module: mm_assets.storage
-  class: PooledSqliteEventLogStorage
-  config:
-    base_dir: {dagster_home.resolve() / "history" / "runs"}
-"""
-    )
-
+INSTANCE_CONFIG = "telemetry:\n  enabled: false\n" + _WAREHOUSE_POOLS
 
 POSTGRES_INSTANCE_CONFIG = f"""telemetry:
   enabled: false
@@ -65,24 +46,18 @@ run_coordinator:
   class: QueuedRunCoordinator
 {_WAREHOUSE_POOLS}"""
 
-
-def _written_here(text: str) -> bool:
-    """Whether `text` is a file this module writes (for any home: a home may have been moved);
-    any other content was edited by hand and is left alone."""
-    moved = embedded_config(Path("/")).split("base_dir:")[0]
-    return text in (POSTGRES_INSTANCE_CONFIG, _EARLIER_INSTANCE_CONFIG) or (
-        text.startswith(moved) and text.count("\n") == moved.count("\n") + 1
-    )
-
+# Files this module writes; any other content was edited by hand and is left alone.
+_PROFILES = (INSTANCE_CONFIG, POSTGRES_INSTANCE_CONFIG)
+# An embedded profile some earlier versions wrote, with an event log class since removed:
+# rewritten when found.
+_RETIRED_EVENT_LOG = INSTANCE_CONFIG + "event_log_storage:\n  module: mm_assets.storage\n"
 
 log = logging.getLogger(__name__)
 
 
-def instance_config(dagster_home: Path) -> str:
+def instance_config() -> str:
     """The `dagster.yaml` text of the profile the environment asks for."""
-    if os.environ.get(POSTGRES_URL_ENV):
-        return POSTGRES_INSTANCE_CONFIG
-    return embedded_config(dagster_home)
+    return POSTGRES_INSTANCE_CONFIG if os.environ.get(POSTGRES_URL_ENV) else INSTANCE_CONFIG
 
 
 def check_postgres_url(url: str) -> None:
@@ -116,11 +91,12 @@ def instance_for(layout: HomeLayout) -> DagsterInstance:
     os.environ["DAGSTER_HOME"] = str(layout.dagster_home)
     layout.dagster_home.mkdir(parents=True, exist_ok=True)
     config = layout.dagster_home / "dagster.yaml"
-    wanted = instance_config(layout.dagster_home)
+    wanted = instance_config()
     if wanted == POSTGRES_INSTANCE_CONFIG:
         check_postgres_url(os.environ[POSTGRES_URL_ENV])
     current = config.read_text() if config.exists() else None
-    if current is None or (current != wanted and _written_here(current)):
+    ours = current in _PROFILES or (current or "").startswith(_RETIRED_EVENT_LOG)
+    if current is None or (current != wanted and ours):
         config.write_text(wanted)
     elif current != wanted and wanted == POSTGRES_INSTANCE_CONFIG:
         log.warning(

@@ -35,9 +35,9 @@ from conftest import cli_json, run_cli
 from helpers import write_drop
 from mm_assets.definitions import defs
 from mm_assets.instance import (
+    INSTANCE_CONFIG,
     POSTGRES_INSTANCE_CONFIG,
     POSTGRES_URL_ENV,
-    embedded_config,
     instance_for,
 )
 from mm_assets.jobs import REFRESH_JOB
@@ -235,7 +235,7 @@ def test_dagster_yaml_follows_the_profile_and_a_hand_edited_one_is_kept(
 
     monkeypatch.delenv(POSTGRES_URL_ENV)
     embedded = instance_for(layout)
-    assert config.read_text() == embedded_config(layout.dagster_home)
+    assert config.read_text() == INSTANCE_CONFIG
     assert not isinstance(embedded.run_storage, PostgresRunStorage)
 
     monkeypatch.setenv(POSTGRES_URL_ENV, postgres_profile)
@@ -245,9 +245,9 @@ def test_dagster_yaml_follows_the_profile_and_a_hand_edited_one_is_kept(
 
     monkeypatch.delenv(POSTGRES_URL_ENV)
     instance_for(layout)
-    assert config.read_text() == embedded_config(layout.dagster_home)
+    assert config.read_text() == INSTANCE_CONFIG
 
-    edited = embedded_config(layout.dagster_home) + "run_monitoring:\n  enabled: true\n"
+    edited = INSTANCE_CONFIG + "run_monitoring:\n  enabled: true\n"
     config.write_text(edited)
     monkeypatch.setenv(POSTGRES_URL_ENV, postgres_profile)
     instance_for(layout)
@@ -260,27 +260,3 @@ def test_a_postgres_url_without_an_installed_driver_is_refused_with_the_fix(tmp_
     with pytest.raises(ValueError, match=r"postgresql\+psycopg2://user:password@") as refused:
         instance_for(HomeLayout(tmp_path / "home").ensure())
     assert "s3cret-pw" not in str(refused.value)
-
-
-def test_the_embedded_profile_keeps_its_event_log_connections(tmp_path, monkeypatch):
-    from dagster import asset, materialize
-
-    from mm_assets.storage import PooledSqliteEventLogStorage
-
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    monkeypatch.delenv(POSTGRES_URL_ENV, raising=False)
-    instance = instance_for(HomeLayout(tmp_path / "home").ensure())
-    storage = instance.event_log_storage
-    assert isinstance(storage, PooledSqliteEventLogStorage)
-
-    @asset
-    def probe() -> int:
-        return 1
-
-    first = materialize([probe], instance=instance)
-    engines = dict(storage._engines)
-    second = materialize([probe], instance=instance)
-    # One engine per database file, kept: the index shard's is the same object both times.
-    assert storage._engines["index"] is engines["index"]
-    assert first.run_id in storage._engines and second.run_id in storage._engines
-    assert instance.get_latest_materialization_event(probe.key).run_id == second.run_id
