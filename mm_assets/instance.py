@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 
@@ -87,9 +88,22 @@ def check_postgres_url(url: str) -> None:
 def instance_for(layout: HomeLayout) -> DagsterInstance:
     """The persistent Dagster instance of this MM_HOME, under the profile the environment asks
     for. Sets DAGSTER_HOME to the layout's Dagster folder; its `dagster.yaml` is written when it
-    is missing or holds the other profile, and kept when it was edited by hand."""
+    is missing or holds the other profile, and kept when it was edited by hand.
+
+    Processes of one home open it one at a time: on a fresh home each would create Dagster's
+    SQLite files and stamp their schema version, and two stamps at once leave the run storage
+    unreadable ("more than one head present")."""
     os.environ["DAGSTER_HOME"] = str(layout.dagster_home)
     layout.dagster_home.mkdir(parents=True, exist_ok=True)
+    with (layout.dagster_home / "mmsearch-instance.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _open_instance(layout)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _open_instance(layout: HomeLayout) -> DagsterInstance:
     config = layout.dagster_home / "dagster.yaml"
     wanted = instance_config()
     if wanted == POSTGRES_INSTANCE_CONFIG:

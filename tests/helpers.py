@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,13 @@ def write_drop(folder: Path, rows: list[dict], images: dict[str, bytes] | None =
         writer.writeheader()
         writer.writerows(rows)
     return folder
+
+
+def run_together(argv: list[str], copies: int, env: dict[str, str], timeout: float = 900):
+    """Start `copies` processes of one command at once; their (return code, stdout, stderr)."""
+    processes = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(copies)
+    ]
+    outputs = [p.communicate(timeout=timeout) for p in processes]
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import cli_json, run_cli
-from helpers import picture, png_bytes, write_drop
+from helpers import picture, png_bytes, run_together, write_drop
 
 
 def test_run_reports_assets_rows_model_and_index(built_home):
@@ -342,7 +342,6 @@ def _lamps(folder, ids):
 
 def test_two_runs_started_together_ingest_a_drop_once(tmp_path):
     import os
-    import subprocess
     import sys
 
     from dagster import DagsterInstance
@@ -351,19 +350,9 @@ def test_two_runs_started_together_ingest_a_drop_once(tmp_path):
     home = tmp_path / "home"
     run_cli(home, "ingest", str(_lamps(tmp_path / "drop", range(12))))
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mm_cli", "run", "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outputs = [process.communicate(timeout=900) for process in runs]
-    assert [process.returncode for process in runs] == [0, 0], [err for _, err in outputs]
-    summaries = [json.loads(out) for out, _ in outputs]
+    results = run_together([sys.executable, "-m", "mm_cli", "run", "--json"], 2, env)
+    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+    summaries = [json.loads(out) for _, out, _ in results]
     # One of them ingested the drop and built the index; the other found nothing left to do.
     assert sorted(len(s["ingested_drops"]) for s in summaries) == [0, 1]
     assert {s["index_size"] for s in summaries} == {12}
