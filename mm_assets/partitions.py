@@ -13,6 +13,24 @@ from mmsearch.settings import HomeLayout
 catalog_drops = DynamicPartitionsDefinition(name="catalog_drops")
 
 
+def ingest_run_key(key: str) -> str:
+    """The run key of a drop version's ingest run. Whoever ingests it (the daemon's drop sensor or
+    `mmsearch run`) tags the run with it, and the daemon skips a request whose key a run has."""
+    return f"ingest:{key}"
+
+
+def _latest_ingestion(instance: DagsterInstance, key: str):
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("raw_products"), asset_partitions=[key]), limit=1
+    ).records
+    return records[0].asset_materialization if records else None
+
+
+def is_ingested(instance: DagsterInstance, key: str) -> bool:
+    """Whether a run (of any process) has ingested this drop version."""
+    return _latest_ingestion(instance, key) is not None
+
+
 def known_drop_versions(instance: DagsterInstance) -> dict[str, str | None]:
     """Registered drop keys -> the content hash their latest ingestion recorded.
 
@@ -21,13 +39,11 @@ def known_drop_versions(instance: DagsterInstance) -> dict[str, str | None]:
     """
     known: dict[str, str | None] = {}
     for key in instance.get_dynamic_partitions(catalog_drops.name):
-        records = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey("raw_products"), asset_partitions=[key]), limit=1
-        ).records
-        if not records:
+        ingestion = _latest_ingestion(instance, key)
+        if ingestion is None:
             known[key] = None
             continue
-        recorded = records[0].asset_materialization.metadata.get("content_hash")
+        recorded = ingestion.metadata.get("content_hash")
         known[key] = str(recorded.value) if recorded is not None else ""
     return known
 

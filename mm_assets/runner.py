@@ -37,10 +37,11 @@ from dagster import (
     evaluate_automation_conditions,
     serialize_value,
 )
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
 from mm_assets.instance import instance_for
 from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
-from mm_assets.partitions import known_drop_versions
+from mm_assets.partitions import ingest_run_key, is_ingested, known_drop_versions
 from mm_assets.training import RETRAIN_TAG
 from mmsearch.catalog.drops import landed_drops
 from mmsearch.catalog.quality import import_in_background
@@ -49,6 +50,8 @@ from mmsearch.settings import HomeLayout, drop_folder_name
 # Where the command line keeps its automation cursor, in the instance's key-value store.
 AUTOMATION_CURSOR = "mmsearch/cli_automation_cursor"
 GATE_CHECK = "promotion_gate"
+DROP_SENSOR = "catalog_drop_sensor"
+RETRAIN_SENSOR = "retrain_when_catalog_moved"
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -209,6 +212,12 @@ def _sensor_requests(defs, instance, name: str) -> list[RunRequest]:
     return list(outcome)
 
 
+def _as_sensor_run(sensor: str, run_key: str | None, tags=None) -> dict[str, str]:
+    """The tags the daemon puts on a sensor's run. The daemon skips a request whose run key a run
+    of that sensor already carries, so a request the command line ran is not run again."""
+    return {**(tags or {}), SENSOR_NAME_TAG: sensor} | ({RUN_KEY_TAG: run_key} if run_key else {})
+
+
 def _automation_requests(defs, instance) -> list[AssetKey]:
     """The assets the automation conditions request now (the command line's own cursor, kept
     in the instance, so each change is acted on once)."""
@@ -233,20 +242,27 @@ def run_pipeline(
         _wait_for_runs_in_flight(instance, summary)
         if not instance.run_storage.get_cursor_values({AUTOMATION_CURSOR}):
             _automation_requests(defs, instance)  # the first evaluation only sets the baseline
-        requests = _sensor_requests(defs, instance, "catalog_drop_sensor")
+        requests = _sensor_requests(defs, instance, DROP_SENSOR)
         known = known_drop_versions(instance)
-        # Registered versions never ingested: a run stopped before it (none is in flight now).
+        # Registered versions never ingested: a run stopped before it, or the daemon's drop sensor
+        # registered them and is about to submit their run.
         waiting = [key for key, digest in known.items() if digest is None]
-        drops = [r.partition_key for r in requests] + waiting
+        pending = list(dict.fromkeys([r.partition_key for r in requests] + waiting))
+        forced = []
         if force:  # read every landed folder again, under its latest key
             latest = {drop_folder_name(key): key for key in known}
-            drops += [latest[name] for name in landed_drops(layout.landing) if name in latest]
-        drops = list(dict.fromkeys(drops))
+            forced = [latest[name] for name in landed_drops(layout.landing) if name in latest]
+        drops = list(dict.fromkeys(pending + forced))
         if drops:
             import_in_background()  # the cleaning check's suite needs it; overlap the import
         for key in drops:
+            _wait_for_runs_in_flight(instance, summary)
+            if key not in forced and is_ingested(instance, key):
+                continue  # another process (the daemon) ingested it meanwhile
             job = defs.resolve_job_def(INGEST_JOB)
-            _execute(job, instance, summary, f"ingesting drop {key!r}", partition_key=key)
+            tags = _as_sensor_run(DROP_SENSOR, ingest_run_key(key))
+            what = f"ingesting drop {key!r}"
+            _execute(job, instance, summary, what, tags=tags, partition_key=key)
             summary.ingested.append(key)
         if force or retrain:  # asked for explicitly: recompute with a new model
             job = defs.resolve_job_def(REFRESH_JOB if force else RETRAIN_JOB)
@@ -261,10 +277,11 @@ def run_pipeline(
             job = defs.resolve_implicit_global_asset_job_def()
             _execute(job, instance, summary, "refreshing the catalog", assets=wanted)
             summary.refreshed = True
-        for request in _sensor_requests(defs, instance, "retrain_when_catalog_moved"):
+        for request in _sensor_requests(defs, instance, RETRAIN_SENSOR):
             summary.retrained_because = request.tags.get("mmsearch/retrain_reason")
             job = defs.resolve_job_def(RETRAIN_JOB)
-            _execute(job, instance, summary, "retraining", tags=request.tags)
+            tags = _as_sensor_run(RETRAIN_SENSOR, request.run_key, request.tags)
+            _execute(job, instance, summary, "retraining", tags=tags)
     # Check steps are named after their asset and check; they are reported apart.
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     summary.check_seconds = {k: v for k, v in summary.asset_seconds.items() if k not in assets}

@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from mm_assets.jobs import ingest_drop_job
-from mm_assets.partitions import catalog_drops, new_drop_versions
+from mm_assets.partitions import catalog_drops, ingest_run_key, new_drop_versions
 from resources import WarehouseResource
 
 
@@ -32,6 +32,6 @@ def catalog_drop_sensor(context: SensorEvaluationContext, warehouse: WarehouseRe
     if not new:
         return SkipReason("no new or changed catalog drops in the landing folder")
     return SensorResult(
-        run_requests=[RunRequest(partition_key=name, run_key=f"ingest:{name}") for name in new],
+        run_requests=[RunRequest(partition_key=name, run_key=ingest_run_key(name)) for name in new],
         dynamic_partitions_requests=[catalog_drops.build_add_request(new)],
     )

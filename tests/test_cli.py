@@ -340,12 +340,17 @@ def _lamps(folder, ids):
     )
 
 
-def test_two_runs_started_together_ingest_a_drop_once(tmp_path):
+def test_two_runs_started_together_ingest_a_drop_once_and_the_daemon_would_skip_it(tmp_path):
     import os
     import sys
 
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, RunRequest
     from dagster._core.instance.ref import InstanceRef
+    from dagster._core.test_utils import in_process_test_workspace
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._daemon.sensor import fetch_existing_runs
+
+    from mm_assets.partitions import ingest_run_key
 
     home = tmp_path / "home"
     run_cli(home, "ingest", str(_lamps(tmp_path / "drop", range(12))))
@@ -359,6 +364,21 @@ def test_two_runs_started_together_ingest_a_drop_once(tmp_path):
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster")))
     ingest_runs = [r for r in instance.get_runs() if r.job_name == "ingest_drop"]
     assert len(ingest_runs) == 1
+
+    # A daemon whose drop sensor saw the drop before the command line registered it submits its
+    # request afterwards: the daemon's own lookup finds the command line's run under the request's
+    # run key, so it skips the request instead of ingesting again.
+    (drop,) = [s["ingested_drops"][0] for s in summaries if s["ingested_drops"]]
+    request = RunRequest(partition_key=drop, run_key=ingest_run_key(drop))
+    code = LoadableTargetOrigin(module_name="mm_assets.definitions", attribute="defs")
+    with in_process_test_workspace(instance, code) as workspace:
+        entry = next(iter(workspace.get_code_location_entries().values()))
+        repository = entry.code_location.get_repository("__repository__")
+        sensor = repository.get_sensor("catalog_drop_sensor")
+        existing = fetch_existing_runs(instance, sensor, [request])
+    assert {key: run.run_id for key, run in existing.items()} == {
+        ingest_run_key(drop): ingest_runs[0].run_id
+    }
 
 
 def test_a_damaged_live_release_is_refused_by_name_and_search_answers_from_the_one_before(
