@@ -6,10 +6,13 @@ Nothing here decides what is new, stale or due:
 - the assets' automation conditions (`AutomationCondition.eager()`, see `definitions.py`) say
   what must be recomputed after an ingestion, a retrain or a rollback;
 - the retrain sensor (`sensors.retrain`) says when the catalog moved past the retrain threshold.
-The Dagster daemon evaluates the same three under `dagster dev`/`mmsearch ui`. Runs are recorded in
-the instance exactly like the daemon's. Command-line runs of one MM_HOME go one at a time (a lock
-file); runs in flight elsewhere (the daemon's) are waited for first, and automation never requests
-an asset that another run is materializing, so the two never do the same work twice.
+The Dagster daemon evaluates the same three under `dagster dev`/`mmsearch ui`. When a daemon is
+alive on this instance with those sensors on, the command leaves the policy to it: it runs only
+what it was explicitly asked (`--force`, `--retrain`), waits until every policy sensor has
+evaluated after the last run, and reports the daemon's runs. So one orchestrator acts on each
+change. Without a daemon, the command evaluates the policy itself and records its runs in the
+instance exactly like the daemon's; command-line runs of one MM_HOME go one at a time (a lock
+file), and runs made from a sensor's request carry its name and run key, as the daemon's do.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import fcntl
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from dagster import (
     AssetKey,
@@ -37,7 +41,8 @@ from dagster import (
     evaluate_automation_conditions,
     serialize_value,
 )
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+from dagster._core.scheduler.instigation import InstigatorState, InstigatorType, TickStatus
+from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_KEY_TAG, SENSOR_NAME_TAG
 
 from mm_assets.instance import instance_for
 from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
@@ -52,6 +57,12 @@ AUTOMATION_CURSOR = "mmsearch/cli_automation_cursor"
 GATE_CHECK = "promotion_gate"
 DROP_SENSOR = "catalog_drop_sensor"
 RETRAIN_SENSOR = "retrain_when_catalog_moved"
+AUTOMATION_SENSOR = "automation_sensor"
+# The sensors that hold the pipeline's policy, and the daemon loops that evaluate them.
+POLICY_SENSORS = (DROP_SENSOR, AUTOMATION_SENSOR, RETRAIN_SENSOR)
+POLICY_DAEMONS = ("SENSOR", "ASSET")
+# A daemon writes a heartbeat every 30 s; one silent for longer than this is taken as gone.
+HEARTBEAT_TOLERANCE_SECONDS = 75
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -76,6 +87,8 @@ class RunSummary:
     # The promotion gate's reason when it refused a candidate in this run.
     refused: str | None = None
     waited_for: list[str] = field(default_factory=list)
+    # "daemon" when a Dagster daemon on this instance did the work and the command waited for it.
+    orchestrated_by: str = "command line"
 
 
 @contextmanager
@@ -125,49 +138,70 @@ def _root_cause(error) -> str:
     return error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
 
 
-def _refusal(result) -> str | None:
+def _check_evaluations(events) -> list:
+    return [
+        e.event_specific_data
+        for e in events
+        if e.event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+
+
+def _refusal(events) -> str | None:
     """The promotion gate's reason when it refused the run's candidate."""
-    for evaluation in result.get_asset_check_evaluations():
+    for evaluation in _check_evaluations(events):
         if evaluation.check_name == GATE_CHECK and not evaluation.passed:
             return evaluation.description or "refused by the promotion gate"
     return None
 
 
-def _raise_if_failed(result, what: str, summary: RunSummary) -> None:
-    if result.success:
+def _raise_if_failed(run_id: str, events, success: bool, what: str, summary: RunSummary) -> None:
+    if success:
         return
-    failed = [
-        event.step_key
-        for event in result.all_events
-        if event.event_type == DagsterEventType.STEP_FAILURE
-    ]
-    refused = _refusal(result)
+    failed = [e.step_key for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
+    refused = _refusal(events)
     if refused and all(step.endswith(GATE_CHECK) for step in failed):
         summary.refused = refused  # the gate did its job: the live release keeps serving
         return
     failed_checks = [
         f"check {evaluation.check_name} failed: {evaluation.description or 'see its metadata'}"
-        for evaluation in result.get_asset_check_evaluations()
+        for evaluation in _check_evaluations(events)
         if not evaluation.passed and evaluation.severity.value == "ERROR"
     ]
     reason = "; ".join(failed_checks) or next(
         (
             _root_cause(e.event_specific_data.error)
-            for e in result.all_events
+            for e in events
             if e.event_type == DagsterEventType.STEP_FAILURE and e.event_specific_data.error
         ),
         "see the run in the Dagster UI",
     )
     raise PipelineFailed(
-        f"{what} failed in run {result.run_id} at {', '.join(failed) or 'a check'}: {reason}"
+        f"{what} failed in run {run_id} at {', '.join(failed) or 'a check'}: {reason}"
     )
+
+
+def _record(instance, summary: RunSummary, run_id: str, events, success: bool, what: str) -> None:
+    """Add a finished run's step timings to `summary`; raise if it failed (a refusal by the
+    promotion gate is not a failure)."""
+    summary.run_ids.append(run_id)
+    steps = _step_seconds(instance, run_id)
+    # A multi-asset step (the SQL models) reports each of its assets' own build time.
+    for event in events:
+        if event.event_type != DagsterEventType.ASSET_MATERIALIZATION:
+            continue
+        built = event.event_specific_data.materialization.metadata.get("build_seconds")
+        if built is not None:
+            steps.pop(event.step_key, None)
+            steps[event.asset_key.to_user_string()] = float(built.value)
+    for step, seconds in steps.items():
+        summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
+    _raise_if_failed(run_id, events, success, what, summary)
 
 
 def _execute(
     job, instance, summary: RunSummary, what: str, tags=None, partition_key=None, assets=None
 ) -> None:
-    """Run one job in this process, recorded in the instance; add its step timings to
-    `summary`; raise if it failed (a refusal by the promotion gate is not a failure)."""
+    """Run one job in this process, recorded in the instance (see `_record`)."""
     # Dagster's console log at MM_LOG_LEVEL (default WARNING; `mmsearch -v` asks for more).
     level = os.environ.get("MM_LOG_LEVEL", "WARNING").upper()
     result = job.execute_in_process(
@@ -178,17 +212,7 @@ def _execute(
         partition_key=partition_key,
         asset_selection=assets,
     )
-    summary.run_ids.append(result.run_id)
-    steps = _step_seconds(instance, result.run_id)
-    # A multi-asset step (the SQL models) reports each of its assets' own build time.
-    for event in result.get_asset_materialization_events():
-        built = event.event_specific_data.materialization.metadata.get("build_seconds")
-        if built is not None:
-            steps.pop(event.step_key, None)
-            steps[event.asset_key.to_user_string()] = float(built.value)
-    for step, seconds in steps.items():
-        summary.asset_seconds[step] = round(summary.asset_seconds.get(step, 0.0) + seconds, 3)
-    _raise_if_failed(result, what, summary)
+    _record(instance, summary, result.run_id, result.all_events, result.success, what)
 
 
 def _sensor_requests(defs, instance, name: str) -> list[RunRequest]:
@@ -232,56 +256,176 @@ def _automation_requests(defs, instance) -> list[AssetKey]:
     return sorted((k for k in keys if result.get_num_requested(k)), key=str)
 
 
+def _ingest(defs, instance, layout: HomeLayout, summary: RunSummary, force: bool, pending=True):
+    """Ingest the drops the drop sensor requests and registered ones never ingested (`pending`),
+    and with `force` every landed drop again under its latest key."""
+    known = known_drop_versions(instance)
+    waiting = []
+    if pending:
+        requests = _sensor_requests(defs, instance, DROP_SENSOR)
+        known = known_drop_versions(instance)
+        # Registered versions never ingested: a run stopped before it, or the daemon's drop
+        # sensor registered them and is about to submit their run.
+        waiting = [r.partition_key for r in requests]
+        waiting += [key for key, digest in known.items() if digest is None]
+    forced = []
+    if force:  # read every landed folder again, under its latest key
+        latest = {drop_folder_name(key): key for key in known}
+        forced = [latest[name] for name in landed_drops(layout.landing) if name in latest]
+    drops = list(dict.fromkeys(waiting + forced))
+    if drops:
+        import_in_background()  # the cleaning check's suite needs it; overlap the import
+    for key in drops:
+        _wait_for_runs_in_flight(instance, summary)
+        if key not in forced and is_ingested(instance, key):
+            continue  # another process (the daemon) ingested it meanwhile
+        job = defs.resolve_job_def(INGEST_JOB)
+        tags = _as_sensor_run(DROP_SENSOR, ingest_run_key(key))
+        what = f"ingesting drop {key!r}"
+        _execute(job, instance, summary, what, tags=tags, partition_key=key)
+        summary.ingested.append(key)
+
+
+def _run_what_was_asked(defs, instance, summary: RunSummary, force: bool, retrain: bool) -> None:
+    """`--force` and `--retrain`: recompute with a new model, whatever the policy says."""
+    if force or retrain:
+        job = defs.resolve_job_def(REFRESH_JOB if force else RETRAIN_JOB)
+        what = "refreshing the catalog" if force else "retraining"
+        _execute(job, instance, summary, what, tags={RETRAIN_TAG: "true"})
+        summary.refreshed = True
+
+
+def _settle(defs, instance, summary: RunSummary) -> None:
+    """Run what the automation conditions ask for (one round, unless a run changes more), then
+    what the retrain sensor asks for."""
+    for _ in range(3):
+        wanted = _automation_requests(defs, instance)
+        if not wanted:
+            break
+        job = defs.resolve_implicit_global_asset_job_def()
+        _execute(job, instance, summary, "refreshing the catalog", assets=wanted)
+        summary.refreshed = True
+    for request in _sensor_requests(defs, instance, RETRAIN_SENSOR):
+        summary.retrained_because = request.tags.get("mmsearch/retrain_reason")
+        job = defs.resolve_job_def(RETRAIN_JOB)
+        tags = _as_sensor_run(RETRAIN_SENSOR, request.run_key, request.tags)
+        _execute(job, instance, summary, "retraining", tags=tags)
+
+
+def running_daemon(instance: DagsterInstance) -> dict[str, InstigatorState] | None:
+    """The daemon's states of the policy sensors, when a Dagster daemon is alive on this
+    instance and evaluates all of them (none stopped in the UI); else None."""
+    beats = instance.get_daemon_heartbeats()
+    now = time.time()
+    if any(
+        name not in beats or now - beats[name].timestamp > HEARTBEAT_TOLERANCE_SECONDS
+        for name in POLICY_DAEMONS
+    ):
+        return None
+    states = {
+        state.instigator_name: state
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    }
+    if all(name in states and states[name].is_running for name in POLICY_SENSORS):
+        return {name: states[name] for name in POLICY_SENSORS}
+    return None
+
+
+def _last_finished_tick(instance: DagsterInstance, state: InstigatorState) -> float:
+    """When the sensor's latest finished evaluation started (0 when it has none)."""
+    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=2)
+    return next((t.timestamp for t in ticks if t.status != TickStatus.STARTED), 0.0)
+
+
+def _follow_the_daemon(
+    instance: DagsterInstance,
+    states: dict[str, InstigatorState],
+    summary: RunSummary,
+    since: float,
+) -> bool:
+    """Leave the policy to the daemon: wait until no run is in flight and each policy sensor
+    finished an evaluation that started after `since` (this command's start) and after the
+    last run ended, so it saw everything; then record the daemon's runs since. False when the
+    daemon went away first (the caller then evaluates the policy itself)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        _wait_for_runs_in_flight(instance, summary)
+        if running_daemon(instance) is None:
+            return False
+        finished = instance.get_run_records(
+            filters=RunsFilter(updated_after=datetime.fromtimestamp(since, UTC))
+        )
+        quiet_since = max([since] + [r.end_time or since for r in finished])
+        ticks = [_last_finished_tick(instance, states[name]) for name in POLICY_SENSORS]
+        in_flight = instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT), limit=1)
+        if min(ticks) > quiet_since and not in_flight:
+            break
+        if time.monotonic() > deadline:
+            raise PipelineFailed(
+                "the Dagster daemon of this home has not evaluated its sensors for an hour; "
+                "see its log, or stop it and run again"
+            )
+        time.sleep(1.0)
+    summary.orchestrated_by = "daemon"
+    for record in sorted(finished, key=lambda r: r.create_timestamp):
+        run = record.dagster_run
+        done = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)
+        if run.status not in done or run.run_id in summary.run_ids:
+            continue  # canceled, or this command's own
+        events = [r.dagster_event for r in instance.all_logs(run.run_id) if r.is_dagster_event]
+        success = run.status == DagsterRunStatus.SUCCESS
+        if run.job_name == INGEST_JOB:
+            what = f"the daemon's ingestion of drop {run.tags.get(PARTITION_NAME_TAG)!r}"
+            if success:
+                summary.ingested.append(run.tags[PARTITION_NAME_TAG])
+        else:
+            what = f"the daemon's run of {run.job_name}"
+            summary.refreshed = True
+            summary.retrained_because = (
+                run.tags.get("mmsearch/retrain_reason") or summary.retrained_because
+            )
+        _record(instance, summary, run.run_id, events, success, what)
+    return True
+
+
 def run_pipeline(
-    layout: HomeLayout, defs, force: bool = False, retrain: bool = False
+    layout: HomeLayout,
+    defs,
+    force: bool = False,
+    retrain: bool = False,
+    on_wait: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Ingest new drops, then run what the automation conditions and the retrain sensor ask."""
+    """Ingest new drops, then run what the automation conditions and the retrain sensor ask.
+
+    When a Dagster daemon runs on this instance with the pipeline's sensors on, it holds the
+    policy: the command runs only what it is explicitly asked (`force`, `retrain`), then waits
+    for the daemon to act and reports its runs, so the two never evaluate the same change.
+    `on_wait` is told, in words, what the command waits for."""
+    started = time.time()
     instance = instance_for(layout)
     summary = RunSummary()
     with _one_at_a_time(layout):
         _wait_for_runs_in_flight(instance, summary)
+        daemon = running_daemon(instance)
+        if daemon is not None and on_wait is not None:
+            on_wait(
+                "the Dagster daemon of this home holds the pipeline's sensors: waiting for it "
+                "to act (they evaluate every 30 to 60 s)"
+            )
         if not instance.run_storage.get_cursor_values({AUTOMATION_CURSOR}):
             _automation_requests(defs, instance)  # the first evaluation only sets the baseline
-        requests = _sensor_requests(defs, instance, DROP_SENSOR)
-        known = known_drop_versions(instance)
-        # Registered versions never ingested: a run stopped before it, or the daemon's drop sensor
-        # registered them and is about to submit their run.
-        waiting = [key for key, digest in known.items() if digest is None]
-        pending = list(dict.fromkeys([r.partition_key for r in requests] + waiting))
-        forced = []
-        if force:  # read every landed folder again, under its latest key
-            latest = {drop_folder_name(key): key for key in known}
-            forced = [latest[name] for name in landed_drops(layout.landing) if name in latest]
-        drops = list(dict.fromkeys(pending + forced))
-        if drops:
-            import_in_background()  # the cleaning check's suite needs it; overlap the import
-        for key in drops:
-            _wait_for_runs_in_flight(instance, summary)
-            if key not in forced and is_ingested(instance, key):
-                continue  # another process (the daemon) ingested it meanwhile
-            job = defs.resolve_job_def(INGEST_JOB)
-            tags = _as_sensor_run(DROP_SENSOR, ingest_run_key(key))
-            what = f"ingesting drop {key!r}"
-            _execute(job, instance, summary, what, tags=tags, partition_key=key)
-            summary.ingested.append(key)
-        if force or retrain:  # asked for explicitly: recompute with a new model
-            job = defs.resolve_job_def(REFRESH_JOB if force else RETRAIN_JOB)
-            what = "refreshing the catalog" if force else "retraining"
-            _execute(job, instance, summary, what, tags={RETRAIN_TAG: "true"})
-            summary.refreshed = True
-        # Settle what the automation conditions ask for (one round, unless a run changes more).
-        for _ in range(3):
-            wanted = _automation_requests(defs, instance)
-            if not wanted:
-                break
-            job = defs.resolve_implicit_global_asset_job_def()
-            _execute(job, instance, summary, "refreshing the catalog", assets=wanted)
-            summary.refreshed = True
-        for request in _sensor_requests(defs, instance, RETRAIN_SENSOR):
-            summary.retrained_because = request.tags.get("mmsearch/retrain_reason")
-            job = defs.resolve_job_def(RETRAIN_JOB)
-            tags = _as_sensor_run(RETRAIN_SENSOR, request.run_key, request.tags)
-            _execute(job, instance, summary, "retraining", tags=tags)
+        if daemon is None:
+            _ingest(defs, instance, layout, summary, force)
+            _run_what_was_asked(defs, instance, summary, force, retrain)
+            _settle(defs, instance, summary)
+        else:
+            if force:
+                _ingest(defs, instance, layout, summary, force, pending=False)
+            _run_what_was_asked(defs, instance, summary, force, retrain)
+            if not _follow_the_daemon(instance, daemon, summary, started):
+                # The daemon went away while the command waited: do its part here.
+                _ingest(defs, instance, layout, summary, force=False)
+                _settle(defs, instance, summary)
     # Check steps are named after their asset and check; they are reported apart.
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     summary.check_seconds = {k: v for k, v in summary.asset_seconds.items() if k not in assets}

@@ -53,7 +53,11 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
     from mmsearch.index.registry import registry_for
 
     summary = run_pipeline(
-        layout, build_definitions(str(layout.root)), force=force, retrain=retrain
+        layout,
+        build_definitions(str(layout.root)),
+        force=force,
+        retrain=retrain,
+        on_wait=lambda message: print(message, file=sys.stderr),
     )
     registry = registry_for(layout)
     release = registry.live()
@@ -76,6 +80,7 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
         "retrained_because": summary.retrained_because,
         "refused": summary.refused,
         "waited_for_runs": summary.waited_for,
+        "orchestrated_by": summary.orchestrated_by,
         "release": _release_summary(registry),
     }
 
@@ -378,8 +383,9 @@ def _print_human(command: str, result: dict) -> None:
     elif command in ("run", "demo"):
         assets = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in result["assets"].items())
         runs = len(result.get("run_ids") or [])
+        by = " by the Dagster daemon" if result.get("orchestrated_by") == "daemon" else ""
         if assets:
-            print(f"{runs} run{'s' if runs != 1 else ''} (last {result['run_id']}): {assets}")
+            print(f"{runs} run{'s' if runs != 1 else ''}{by} (last {result['run_id']}): {assets}")
         else:
             print("nothing to do, every asset is up to date")
         print(f"rows: {result['rows']}")
