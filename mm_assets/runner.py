@@ -87,7 +87,8 @@ class RunSummary:
     # The promotion gate's reason when it refused a candidate in this run.
     refused: str | None = None
     waited_for: list[str] = field(default_factory=list)
-    # "daemon" when a Dagster daemon on this instance did the work and the command waited for it.
+    # "daemon" when the policy was left to a Dagster daemon on this instance (the command waited
+    # for it and reports its runs beside any it made itself for --force or --retrain).
     orchestrated_by: str = "command line"
 
 
@@ -259,14 +260,12 @@ def _automation_requests(defs, instance) -> list[AssetKey]:
 def _ingest(defs, instance, layout: HomeLayout, summary: RunSummary, force: bool, pending=True):
     """Ingest the drops the drop sensor requests and registered ones never ingested (`pending`),
     and with `force` every landed drop again under its latest key."""
+    requests = _sensor_requests(defs, instance, DROP_SENSOR) if pending else []
     known = known_drop_versions(instance)
-    waiting = []
+    waiting = [r.partition_key for r in requests]
     if pending:
-        requests = _sensor_requests(defs, instance, DROP_SENSOR)
-        known = known_drop_versions(instance)
         # Registered versions never ingested: a run stopped before it, or the daemon's drop
         # sensor registered them and is about to submit their run.
-        waiting = [r.partition_key for r in requests]
         waiting += [key for key, digest in known.items() if digest is None]
     forced = []
     if force:  # read every landed folder again, under its latest key
