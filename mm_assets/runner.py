@@ -41,9 +41,16 @@ from dagster import (
     evaluate_automation_conditions,
     serialize_value,
 )
-from dagster._core.scheduler.instigation import InstigatorState, InstigatorType, TickStatus
+from dagster._core.scheduler.instigation import InstigatorState
 from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_KEY_TAG, SENSOR_NAME_TAG
 
+from mm_assets.daemon import (
+    DROP_SENSOR,
+    POLICY_SENSORS,
+    RETRAIN_SENSOR,
+    last_finished_tick,
+    running_daemon,
+)
 from mm_assets.instance import instance_for
 from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
 from mm_assets.partitions import ingest_run_key, is_ingested, known_drop_versions
@@ -55,14 +62,6 @@ from mmsearch.settings import HomeLayout, drop_folder_name
 # Where the command line keeps its automation cursor, in the instance's key-value store.
 AUTOMATION_CURSOR = "mmsearch/cli_automation_cursor"
 GATE_CHECK = "promotion_gate"
-DROP_SENSOR = "catalog_drop_sensor"
-RETRAIN_SENSOR = "retrain_when_catalog_moved"
-AUTOMATION_SENSOR = "automation_sensor"
-# The sensors that hold the pipeline's policy, and the daemon loops that evaluate them.
-POLICY_SENSORS = (DROP_SENSOR, AUTOMATION_SENSOR, RETRAIN_SENSOR)
-POLICY_DAEMONS = ("SENSOR", "ASSET")
-# A daemon writes a heartbeat every 30 s; one silent for longer than this is taken as gone.
-HEARTBEAT_TOLERANCE_SECONDS = 75
 IN_FLIGHT = [
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -311,31 +310,6 @@ def _settle(defs, instance, summary: RunSummary) -> None:
         _execute(job, instance, summary, "retraining", tags=tags)
 
 
-def running_daemon(instance: DagsterInstance) -> dict[str, InstigatorState] | None:
-    """The daemon's states of the policy sensors, when a Dagster daemon is alive on this
-    instance and evaluates all of them (none stopped in the UI); else None."""
-    beats = instance.get_daemon_heartbeats()
-    now = time.time()
-    if any(
-        name not in beats or now - beats[name].timestamp > HEARTBEAT_TOLERANCE_SECONDS
-        for name in POLICY_DAEMONS
-    ):
-        return None
-    states = {
-        state.instigator_name: state
-        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-    }
-    if all(name in states and states[name].is_running for name in POLICY_SENSORS):
-        return {name: states[name] for name in POLICY_SENSORS}
-    return None
-
-
-def _last_finished_tick(instance: DagsterInstance, state: InstigatorState) -> float:
-    """When the sensor's latest finished evaluation started (0 when it has none)."""
-    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=2)
-    return next((t.timestamp for t in ticks if t.status != TickStatus.STARTED), 0.0)
-
-
 def _follow_the_daemon(
     instance: DagsterInstance,
     states: dict[str, InstigatorState],
@@ -355,7 +329,7 @@ def _follow_the_daemon(
             filters=RunsFilter(updated_after=datetime.fromtimestamp(since, UTC))
         )
         quiet_since = max([since] + [r.end_time or since for r in finished])
-        ticks = [_last_finished_tick(instance, states[name]) for name in POLICY_SENSORS]
+        ticks = [last_finished_tick(instance, states[name]) for name in POLICY_SENSORS]
         in_flight = instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT), limit=1)
         if min(ticks) > quiet_since and not in_flight:
             break

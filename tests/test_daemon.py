@@ -19,8 +19,8 @@ from dagster._core.instance.ref import InstanceRef
 
 from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, write_drop
+from mm_assets.daemon import running_daemon
 from mm_assets.instance import POSTGRES_URL_ENV, instance_for
-from mm_assets.runner import running_daemon
 from mmsearch.settings import HomeLayout
 
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
