@@ -31,6 +31,7 @@ from dagster import (
     BetaWarning,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     RunRequest,
     RunsFilter,
@@ -50,6 +51,12 @@ from mm_assets.daemon import (
     RETRAIN_SENSOR,
     last_finished_tick,
     running_daemon,
+)
+from mm_assets.dead_runs import (
+    fail_dead_runs,
+    process_tags,
+    storage_is_local,
+    unfinished_assets,
 )
 from mm_assets.instance import instance_for
 from mm_assets.jobs import INGEST_JOB, REFRESH_JOB, RETRAIN_JOB
@@ -86,6 +93,8 @@ class RunSummary:
     # The promotion gate's reason when it refused a candidate in this run.
     refused: str | None = None
     waited_for: list[str] = field(default_factory=list)
+    # Runs in flight whose process was gone, marked failed: "<run id> (<job>): <reason>".
+    recovered: list[str] = field(default_factory=list)
     # "daemon" when the policy was left to a Dagster daemon on this instance (the command waited
     # for it and reports its runs beside any it made itself for --force or --retrain).
     orchestrated_by: str = "command line"
@@ -105,17 +114,54 @@ def _one_at_a_time(layout: HomeLayout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _wait_for_runs_in_flight(instance: DagsterInstance, summary: RunSummary) -> None:
-    """Wait for runs another process (the daemon, the UI) queued or started."""
+def _wait_for_runs_in_flight(
+    instance: DagsterInstance,
+    summary: RunSummary,
+    on_wait: Callable[[str], None] | None = None,
+) -> list[DagsterRun]:
+    """Wait for runs another process (the daemon, the UI) queued or started. A run whose process
+    is gone (killed, its machine restarted) is marked failed instead of waited for; those runs
+    are returned, so the caller can redo what they had not finished."""
     deadline = time.monotonic() + WAIT_SECONDS
+    dead, told = [], set()
     while runs := instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT)):
+        for run, reason in fail_dead_runs(instance, runs, storage_is_local(instance)):
+            dead.append(run)
+            summary.recovered.append(f"{run.run_id} ({run.job_name}): {reason}")
+            if on_wait is not None:
+                on_wait(f"run {run.run_id} ({run.job_name}) marked failed: {reason}")
+        runs = [r for r in runs if r.run_id not in {d.run_id for d in dead}]
+        if not runs:
+            break
         summary.waited_for.extend(r.run_id for r in runs if r.run_id not in summary.waited_for)
+        for run in runs:
+            if on_wait is not None and run.run_id not in told:
+                on_wait(f"waiting for run {run.run_id} ({run.job_name}, {run.status.value})")
+                told.add(run.run_id)
         if time.monotonic() > deadline:
             raise PipelineFailed(
                 f"run {runs[0].run_id} ({runs[0].job_name}) has been in flight for an hour; "
                 "see it in the Dagster UI"
             )
         time.sleep(1.0)
+    return dead
+
+
+def _redo_unfinished(defs, instance, summary: RunSummary, dead: list[DagsterRun]) -> None:
+    """Materialize what dead runs had planned and not done, with their own tags (a dead
+    retrain still retrains). A dead ingestion needs nothing here: its drop is still registered
+    and not ingested, so `_ingest` takes it up."""
+    for run in dead:
+        if run.job_name == INGEST_JOB:
+            continue
+        assets = unfinished_assets(instance, run.run_id)
+        if not assets:
+            continue
+        tags = {k: v for k, v in run.tags.items() if not k.startswith("dagster/")}
+        job = defs.resolve_implicit_global_asset_job_def()
+        what = f"redoing what run {run.run_id} left unfinished"
+        _execute(job, instance, summary, what, tags=tags, assets=assets)
+        summary.refreshed = True
 
 
 def _step_seconds(instance: DagsterInstance, run_id: str) -> dict[str, float]:
@@ -208,7 +254,8 @@ def _execute(
         run_config={"loggers": {"console": {"config": {"log_level": level}}}},
         instance=instance,
         raise_on_error=False,
-        tags=tags,
+        # Which process runs it: a later `mmsearch run` finds it dead if this one is killed.
+        tags={**(tags or {}), **process_tags()},
         partition_key=partition_key,
         asset_selection=assets,
     )
@@ -378,7 +425,7 @@ def run_pipeline(
     instance = instance_for(layout)
     summary = RunSummary()
     with _one_at_a_time(layout):
-        _wait_for_runs_in_flight(instance, summary)
+        dead = _wait_for_runs_in_flight(instance, summary, on_wait)
         daemon = running_daemon(instance)
         if daemon is not None and on_wait is not None:
             on_wait(
@@ -387,6 +434,7 @@ def run_pipeline(
             )
         if not instance.run_storage.get_cursor_values({AUTOMATION_CURSOR}):
             _automation_requests(defs, instance)  # the first evaluation only sets the baseline
+        _redo_unfinished(defs, instance, summary, dead)
         if daemon is None:
             _ingest(defs, instance, layout, summary, force)
             _run_what_was_asked(defs, instance, summary, force, retrain)

@@ -8,21 +8,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
 
+from mmsearch.clock import utc_now
 from mmsearch.progress import enable_for_terminal as enable_progress_bars
-from mmsearch.settings import HomeLayout, home
+from mmsearch.settings import HomeLayout, home, mm_home_from_env
 
 SAMPLE_DROP = "sample-catalog"
 
 
 class UserError(Exception):
     """A failure the user can act on; printed as one line."""
+
+
+# Exit codes: 0 done; 1 refused or failed (the one-line reason on stderr); 2 a bad argument,
+# refused before anything was read; 130 interrupted.
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+# Commands that only read a home: on a folder that holds none they say so instead of creating it.
+READING_COMMANDS = ("search", "similar", "evaluate", "status", "quarantine", "rollback", "rebuild")
 
 
 def _rows_summary(con) -> dict:
@@ -52,6 +63,10 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
     from mmsearch import warehouse
     from mmsearch.index.registry import registry_for
 
+    _check_warehouse(layout)
+    repaired = registry_for(layout).repair_live()
+    if repaired:
+        print(f"warning: {repaired}", file=sys.stderr)
     summary = run_pipeline(
         layout,
         build_definitions(str(layout.root)),
@@ -63,8 +78,10 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
     release = registry.live()
     with warehouse.connect(layout.warehouse) as con:
         rows, rejected = _rows_summary(con), _rejected_drops(con)
+    ingested_now = set(summary.ingested)
     for drop in rejected:
-        print(f"warning: {drop['message']}", file=sys.stderr)
+        if drop["name"] in ingested_now:  # earlier runs already said so
+            print(f"warning: {drop['message']}", file=sys.stderr)
     return {
         "run_id": summary.run_ids[-1] if summary.run_ids else None,
         "run_ids": summary.run_ids,
@@ -80,9 +97,38 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
         "retrained_because": summary.retrained_because,
         "refused": summary.refused,
         "waited_for_runs": summary.waited_for,
+        "recovered_runs": summary.recovered,
         "orchestrated_by": summary.orchestrated_by,
         "release": _release_summary(registry),
     }
+
+
+def _check_warehouse(layout: HomeLayout) -> None:
+    """WarehouseDamaged (naming the file and `mmsearch rebuild`) before a run starts on a
+    warehouse that cannot be read."""
+    from mmsearch import warehouse
+
+    if layout.warehouse.exists():
+        with warehouse.connect(layout.warehouse, read_only=True) as con:
+            con.execute("SELECT count(*) FROM drops").fetchone()
+
+
+def command_rebuild(layout: HomeLayout) -> dict:
+    """Move the warehouse aside and build it again from every drop in the landing folder, as
+    `run --force` does, through the Dagster instance; search keeps answering from the live
+    release, which reads only release files."""
+    from mmsearch import warehouse
+    from mmsearch.catalog.drops import landed_drops
+
+    drops = landed_drops(layout.landing)
+    if not drops:
+        raise UserError(f"nothing to rebuild from: no drop in {layout.landing}")
+    stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
+    aside = warehouse.move_aside(layout.warehouse, stamp)
+    if aside is not None:
+        print(f"moved the warehouse aside to {aside}", file=sys.stderr)
+    result = command_run(layout, force=True)
+    return {**result, "moved_aside": str(aside) if aside else None, "drops": drops}
 
 
 def _release_summary(registry) -> dict | None:
@@ -141,12 +187,12 @@ def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]
     if not model_version:
         return []
     with warehouse.connect(layout.warehouse) as con:
-        frame = con.execute(
+        return warehouse.query_records(
+            con,
             "SELECT source, method, kind, n, recall_at_1, recall_at_10, mrr, ndcg_at_10, p_value "
             "FROM evaluation_results WHERE model_version = ? ORDER BY method, kind",
             [model_version],
-        ).df()
-    return frame.to_dict("records")
+        )
 
 
 def _live_engine(layout: HomeLayout):
@@ -155,7 +201,10 @@ def _live_engine(layout: HomeLayout):
     from mmsearch.index.registry import registry_for
     from mmsearch.search.engine import SearchEngine
 
-    engine = SearchEngine.live(registry_for(layout))
+    registry = registry_for(layout)
+    engine = SearchEngine.live(registry)
+    if registry.pointer_warning and not engine.fallback:
+        engine.fallback = registry.pointer_warning
     if engine.fallback:
         print(f"warning: {engine.fallback}", file=sys.stderr)
     return engine
@@ -164,13 +213,17 @@ def _live_engine(layout: HomeLayout):
 def command_search(layout: HomeLayout, args) -> dict:
     from mmsearch.search.engine import UnknownCategory
 
-    if not args.text and not args.image:
-        raise UserError("give --text, --image, or both")
+    text = args.text.strip() if args.text else None
+    if not text and not args.image:
+        blank = " (--text was blank)" if args.text is not None else ""
+        raise UserError(f"give --text, --image, or both{blank}")
+    if args.image and not Path(args.image).is_file():
+        raise UserError(f"--image {args.image}: no such file")
     if args.k < 1:
         raise UserError("--k must be at least 1")
     engine = _live_engine(layout)
     try:
-        answer = engine.answer(args.text, args.image, args.k, args.category, args.max_price)
+        answer = engine.answer(text or None, args.image, args.k, args.category, args.max_price)
     except UnknownCategory as error:
         raise UserError(str(error)) from None
     return {
@@ -196,7 +249,9 @@ def command_similar(layout: HomeLayout, args) -> dict:
         "product_id": args.product_id,
         "model_version": engine.model_version,
         "index_version": engine.release.index_version,
-        "results": results,
+        # The search results' objects: no query text, so nothing of it matched.
+        "results": [{**hit, "matched": hit.get("matched") or {}} for hit in results],
+        **({"warning": engine.fallback} if engine.fallback else {}),
     }
 
 
@@ -253,7 +308,10 @@ def command_status(layout: HomeLayout) -> dict:
     from mmsearch import warehouse
     from mmsearch.index.registry import registry_for
 
-    release = registry_for(layout).live()
+    registry = registry_for(layout)
+    release = registry.live()
+    if registry.pointer_warning:
+        print(f"warning: {registry.pointer_warning}", file=sys.stderr)
     status = {
         "products": 0,
         "quarantined": 0,
@@ -380,15 +438,17 @@ def _print_human(command: str, result: dict) -> None:
             print("no product matches")
         for rank, hit in enumerate(result["results"], start=1):
             print(_result_line(rank, hit))
-    elif command in ("run", "demo"):
-        assets = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in result["assets"].items())
+    elif command in ("run", "demo", "rebuild"):
         runs = len(result.get("run_ids") or [])
         by = " by the Dagster daemon" if result.get("orchestrated_by") == "daemon" else ""
-        if assets:
-            print(f"{runs} run{'s' if runs != 1 else ''}{by} (last {result['run_id']}): {assets}")
+        if result["assets"]:
+            print(
+                f"{runs} run{'s' if runs != 1 else ''}{by} (last {result['run_id']}): "
+                f"{_timings_text(result['assets'])}"
+            )
         else:
             print("nothing to do, every asset is up to date")
-        print(f"rows: {result['rows']}")
+        print(_rows_text(result["rows"]))
         print(f"live model {result['model_version']}, index size {result['index_size']}")
         release = result.get("release") or {}
         if result.get("refused"):
@@ -421,6 +481,9 @@ def _print_human(command: str, result: dict) -> None:
                     ["name", "status", "rows", "live", "replaced", "quarantined", "deleted"],
                 )
             )
+        for drop in result["drops"]:
+            if drop["status"] == "rejected":
+                print(f"{drop['name']}: {drop['message']}")
     elif command == "evaluate":
         print(_evaluate_text(result))
     elif command == "rollback":
@@ -435,6 +498,103 @@ def _print_human(command: str, result: dict) -> None:
             print(_table(result["rows"], ["drop", "row", "product_id", "reason_code", "reason"]))
     else:
         print(json.dumps(result, indent=2, default=str))
+
+
+def _timings_text(assets: dict[str, dict], shown: int = 3) -> str:
+    """`21 assets in 12.3 s (slowest: encoder_features 9.0 s, ...)`; `--json` has them all."""
+    seconds = sorted(((v["seconds"], k) for k, v in assets.items()), reverse=True)
+    slowest = ", ".join(f"{name} {took:.1f} s" for took, name in seconds[:shown])
+    total = sum(took for took, _ in seconds)
+    count = len(seconds)
+    return f"{count} asset{'s' if count != 1 else ''} in {total:.1f} s (slowest: {slowest})"
+
+
+def _rows_text(rows: dict[str, int]) -> str:
+    """`rows: 1,508 read: 1,200 live, 8 replaced, 300 quarantined, 0 deleted`"""
+    parts = ", ".join(
+        f"{rows.get(key, 0):,} {key}" for key in ("live", "replaced", "quarantined", "deleted")
+    )
+    return f"rows: {rows.get('read', 0):,} read: {parts}"
+
+
+def _json_safe(value):
+    """`value` with every NaN or infinite float as None (JSON has no NaN) and numpy scalars as
+    Python numbers, so `--json` prints what any JSON parser reads."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        with contextlib.suppress(TypeError, ValueError):
+            value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and what it was raised from, outermost first."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+# What a full disk looks like once SQLite, DuckDB or Dagster reworded it.
+_DISK_FULL_SIGNS = ("no space left on device", "disk i/o error", "database or disk is full")
+
+
+def _disk_full(error: BaseException) -> bool:
+    return any(
+        (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or any(sign in str(e).lower() for sign in _DISK_FULL_SIGNS)
+        for e in _causes(error)
+    )
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def _disk_full_message(layout: HomeLayout, error: BaseException) -> str:
+    """One line: which disk is full, what is free, about what a run needs, and what to do."""
+    named = next(
+        (e.filename for e in _causes(error) if isinstance(e, OSError) and e.filename), None
+    )
+    path = Path(named) if named else layout.root
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    # A run rewrites the warehouse at a checkpoint and copies new drops' images and rows.
+    needed = _size_of(layout.warehouse) + 2 * _size_of(layout.landing)
+    return (
+        f"no space left on the disk holding {path}: {_megabytes(free)} free, about "
+        f"{_megabytes(needed)} needed; free some space and run again (the live release keeps "
+        "serving; the drops in the landing folder are kept)"
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def _failure_line(error: BaseException, layout: HomeLayout | None) -> str:
+    """The one line a failed command prints: damage and a full disk named with their fix."""
+    from mmsearch.warehouse import WarehouseDamaged, is_damage
+
+    for cause in _causes(error):
+        if isinstance(cause, WarehouseDamaged):
+            return str(cause)
+    if layout is not None and _disk_full(error):
+        return _disk_full_message(layout, error)
+    if layout is not None and any(
+        is_damage(e) or "could not read enough bytes" in str(e).lower() for e in _causes(error)
+    ):
+        return str(WarehouseDamaged(layout.warehouse, error))
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -535,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     quarantine.add_argument("--drop")
     rollback = add("rollback", "make an earlier release live again")
     rollback.add_argument("version", nargs="?")
+    add("rebuild", "rebuild a damaged warehouse from the drops in the landing folder")
     ui = add("ui", "open the Dagster UI on this MM_HOME", json_flag=False)
     ui.add_argument("--port", type=int, default=3000)
     return parser
@@ -552,6 +713,8 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
             raise UserError(str(rejected)) from None
     if args.command == "run":
         return command_run(layout, force=args.force, retrain=args.retrain)
+    if args.command == "rebuild":
+        return command_rebuild(layout)
     if args.command == "search":
         return command_search(layout, args)
     if args.command == "evaluate":
@@ -571,38 +734,56 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
     return None
 
 
+def _layout_for(command: str) -> HomeLayout:
+    """The home's layout; a command that only reads refuses a folder that holds no home
+    instead of creating an empty one there."""
+    root = mm_home_from_env()
+    if command in READING_COMMANDS and not (root / "landing").is_dir():
+        where = "MM_HOME" if os.environ.get("MM_HOME") else "./mm_home (MM_HOME is not set)"
+        raise UserError(
+            f"no home at {root} ({where}): set MM_HOME to your home, or make one here with "
+            "`mmsearch ingest PATH` or `mmsearch demo`"
+        )
+    return home()
+
+
+def _usage_error(args) -> str | None:
+    """An argument refused before anything is read, or None."""
+    if args.command in ("search", "similar") and args.max_price is not None:
+        if not math.isfinite(args.max_price) or args.max_price < 0:
+            return "--max-price must be a number >= 0"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["MM_LOG_LEVEL"] = "DEBUG" if args.verbose > 1 else "INFO"
     if not getattr(args, "json", False):
         enable_progress_bars()  # only when stderr is a terminal
-    if (
-        args.command in ("search", "similar")
-        and args.max_price is not None
-        and not math.isfinite(args.max_price)
-    ):
-        print("mmsearch: --max-price must be a finite number", file=sys.stderr)
-        return 2
+    refused = _usage_error(args)
+    if refused:
+        print(f"mmsearch {args.command}: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     real_stdout = sys.stdout
+    layout = None
     try:
         # Libraries print progress to stdout; only our result may go there.
         with contextlib.redirect_stdout(sys.stderr):
-            layout = home()
+            layout = _layout_for(args.command)
             result = dispatch(args, layout)
     except KeyboardInterrupt:
         print("mmsearch: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # one line for the user; --debug for the traceback
         if args.debug:
             traceback.print_exc()
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"mmsearch {args.command}: {message}", file=sys.stderr)
-        return 1
+        print(f"mmsearch {args.command}: {_failure_line(error, layout)}", file=sys.stderr)
+        return EXIT_FAILED
     if result is None:
         return 0
     if getattr(args, "json", False):
-        real_stdout.write(json.dumps(result, default=str) + "\n")
+        real_stdout.write(json.dumps(_json_safe(result), default=str, allow_nan=False) + "\n")
     else:
         with contextlib.redirect_stdout(real_stdout):
             _print_human(args.command, result)
