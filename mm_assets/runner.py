@@ -76,6 +76,8 @@ IN_FLIGHT = [
     DagsterRunStatus.STARTED,
 ]
 WAIT_SECONDS = 3600
+# Materialization metadata `mmsearch run --json` repeats beside each asset's seconds.
+REPORTED_METADATA = ("engine", "workers", "gpus")
 
 
 class PipelineFailed(RuntimeError):
@@ -93,6 +95,8 @@ class RunSummary:
     # The promotion gate's reason when it refused a candidate in this run.
     refused: str | None = None
     waited_for: list[str] = field(default_factory=list)
+    # What an asset's materialization said about where it ran (e.g. encoder_features: engine).
+    asset_details: dict[str, dict] = field(default_factory=dict)
     # Runs in flight whose process was gone, marked failed: "<run id> (<job>): <reason>".
     recovered: list[str] = field(default_factory=list)
     # "daemon" when the policy was left to a Dagster daemon on this instance (the command waited
@@ -235,7 +239,11 @@ def _record(instance, summary: RunSummary, run_id: str, events, success: bool, w
     for event in events:
         if event.event_type != DagsterEventType.ASSET_MATERIALIZATION:
             continue
-        built = event.event_specific_data.materialization.metadata.get("build_seconds")
+        metadata = event.event_specific_data.materialization.metadata
+        reported = {key: metadata[key].value for key in REPORTED_METADATA if key in metadata}
+        if reported:
+            summary.asset_details.setdefault(event.asset_key.to_user_string(), {}).update(reported)
+        built = metadata.get("build_seconds")
         if built is not None:
             steps.pop(event.step_key, None)
             steps[event.asset_key.to_user_string()] = float(built.value)

@@ -1,0 +1,162 @@
+"""What a catalog costs as it grows: cold builds at two sizes, per stage, extrapolated to a million
+products; then the serving figures at scale.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 5000 20000] [--serving-products 100000]
+                                         [--skip-builds] [--skip-serving]
+
+Each size is a fresh MM_HOME built through the real command line (`mmsearch ingest`, then
+`mmsearch run --json`) from a generated catalog. Per stage it prints the seconds at each size,
+seconds per 1,000 products, the growth exponent between the two sizes (1.0 is linear:
+log(t2 / t1) / log(n2 / n1)), and the hours it would take at 1,000,000 products on this machine
+(a fixed part plus a cost per product through both sizes; along the power law for a stage that
+grows faster than linearly). Encoding
+(`encoder_features`) is the work no design avoids; the line "everything but encoding" says what
+the rest costs beside it.
+
+Serving runs the two serving benchmarks on synthetic releases of `--serving-products`:
+`release_size.py` (bytes on disk and resident memory per product, each retriever's recall@10
+against exact search, the ranker's MRR against the uncompressed release) and `serve_load.py`
+(QPS and latency under `wrk` at 1, 4 and 16 connections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mmsearch.sample import write_sample_catalog
+
+BENCHMARKS = Path(__file__).resolve().parent
+MILLION = 1_000_000
+ENCODING = "encoder_features"
+
+
+def mmsearch(home: Path, *args: str) -> tuple[dict, float]:
+    """Run one mmsearch command with --json; (its JSON, wall seconds)."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "mm_cli", *args, "--json"], env=env, capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"mmsearch {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout), seconds
+
+
+def cold_build(size: int, work: Path) -> dict:
+    """Seconds per stage of a cold build of `size` generated products, plus the wall time."""
+    catalog, home = work / f"catalog-{size}", work / f"home-{size}"
+    write_sample_catalog(catalog, n_products=size)
+    mmsearch(home, "ingest", str(catalog))
+    run, wall = mmsearch(home, "run")
+    stages = {name: entry["seconds"] for name, entry in run["assets"].items()}
+    stages["(all checks)"] = sum(entry["seconds"] for entry in run.get("checks", {}).values())
+    stages["(outside steps)"] = wall - sum(stages.values())
+    shutil.rmtree(catalog, ignore_errors=True)
+    return {
+        "size": size,
+        "live": run["rows"]["live"] if isinstance(run["rows"], dict) else size,
+        "wall": wall,
+        "stages": stages,
+        "engine": run["assets"].get(ENCODING, {}).get("engine", "in_process"),
+    }
+
+
+def exponent(small: float, large: float, n_small: int, n_large: int) -> float:
+    if small <= 0 or large <= 0:
+        return float("nan")
+    return math.log(large / small) / math.log(n_large / n_small)
+
+
+def at_a_million(t1: float, t2: float, n1: int, n2: int) -> float:
+    """Hours at a million products. A stage that grows at most linearly is fitted as a fixed
+    part plus a cost per product through both sizes (a negative slope, noise, counts as
+    fixed); one that grows faster is extrapolated along its power law."""
+    growth = exponent(t1, t2, n1, n2)
+    if not math.isnan(growth) and growth > 1.05:
+        return t2 * (MILLION / n2) ** growth / 3600
+    per_product = max(0.0, (t2 - t1) / (n2 - n1))
+    return (t2 + per_product * (MILLION - n2)) / 3600
+
+
+def print_builds(small: dict, large: dict) -> None:
+    n1, n2 = small["live"], large["live"]
+    print(
+        f"cold builds: {small['size']:,} and {large['size']:,} generated products "
+        f"({n1:,} and {n2:,} live), encoder engine {large['engine']}"
+    )
+    print(f"| stage | s at {n1:,} | s at {n2:,} | s per 1k at {n2:,} | growth exponent | h at 1M |")
+    print("|---|---|---|---|---|---|")
+    total_1m, rest = 0.0, {"small": 0.0, "large": 0.0}
+    for stage in sorted(large["stages"], key=lambda s: -large["stages"][s]):
+        t1, t2 = small["stages"].get(stage, 0.0), large["stages"][stage]
+        growth = exponent(t1, t2, n1, n2)
+        hours = at_a_million(t1, t2, n1, n2)
+        total_1m += hours
+        if stage != ENCODING:
+            rest["small"] += t1
+            rest["large"] += t2
+        print(
+            f"| {stage} | {t1:.1f} | {t2:.1f} | {1000 * t2 / n2:.2f} | {growth:.2f} | {hours:.2f} |"
+        )
+    print(
+        f"| whole cold build (wall) | {small['wall']:.1f} | {large['wall']:.1f} | "
+        f"{1000 * large['wall'] / n2:.2f} | {exponent(small['wall'], large['wall'], n1, n2):.2f} "
+        f"| {total_1m:.2f} |"
+    )
+    encoding = large["stages"].get(ENCODING, 0.0)
+    if encoding:
+        print(
+            f"\neverything but encoding: {rest['large']:.1f} s = {rest['large'] / encoding:.0%} "
+            f"of encoding ({encoding:.1f} s) at {n2:,}; at {n1:,}: "
+            f"{rest['small'] / max(small['stages'].get(ENCODING, 0.0), 1e-9):.0%}"
+        )
+    print(
+        f"cold build {large['size'] // small['size']}x larger took "
+        f"{large['wall'] / small['wall']:.2f}x as long; 1,000,000 products extrapolated: "
+        f"{total_1m:.1f} h on this machine"
+    )
+
+
+def run_serving(products: int) -> None:
+    for script, args in (
+        ("release_size.py", ["--products", str(products)]),
+        ("serve_load.py", ["--products", str(products)]),
+    ):
+        path = BENCHMARKS / script
+        if not path.is_file():
+            print(f"\n({script} is not there: serving figures skipped)")
+            continue
+        print(f"\n$ benchmarks/{script} {' '.join(args)}", flush=True)
+        subprocess.run([sys.executable, str(path), *args], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs=2, default=[5_000, 20_000])
+    parser.add_argument("--serving-products", type=int, default=100_000)
+    parser.add_argument("--skip-builds", action="store_true")
+    parser.add_argument("--skip-serving", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_builds:
+        work = Path(tempfile.mkdtemp(prefix="mm_scale_bench_"))
+        try:
+            small, large = (cold_build(size, work) for size in sorted(args.sizes))
+            print_builds(small, large)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    if not args.skip_serving:
+        run_serving(args.serving_products)
+
+
+if __name__ == "__main__":
+    main()
