@@ -1,4 +1,5 @@
-"""Index choice by size and memory budget, nprobe tuning, filtered search and in-place updates."""
+"""Index choice by size and memory budget, nprobe tuning, filtered search, in-place updates, and
+the vectors a compressed index gives back."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from mmsearch.index.indexing import (
     IndexPlan,
     build_index,
     choose_index,
+    holds_vectors,
+    index_ids,
     index_type,
     load_index,
     recall_at_k,
     save_index,
     search_index,
+    stored_vectors,
 )
 
 
@@ -29,20 +33,51 @@ def clustered(n: int, dim: int = 32, clusters: int = 100, seed: int = 0) -> np.n
 
 
 def test_choice_follows_size_and_memory_budget():
-    assert choose_index(EXACT_MAX, 256).kind == "flat"
+    small = choose_index(EXACT_MAX, 256)
+    assert (small.kind, small.codes) == ("flat", "fp16")
     big = choose_index(1_000_000, 256, memory_budget_mb=4096)
-    assert (big.kind, big.nlist) == ("ivf_flat", 4096)
-    tight = choose_index(1_000_000, 256, memory_budget_mb=256)
+    assert (big.kind, big.nlist, big.codes) == ("ivf_sq", 4096, "sq8")
+    tight = choose_index(1_000_000, 256, memory_budget_mb=128)
     assert tight.kind == "ivf_pq" and 256 % tight.pq_bytes == 0
 
 
-def test_small_catalog_is_exact():
+def test_small_catalog_scans_every_float16_code():
     vectors = clustered(500)
     index, report = build_index(vectors)
-    assert index_type(index) == "IDMap2,Flat(IP)"
+    assert index_type(index) == "IDMap2,SQfp16(IP)"
     assert report.recall_at_10 == 1.0
     _, ids = search_index(index, vectors[:3], 1)
     assert list(ids[:, 0]) == [0, 1, 2]
+    exact, _ = build_index(vectors, plan=IndexPlan("exact"))
+    assert index_type(exact) == "IDMap2,Flat(IP)"
+    _, truth = exact.search(vectors[:50], 10)
+    _, found = index.search(vectors[:50], 10)
+    assert recall_at_k(found, truth) >= 0.99
+
+
+def test_sq8_inverted_file_meets_the_recall_target_and_gives_its_vectors_back(tmp_path):
+    vectors = clustered(8000, dim=64)
+    ids = np.arange(8000, dtype=np.int64) * 3  # stable positions with gaps
+    index, report = build_index(vectors, plan=IndexPlan("ivf_sq", 64, codes="sq8"), ids=ids)
+    assert index_type(index) == "IVF64,SQ8(IP)"
+    assert report.recall_at_10 >= 0.95
+    save_index(index, tmp_path / "sq8.faiss")
+    loaded = load_index(tmp_path / "sq8.faiss", mapped=True)
+    assert holds_vectors(loaded)
+    assert sorted(index_ids(loaded)) == list(ids)
+    decoded = stored_vectors(loaded, ids[[5, 0, 7999]])
+    cosines = (decoded * vectors[[5, 0, 7999]]).sum(axis=1) / np.linalg.norm(decoded, axis=1)
+    assert cosines.min() > 0.999
+    # One byte a dimension, plus the id and its direct-map entry (24 bytes): at 64 dimensions
+    # well under half of the float32 vectors alone.
+    assert (tmp_path / "sq8.faiss").stat().st_size < 0.4 * vectors.nbytes
+
+
+def test_product_quantized_codes_are_not_taken_for_the_vectors():
+    vectors = clustered(8000)
+    index, _ = build_index(vectors, plan=IndexPlan("ivf_pq", 64, pq_bytes=8))
+    assert not holds_vectors(index)
+    assert not holds_vectors(build_index(vectors, plan=IndexPlan("ivf_flat", 64))[0])
 
 
 def test_ivf_is_tuned_to_the_recall_target_and_survives_saving(tmp_path):

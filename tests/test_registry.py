@@ -19,6 +19,7 @@ from mmsearch.index.artifacts import DamagedRelease
 from mmsearch.index.indexing import build_index, index_type
 from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import NoSuchRelease, ReleaseRegistry
+from mmsearch.model import store
 from mmsearch.model.fusion import FusionConfig, FusionModel
 from mmsearch.model.store import DamagedModel
 from mmsearch.settings import HomeLayout
@@ -72,17 +73,22 @@ def registry(tmp_path) -> ReleaseRegistry:
 def test_every_release_file_has_a_checksum_and_a_cut_file_is_named(registry):
     release = _release(registry, _model(registry, 0), 20)
     recorded = release.manifest["files"]
-    assert {"index.faiss", "products.parquet", "fused.npy", "text.faiss", "ranker.json"} <= set(
-        recorded
-    )
+    assert {"index.faiss", "products.parquet", "text.faiss", "ranker.json"} <= set(recorded)
+    # Each vector set is stored once, as the codes of its own index: no .npy beside it.
+    assert not set(artifacts.VECTOR_FILES.values()) & set(recorded)
+    assert release.manifest["vectors"] == {
+        "fused": "index.faiss",
+        "text": "text.faiss",
+        "image": "image.faiss",
+    }
     assert any(name.startswith("lexical/") for name in recorded)
     registry.release(release.index_version, verify=True)  # intact: no error
     path = release.folder / "text.faiss"
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(DamagedRelease, match=f"{path} is damaged"):
         registry.release(release.index_version, verify=True)
-    (release.folder / "fused.npy").unlink()
-    with pytest.raises(DamagedRelease, match="fused.npy is missing"):
+    (release.folder / "image.faiss").unlink()
+    with pytest.raises(DamagedRelease, match="image.faiss is missing"):
         release.verify()
 
 
@@ -92,6 +98,14 @@ def test_damaged_model_weights_are_refused_by_name(registry):
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(DamagedModel, match=str(weights)):
         registry.load_model(version)
+
+
+def test_damaged_query_heads_are_refused_by_name(registry):
+    version = _model(registry, 0)
+    heads = registry.layout.models / version / store.HEADS_FILE
+    heads.write_bytes(heads.read_bytes()[:-10])
+    with pytest.raises(DamagedModel, match=str(heads)):
+        store.load_heads(registry.layout, version)
 
 
 def test_last_good_skips_damaged_and_refused_releases(registry):

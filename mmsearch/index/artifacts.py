@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,17 +16,28 @@ import numpy as np
 import pandas as pd
 
 from mmsearch.clock import utc_now, write_json_atomically
-from mmsearch.index.indexing import load_index, save_index
+from mmsearch.index.indexing import (
+    holds_vectors,
+    index_ids,
+    load_index,
+    save_index,
+    stored_vectors,
+)
 from mmsearch.index.lexical import LexicalIndex
 from mmsearch.settings import HomeLayout
 
 INDEX_FILE, INDEX_PRODUCTS, INDEX_MANIFEST = "index.faiss", "products.parquet", "manifest.json"
 LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
-# Per-product vectors a release keeps beside its index, rows aligned with products.parquet:
-# the fused embeddings (exact re-scoring) and the raw encoder features (the raw retrievers).
+# Per-product vectors of a release, rows aligned with products.parquet: the fused embeddings
+# and the raw encoder features, which the ranker re-scores candidates with. Each set is stored
+# once: as the codes of its own FAISS index when that index can give them back (scalar
+# quantized or float32, `indexing.holds_vectors`), else as float16 in these .npy files
+# (and releases made before this rule have both).
 VECTOR_FILES = {"fused": "fused.npy", "text": "text.npy", "image": "image.npy"}
 # The raw encoders' own FAISS indexes (ids: the same stable positions as the fused index).
 RETRIEVER_INDEX_FILES = {"text": "text.faiss", "image": "image.faiss"}
+# The index whose codes hold each vector set.
+VECTOR_INDEX_FILES = {"fused": INDEX_FILE, **RETRIEVER_INDEX_FILES}
 # Size and modification time of each file when its checksum last matched: a file that still has
 # both is not hashed again (a cut or rewritten file changes them), so the checksums of a large
 # release are read once, not at every `mmsearch search`.
@@ -34,6 +46,49 @@ VERIFIED_STAMP = ".verified.json"
 
 class DamagedRelease(RuntimeError):
     """A release file is missing or differs from the checksum its manifest recorded."""
+
+
+class ReleaseVectors:
+    """One vector set of a release, rows aligned with its products, read on demand.
+
+    `vectors[rows]` (an int, a slice, an index or mask array) gives float32 vectors, zeros for
+    a product the set has none for (no photo). Nothing is decoded until asked, so a release of
+    a million products costs no memory for its vectors until the ranker reads candidates.
+    """
+
+    def __init__(self, read: Callable[[np.ndarray], np.ndarray], rows: int, dim: int):
+        self._read, self.shape, self.dtype = read, (rows, dim), np.dtype(np.float32)
+
+    @classmethod
+    def of_array(cls, array: np.ndarray) -> ReleaseVectors:
+        """Rows of a (memory-mapped) array, cast to float32."""
+        return cls(lambda rows: np.asarray(array[rows], dtype=np.float32), *array.shape)
+
+    @classmethod
+    def of_index(cls, index, positions: np.ndarray) -> ReleaseVectors:
+        """Rows decoded from an index that holds vectors; row i is the vector of id
+        `positions[i]`."""
+        present = np.isin(positions, index_ids(index))
+
+        def read(rows: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(rows), index.d), dtype=np.float32)
+            found = present[rows]
+            out[found] = stored_vectors(index, positions[rows[found]])
+            return out
+
+        return cls(read, len(positions), index.d)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        chosen = np.arange(len(self))[rows]
+        if np.ndim(chosen) == 0:
+            return self._read(np.array([chosen]))[0]
+        return self._read(chosen)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:].astype(dtype or self.dtype, copy=False)
 
 
 def _sha256(path: Path) -> str:
@@ -81,24 +136,47 @@ class Release:
     def size(self) -> int:
         return int(self.manifest["size"])
 
-    def load_index(self):
-        return load_index(self.folder / INDEX_FILE)
+    def load_index(self, mapped: bool = False):
+        """The fused index; `mapped`: read-only with its codes memory-mapped (serving)."""
+        return load_index(self.folder / INDEX_FILE, mapped)
 
     def load_products(self) -> pd.DataFrame:
         return pd.read_parquet(self.folder / INDEX_PRODUCTS)
 
-    def load_vectors(self, name: str) -> np.ndarray:
-        """(products, dim) float32 vectors, rows aligned with `load_products()`."""
+    def vector_rows(
+        self, name: str, index=None, positions: np.ndarray | None = None
+    ) -> ReleaseVectors:
+        """Vector set `name` (`VECTOR_FILES`) read on demand, rows aligned with
+        `load_products()`: from its float16 .npy (memory-mapped) when the release has one, else
+        from the codes of its index (`index`: that index already loaded; `positions`: the
+        products' index ids, default read from the product table)."""
         path = self.folder / VECTOR_FILES[name]
-        if not path.is_file():
+        if path.is_file():
+            return ReleaseVectors.of_array(np.load(path, mmap_mode="r"))
+        if index is None:
+            source = self.folder / VECTOR_INDEX_FILES[name]
+            index = load_index(source, mapped=True) if source.is_file() else None
+        if index is None or not holds_vectors(index):
             raise FileNotFoundError(
-                f"release {self.index_version} has no {path.name}: it predates the two-stage "
-                "ranker; rebuild it with `mmsearch run --retrain`"
+                f"release {self.index_version} keeps no {name} vectors ({path.name}): it "
+                "predates the two-stage ranker; rebuild it with `mmsearch run --retrain`"
             )
-        return np.load(path).astype(np.float32)
+        if positions is None:
+            products = pd.read_parquet(self.folder / INDEX_PRODUCTS)
+            positions = (
+                products["position"].to_numpy(dtype=np.int64)
+                if "position" in products
+                else np.arange(len(products), dtype=np.int64)
+            )
+        return ReleaseVectors.of_index(index, positions)
 
-    def load_retriever_index(self, name: str):
-        return load_index(self.folder / RETRIEVER_INDEX_FILES[name])
+    def load_vectors(self, name: str) -> np.ndarray:
+        """(products, dim) float32 vectors, rows aligned with `load_products()`, in memory."""
+        return self.vector_rows(name)[:]
+
+    def load_retriever_index(self, name: str, mapped: bool = False):
+        """A raw encoder's index; `mapped`: read-only with its codes memory-mapped (serving)."""
+        return load_index(self.folder / RETRIEVER_INDEX_FILES[name], mapped)
 
     def load_lexical(self) -> LexicalIndex:
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
@@ -155,17 +233,26 @@ def save_release(
     ranker: dict,
     extra: dict | None = None,
 ) -> Release:
-    """Write an index, its id -> product table, the products' vectors (`VECTOR_FILES`, stored as
-    float16), the raw encoders' indexes, the lexical index, the ranker and a manifest (plus
-    `extra`); not yet live."""
+    """Write an index, its id -> product table, the raw encoders' indexes, the products'
+    vectors, the lexical index, the ranker and a manifest (plus `extra`); not yet live.
+
+    Each vector set (`vectors`, rows aligned with `products`) is stored once: by the index
+    built over it when that index holds its vectors (`indexing.holds_vectors`), else as a
+    float16 .npy (`VECTOR_FILES`). The manifest's `vectors` says where each set is."""
     folder = layout.indexes / index_version
     folder.mkdir(parents=True, exist_ok=True)
     save_index(index, folder / INDEX_FILE)
     products.reset_index(drop=True).to_parquet(folder / INDEX_PRODUCTS, index=False)
-    for name, file_name in VECTOR_FILES.items():
-        np.save(folder / file_name, np.asarray(vectors[name], dtype=np.float16))
     for name, file_name in RETRIEVER_INDEX_FILES.items():
         save_index(retriever_indexes[name], folder / file_name)
+    holders = {"fused": index, **retriever_indexes}
+    stored_in = {}
+    for name, file_name in VECTOR_FILES.items():
+        if holds_vectors(holders[name]):
+            stored_in[name] = VECTOR_INDEX_FILES[name]
+        else:
+            np.save(folder / file_name, np.asarray(vectors[name], dtype=np.float16))
+            stored_in[name] = file_name
     lexical.save(folder / LEXICAL_DIR)
     write_json_atomically(folder / RANKER_FILE, ranker)
     manifest = {
@@ -174,6 +261,7 @@ def save_release(
         "index_type": index_type,
         "size": int(index.ntotal),
         "created_at": utc_now().isoformat(),
+        "vectors": stored_in,
         **(extra or {}),
         "files": file_checksums(folder),
     }

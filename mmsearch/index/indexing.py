@@ -1,13 +1,18 @@
 """FAISS indexes over unit product embeddings: inner product == cosine, with stable int64 ids.
 
 The index type follows the catalog's size and a memory budget, in the spirit of autofaiss:
-- up to `EXACT_MAX` vectors: exact search (`IDMap2,Flat`);
-- above, an inverted file (IVF) with ~4*sqrt(n) lists (k-means on 50 vectors per list):
-  full vectors (`IVF,Flat`) when they fit the budget, product-quantized codes (`IVF,PQ`) when
-  they do not;
+- up to `EXACT_MAX` vectors: every vector scanned, stored as float16 codes (`IDMap2,SQfp16`:
+  half the bytes of float32, the same top 10);
+- above, an inverted file (IVF) with ~4*sqrt(n) lists (k-means on 50 vectors per list) over
+  8-bit scalar-quantized codes (`IVF,SQ8`: a quarter of float32) when they fit the budget and
+  reach the recall target, float16 codes when SQ8 does not reach it, product-quantized codes
+  (`IVF,PQ`) when not even SQ8 fits the budget;
 - `nprobe` (lists visited per query) is tuned on a sample of the catalog's own vectors to the
-  smallest value reaching recall@10 >= `target_recall` against exact search; the chosen type,
-  nprobe and measured recall are returned so the release records them.
+  smallest value reaching recall@10 >= `TARGET_RECALL` (plus a margin for the sample's error)
+  against exact float32 search; the chosen
+  type, nprobe and measured recall are returned so the release records them.
+Scalar-quantized indexes are also where a release keeps its vectors (`holds_vectors`): their
+codes decode to the vectors the ranker re-scores, so no second copy is stored.
 Every type supports `add_with_ids` and `remove_ids`, so a release can be updated in place.
 Product ids are strings; the index stores stable positions and the release maps them to products.
 """
@@ -24,16 +29,27 @@ import numpy as np
 EXACT_MAX = 50_000
 DEFAULT_MEMORY_BUDGET_MB = 2048
 TARGET_RECALL = 0.95
+# The tuned recall is an estimate from `TUNING_QUERIES` queries: nprobe is tuned this far above
+# the target so that other queries (a shopper's, a benchmark's) meet the target too.
+TUNING_MARGIN = 0.01
 TUNING_QUERIES = 500
 RECALL_K = 10
 TRAINING_PER_LIST = 50
 
 
+# Scalar-quantizer codes by name: FAISS's quantizer type (fp16: 2 bytes a dimension, sq8: 1).
+CODES = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
+
+
 @dataclass(frozen=True)
 class IndexPlan:
-    kind: str  # flat | ivf_flat | ivf_pq
+    """What to build: `exact` (float32, the baseline), `flat` (every vector scanned, `codes`),
+    `ivf_sq` (inverted file over `codes`), `ivf_flat` or `ivf_pq`."""
+
+    kind: str
     nlist: int = 0
     pq_bytes: int = 0
+    codes: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,11 +73,11 @@ class IndexReport:
 def choose_index(n: int, dim: int, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB) -> IndexPlan:
     """The index type for `n` vectors of `dim` floats within `memory_budget_mb`."""
     if n <= EXACT_MAX:
-        return IndexPlan("flat")
+        return IndexPlan("flat", codes="fp16")
     nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
-    full_bytes = n * (dim * 4 + 8) * 1.1
-    if full_bytes <= memory_budget_mb * 2**20:
-        return IndexPlan("ivf_flat", nlist)
+    sq8_bytes = n * (dim + 8) * 1.1
+    if sq8_bytes <= memory_budget_mb * 2**20:
+        return IndexPlan("ivf_sq", nlist, codes="sq8")
     pq_bytes = max(8, min(dim // 4, 64))
     while dim % pq_bytes:
         pq_bytes -= 1
@@ -69,9 +85,20 @@ def choose_index(n: int, dim: int, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET
 
 
 def _empty_index(plan: IndexPlan, dim: int) -> faiss.Index:
-    if plan.kind == "flat":
+    if plan.kind == "exact":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if plan.kind == "flat":
+        coded = faiss.IndexScalarQuantizer(dim, CODES[plan.codes], faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexIDMap2(coded)
     quantizer = faiss.IndexFlatIP(dim)
+    if plan.kind == "ivf_sq":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, plan.nlist, CODES[plan.codes], faiss.METRIC_INNER_PRODUCT
+        )
+        # Vectors are read back by id (the ranker's re-scoring); a hash table keeps that
+        # possible after `remove_ids`.
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return index
     if plan.kind == "ivf_flat":
         return faiss.IndexIVFFlat(quantizer, dim, plan.nlist, faiss.METRIC_INNER_PRODUCT)
     return faiss.IndexIVFPQ(
@@ -135,29 +162,73 @@ def build_index(
     plan = plan or choose_index(n, dim, memory_budget_mb)
     index = _empty_index(plan, dim)
     ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, np.int64)
-    if plan.kind == "flat":
+    rng = np.random.default_rng(0)
+    if plan.kind in ("exact", "flat"):
+        if plan.codes:
+            index.index.train(vectors[rng.choice(n, size=min(n, 100_000), replace=False)])
         index.add_with_ids(vectors, ids)
         return index, IndexReport(plan, 0, 1.0, 0)
-    rng = np.random.default_rng(0)
     sample = vectors[rng.choice(n, size=min(n, TRAINING_PER_LIST * plan.nlist), replace=False)]
     index.train(sample)
     index.add_with_ids(vectors, ids)
-    nprobe, recall, queries = tune_nprobe(index, vectors, ids=ids)
+    nprobe, recall, queries = tune_nprobe(index, vectors, TARGET_RECALL + TUNING_MARGIN, ids=ids)
+    if recall < TARGET_RECALL + TUNING_MARGIN and plan.codes == "sq8":
+        # 8-bit codes lose the order of close neighbours here: keep float16 codes instead.
+        return build_index(vectors, plan=IndexPlan(plan.kind, plan.nlist, codes="fp16"), ids=ids)
     index.nprobe = nprobe
     return index, IndexReport(plan, nprobe, round(recall, 4), queries)
+
+
+def holds_vectors(index: faiss.Index) -> bool:
+    """Whether `index` gives back its vectors by id closely enough to re-score with: float32 or
+    scalar-quantized codes, exhaustive or in an inverted file with a direct map."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
+        return True
+    inner = faiss.downcast_index(index)
+    return isinstance(inner, faiss.IndexIVFScalarQuantizer) and inner.direct_map.type != 0
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every id an index holds (an IDMap2 or an inverted file), in no particular order."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    lists = faiss.extract_index_ivf(index).invlists
+    ids = [
+        faiss.rev_swig_ptr(lists.get_ids(number), size).copy()
+        for number in range(lists.nlist)
+        if (size := lists.list_size(number))
+    ]
+    return np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
+
+
+def stored_vectors(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """(len(ids), dim) float32 vectors of `ids` decoded from an index that `holds_vectors`."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if not len(ids):
+        return np.zeros((0, index.d), dtype=np.float32)
+    return index.reconstruct_batch(ids)
 
 
 def index_type(index: faiss.Index) -> str:
     """A readable name for an index, e.g. 'IDMap2,Flat(IP)' or 'IVF4096,Flat(IP)'."""
     if isinstance(index, faiss.IndexIVF) or hasattr(index, "nlist"):
         inner = faiss.downcast_index(index)
-        coding = "PQ" if isinstance(inner, faiss.IndexIVFPQ) else "Flat"
         metric = "IP" if inner.metric_type == faiss.METRIC_INNER_PRODUCT else "L2"
-        return f"IVF{inner.nlist},{coding}({metric})"
+        return f"IVF{inner.nlist},{_coding(inner)}({metric})"
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    kind = type(inner).__name__.removeprefix("Index").removesuffix("IP").removesuffix("L2")
     metric = "IP" if inner.metric_type == faiss.METRIC_INNER_PRODUCT else "L2"
-    return f"IDMap2,{kind}({metric})"
+    return f"IDMap2,{_coding(inner)}({metric})"
+
+
+def _coding(index: faiss.Index) -> str:
+    """How an index stores vectors: Flat (float32), PQ, SQ8 or SQfp16."""
+    if isinstance(index, (faiss.IndexIVFPQ, faiss.IndexPQ)):
+        return "PQ"
+    if isinstance(index, (faiss.IndexIVFScalarQuantizer, faiss.IndexScalarQuantizer)):
+        names = {CODES["fp16"]: "SQfp16", CODES["sq8"]: "SQ8"}
+        return names.get(index.sq.qtype, "SQ")
+    return "Flat"
 
 
 def search_index(
@@ -191,5 +262,7 @@ def save_index(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def load_index(path: Path) -> faiss.Index:
-    return faiss.read_index(str(path))
+def load_index(path: Path, mapped: bool = False) -> faiss.Index:
+    """An index from disk; `mapped`: its codes memory-mapped, read-only (for serving: the page
+    cache holds them once for every process, and only the pages searched become resident)."""
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)

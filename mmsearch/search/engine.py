@@ -5,6 +5,12 @@ retriever the query can use (the fused FAISS index over the trained model's embe
 text and raw image encoders' own similarities, BM25 over the product text), after the filters,
 so a filter never lets unrelated products push relevant ones out. Then one ranker
 (`mmsearch.search.ranking`), fitted per catalog, re-scores their union from every retriever's score.
+
+Serving imports neither torch nor transformers: queries are encoded by the kept ONNX exports
+(`mmsearch.features.runtime`) and embedded by the model's query heads in NumPy
+(`mmsearch.model.heads`); indexes are memory-mapped and the ranker's vectors decoded from their
+codes for the candidates only. Torch is imported only as a fallback, for a model or an encoder
+saved before those existed.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from mmsearch.catalog.images import (
     photo_similarity,
 )
 from mmsearch.catalog.text import clean_text
-from mmsearch.features.encoders import load_image_encoder, load_text_encoder
+from mmsearch.features.runtime import load_image_runtime, load_text_runtime
 from mmsearch.index import artifacts
 from mmsearch.index.artifacts import DamagedRelease
 from mmsearch.index.indexing import search_index
 from mmsearch.index.registry import ReleaseRegistry
-from mmsearch.model.fusion import FusionModel, embed_query, embed_query_batch
+from mmsearch.model import store
+from mmsearch.model.heads import QueryHeads
 from mmsearch.model.store import DamagedModel
 from mmsearch.queries.pseudo import attributes_of, words_of
 from mmsearch.search.ranking import (
@@ -92,28 +99,43 @@ class EncoderSettings:
         )
 
     def text_encoder(self):
+        """The kept ONNX export (no torch) when there is one, else the torch encoder (which
+        keeps an export for the next process when it runs on a CPU)."""
+        if self.device in ("auto", "cpu") and (found := load_text_runtime(self.text_model_path)):
+            return found
+        from mmsearch.features.encoders import load_text_encoder
+
         return load_text_encoder(self.text_model_path, self.device)
 
     def image_encoder(self):
+        """As `text_encoder`, for the image CNN."""
+        if self.device in ("auto", "cpu") and (
+            found := load_image_runtime(self.image_architecture, self.image_weights_path)
+        ):
+            return found
+        from mmsearch.features.encoders import load_image_encoder
+
         return load_image_encoder(self.image_architecture, self.image_weights_path, self.device)
 
 
 class SearchEngine:
-    """A loaded release: model, indexes, product vectors and table, ranker; encoders on first
-    use."""
+    """A loaded release: the model's query heads, indexes (memory-mapped), product vectors
+    (read on demand: `vectors[name][rows]`) and table, ranker; encoders on first use.
 
-    def __init__(self, release: artifacts.Release, model: FusionModel, model_config: dict):
+    `model`: the model's `QueryHeads`, or its torch `FusionModel` (the pipeline's)."""
+
+    def __init__(self, release: artifacts.Release, model, model_config: dict):
         self.release = release
-        self.model = model
+        self.model = model if isinstance(model, QueryHeads) else QueryHeads.from_model(model)
         self.model_config = model_config
         # Why this engine serves an earlier release than the live one (None when it does not).
         self.fallback: str | None = None
         self.encoders = EncoderSettings.from_model_config(model_config)
-        self.index = release.load_index()
+        self.index = release.load_index(mapped=True)
         self.products = release.load_products()
-        self.vectors = {name: release.load_vectors(name) for name in artifacts.VECTOR_FILES}
         self.retriever_indexes = {
-            name: release.load_retriever_index(name) for name in artifacts.RETRIEVER_INDEX_FILES
+            name: release.load_retriever_index(name, mapped=True)
+            for name in artifacts.RETRIEVER_INDEX_FILES
         }
         self.lexical = release.load_lexical()
         stored = release.load_ranker()
@@ -135,6 +157,11 @@ class SearchEngine:
         )
         self._row_of = np.full(int(self._ids.max(initial=-1)) + 1, -1, dtype=np.int64)
         self._row_of[self._ids] = np.arange(len(self._ids))
+        holders = {"fused": self.index, **self.retriever_indexes}
+        self.vectors = {
+            name: release.vector_rows(name, holders[name], self._ids)
+            for name in artifacts.VECTOR_FILES
+        }
         self._categories = self.products["category"].fillna("").str.casefold().to_numpy()
         self._prices = pd.to_numeric(self.products["price"], errors="coerce").to_numpy(dtype=float)
 
@@ -158,8 +185,9 @@ class SearchEngine:
 
     @classmethod
     def of(cls, registry: ReleaseRegistry, release: artifacts.Release) -> SearchEngine:
-        model, config = registry.load_model(release.model_version)
-        return cls(release, model, config)
+        registry.model_config(release.model_version)  # pulled from the remote when missing
+        heads, config = store.load_heads(registry.layout, release.model_version)
+        return cls(release, heads, config)
 
     @property
     def model_version(self) -> str:
@@ -225,7 +253,7 @@ class SearchEngine:
         photo with its perceptual hash, how alike each candidate's photo looks)."""
         allowed = np.ones(len(self.products), dtype=bool) if allowed is None else allowed
         if fused_query is None:
-            fused_query = embed_query(self.model, image_feature, text_feature)
+            fused_query = self.model.embed_query(image_feature, text_feature)
         pools, scores = [], {}
         positions = self._ids[allowed] if not allowed.all() else None
         _, hits = search_index(self.index, fused_query[None], CANDIDATES, positions)
@@ -314,8 +342,7 @@ class SearchEngine:
 
     def candidates_for(self, queries) -> list[Candidates]:
         """First stage for every query of a QuerySet (`mmsearch.evaluation.scoring`)."""
-        fused = embed_query_batch(
-            self.model,
+        fused = self.model.embed_query_batch(
             queries.image_features,
             queries.text_features,
             queries.has_image,
