@@ -1,4 +1,5 @@
-"""Stage 3: image and text features from the frozen pretrained encoders (GPU when present)."""
+"""Stage 3: image and text features from the frozen pretrained encoders (GPU when present), in
+this process or, with `MM_RAY_ADDRESS`, on a Ray cluster's workers."""
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -9,13 +10,15 @@ from dagster import (
     asset_check,
 )
 
-from mmsearch.features.extraction import (
-    extract_features,
-    extract_pseudo_query_features,
-    feature_coverage,
-)
+from mmsearch.features.distributed import encoding_on
+from mmsearch.features.extraction import extract_features, feature_coverage
 from mmsearch.queries.pseudo import PSEUDO_QUERY_RULES
-from resources import ImageEncoderResource, TextEncoderResource, WarehouseResource
+from resources import (
+    ImageEncoderResource,
+    PipelineSettings,
+    TextEncoderResource,
+    WarehouseResource,
+)
 
 
 @asset(
@@ -48,16 +51,22 @@ def encoder_features(
     warehouse: WarehouseResource,
     text_encoder: TextEncoderResource,
     image_encoder: ImageEncoderResource,
+    settings: PipelineSettings,
 ) -> MaterializeResult:
     text_model, image_model = text_encoder.load(), image_encoder.load()
-    with warehouse.connect() as con:
-        report = extract_features(con, text_model, image_model, image_encoder.batch_size)
-        pseudo_queries = extract_pseudo_query_features(con, text_model)
+    with encoding_on(settings.ray_cluster()) as encoding, warehouse.connect() as con:
+        report = extract_features(
+            con,
+            encoding.text_encoder(text_model, text_encoder.load_kwargs()),
+            encoding.image_encoder(image_model, image_encoder.load_kwargs()),
+            image_encoder.batch_size,
+        )
+        engine = encoding.report()
     return MaterializeResult(
         metadata={
             # Rows of the feature tables: one vector per distinct image and text.
             "dagster/row_count": report.images_total + report.texts_total,
-            "pseudo_queries_encoded": pseudo_queries,
+            "pseudo_queries_encoded": report.pseudo_queries_encoded,
             "images_encoded": report.images_encoded,
             "texts_encoded": report.texts_encoded,
             "images_total": report.images_total,
@@ -65,6 +74,8 @@ def encoder_features(
             "image_encoder": report.image_encoder_id,
             "text_encoder": report.text_encoder_id,
             "device": str(image_model.device),
+            # Where the encoding ran: "in_process" or "ray", and on how many workers (GPUs).
+            **engine,
         }
     )
 

@@ -27,9 +27,17 @@ class TextEncoderResource(ConfigurableResource):
     execution: str = "auto"
 
     def load(self) -> TextEncoder:
-        return load_text_encoder(
-            self.model_path, self.device, self.max_length, self.compiled_dir, self.execution
-        )
+        return load_text_encoder(**self.load_kwargs())
+
+    def load_kwargs(self) -> dict:
+        """The arguments of `load_text_encoder`: Ray workers build the same encoder from them."""
+        return {
+            "model_path": self.model_path,
+            "device": self.device,
+            "max_length": self.max_length,
+            "compiled_dir": self.compiled_dir,
+            "execution": self.execution,
+        }
 
     def settings(self) -> dict:
         return {"text_model_path": self.model_path}
@@ -51,9 +59,17 @@ class ImageEncoderResource(ConfigurableResource):
     compiled_dir: str = ""
 
     def load(self) -> ImageEncoder:
-        return load_image_encoder(
-            self.architecture, self.weights_path, self.device, self.execution, self.compiled_dir
-        )
+        return load_image_encoder(**self.load_kwargs())
+
+    def load_kwargs(self) -> dict:
+        """The arguments of `load_image_encoder`: Ray workers build the same encoder from them."""
+        return {
+            "architecture": self.architecture,
+            "weights_path": self.weights_path,
+            "device": self.device,
+            "execution": self.execution,
+            "compiled_dir": self.compiled_dir,
+        }
 
     def settings(self) -> dict:
         return {"image_architecture": self.architecture, "image_weights_path": self.weights_path}

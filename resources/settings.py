@@ -2,8 +2,8 @@
 
 The catalog-change and index knobs can also come from environment variables, so `mmsearch` and
 `dagster dev` can be tuned without code (`ENVIRONMENT`): `settings_from_environment` turns the ones
-that are set into resource config when the definitions are built (whole numbers as Dagster
-`EnvVar`s, shown as such in the UI), never at import.
+that are set into resource config when the definitions are built (whole numbers and texts such as
+`MM_RAY_ADDRESS` as Dagster `EnvVar`s, shown as such in the UI), never at import.
 """
 
 import os
@@ -11,6 +11,7 @@ import os
 from dagster import ConfigurableResource, EnvVar
 
 from mmsearch.catalog.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
+from mmsearch.features.distributed import RayCluster
 from mmsearch.model.fusion import TrainingConfig
 
 
@@ -35,6 +36,13 @@ class PipelineSettings(ConfigurableResource):
     keep_versions: int = 5
     # Memory the product index may use; above it, vectors are product-quantized.
     index_memory_budget_mb: int = 2048
+    # A running Ray cluster ("ray://head:10001") that encodes new content; empty:
+    # encode in this process (docs/production.md). Needs the `ray` extra.
+    ray_address: str = ""
+    # Encoder actors on the cluster; 0: one per GPU when it has GPUs, else one per
+    # `ray_cpus_per_worker` CPUs (capped at a node's CPUs).
+    ray_workers: int = 0
+    ray_cpus_per_worker: float = 4.0
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_pixels, self.min_image_side)
@@ -47,6 +55,12 @@ class PipelineSettings(ConfigurableResource):
             seed=self.seed,
         )
 
+    def ray_cluster(self) -> RayCluster | None:
+        """The Ray cluster that encodes new content, or None to encode in this process."""
+        if not self.ray_address:
+            return None
+        return RayCluster(self.ray_address, self.ray_workers, self.ray_cpus_per_worker)
+
     def retrain_due(self, changed: int, live_products: int) -> bool:
         """Whether `changed` new or changed products (of `live_products`) call for a retrain."""
         if changed <= 0:
@@ -57,20 +71,29 @@ class PipelineSettings(ConfigurableResource):
         )
 
 
-# Setting -> (environment variable, whole number?).
+# Setting -> (environment variable, its type).
 ENVIRONMENT = {
-    "retrain_min_changed_products": ("MM_RETRAIN_MIN_PRODUCTS", True),
-    "retrain_min_changed_share": ("MM_RETRAIN_MIN_SHARE", False),
-    "promotion_tolerance": ("MM_PROMOTION_TOLERANCE", False),
-    "keep_versions": ("MM_KEEP_VERSIONS", True),
-    "index_memory_budget_mb": ("MM_INDEX_MEMORY_MB", True),
+    "retrain_min_changed_products": ("MM_RETRAIN_MIN_PRODUCTS", int),
+    "retrain_min_changed_share": ("MM_RETRAIN_MIN_SHARE", float),
+    "promotion_tolerance": ("MM_PROMOTION_TOLERANCE", float),
+    "keep_versions": ("MM_KEEP_VERSIONS", int),
+    "index_memory_budget_mb": ("MM_INDEX_MEMORY_MB", int),
+    "ray_address": ("MM_RAY_ADDRESS", str),
+    "ray_workers": ("MM_RAY_WORKERS", int),
+    "ray_cpus_per_worker": ("MM_RAY_CPUS_PER_WORKER", float),
 }
 
 
 def settings_from_environment() -> dict:
     """Config for the settings whose environment variable is set."""
     config = {}
-    for name, (variable, whole) in ENVIRONMENT.items():
-        if os.environ.get(variable):
-            config[name] = EnvVar.int(variable) if whole else float(os.environ[variable])
+    for name, (variable, kind) in ENVIRONMENT.items():
+        if not os.environ.get(variable):
+            continue
+        if kind is int:
+            config[name] = EnvVar.int(variable)
+        elif kind is str:
+            config[name] = EnvVar(variable)
+        else:
+            config[name] = float(os.environ[variable])
     return config

@@ -27,6 +27,12 @@ class FeatureReport:
     texts_total: int
     image_encoder_id: str
     text_encoder_id: str
+    pseudo_queries_encoded: int
+
+
+# Items per encoder call: vectors are stored after each, so a failure keeps what was encoded and
+# the driver never holds more than this many vectors.
+ENCODE_CHUNK = 65_536
 
 
 def _shopper_view_of(image_sha: str, image_file: str) -> Image.Image:
@@ -35,34 +41,100 @@ def _shopper_view_of(image_sha: str, image_file: str) -> Image.Image:
         return encoder_picture(shopper_view(picture.convert("RGB"), view_seed(image_sha)))
 
 
-def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> FeatureReport:
-    """Encode the missing image and text features of clean products and labeled queries."""
-    products = query_df(con, "SELECT image_sha, image_file, document, text_sha FROM training_pairs")
-    queries = query_df(con, "SELECT image_sha, image_file, text FROM stg_labeled_queries")
-
+def catalog_images(con) -> dict[str, str]:
+    """Image sha -> image file of the clean products and labeled queries (first file seen)."""
+    products = query_df(con, "SELECT image_sha, image_file FROM training_pairs")
+    queries = query_df(con, "SELECT image_sha, image_file FROM stg_labeled_queries")
     image_files = {}
     for frame in (products, queries):
         for sha, file in zip(frame["image_sha"], frame["image_file"], strict=True):
             if isinstance(sha, str) and sha:
                 image_files.setdefault(sha, file)
+    return image_files
+
+
+def catalog_texts(con) -> dict[str, str]:
+    """Text key -> text of the product documents and labeled query texts."""
+    products = query_df(con, "SELECT document, text_sha FROM training_pairs")
+    queries = query_df(con, "SELECT text FROM stg_labeled_queries")
     # Product documents come keyed by the SQL model; query texts are keyed the same way here.
     texts = dict(zip(products["text_sha"], products["document"], strict=True))
     for text in queries["text"]:
         if isinstance(text, str) and text:
             texts.setdefault(text_key(text), text)
+    return texts
+
+
+PRODUCT_FIELDS_SQL = (
+    "SELECT t.product_id, s.title, s.description, s.category, s.brand, s.attributes "
+    "FROM training_pairs t JOIN stg_products s USING (product_id)"
+)
+
+
+def pseudo_query_texts(con) -> dict[str, str]:
+    """Text key -> text of every live product's pseudo-queries (`mmsearch.queries.pseudo`);
+    training, the ranker's fitting and label-free evaluation read their features."""
+    texts = {}
+    for product in query_df(con, PRODUCT_FIELDS_SQL).to_dict("records"):
+        for text in pseudo_queries(product).values():
+            if text:
+                texts.setdefault(text_key(text), text)
+    return texts
+
+
+def _encode_and_store(con, table, key_column, keys, items, encode, encoder_id, batch_size):
+    for start in range(0, len(keys), ENCODE_CHUNK):
+        chunk = slice(start, start + ENCODE_CHUNK)
+        store_vectors(
+            con, table, key_column, keys[chunk], encode(items[chunk], batch_size), encoder_id
+        )
+
+
+def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> FeatureReport:
+    """Encode the missing image and text features of clean products and labeled queries, and
+    the missing pseudo-query texts, each new content hash once.
+
+    The encoders are the in-process ones (`mmsearch.features.encoders`) or their stand-ins on a
+    Ray cluster (`mmsearch.features.distributed`): `encoder_id`, `encode_files` for images and
+    `encode` for texts are all this uses.
+    """
+    image_files, texts = catalog_images(con), catalog_texts(con)
+    pseudo = pseudo_query_texts(con)
 
     new_images = missing_keys(
         con, "image_features", "image_sha", list(image_files), image_encoder.encoder_id
     )
-    if new_images:
-        vectors = image_encoder.encode_files([image_files[sha] for sha in new_images], batch_size)
-        store_vectors(
-            con, "image_features", "image_sha", new_images, vectors, image_encoder.encoder_id
-        )
+    _encode_and_store(
+        con,
+        "image_features",
+        "image_sha",
+        new_images,
+        [image_files[sha] for sha in new_images],
+        image_encoder.encode_files,
+        image_encoder.encoder_id,
+        batch_size,
+    )
     new_texts = missing_keys(con, "text_features", "text_sha", list(texts), text_encoder.encoder_id)
-    if new_texts:
-        vectors = text_encoder.encode([texts[key] for key in new_texts], batch_size)
-        store_vectors(con, "text_features", "text_sha", new_texts, vectors, text_encoder.encoder_id)
+    # A pseudo-query that is also a product or query text counts once, as the latter.
+    new_pseudo = [
+        key
+        for key in missing_keys(
+            con, "text_features", "text_sha", list(pseudo), text_encoder.encoder_id
+        )
+        if key not in texts
+    ]
+    # One pass over both, so a cluster starts its text encoders once.
+    all_texts = texts | pseudo
+    _encode_and_store(
+        con,
+        "text_features",
+        "text_sha",
+        new_texts + new_pseudo,
+        [all_texts[key] for key in new_texts + new_pseudo],
+        text_encoder.encode,
+        text_encoder.encoder_id,
+        batch_size,
+    )
     return FeatureReport(
         len(new_images),
         len(new_texts),
@@ -70,6 +142,7 @@ def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> 
         len(texts),
         image_encoder.encoder_id,
         text_encoder.encoder_id,
+        len(new_pseudo),
     )
 
 
@@ -91,28 +164,6 @@ def extract_shopper_views(con, image_encoder, batch_size: int = 64, chunk: int =
         vectors = image_encoder.encode_pictures(pictures, batch_size)
         store_vectors(con, "image_features", "image_sha", keys, vectors, image_encoder.encoder_id)
     return len(new_views)
-
-
-PRODUCT_FIELDS_SQL = (
-    "SELECT t.product_id, s.title, s.description, s.category, s.brand, s.attributes "
-    "FROM training_pairs t JOIN stg_products s USING (product_id)"
-)
-
-
-def extract_pseudo_query_features(con, text_encoder, batch_size: int = 64) -> int:
-    """Encode the pseudo-queries (`mmsearch.queries.pseudo`) of every live product not yet
-    encoded; returns how many texts were encoded. Training and the ranker's fitting read them."""
-    products = query_df(con, PRODUCT_FIELDS_SQL)
-    texts = {}
-    for product in products.to_dict("records"):
-        for text in pseudo_queries(product).values():
-            if text:
-                texts.setdefault(text_key(text), text)
-    new_texts = missing_keys(con, "text_features", "text_sha", list(texts), text_encoder.encoder_id)
-    if new_texts:
-        vectors = text_encoder.encode([texts[key] for key in new_texts], batch_size)
-        store_vectors(con, "text_features", "text_sha", new_texts, vectors, text_encoder.encoder_id)
-    return len(new_texts)
 
 
 def feature_coverage(con, image_encoder_id: str, text_encoder_id: str) -> dict[str, int]:
