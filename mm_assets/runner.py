@@ -77,7 +77,7 @@ IN_FLIGHT = [
 ]
 WAIT_SECONDS = 3600
 # Materialization metadata `mmsearch run --json` repeats beside each asset's seconds.
-REPORTED_METADATA = ("engine", "workers", "gpus")
+REPORTED_METADATA = ("engine", "workers", "worker_gpus", "worker_nodes")
 
 
 class PipelineFailed(RuntimeError):
