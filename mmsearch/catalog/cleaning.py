@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmsearch.catalog.images import (
@@ -152,7 +153,11 @@ def clean_catalog(
     versions of a product. `cached` holds earlier validation results by (drop, row) that are
     reused instead of validating (and decoding) again.
     """
-    ordered = sorted(raw, key=lambda row: (row["drop_seq"], row["row_number"]))
+    keys = pd.DataFrame(raw, columns=["drop_seq", "row_number", "drop_name"])
+    order = np.lexsort((keys["row_number"].to_numpy(), keys["drop_seq"].to_numpy()))
+    drop_names = keys["drop_name"].to_numpy(dtype=object)[order]
+    row_numbers = keys["row_number"].to_numpy(dtype=np.int64)[order]
+    row_keys = list(zip(drop_names.tolist(), row_numbers.tolist(), strict=True))
     cached = cached or {}
 
     def validate(row: dict) -> dict:
@@ -161,42 +166,52 @@ def clean_catalog(
         except RowRejected as rejected:
             return {"rejected": rejected}
 
-    validated = [cached.get((row["drop_name"], row["row_number"])) for row in ordered]
-    fresh = [i for i, result in enumerate(validated) if result is None]
+    validated = np.empty(len(raw), dtype=object)
+    validated[:] = list(map(cached.get, row_keys))
+    fresh = order[np.equal(validated, None)]
     # Image decoding dominates; Pillow releases the GIL while decoding.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, result in zip(fresh, pool.map(validate, [ordered[i] for i in fresh]), strict=True):
-            validated[i] = result
+        validated[np.equal(validated, None)] = list(pool.map(validate, [raw[i] for i in fresh]))
 
-    quarantine, outcomes, winners = [], {}, {}
-    for row, result in zip(ordered, validated, strict=True):
-        key = (row["drop_name"], row["row_number"])
-        if "rejected" in result:
-            rejected: RowRejected = result["rejected"]
-            raw_id = str(row.get("product_id") or "")[:MAX_PRODUCT_ID_CHARS] or None
-            quarantine.append(
-                {
-                    "drop_name": key[0],
-                    "row_number": key[1],
-                    "product_id": raw_id,
-                    "reason_code": rejected.code,
-                    "reason": rejected.message,
-                }
-            )
-            outcomes[key] = (raw_id, "quarantined")
-            continue
-        product_id = result["product_id"]
-        if product_id in winners:
-            previous_key = winners[product_id][0]
-            outcomes[previous_key] = (product_id, "replaced")
-        winners[product_id] = (key, row, result)
-        outcomes[key] = (product_id, "deleted" if result["deleted"] else "live")
-
-    live = [
-        {**result, "drop_name": key[0], "row_number": key[1]}
-        for key, _row, result in winners.values()
-        if not result["deleted"]
+    results = pd.DataFrame(list(validated), columns=["product_id", "deleted", "rejected"])
+    rejected = results["rejected"].notna().to_numpy()
+    product_ids = results["product_id"]
+    # Among usable rows the last of each product_id wins; a quarantined row competes with none.
+    winner = ~rejected & ~product_ids.where(~rejected).duplicated(keep="last").to_numpy()
+    deleted = results["deleted"].fillna(False).to_numpy(dtype=bool)
+    outcome = np.select(
+        [rejected, ~winner, deleted], ["quarantined", "replaced", "deleted"], default="live"
+    )
+    raw_ids = [
+        str(raw[i].get("product_id") or "")[:MAX_PRODUCT_ID_CHARS] or None for i in order[rejected]
     ]
+    outcome_ids = np.array(product_ids, dtype=object)
+    outcome_ids[rejected] = raw_ids
+    reasons = list(results["rejected"][rejected])
+    quarantine_frame = _table(
+        {
+            "drop_name": drop_names[rejected],
+            "row_number": row_numbers[rejected],
+            "product_id": raw_ids,
+            "reason_code": [r.code for r in reasons],
+            "reason": [r.message for r in reasons],
+        },
+        ["drop_name", "row_number", "product_id", "reason_code", "reason"],
+    )
+    outcome_frame = _table(
+        {
+            "drop_name": drop_names,
+            "row_number": row_numbers,
+            "product_id": outcome_ids,
+            "outcome": outcome,
+        },
+        ["drop_name", "row_number", "product_id", "outcome"],
+    )
+    # Live products in the order their product_id first appeared, each as its winning row.
+    first_seen = product_ids.where(~rejected).drop_duplicates().dropna().index.to_numpy()
+    winning_row = pd.Series(np.flatnonzero(winner), index=product_ids[winner].to_numpy())
+    live = winning_row.loc[product_ids.to_numpy()[first_seen]].to_numpy()
+    live = live[~deleted[live]]
     product_columns = [
         "product_id",
         "title",
@@ -208,25 +223,21 @@ def clean_catalog(
         "image_sha",
         "image_phash",
         "attributes",
-        "drop_name",
-        "row_number",
     ]
-    products = pd.DataFrame(live, columns=product_columns + ["deleted"])[product_columns]
-    outcome_frame = pd.DataFrame(
-        [
-            {"drop_name": k[0], "row_number": k[1], "product_id": pid, "outcome": outcome}
-            for k, (pid, outcome) in outcomes.items()
-        ],
-        columns=["drop_name", "row_number", "product_id", "outcome"],
+    products = pd.DataFrame(list(validated[live]), columns=product_columns)
+    products = products.assign(drop_name=drop_names[live], row_number=row_numbers[live])
+    if products.empty:
+        products = _table({}, [*product_columns, "drop_name", "row_number"])
+    return CleanCatalog(
+        products, quarantine_frame, outcome_frame, dict(zip(row_keys, validated, strict=True))
     )
-    quarantine_frame = pd.DataFrame(
-        quarantine, columns=["drop_name", "row_number", "product_id", "reason_code", "reason"]
-    )
-    validations = {
-        (row["drop_name"], row["row_number"]): result
-        for row, result in zip(ordered, validated, strict=True)
-    }
-    return CleanCatalog(products, quarantine_frame, outcome_frame, validations)
+
+
+def _table(columns: dict[str, object], names: list[str]) -> pd.DataFrame:
+    """A frame of `columns`; without rows, the all-object frame an empty list of records gives,
+    so an empty result has the same types however it was built."""
+    rows = len(next(iter(columns.values()), []))
+    return pd.DataFrame(columns, columns=names) if rows else pd.DataFrame([], columns=names)
 
 
 def accounting_by_drop(outcomes: pd.DataFrame, rows_read: dict[str, int]) -> pd.DataFrame:
