@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from mm_assets.definitions import build_definitions
 from mm_assets.partitions import catalog_drops
 from mmsearch import warehouse
 from mmsearch.catalog.drops import copy_drop
+from mmsearch.features.distributed import RayCluster, RayEncoding
 from mmsearch.features.encoders import load_image_encoder, load_text_encoder
 from mmsearch.features.extraction import catalog_images, catalog_texts, pseudo_query_texts
 from mmsearch.settings import HomeLayout
@@ -60,22 +62,31 @@ def _dozen_products(folder):
     return drop
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """Two Ray nodes of one CPU each, shut down at the end of the module."""
+    """Two Ray nodes of one CPU each, the head serving Ray Client too; shut down at the end."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+        client_port = _free_port()
         cluster = ray_cluster_utils.Cluster(
             initialize_head=True,
             head_node_args={
                 "num_cpus": 1,
                 "object_store_memory": OBJECT_STORE_BYTES,
                 "include_dashboard": False,
+                "ray_client_server_port": client_port,
             },
         )
         try:
             cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
             cluster.wait_for_nodes()
+            cluster.client_address = f"ray://127.0.0.1:{client_port}"
             yield cluster
         finally:
             cluster.shutdown()
@@ -89,11 +100,12 @@ def _encoder_features(result) -> dict:
 @pytest.fixture(scope="module")
 def ray_runs(tmp_path_factory, ray_cluster):
     """A dozen products ingested, encoder_features and its upstream materialized with
-    MM_RAY_ADDRESS set, then encoder_features again on Ray, then once more in process."""
+    MM_RAY_ADDRESS set (a Ray Client address, as from outside a cluster), then
+    encoder_features again on Ray, then once more in process."""
     layout = HomeLayout(tmp_path_factory.mktemp("ray_home")).ensure()
     drop = copy_drop(_dozen_products(tmp_path_factory.mktemp("drops") / "dozen"), layout.landing)
     with pytest.MonkeyPatch.context() as patch, instance_for_test() as instance:
-        patch.setenv("MM_RAY_ADDRESS", ray_cluster.address)
+        patch.setenv("MM_RAY_ADDRESS", ray_cluster.client_address)
         definitions = build_definitions(str(layout.root))
         resources = definitions.resources | {
             "image_encoder": ImageEncoderResource(batch_size=BATCH_SIZE)
@@ -188,6 +200,18 @@ def test_second_run_on_ray_encodes_nothing(ray_runs):
     # Nothing new: the cluster was not asked for any worker.
     assert second["engine"] == "ray" and second["workers"] == 0
     assert second["rows_by_worker"] == {}
+
+
+def test_a_ray_node_address_encodes_too(ray_cluster):
+    """The cluster's own address (GCS), as a machine that is a Ray node connects."""
+    local = load_text_encoder()
+    texts = [f"{colour} {kind}" for kind in KINDS for colour in COLOURS]
+    with RayEncoding(RayCluster(ray_cluster.address, cpus_per_worker=1)) as encoding:
+        vectors = encoding.text_encoder(local, {}).encode(texts, BATCH_SIZE)
+        report = encoding.report()
+    assert (vectors * local.encode(texts)).sum(axis=1).min() >= 0.999
+    assert sum(report["rows_by_worker"].values()) == len(texts)
+    assert report["workers"] == 2
 
 
 def test_the_in_process_default_imports_no_ray(tmp_path):

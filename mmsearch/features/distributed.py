@@ -175,7 +175,6 @@ class RayEncoding:
     def _connect(self):
         try:
             import ray
-            from ray.data import DataContext
         except ImportError as error:
             raise RuntimeError(
                 f"MM_RAY_ADDRESS is set ({self.cluster.address}) but Ray is not installed: "
@@ -193,7 +192,6 @@ class RayEncoding:
                     f"{error}; start it (`ray start --head`) or unset MM_RAY_ADDRESS"
                 ) from error
             self._connected = True
-        DataContext.get_current().enable_progress_bars = False
         return ray
 
     def _pool(self, ray, batches: int) -> tuple[int, dict]:
@@ -228,39 +226,64 @@ class RayEncoding:
             batch_size = max(batch_size, CUDA_MIN_BATCH)  # GPUs are fed larger batches
         batches = math.ceil(len(items) / batch_size)
         actors, shape = self._pool(ray, batches)
-        # One block per batch, so the actors share the work.
-        dataset = ray.data.from_items(
-            [{"position": i, "item": item} for i, item in enumerate(items)],
-            override_num_blocks=batches,
-        ).map_batches(
-            batch_encoder,
-            fn_constructor_kwargs={"load_kwargs": load_kwargs, "batch_size": batch_size},
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            **shape,
+        # The pool is driven from a task inside the cluster: Ray Data cannot run its executor
+        # over Ray Client (ray://), and no CPU is taken from the encoders for it. Not retried:
+        # a retry would encode the whole chunk again; a rerun encodes only what was not stored.
+        encoded_items = ray.get(
+            ray.remote(_run_actor_pool)
+            .options(num_cpus=0, max_retries=0)
+            .remote(batch_encoder, load_kwargs, list(items), batch_size, actors, shape)
         )
         vectors = np.zeros((len(items), local.dim), dtype=np.float32)
         encoded = np.zeros(len(items), dtype=bool)
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            positions = batch["position"].astype(np.int64)
-            if encoded[positions].any():
-                raise RuntimeError("a Ray worker returned an item that was already encoded")
-            foreign = set(batch["encoder_id"].tolist()) - {local.encoder_id}
-            if foreign:
-                raise RuntimeError(
-                    f"Ray workers encode with {sorted(foreign)} where this process has "
-                    f"{local.encoder_id}: install the same mmsearch and encoder weights on the "
-                    "workers"
-                )
-            vectors[positions] = batch["embedding"]
-            encoded[positions] = True
-            self.rows_by_worker.update(batch["worker"].tolist())
+        positions = encoded_items["position"]
+        if len(np.unique(positions)) != len(positions):
+            raise RuntimeError("the Ray cluster returned an item twice")
+        foreign = set(encoded_items["encoder_id"].tolist()) - {local.encoder_id}
+        if foreign:
+            raise RuntimeError(
+                f"Ray workers encode with {sorted(foreign)} where this process has "
+                f"{local.encoder_id}: install the same mmsearch and encoder weights on the workers"
+            )
+        vectors[positions] = encoded_items["embedding"]
+        encoded[positions] = True
+        self.rows_by_worker.update(encoded_items["worker"].tolist())
         if not encoded.all():
             raise RuntimeError(f"the Ray cluster returned {int(encoded.sum())} of {len(items)}")
         pool = (actors, actors * shape.get("num_gpus", 0))
         self.pools[batch_encoder.kind] = max(pool, self.pools.get(batch_encoder.kind, (0, 0)))
         return vectors
+
+
+def _run_actor_pool(
+    batch_encoder: type[_BatchEncoder],
+    load_kwargs: dict,
+    items: list[str],
+    batch_size: int,
+    actors: int,
+    shape: dict,
+) -> dict[str, np.ndarray]:
+    """Runs on the cluster: `items` through a pool of `actors` encoder actors of `shape`
+    resources, as columns `position` (into `items`), `embedding`, `encoder_id` and `worker`."""
+    import ray
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    # One block per batch, so the actors share the work.
+    dataset = ray.data.from_items(
+        [{"position": i, "item": item} for i, item in enumerate(items)],
+        override_num_blocks=math.ceil(len(items) / batch_size),
+    ).map_batches(
+        batch_encoder,
+        fn_constructor_kwargs={"load_kwargs": load_kwargs, "batch_size": batch_size},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        **shape,
+    )
+    batches = list(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+    columns = ("position", "embedding", "encoder_id", "worker")
+    return {name: np.concatenate([batch[name] for batch in batches]) for name in columns}
 
 
 class RayImageEncoder:
