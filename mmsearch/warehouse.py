@@ -228,6 +228,38 @@ def lock_wait_seconds() -> float:
     return float(os.environ.get("MM_WAREHOUSE_WAIT_SECONDS", "600"))
 
 
+class WarehouseDamaged(RuntimeError):
+    """The warehouse file cannot be read (cut short, overwritten); the message names the file
+    and the command that rebuilds it from the landed drops."""
+
+    def __init__(self, path: Path, error: Exception):
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(
+            f"the warehouse {path} is damaged ({detail}); `mmsearch rebuild` rebuilds it from "
+            f"the drops in {Path(path).parent / 'landing'} (the live release keeps serving)"
+        )
+        self.path = Path(path)
+
+
+# What DuckDB says about a file that is not (or no longer) a whole database, as opposed to a
+# lock held by another process or a full disk.
+_DAMAGE_SIGNS = (
+    "could not read enough bytes",
+    "not a valid duckdb database",
+    "corrupt",
+    "checksum",
+    "failed to read database header",
+    "unsupported database version",
+)
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether a DuckDB error says the warehouse file itself is damaged."""
+    return isinstance(error, duckdb.Error) and any(
+        sign in str(error).lower() for sign in _DAMAGE_SIGNS
+    )
+
+
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """Open the file, waiting while another process (a pipeline run) holds it."""
     wait = lock_wait_seconds()
@@ -236,8 +268,10 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower():
+        except duckdb.Error as error:
+            if is_damage(error):
+                raise WarehouseDamaged(path, error) from error
+            if not isinstance(error, duckdb.IOException) or "lock" not in str(error).lower():
                 raise
             if time.monotonic() >= deadline:
                 raise RuntimeError(
@@ -252,7 +286,8 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the warehouse (migrating a new or older one when writable) and close it afterwards.
 
-    While another process holds the file, waits up to `MM_WAREHOUSE_WAIT_SECONDS` (600).
+    While another process holds the file, waits up to `MM_WAREHOUSE_WAIT_SECONDS` (600). A
+    damaged file (at opening or at a read of a damaged block) raises WarehouseDamaged.
     """
     if read_only and not Path(path).exists():
         raise FileNotFoundError(f"no warehouse at {path}: run `mmsearch run` first")
@@ -262,8 +297,27 @@ def connect(path: Path, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConn
             migrate(con)
             _MIGRATED.add(Path(path).resolve())
         yield con
+    except duckdb.Error as error:
+        if is_damage(error):
+            raise WarehouseDamaged(path, error) from error
+        raise
     finally:
         con.close()
+
+
+def move_aside(path: Path, stamp: str) -> Path | None:
+    """Rename a (damaged) warehouse file and its write-ahead log to `<name>.damaged-<stamp>`,
+    so a new one can be built in its place; returns the new name, or None when absent."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(aside)
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        wal.rename(aside.with_name(aside.name + ".wal"))
+    _MIGRATED.discard(path.resolve())
+    return aside
 
 
 def query_df(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pd.DataFrame:

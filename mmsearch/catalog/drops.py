@@ -289,12 +289,14 @@ def copy_drop(source: Path, landing: Path) -> str:
 
     The same content under the same name is a no-op. Different content under a taken name lands
     as `<name>-v2`, `-v3`, ... so no landed drop is ever silently overwritten. Symlinks are copied
-    as links, never followed, so no file outside the drop is copied in.
+    as links, never followed, so no file outside the drop is copied in. A drop that cannot be
+    read at all (no products file, a missing required column, not a table) is refused here,
+    with the reason the pipeline would give, and nothing lands.
     """
     source = Path(source)
     if not source.is_dir():
         raise DropRejected(source.name, f"{source} is not a directory")
-    products_file(source)
+    read_products(source)
     wanted = drop_content_hash(source)
     name, version = source.name, 1
     while (landing / name).exists():

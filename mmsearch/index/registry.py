@@ -34,10 +34,17 @@ class NoSuchRelease(LookupError):
     """No release (or no promoted release) has the version asked for."""
 
 
+class DamagedPointer(ValueError):
+    """LIVE.json or CANDIDATE.json cannot be read as the pointer it should be."""
+
+
 class ReleaseRegistry:
     def __init__(self, layout: HomeLayout, remote: str = ""):
         self.layout = layout
         self.remote = remote.rstrip("/")
+        # Set when LIVE.json was damaged and the newest promoted release that verifies stood in:
+        # what was wrong and which release answers (the command line prints it as a warning).
+        self.pointer_warning: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -68,15 +75,28 @@ class ReleaseRegistry:
             filesystem.get(source, str(partial), recursive=True)
             partial.rename(local)
 
+    def _pointer_location(self, name: str) -> str:
+        return f"{self.remote}/{name}" if self.remote else str(self.layout.artifacts / name)
+
     def _read_pointer(self, name: str) -> dict | None:
-        if self.remote:
-            filesystem, root = self._fs()
-            if not filesystem.exists(f"{root}/{name}"):
-                return None
-            with filesystem.open(f"{root}/{name}", "r") as handle:
-                return json.load(handle)
-        path = self.layout.artifacts / name
-        return json.loads(path.read_text()) if path.is_file() else None
+        """A pointer's JSON, None when absent; DamagedPointer when it is there but unreadable."""
+        try:
+            if self.remote:
+                filesystem, root = self._fs()
+                if not filesystem.exists(f"{root}/{name}"):
+                    return None
+                with filesystem.open(f"{root}/{name}", "r") as handle:
+                    pointer = json.load(handle)
+            else:
+                path = self.layout.artifacts / name
+                if not path.is_file():
+                    return None
+                pointer = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise DamagedPointer(f"{self._pointer_location(name)} is damaged ({error})") from None
+        if not isinstance(pointer, dict) or not pointer.get("model_version"):
+            raise DamagedPointer(f"{self._pointer_location(name)} is damaged (not a pointer)")
+        return pointer
 
     def _write_pointer(self, name: str, payload: dict | None) -> None:
         path = self.layout.artifacts / name
@@ -150,12 +170,55 @@ class ReleaseRegistry:
         return sorted(found, key=lambda release: release.manifest["created_at"])
 
     def live_pointer(self) -> dict | None:
-        return self._read_pointer(LIVE)
+        """LIVE.json, or None before the first publish. A damaged LIVE.json is stood in for by
+        the newest promoted release that verifies (`pointer_warning` says so; `repair_live`
+        writes it back); DamagedPointer only when no release verifies."""
+        try:
+            pointer = self._read_pointer(LIVE)
+        except DamagedPointer as damage:
+            stand_in = self.newest_good()
+            if stand_in is None:
+                raise DamagedPointer(f"{damage}, and no promoted release verifies") from None
+            self.pointer_warning = f"{damage}; answering from {stand_in.index_version}"
+            return {
+                "model_version": stand_in.model_version,
+                "index_version": stand_in.index_version,
+                "reason": f"stand-in for a damaged {LIVE}",
+            }
+        if pointer is not None and not pointer.get("index_version"):
+            raise DamagedPointer(f"{self._pointer_location(LIVE)} is damaged (no index_version)")
+        return pointer
 
     def live(self, verify: bool = False) -> Release | None:
         """The live release, or None before the first publish."""
         pointer = self.live_pointer()
         return self.release(pointer["index_version"], verify) if pointer else None
+
+    def repair_live(self) -> str | None:
+        """Rewrite a damaged LIVE.json to the newest promoted release that verifies; returns
+        what was repaired, or None when LIVE.json was fine (or absent)."""
+        try:
+            self._read_pointer(LIVE)
+            return None
+        except DamagedPointer as damage:
+            stand_in = self.newest_good()
+            if stand_in is None:
+                raise DamagedPointer(f"{damage}, and no promoted release verifies") from None
+            self.publish(stand_in, reason=f"repaired a damaged {LIVE}")
+            self.pointer_warning = None
+            return f"{damage}; repaired: {stand_in.index_version} is live"
+
+    def newest_good(self) -> Release | None:
+        """The newest promoted release whose files verify, or None."""
+        for release in reversed(self.releases()):
+            if not release.manifest.get("promoted", True):
+                continue
+            try:
+                release.verify()
+            except DamagedRelease:
+                continue
+            return release
+        return None
 
     def last_good(self, before: Release) -> Release | None:
         """The newest promoted release older than `before` whose files verify."""
@@ -216,8 +279,12 @@ class ReleaseRegistry:
         )
 
     def candidate(self) -> dict | None:
-        """`{"model_version", "index_version"}` of the current candidate, or None."""
-        return self._read_pointer(CANDIDATE)
+        """`{"model_version", "index_version"}` of the current candidate, or None (also when
+        CANDIDATE.json is damaged: the next training or refresh proposes one again)."""
+        try:
+            return self._read_pointer(CANDIDATE)
+        except DamagedPointer:
+            return None
 
     # -- pruning ------------------------------------------------------------------------------
 
