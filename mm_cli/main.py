@@ -589,12 +589,15 @@ def _failure_line(error: BaseException, layout: HomeLayout | None) -> str:
             return str(cause)
     if layout is not None and _disk_full(error):
         return _disk_full_message(layout, error)
-    if layout is not None and any(
-        is_damage(e) or "could not read enough bytes" in str(e).lower() for e in _causes(error)
-    ):
-        return str(WarehouseDamaged(layout.warehouse, error))
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    line = text.splitlines()[0] if text else type(error).__name__
+    # A damaged block met inside a Dagster run arrives reworded (PipelineFailed): name the fix.
+    damaged = any(
+        is_damage(e) or "could not read enough bytes" in str(e).lower() for e in _causes(error)
+    )
+    if layout is not None and damaged and "mmsearch rebuild" not in line:
+        return str(WarehouseDamaged(layout.warehouse, error))
+    return line
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -739,9 +742,9 @@ def _layout_for(command: str) -> HomeLayout:
     instead of creating an empty one there."""
     root = mm_home_from_env()
     if command in READING_COMMANDS and not (root / "landing").is_dir():
-        where = "MM_HOME" if os.environ.get("MM_HOME") else "./mm_home (MM_HOME is not set)"
+        where = "MM_HOME" if os.environ.get("MM_HOME") else "MM_HOME is not set: ./mm_home"
         raise UserError(
-            f"no home at {root} ({where}): set MM_HOME to your home, or make one here with "
+            f"no home at {root} ({where}); set MM_HOME to your home, or make one with "
             "`mmsearch ingest PATH` or `mmsearch demo`"
         )
     return home()
