@@ -169,3 +169,33 @@ def test_a_remote_registry_serves_a_new_machine_from_the_remote_alone(tmp_path):
     loaded, config = server.load_model(model)
     assert isinstance(loaded, FusionModel) and config["version"] == model
     assert server.live_pointer() == builder.live_pointer()
+
+
+def test_a_damaged_live_pointer_stands_in_the_newest_release_that_verifies_until_repaired(
+    registry,
+):
+    from mmsearch.index.registry import DamagedPointer
+
+    model = _model(registry, 5)
+    older = _release(registry, model, 10)
+    newest = _release(registry, model, 12)
+    refused = _release(registry, model, 14, promoted=False)  # never live: never a stand-in
+    registry.publish(older)
+    pointer = registry.layout.live_pointer
+    pointer.write_text('{"model_version": "m", "index_vers')
+
+    assert registry.live().index_version == newest.index_version != refused.index_version
+    assert str(pointer) in registry.pointer_warning
+    assert registry.pointer_warning.endswith(f"answering from {newest.index_version}")
+    assert registry.repair_live().endswith(f"repaired: {newest.index_version} is live")
+    assert registry.live_pointer()["index_version"] == newest.index_version
+    assert registry.repair_live() is None  # a sound pointer is left alone
+
+    (registry.layout.artifacts / "CANDIDATE.json").write_text("[1, 2")
+    assert registry.candidate() is None  # the next training proposes one again
+
+    pointer.write_text("not json")
+    for release in (older, newest):
+        (release.folder / "products.parquet").write_bytes(b"cut")
+    with pytest.raises(DamagedPointer, match="no promoted release verifies"):
+        registry.live()
