@@ -5,26 +5,43 @@ A watcher thread notices when another release goes live (LIVE.json changes), loa
 the serving one and swaps the reference: requests in flight finish on the old engine, new ones
 use the new one, none fails. Bad requests get a 4xx and `{"error": "one line"}`; the server
 keeps serving.
+
+Under load the work is CPU-bound and much of it holds Python's GIL (the product table, the
+ranker, the answer's JSON), so one process answers at most a core's worth of searches however
+many threads it runs; more threads only queue on the GIL. `serve` therefore runs `workers`
+processes on one listening socket (each loads the release, reading the same files), and each
+process runs at most `threads` searches at once, every encoder and FAISS call on one thread;
+requests beyond that wait their turn in the event loop instead of slowing every search down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
+import os
+import re
+import socket
 import threading
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote
 
+import anyio
+import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi_offline import FastAPIOffline
+from PIL import Image
 from starlette.exceptions import HTTPException
 
 from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
+from mmsearch.features.runtime import set_session_threads
 from mmsearch.index.artifacts import DamagedRelease
 from mmsearch.index.registry import registry_for
 from mmsearch.model.store import DamagedModel
@@ -35,7 +52,7 @@ from mmsearch.search.engine import (
     UnknownCategory,
     UnknownProduct,
 )
-from mmsearch.settings import HomeLayout
+from mmsearch.settings import HomeLayout, mm_home_from_env
 
 MAX_K = 100
 # Uploads larger than this are refused before they are read to the end.
@@ -44,6 +61,12 @@ WATCH_SECONDS = 0.5
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # Reason codes of refused images and the status each gets.
 IMAGE_STATUS = {"image_too_large": 413, "image_unsupported_type": 415}
+# The shop's currency (ISO 4217) the page shows prices in; the catalog's prices carry none.
+CURRENCY_ENV = "MM_CURRENCY"
+DEFAULT_CURRENCY = "USD"
+# What `serve` hands its worker processes (they are started fresh and read the environment).
+THREADS_ENV = "MM_SERVE_THREADS"
+NOTHING_LIVE = "nothing is live yet: run `mmsearch run` (or `mmsearch demo`) first"
 
 log = logging.getLogger("mmsearch.server")
 
@@ -51,6 +74,32 @@ log = logging.getLogger("mmsearch.server")
 class BadRequest(HTTPException):
     def __init__(self, message: str, status: int = 400):
         super().__init__(status_code=status, detail=message)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return max(1, os.cpu_count() or 1)
+
+
+def currency_code(value: str | None = None) -> str:
+    """`value`, else `$MM_CURRENCY`, else USD, as an upper-case ISO 4217 code."""
+    code = (value or os.environ.get(CURRENCY_ENV) or DEFAULT_CURRENCY).strip().upper()
+    if not re.fullmatch(r"[A-Z]{3}", code):
+        raise ValueError(f"currency must be a three-letter ISO 4217 code such as USD, not {code!r}")
+    return code
+
+
+def one_thread_per_search() -> None:
+    """Each search's encoder sessions and FAISS calls on one thread: with a search in flight
+    per core, a library spreading one search over every core only makes them wait on each
+    other (call before the encoders load)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    set_session_threads(1)
 
 
 class LiveSearch:
@@ -88,7 +137,7 @@ class LiveSearch:
             raise
         if engine.fallback:
             log.error("live release refused, serving an earlier one: %s", engine.fallback)
-        engine.text_features(["warm up"])  # encoders loaded before the first request needs them
+        warm_up(engine)
         self._engine, self._pointer = engine, pointer  # one reference: requests see old or new
         log.info("serving %s", engine.release.index_version)
         return True
@@ -107,10 +156,21 @@ class LiveSearch:
         self._stop.set()
 
     @property
+    def serving(self) -> SearchEngine | None:
+        return self._engine
+
+    @property
     def engine(self) -> SearchEngine:
         if self._engine is None:
-            raise NothingLive("nothing is live yet: run `mmsearch run` (or `mmsearch demo`) first")
+            raise NothingLive(NOTHING_LIVE)
         return self._engine
+
+
+def warm_up(engine: SearchEngine) -> None:
+    """Both encoders loaded and run once, so no shopper's search pays for loading them."""
+    engine.text_features(["warm up"])
+    if engine.products["image_sha"].fillna("").astype(str).ne("").any():
+        engine.image_features([Image.new("RGB", (64, 64), (200, 30, 30))])
 
 
 def _k(value: str | None) -> int:
@@ -150,8 +210,7 @@ def _category(engine: SearchEngine, value: str | None) -> str | None:
     return category
 
 
-async def _picture(upload: UploadFile, limits: ImageLimits):
-    data = await upload.read(MAX_UPLOAD_BYTES + 1)
+def _picture(data: bytes, limits: ImageLimits) -> Image.Image:
     if len(data) > MAX_UPLOAD_BYTES:
         raise BadRequest(f"image is larger than {MAX_UPLOAD_BYTES // 2**20} MB", 413)
     try:
@@ -161,19 +220,67 @@ async def _picture(upload: UploadFile, limits: ImageLimits):
         raise BadRequest(f"image refused: {rejected.message}", status) from None
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python number it holds (JSON knows no NumPy types)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _for_shoppers(results: list[dict]) -> list[dict]:
+    """Results as the API shows them: the picture's URL instead of the server's file path."""
+    shown = []
+    for result in results:
+        image_file = result.get("image_file")
+        fields = {name: _plain(value) for name, value in result.items() if name != "image_file"}
+        fields["image_url"] = (
+            f"/api/products/{quote(str(result['product_id']), safe='')}/image"
+            if image_file
+            else None
+        )
+        shown.append(fields)
+    return shown
+
+
 @functools.cache
 def _page() -> str:
     return (resources.files("mmsearch") / "static" / "index.html").read_text(encoding="utf-8")
 
 
-def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI:
-    """The ASGI app over `live` (started and stopped with the app)."""
-    app = FastAPI(
+def create_app(
+    live: LiveSearch,
+    limits: ImageLimits = ImageLimits(),
+    *,
+    threads: int | None = None,
+    currency: str | None = None,
+) -> FastAPI:
+    """The ASGI app over `live` (its watcher started and stopped with the app).
+
+    `threads`: searches this process runs at once (default: its cores); `currency`: the ISO
+    4217 code of the catalog's prices (default `$MM_CURRENCY`, else USD)."""
+    currency = currency_code(currency)
+    threads = threads or usable_cores()
+    searches: dict[str, anyio.CapacityLimiter] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        searches["limiter"] = anyio.CapacityLimiter(threads)
+        live.start()
+        try:
+            yield
+        finally:
+            live.stop()
+
+    async def in_search_thread(function: Callable, *args: Any) -> Any:
+        """Run a search on one of the process's `threads` search threads, waiting for a free
+        one (the event loop keeps accepting requests meanwhile)."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=searches["limiter"])
+
+    app = FastAPIOffline(
+        # ReDoc's page fetches its logo from a CDN even with its script served here.
+        redoc_url=None,
         title="mmsearch",
         summary="Multimodal product search: text, photo, or both; products like this one.",
         version="1",
-        on_startup=[live.start],
-        on_shutdown=[live.stop],
+        lifespan=lifespan,
     )
 
     @app.exception_handler(HTTPException)
@@ -203,7 +310,16 @@ def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI
         return {
             "model_version": engine.model_version,
             "index_version": engine.release.index_version,
+            "currency": currency,
         }
+
+    def answer(engine: SearchEngine, text, picture_bytes, k, category, max_price) -> dict:
+        """One search, from the request's raw values to the API's JSON (in a search thread)."""
+        picture = _picture(picture_bytes, limits) if picture_bytes is not None else None
+        found = engine.answer(
+            text, picture, _k(k), _category(engine, category), _max_price(max_price)
+        )
+        return {**versions(engine), **found, "results": _for_shoppers(found["results"])}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -215,20 +331,18 @@ def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI
         return {"status": "ok", **versions(engine), "products": len(engine.products)}
 
     @app.get("/api/search")
-    def search_by_text(
+    async def search_by_text(
         text: Annotated[str | None, Query(description="what the shopper typed")] = None,
         k: Annotated[str | None, Query(description=f"results, 1 to {MAX_K} (10)")] = None,
         category: Annotated[str | None, Query(description="only this category")] = None,
         max_price: Annotated[str | None, Query(description="only up to this price")] = None,
-    ) -> dict:
+    ) -> JSONResponse:
         engine = live.engine
         query = _text(text)
         if query is None:
             raise BadRequest("give a text to search for (text=...), or POST a photo")
-        answer = engine.answer(
-            query, None, _k(k), _category(engine, category), _max_price(max_price)
-        )
-        return {**versions(engine), **answer}
+        found = await in_search_thread(answer, engine, query, None, k, category, max_price)
+        return JSONResponse(found)
 
     @app.post("/api/search")
     async def search_by_photo(
@@ -238,7 +352,7 @@ def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI
         k: Annotated[str | None, Form()] = None,
         category: Annotated[str | None, Form()] = None,
         max_price: Annotated[str | None, Form()] = None,
-    ) -> dict:
+    ) -> JSONResponse:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in FORM_TYPES:
             raise BadRequest(
@@ -251,32 +365,30 @@ def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI
         has_upload = image is not None and bool(image.filename or image.size)
         if query is None and not has_upload:
             raise BadRequest("give a text, an image, or both")
-        picture = await _picture(image, limits) if has_upload else None
-        answer = await run_in_threadpool(
-            engine.answer,
-            query,
-            picture,
-            _k(k),
-            _category(engine, category),
-            _max_price(max_price),
-        )
-        return {**versions(engine), **answer}
+        # Read one byte past the limit: a larger upload is refused without reading the rest.
+        data = await image.read(MAX_UPLOAD_BYTES + 1) if has_upload else None
+        found = await in_search_thread(answer, engine, query, data, k, category, max_price)
+        return JSONResponse(found)
 
     @app.get("/api/products/{product_id}/similar")
-    def similar(
+    async def similar(
         product_id: str,
         k: Annotated[str | None, Query()] = None,
         category: Annotated[str | None, Query()] = None,
         max_price: Annotated[str | None, Query()] = None,
-    ) -> dict:
+    ) -> JSONResponse:
         engine = live.engine
-        try:
-            results = engine.similar(
-                product_id, _k(k), _category(engine, category), _max_price(max_price)
-            )
-        except UnknownProduct as error:
-            raise BadRequest(str(error), 404) from None
-        return {"product_id": product_id, **versions(engine), "results": results}
+
+        def like_this() -> dict:
+            try:
+                results = engine.similar(
+                    product_id, _k(k), _category(engine, category), _max_price(max_price)
+                )
+            except UnknownProduct as error:
+                raise BadRequest(str(error), 404) from None
+            return {"product_id": product_id, **versions(engine), "results": _for_shoppers(results)}
+
+        return JSONResponse(await in_search_thread(like_this))
 
     @app.get("/api/products/{product_id}/image")
     def product_image(product_id: str) -> FileResponse:
@@ -294,15 +406,82 @@ def create_app(live: LiveSearch, limits: ImageLimits = ImageLimits()) -> FastAPI
     return app
 
 
-def serve(layout: HomeLayout, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until stopped (Ctrl-C)."""
-    import faiss
-    import torch
-    import uvicorn
-
-    # Many requests at once: one thread each (encoders, FAISS) uses the cores better than every
-    # request spreading over all of them and waiting on the others.
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
+def app_from_environment() -> FastAPI:
+    """The app of one `serve` worker process: the home in `$MM_HOME`, searches at once in
+    `$MM_SERVE_THREADS`, the currency in `$MM_CURRENCY` (uvicorn's app factory)."""
+    one_thread_per_search()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(create_app(LiveSearch(layout)), host=host, port=port, log_level="warning")
+    threads = int(os.environ.get(THREADS_ENV) or 0) or None
+    return create_app(LiveSearch(HomeLayout(mm_home_from_env())), threads=threads)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before any worker starts (port 0: a free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise OSError(
+            f"cannot listen on {host}:{port} ({error.strerror}); pass another --port"
+        ) from None
+    listener.set_inheritable(True)
+    return listener
+
+
+def _what_is_live(layout: HomeLayout) -> str:
+    release = registry_for(layout).live()
+    if release is None:
+        return f"{NOTHING_LIVE}; until then every search answers 503"
+    return f"serving {release.size:,} products (release {release.index_version})"
+
+
+def serve(
+    layout: HomeLayout,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    threads: int | None = None,
+    currency: str | None = None,
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve until stopped (Ctrl-C), after announcing the URL.
+
+    `workers` processes (default: one per core) share the listening socket; each runs up to
+    `threads` searches at once (default: its share of the cores, at least one)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    cores = usable_cores()
+    workers = workers or cores
+    threads = threads or max(1, cores // workers)
+    os.environ.update(
+        {
+            "MM_HOME": str(layout.root),
+            THREADS_ENV: str(threads),
+            CURRENCY_ENV: currency_code(currency),
+        }
+    )
+    listener = _listening_socket(host, port)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{listener.getsockname()[1]}/"
+    announce(
+        f"mmsearch: {url} (API documentation at {url}docs): {_what_is_live(layout)}; "
+        f"{workers} worker process(es), {threads} search thread(s) each. Ctrl-C stops."
+    )
+    config = uvicorn.Config(
+        "mmsearch.server:app_from_environment",
+        factory=True,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        # Loading a large new release can hold a worker's interpreter for seconds; uvicorn
+        # must not take that for a hung worker and kill it mid-request.
+        timeout_worker_healthcheck=120,
+    )
+    if workers == 1:
+        uvicorn.Server(config).run(sockets=[listener])
+    else:
+        Multiprocess(config, sockets=[listener]).run()

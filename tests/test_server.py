@@ -4,8 +4,12 @@ real browser."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -168,6 +172,43 @@ def test_a_json_body_is_refused_as_the_wrong_content_type(client):
     assert "multipart form" in _one_line_error(response, 415)
 
 
+def test_results_carry_an_image_url_and_no_server_file_path(client, built_home):
+    home, _ = built_home
+    answer = client.get("/api/search", params={"text": "red", "k": 5}).json()
+    assert answer["results"] and all("image_file" not in r for r in answer["results"])
+    with_image = [r for r in answer["results"] if r["image_url"]]
+    assert with_image, answer["results"]
+    picture = client.get(with_image[0]["image_url"])
+    assert picture.status_code == 200 and picture.content[:3] == b"\xff\xd8\xff"
+    assert str(home) not in client.get("/api/search", params={"text": "red"}).text
+
+
+def test_answers_name_the_shops_currency_usd_unless_configured(built_home, client, monkeypatch):
+    assert client.get("/api/health").json()["currency"] == "USD"
+    assert client.get("/api/search", params={"text": "red"}).json()["currency"] == "USD"
+    home, _ = built_home
+    monkeypatch.setenv("MM_CURRENCY", "eur")
+    with TestClient(create_app(LiveSearch(HomeLayout(home)))) as euro:
+        assert euro.get("/api/health").json()["currency"] == "EUR"
+    with TestClient(create_app(LiveSearch(HomeLayout(home)), currency="JPY")) as yen:
+        assert yen.get("/api/search", params={"text": "red"}).json()["currency"] == "JPY"
+    with pytest.raises(ValueError, match="three-letter ISO 4217 code"):
+        create_app(LiveSearch(HomeLayout(home)), currency="dollars")
+
+
+def test_api_documentation_page_loads_only_assets_the_server_answers(client):
+    docs = "/docs"
+    html = client.get(docs)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html.text)
+    assert len(assets) >= 2, html.text
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), f"{docs} loads {asset}"
+        answer = client.get(asset)
+        assert answer.status_code == 200 and len(answer.content) > 1000, asset
+    assert "http://" not in html.text and "https://" not in html.text
+
+
 def test_openapi_document_lists_the_routes(client):
     paths = set(client.get("/openapi.json").json()["paths"])
     assert {
@@ -286,6 +327,18 @@ def test_the_search_page_in_a_real_browser(home_copy, product_photo, tmp_path):
             " return i.complete && i.naturalWidth > 0; }"
         )
 
+        # Shoppers see prices in the shop's currency (USD by default), no scores, no versions.
+        assert all(
+            re.fullmatch(r"\$[\d,]+\.\d\d", price)
+            for price in page.locator(".card .price").all_inner_texts()
+            if price
+        ), page.locator(".card .price").all_inner_texts()
+        assert page.locator(".card .score").count() == 0
+        live_release = registry_for(HomeLayout(home_copy)).live()
+        shown = page.locator("body").inner_text()
+        assert "score" not in shown and live_release.index_version not in shown
+        assert live_release.model_version not in shown
+
         category = cards.first.locator(".category").inner_text()
         page.select_option("#category", category)
         expect(page.locator("#message")).to_contain_text("Results for")
@@ -320,7 +373,60 @@ def test_the_search_page_in_a_real_browser(home_copy, product_photo, tmp_path):
         page.evaluate("document.getElementById('category').add(new Option('nosuch', 'nosuch'))")
         page.select_option("#category", "nosuch")
         expect(page.locator("#message")).to_contain_text("no live product has category")
+
+        # The debug view keeps the ranker's scores and the release's versions.
+        page.goto(f"{running.url}/?debug=1")
+        expect(page.locator("#release")).to_contain_text(live_release.index_version)
+        page.fill("#text", "red")
+        page.click("button[type=submit]")
+        expect(page.locator(".card").first).to_be_visible()
+        scores = page.locator(".card .score").all_inner_texts()
+        assert len(scores) == 10 and all(re.fullmatch(r"score -?\d+\.\d{3}", s) for s in scores)
+
+        # On a phone's width, no card's category, price and score run together or spill out.
+        page.set_viewport_size({"width": 340, "height": 800})
+        page.fill("#text", "leather bag")
+        page.click("button[type=submit]")
+        expect(page.locator(".card").first).to_be_visible()
+        crowded = page.evaluate(
+            """() => [...document.querySelectorAll('.card')].flatMap(card => {
+                const boxes = [...card.querySelectorAll('.meta span')]
+                    .filter(e => e.textContent).map(e => [e, e.getBoundingClientRect()]);
+                const touching = boxes.flatMap(([a, p], i) => boxes.slice(i + 1)
+                    .filter(([b, q]) => p.top < q.bottom && q.top < p.bottom
+                        && p.left < q.right + 4 && q.left < p.right + 4)
+                    .map(([b]) => `${a.textContent}|${b.textContent}`));
+                const spilling = card.scrollWidth > card.clientWidth ? [card.innerText] : [];
+                return [...touching, ...spilling];
+            })"""
+        )
+        assert not crowded, crowded
         browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (.ci/run installs it)")
+def test_api_documentation_renders_with_no_network_beyond_the_server(home_copy):
+    from playwright.sync_api import expect, sync_playwright
+
+    with RunningServer(home_copy) as running, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        elsewhere: list[str] = []
+
+        def only_the_server(route) -> None:
+            if route.request.url.startswith(running.url):
+                route.continue_()
+            else:
+                elsewhere.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_the_server)
+        page.goto(f"{running.url}/docs")
+        expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=30_000)
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        assert any("/api/search" in path for path in paths), paths
+        browser.close()
+    assert not elsewhere, elsewhere
 
 
 def test_a_damaged_new_release_is_refused_once_and_the_serving_one_stays(built_home, tmp_path):
@@ -350,3 +456,128 @@ def test_a_damaged_new_release_is_refused_once_and_the_serving_one_stays(built_h
     assert live.engine.release.index_version == serving.index_version
     assert live.engine.search(text="blue", k=3)
     assert live.refresh() is False  # refused once, not re-read every half second
+
+
+class ServeCommand:
+    """The real `mmsearch serve --port 0` in a process group of its own, and the URL it
+    printed; stopped as Ctrl-C stops it."""
+
+    def __init__(self, home: Path, *options: str, logs: Path):
+        environment = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+        environment["MM_HOME"] = str(home)
+        self.logs = logs.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mm_cli", "serve", "--port", "0", *options],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=self.logs,
+            text=True,
+            start_new_session=True,
+        )
+        self.announcement = self.process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+", self.announcement)
+        assert found, f"no URL in {self.announcement!r}; log: {logs.read_text()[-2000:]}"
+        self.url = found.group(0)
+
+    def wait_until_answering(self, path: str = "/api/health", status: int = 200) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "mmsearch serve exited"
+            try:
+                if httpx.get(self.url + path, timeout=5).status_code == status:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{path} never answered {status}")
+
+    def __enter__(self) -> ServeCommand:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.logs.close()
+
+
+def test_serve_with_nothing_live_says_what_to_run_then_serves_the_first_release(
+    built_home, tmp_path
+):
+    import httpx
+
+    home = tmp_path / "home"
+    with ServeCommand(home, "--workers", "1", logs=tmp_path / "serve.log") as serving:
+        assert "nothing is live yet" in serving.announcement
+        assert "mmsearch run" in serving.announcement
+        serving.wait_until_answering(status=503)
+        health = httpx.get(serving.url + "/api/health")
+        assert "mmsearch run" in _one_line_error(health, 503)
+        shutil.copytree(
+            built_home[0], home, ignore=shutil.ignore_patterns("dagster"), dirs_exist_ok=True
+        )
+        serving.wait_until_answering()
+        answer = httpx.get(serving.url + "/api/search", params={"text": "red"}).json()
+        assert len(answer["results"]) == 10
+
+
+def test_concurrent_searches_on_every_worker_all_answer_while_a_new_release_goes_live(
+    built_home, tmp_path
+):
+    import httpx
+
+    from mmsearch.publishing.build import build_release
+
+    home = tmp_path / "home"
+    shutil.copytree(built_home[0], home, ignore=shutil.ignore_patterns("dagster"))
+    layout = HomeLayout(home)
+    before = registry_for(layout).live()
+    with warehouse.connect(layout.warehouse) as con:
+        after = build_release(con, registry_for(layout), before.model_version)
+    assert after.index_version != before.index_version
+    answers: list[tuple[float, int, str]] = []  # (sent at, status, index version or error)
+    stop = threading.Event()
+
+    def shopper(url: str, number: int) -> None:
+        words = ["red", "blue dress", "leather bag", "wool hat", "mug", "boots", "t-shirt", "hat"]
+        with httpx.Client(base_url=url, timeout=60) as client:
+            sent = 0
+            while sent < 10 or not stop.is_set():
+                started = time.monotonic()
+                response = client.get("/api/search", params={"text": words[number], "k": 5})
+                ok = response.status_code == 200
+                version = response.json()["index_version"] if ok else response.text[:200]
+                answers.append((started, response.status_code, version))
+                sent += 1
+
+    options = ("--workers", "2", "--threads", "1")
+    with ServeCommand(home, *options, logs=tmp_path / "serve.log") as serving:
+        assert f"{before.size:,} products" in serving.announcement
+        serving.wait_until_answering()
+        shoppers = [threading.Thread(target=shopper, args=(serving.url, n)) for n in range(8)]
+        for thread in shoppers:
+            thread.start()
+        warming = time.monotonic() + 120
+        while len(answers) < 16:
+            assert time.monotonic() < warming, "the shoppers got no answers"
+            time.sleep(0.05)
+        published = time.monotonic()
+        registry_for(layout).publish(after)
+        deadline = published + 120
+        while time.monotonic() < deadline and not (
+            len(answers) > 40 and {a[2] for a in answers[-40:]} == {after.index_version}
+        ):
+            time.sleep(0.1)
+        stop.set()
+        for thread in shoppers:
+            thread.join(timeout=60)
+    failed = [a for a in answers if a[1] != 200]
+    assert not failed, failed[:3]
+    assert len(answers) >= 80
+    assert any(sent > published and v == before.index_version for sent, _, v in answers)
+    assert {v for _, _, v in answers[-40:]} == {after.index_version}
