@@ -46,24 +46,29 @@ def _figures(config: dict) -> dict:
     """A model's training figures as numeric metadata, plotted across materializations."""
     summary, history = config.get("summary", {}), config.get("history", [])
     figures = {
-        "best_epoch": summary.get("best_epoch", 0),
-        "epochs_run": summary.get("epochs_run", len(history)),
+        "best_epoch": MetadataValue.float(float(summary.get("best_epoch") or 0.0)),
+        "epochs_run": MetadataValue.float(float(summary.get("epochs_run", len(history)))),
         "best_validation_loss": MetadataValue.float(
             float(summary.get("best_validation_loss") or 0.0)
         ),
         "temperature": MetadataValue.float(float(summary.get("temperature") or 0.0)),
     }
+    if "steps_run" in summary:
+        figures["steps_run"] = summary["steps_run"]
+        figures["step_budget"] = summary["step_budget"]
     if history:
         figures["final_train_loss"] = MetadataValue.float(float(history[-1]["train_loss"]))
-        # The latest training's curve, one row per epoch.
+        # The latest training's curve, one row per validation (models trained before the step
+        # budget have no step column).
+        columns = {
+            "step": "int",
+            "epoch": "float",
+            "train_loss": "float",
+            "validation_loss": "float",
+            "temperature": "float",
+        }
         figures["training_curve"] = table(
-            history,
-            {
-                "epoch": "int",
-                "train_loss": "float",
-                "validation_loss": "float",
-                "temperature": "float",
-            },
+            history, {name: kind for name, kind in columns.items() if name in history[0]}
         )
     return figures
 

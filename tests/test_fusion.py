@@ -8,7 +8,9 @@ import torch
 from mmsearch.features.encoders import load_image_encoder, load_text_encoder
 from mmsearch.model.fusion import (
     EMBED_DIM,
+    QueryPairs,
     TrainingConfig,
+    _query_candidates,
     clip_loss,
     embed_products,
     embed_query_batch,
@@ -64,3 +66,93 @@ def test_training_is_deterministic_and_a_products_own_image_finds_it_first(sampl
     assert (
         first.best_epoch >= 1 and first.history[0]["validation_loss"] > first.best_validation_loss
     )
+
+
+def _generated_catalog(n_products: int, n_queries: int = 200, seed: int = 0):
+    """Features for `n_products` synthetic products (numpy, no encoders): image and text
+    features share a latent per product; each query is a noisy text of one product."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n_products, 16)).astype(np.float32)
+    images = latent @ rng.normal(size=(16, 48)).astype(np.float32)
+    texts = latent @ rng.normal(size=(16, 24)).astype(np.float32)
+    images += rng.normal(scale=0.3, size=images.shape).astype(np.float32)
+    texts += rng.normal(scale=0.3, size=texts.shape).astype(np.float32)
+    targets = rng.integers(0, n_products, n_queries)
+    relevance = np.zeros((n_queries, n_products), dtype=np.float32)
+    relevance[np.arange(n_queries), targets] = 1.0
+    queries = QueryPairs(
+        np.zeros((n_queries, 48), np.float32),
+        texts[targets] + rng.normal(scale=0.3, size=(n_queries, 24)).astype(np.float32),
+        np.zeros(n_queries, bool),
+        np.ones(n_queries, bool),
+        relevance,
+    )
+    return images, texts, np.ones(n_products, bool), queries
+
+
+def test_the_default_budget_stops_growing_with_the_catalog_and_keeps_small_ones_at_epochs():
+    config = TrainingConfig()
+    # A 120-product catalog (about 96 trainable pairs): one step per epoch, as many as epochs.
+    assert config.schedule(96) == (1, config.epochs, 1)
+    budgets = [config.schedule(n)[1] for n in (20_000, 200_000, 1_000_000)]
+    assert budgets == [config.max_steps] * 3
+    # Without a cap, the old behaviour: full epochs, validated after each.
+    assert TrainingConfig(max_steps=None, validation_every=None).schedule(20_000) == (
+        79,
+        config.epochs * 79,
+        79,
+    )
+
+
+def test_a_large_catalog_trains_the_same_steps_as_a_smaller_one_on_a_capped_validation_sample():
+    config = TrainingConfig(
+        max_steps=6,
+        validation_every=2,
+        patience=100,
+        validation_max_products=300,
+        validation_max_queries=40,
+        query_candidates=256,
+        seed=2,
+    )
+    runs = {}
+    for n_products in (2_000, 20_000):
+        images, texts, has_image, queries = _generated_catalog(n_products)
+        runs[n_products] = train_fusion_model(images, texts, has_image, queries, config)
+    for n_products, result in runs.items():
+        assert result.steps_run == result.step_budget == 6, n_products
+        assert [row["step"] for row in result.history] == [2, 4, 6]
+        assert result.history[-1]["validation_loss"] < result.history[0]["validation_loss"]
+    # 10% of 2,000 trainable pairs is under the cap; of 20,000 it is capped.
+    assert len(runs[2_000].validation_rows) == 200
+    assert len(runs[20_000].validation_rows) == 300
+    assert len(runs[20_000].validation_query_rows) == 40
+    # Less than a tenth of one pass over the larger catalog: the budget, not the size, decided.
+    assert runs[20_000].history[-1]["epoch"] < 0.2
+
+
+def test_sampled_candidates_hold_every_relevant_product_and_no_more_than_the_limit():
+    *_, queries = _generated_catalog(20_000, n_queries=50)
+    rows = np.arange(10)
+    candidates = _query_candidates(queries, rows, 256, np.random.default_rng(0))
+    relevant = np.flatnonzero(queries.relevance[rows].sum(axis=0))
+    assert len(candidates) == 256 and len(np.unique(candidates)) == 256
+    assert np.isin(relevant, candidates).all()
+    assert np.array_equal(queries.relevant_products(rows), relevant)
+
+
+def test_training_stops_early_once_validation_stops_improving():
+    images, texts, has_image, queries = _generated_catalog(1_000)
+    # A learning rate of zero leaves the model as initialised: the validation loss never
+    # improves on the first validation, so training stops after `patience` more.
+    config = TrainingConfig(
+        learning_rate=0.0,
+        max_steps=200,
+        validation_every=2,
+        patience=2,
+        query_candidates=256,
+        seed=1,
+    )
+    result = train_fusion_model(images, texts, has_image, queries, config)
+    assert result.step_budget == 200
+    assert result.steps_run == 2 * (1 + config.patience)
+    assert len(result.history) == 1 + config.patience and result.best_step == 2

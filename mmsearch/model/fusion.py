@@ -6,7 +6,8 @@
 
 Training: symmetric InfoNCE with a learned temperature between the image and the text of the
 same product (open_clip style), plus query -> product terms when labeled training queries exist
-(multi-positive cross-entropy over the catalog). Held-out validation, early stopping, fixed seeds.
+(multi-positive cross-entropy over the catalog). A step budget that stops growing with the
+catalog (`TrainingConfig`), held-out validation, early stopping, fixed seeds.
 """
 
 from __future__ import annotations
@@ -39,12 +40,32 @@ class FusionConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
+    """How the fusion model trains; every default lives here.
+
+    The budget does not grow with the catalog past a size: at most `max_steps` optimizer steps,
+    each on a batch sampled from the training pairs (a new random order each pass over them), so
+    a small catalog takes `epochs` passes and a large one `max_steps` steps. Validation runs
+    every `validation_every` steps (after each pass when a pass is shorter) on a held-out sample
+    of at most `validation_max_products` products and `validation_max_queries` queries, and
+    training stops after `patience` validations without improvement.
+    """
+
     epochs: int = 80
+    # None: no cap, `epochs` full passes whatever the catalog's size.
+    max_steps: int | None = 600
+    # None: validate after each pass over the training pairs.
+    validation_every: int | None = 25
     batch_size: int = 256
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
+    # Validations without improvement before stopping.
     patience: int = 8
     validation_share: float = 0.1
+    # Held out from the gradient steps at most (the ranker is fitted on them too); the rest of
+    # a large catalog trains.
+    validation_max_products: int = 1000
+    validation_query_share: float = 0.2
+    validation_max_queries: int = 500
     query_loss_weight: float = 1.0
     product_alignment_weight: float = 0.5
     structure_weight: float = 1.0
@@ -54,12 +75,22 @@ class TrainingConfig:
     pseudo_query_weight: float = 1.0
     # Products a training query is ranked against per step: its relevant ones plus a random
     # sample of others. A catalog at most this size is used whole (the exact softmax); above,
-    # the sampled softmax keeps a step's cost flat instead of growing with the catalog.
+    # the sampled softmax keeps a step's cost flat instead of growing with the catalog. The
+    # validation queries are ranked against one such sample, drawn once.
     query_candidates: int = 2048
     seed: int = 13
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def schedule(self, n_train_pairs: int) -> tuple[int, int, int]:
+        """(steps per pass, total steps, steps between validations) for `n_train_pairs`."""
+        per_pass = max(1, math.ceil(n_train_pairs / self.batch_size))
+        total = self.epochs * per_pass
+        if self.max_steps is not None:
+            total = min(total, self.max_steps)
+        every = per_pass if self.validation_every is None else min(per_pass, self.validation_every)
+        return per_pass, total, max(1, every)
 
 
 class ProjectionHead(nn.Module):
@@ -177,17 +208,37 @@ class QueryPairs:
     has_image: np.ndarray  # (q,) bool
     has_text: np.ndarray  # (q,) bool
     relevance: np.ndarray  # (q, n_products) graded relevance, 0 = not relevant
+    # (start of each query's run, product rows) of the non-zero relevance, found on first use.
+    _relevant_by_query: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.has_image)
+
+    def relevant_products(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted catalog rows relevant to any of the queries `rows`, without reading the
+        whole catalog's columns (the non-zero entries are found once)."""
+        if self._relevant_by_query is None:
+            query_rows, product_rows = np.nonzero(self.relevance)
+            starts = np.searchsorted(query_rows, np.arange(len(self) + 1))
+            self._relevant_by_query = (starts, product_rows)
+        starts, product_rows = self._relevant_by_query
+        chosen = [product_rows[starts[row] : starts[row + 1]] for row in rows]
+        return np.unique(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
 @dataclass
 class TrainingResult:
     model: FusionModel
+    # One row per validation: step, epoch (passes over the training pairs so far), losses.
     history: list[dict] = field(default_factory=list)
+    # The best validation's row in `history` (1-based; its epoch when validating every pass).
     best_epoch: int = 0
+    best_step: int = 0
     best_validation_loss: float = float("inf")
+    steps_run: int = 0
+    # The steps the schedule allowed (`TrainingConfig.schedule`); early stopping may take fewer.
+    step_budget: int = 0
+    steps_per_epoch: int = 1
     validation_rows: list[int] = field(default_factory=list)
     validation_query_rows: list[int] = field(default_factory=list)
     early_stopping_on: str = "validation loss"
@@ -271,13 +322,16 @@ def _query_candidates(
     pairs: QueryPairs, rows: np.ndarray, limit: int, rng: np.random.Generator
 ) -> np.ndarray | None:
     """Catalog rows to rank a batch of queries against: None (all) for a small catalog, else
-    every product relevant to the batch plus random others, `limit` in all."""
+    every product relevant to the batch plus random others, `limit` in all. The cost follows
+    `limit`, not the catalog."""
     n_products = pairs.relevance.shape[1]
     if n_products <= limit:
         return None
-    relevant = np.flatnonzero(pairs.relevance[rows].sum(axis=0) > 0)
-    others = np.setdiff1d(np.arange(n_products), relevant)
-    extra = rng.choice(others, size=max(0, min(len(others), limit - len(relevant))), replace=False)
+    relevant = pairs.relevant_products(rows)
+    wanted = max(0, min(n_products - len(relevant), limit - len(relevant)))
+    # Drawing as many extra as there are relevant ones leaves `wanted` once those are dropped.
+    drawn = rng.choice(n_products, size=min(n_products, wanted + len(relevant)), replace=False)
+    extra = drawn[~np.isin(drawn, relevant)][:wanted]
     return np.sort(np.concatenate([relevant, extra]))
 
 
@@ -296,7 +350,7 @@ def _query_loss(
         torch.from_numpy(pairs.has_text[rows]),
     )
     relevance = (
-        pairs.relevance[rows] if candidates is None else pairs.relevance[rows][:, candidates]
+        pairs.relevance[rows] if candidates is None else pairs.relevance[np.ix_(rows, candidates)]
     )
     positives = torch.from_numpy(relevance).float()
     return multi_positive_loss(query, product_embeddings, positives, model.scale())
@@ -331,8 +385,10 @@ def train_fusion_model(
     """Train the heads and fusion on a catalog's features; returns the best model by validation.
 
     Products with an image (and `trainable`, when given) give image-text pairs; a held-out
-    share of them (and of the training queries) decides early stopping. When the catalog is too
-    small to hold any out, the training loss decides it instead (`early_stopping_on` says so).
+    share of them (and of the training queries), capped in number, decides early stopping. When
+    the catalog is too small to hold any out, the training loss decides it instead
+    (`early_stopping_on` says so). The steps taken, and the work of each step and validation,
+    are bounded by `config` whatever the catalog's size (`TrainingConfig`).
     `view_features` (optional, aligned with the products) are encoder features of shopper-style
     views of each product image; `pseudo_features` (n, styles, text_dim) of its pseudo-queries.
     Deterministic for a given seed on CPU.
@@ -352,60 +408,84 @@ def train_fusion_model(
     usable = has_image.astype(bool) & (trainable if trainable is not None else True)
     paired = np.flatnonzero(usable)
     rng.shuffle(paired)
-    n_validation = max(2, int(len(paired) * config.validation_share)) if len(paired) >= 10 else 0
+    n_validation = (
+        min(config.validation_max_products, max(2, int(len(paired) * config.validation_share)))
+        if len(paired) >= 10
+        else 0
+    )
     validation_pairs, train_pairs = paired[:n_validation], paired[n_validation:]
     query_rows = (
         np.arange(len(queries)) if queries is not None and len(queries) else np.array([], int)
     )
     rng.shuffle(query_rows)
-    n_validation_queries = int(len(query_rows) * 0.2) if len(query_rows) >= 10 else 0
+    n_validation_queries = (
+        min(config.validation_max_queries, int(len(query_rows) * config.validation_query_share))
+        if len(query_rows) >= 10
+        else 0
+    )
     validation_queries, train_queries = (
         query_rows[:n_validation_queries],
         query_rows[n_validation_queries:],
     )
     has_validation = len(validation_pairs) > 1 or len(validation_queries) > 0
+    # The validation queries are ranked against one fixed sample of the catalog, so successive
+    # validations compare alike and none embeds the whole catalog.
+    validation_candidates = (
+        _query_candidates(queries, validation_queries, config.query_candidates, rng)
+        if len(validation_queries)
+        else None
+    )
+    per_pass, total_steps, validate_every = config.schedule(len(train_pairs))
 
     result = TrainingResult(
         model=model,
         validation_rows=[int(i) for i in validation_pairs],
         validation_query_rows=[int(i) for i in validation_queries],
+        step_budget=total_steps,
+        steps_per_epoch=per_pass,
     )
     if not has_validation:
         result.early_stopping_on = "training loss (too few products to hold any out)"
     best_state, stale = None, 0
-    progress = bar(config.epochs, "training", "epoch")
-    for epoch in range(1, config.epochs + 1):
+    interval_loss, interval_steps = 0.0, 0
+    progress = bar(total_steps, "training", "step")
+    for step in range(1, total_steps + 1):
+        number = (step - 1) % per_pass
+        if number == 0:
+            # A new pass: a fresh random order of the training pairs and queries.
+            order = rng.permutation(train_pairs)
+            query_batches = np.array_split(rng.permutation(train_queries), per_pass)
         model.train()
-        order = rng.permutation(train_pairs)
-        n_batches = max(1, math.ceil(len(order) / config.batch_size))
-        query_batches = np.array_split(rng.permutation(train_queries), n_batches)
-        epoch_loss = 0.0
-        for number in range(n_batches):
-            batch_rows = order[number * config.batch_size : (number + 1) * config.batch_size]
+        batch_rows = order[number * config.batch_size : (number + 1) * config.batch_size]
+        loss = torch.zeros(())
+        if len(batch_rows) > 1:
             rows = torch.from_numpy(batch_rows)
-            loss = torch.zeros(())
-            if len(rows) > 1:
-                views = views_all[rows] if views_all is not None else None
-                pseudo = _pseudo_batch(pseudo_all, has_pseudo, batch_rows, rng)
-                loss = _pair_loss(model, image_all[rows], text_all[rows], config, views, pseudo)
-            if len(query_batches[number]):
-                batch = query_batches[number]
-                candidates = _query_candidates(queries, batch, config.query_candidates, rng)
-                chosen = slice(None) if candidates is None else torch.from_numpy(candidates)
-                products = model.embed_products(
-                    image_all[chosen], text_all[chosen], has_image_all[chosen]
-                )
-                loss = loss + config.query_loss_weight * _query_loss(
-                    model, queries, batch, products, candidates
-                )
-            if not loss.requires_grad:
-                continue
+            views = views_all[rows] if views_all is not None else None
+            pseudo = _pseudo_batch(pseudo_all, has_pseudo, batch_rows, rng)
+            loss = _pair_loss(model, image_all[rows], text_all[rows], config, views, pseudo)
+        if len(query_batches[number]):
+            batch = query_batches[number]
+            candidates = _query_candidates(queries, batch, config.query_candidates, rng)
+            chosen = slice(None) if candidates is None else torch.from_numpy(candidates)
+            products = model.embed_products(
+                image_all[chosen], text_all[chosen], has_image_all[chosen]
+            )
+            loss = loss + config.query_loss_weight * _query_loss(
+                model, queries, batch, products, candidates
+            )
+        if loss.requires_grad:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             model.clamp_temperature()
-            epoch_loss += float(loss.detach())
-        train_loss = epoch_loss / n_batches
+            interval_loss += float(loss.detach())
+        interval_steps += 1
+        result.steps_run = step
+        progress.update()
+        if step % validate_every and step != total_steps:
+            continue
+        train_loss = interval_loss / interval_steps
+        interval_loss, interval_steps = 0.0, 0
         validation_loss = (
             _validation_loss(
                 model,
@@ -415,6 +495,7 @@ def train_fusion_model(
                 validation_pairs,
                 queries,
                 validation_queries,
+                validation_candidates,
                 config,
                 views_all,
             )
@@ -423,18 +504,21 @@ def train_fusion_model(
         )
         result.history.append(
             {
-                "epoch": epoch,
+                "step": step,
+                "epoch": round(step / per_pass, 3),
                 "train_loss": train_loss,
                 "validation_loss": validation_loss if has_validation else None,
                 "temperature": float(1 / model.scale().detach()),
             }
         )
-        progress.update()
         progress.set_postfix(
-            train_loss=f"{train_loss:.3f}", validation_loss=f"{validation_loss:.3f}"
+            epoch=f"{step / per_pass:.1f}",
+            train_loss=f"{train_loss:.3f}",
+            validation_loss=f"{validation_loss:.3f}",
         )
         if validation_loss < result.best_validation_loss - 1e-4:
-            result.best_validation_loss, result.best_epoch, stale = validation_loss, epoch, 0
+            result.best_validation_loss, stale = validation_loss, 0
+            result.best_epoch, result.best_step = len(result.history), step
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -456,9 +540,12 @@ def _validation_loss(
     validation_pairs: np.ndarray,
     queries: QueryPairs | None,
     validation_queries: np.ndarray,
+    candidates: np.ndarray | None,
     config: TrainingConfig,
     views_all: torch.Tensor | None = None,
 ) -> float:
+    """Held-out loss: the pair terms on the validation products, and the validation queries
+    ranked against `candidates` (None: the whole catalog, when it is small)."""
     model.eval()
     total = 0.0
     if len(validation_pairs) > 1:
@@ -466,8 +553,9 @@ def _validation_loss(
         views = views_all[rows] if views_all is not None else None
         total += float(_pair_loss(model, image_all[rows], text_all[rows], config, views))
     if queries is not None and len(validation_queries):
-        products = model.embed_products(image_all, text_all, has_image_all)
-        total += float(_query_loss(model, queries, validation_queries, products))
+        chosen = slice(None) if candidates is None else torch.from_numpy(candidates)
+        products = model.embed_products(image_all[chosen], text_all[chosen], has_image_all[chosen])
+        total += float(_query_loss(model, queries, validation_queries, products, candidates))
     return total
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 
 from mmsearch.clock import new_version, utc_now
 from mmsearch.features.catalog_features import load_catalog_features, load_query_split
@@ -33,20 +34,7 @@ def train_and_save(
     queries = load_query_split(
         con, "train", catalog, encoders["image_encoder_id"], encoders["text_encoder_id"]
     )
-    pairs = None
-    if len(queries):
-        position = {pid: i for i, pid in enumerate(catalog.products["product_id"])}
-        relevance = np.zeros((len(queries), len(catalog.products)), dtype=np.float32)
-        for row, graded in enumerate(queries.relevance):
-            for pid, grade in graded.items():
-                relevance[row, position[pid]] = grade
-        pairs = QueryPairs(
-            queries.image_features,
-            queries.text_features,
-            queries.has_image,
-            queries.has_text,
-            relevance,
-        )
+    pairs = query_pairs(queries, catalog.products["product_id"]) if len(queries) else None
     trainable = catalog.buckets() == TRAIN
     result = train_fusion_model(
         catalog.image_features,
@@ -59,6 +47,7 @@ def train_and_save(
         has_pseudo=catalog.has_pseudo,
         trainable=trainable,
     )
+    best = result.history[result.best_epoch - 1] if result.best_epoch else None
     fingerprint = json.dumps(
         [sorted(catalog.products["text_sha"]), encoders, config.to_dict()], default=str
     )
@@ -71,12 +60,15 @@ def train_and_save(
         "trained_products": int(trainable.sum()),
         "held_out_products": int((~trainable).sum()),
         "early_stopping_on": result.early_stopping_on,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
+        # Epochs are passes over the training pairs; a large catalog trains for less than one.
+        "best_epoch": best["epoch"] if best else 0,
+        "epochs_run": round(result.steps_run / result.steps_per_epoch, 3),
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
+        "step_budget": result.step_budget,
+        "validations": len(result.history),
         "best_validation_loss": round(result.best_validation_loss, 4),
-        "temperature": round(result.history[result.best_epoch - 1]["temperature"], 4)
-        if result.best_epoch
-        else None,
+        "temperature": round(best["temperature"], 4) if best else None,
         "validation_product_ids": result.validation_ids(catalog.products["product_id"]),
         # Held out from the gradient steps: the ranker is fitted on them (`mmsearch.publishing.build`).
         "validation_query_ids": [queries.query_ids[i] for i in result.validation_query_rows],
@@ -115,6 +107,28 @@ def train_and_save(
     )
     con.unregister("trained_on")
     return version, summary
+
+
+def query_pairs(queries, product_ids: pd.Series) -> QueryPairs:
+    """Labeled queries (a `QuerySet` over the catalog) as training pairs: their features and a
+    (queries, products) graded relevance matrix in the order of `product_ids`."""
+    graded = [
+        (row, pid, grade) for row, g in enumerate(queries.relevance) for pid, grade in g.items()
+    ]
+    relevance = np.zeros((len(queries), len(product_ids)), dtype=np.float32)
+    if graded:
+        rows, ids, grades = zip(*graded, strict=True)
+        columns = pd.Index(product_ids).get_indexer(list(ids))
+        # Products no longer in the catalog (-1) cannot be ranked against, so they are left out.
+        known = columns >= 0
+        relevance[np.asarray(rows)[known], columns[known]] = np.asarray(grades, np.float32)[known]
+    return QueryPairs(
+        queries.image_features,
+        queries.text_features,
+        queries.has_image,
+        queries.has_text,
+        relevance,
+    )
 
 
 def changes_since_model(con, model_version: str) -> int:
