@@ -174,6 +174,21 @@ def test_numpy_query_heads_equal_the_torch_model(built_home):
     assert (reference * ours).sum(axis=1).min() >= 0.9999
 
 
+def test_a_model_saved_before_query_heads_existed_serves_the_same_heads(registry):
+    version = _model(registry)
+    saved, _ = store.load_heads(registry.layout, version)
+    (registry.layout.models / version / store.HEADS_FILE).unlink()
+    rebuilt, _ = store.load_heads(registry.layout, version)
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(5, DIMS["image"])).astype(np.float32)
+    text = rng.normal(size=(5, DIMS["text"])).astype(np.float32)
+    flags = np.ones(5, dtype=bool)
+    np.testing.assert_array_equal(
+        rebuilt.embed_query_batch(image, text, flags, flags),
+        saved.embed_query_batch(image, text, flags, flags),
+    )
+
+
 SERVE_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path

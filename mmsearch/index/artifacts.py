@@ -82,10 +82,14 @@ class ReleaseVectors:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
-        chosen = np.arange(len(self))[rows]
-        if np.ndim(chosen) == 0:
-            return self._read(np.array([chosen]))[0]
-        return self._read(chosen)
+        if isinstance(rows, slice):
+            return self._read(np.arange(*rows.indices(len(self))))
+        chosen = np.asarray(rows)
+        if chosen.dtype == bool:
+            return self._read(np.flatnonzero(chosen))
+        if chosen.ndim == 0:
+            return self._read(chosen.reshape(1).astype(np.int64))[0]
+        return self._read(chosen.astype(np.int64, copy=False))
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return self[:].astype(dtype or self.dtype, copy=False)
