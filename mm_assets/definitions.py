@@ -31,6 +31,7 @@ from mm_assets.jobs import (
 from mm_assets.sql_models import build_sql_assets
 from resources import build_resources
 from sensors.drops import catalog_drop_sensor
+from sensors.feeds import shop_feed_sensor
 from sensors.retrain import retrain_when_catalog_moved
 from sensors.schedules import nightly_retrain
 
@@ -94,7 +95,12 @@ def build_definitions(mm_home: str | None = None, **settings) -> Definitions:
         ],
         asset_checks=load_asset_checks_from_modules(STAGES),
         jobs=[ingest_drop_job, refresh_catalog_job, retrain_model_job],
-        sensors=[catalog_drop_sensor, retrain_when_catalog_moved, automation_sensor],
+        sensors=[
+            catalog_drop_sensor,
+            retrain_when_catalog_moved,
+            automation_sensor,
+            shop_feed_sensor,
+        ],
         schedules=[nightly_retrain],
         resources=build_resources(mm_home, **settings),
         # Steps of a run go one after another in the run's process: every asset writes the one

@@ -43,6 +43,11 @@ class PipelineSettings(ConfigurableResource):
     # `ray_cpus_per_worker` CPUs (capped at a node's CPUs).
     ray_workers: int = 0
     ray_cpus_per_worker: float = 4.0
+    # The shop's own feed (a Merchant Center or Shopify export) polled by the feed sensor; empty:
+    # none (feeds can still be ingested with `mmsearch ingest URL`).
+    feed_url: str = ""
+    # `host:port` entries that may be fetched from although they are not public addresses.
+    fetch_allow_hosts: str = ""
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_pixels, self.min_image_side)
@@ -81,6 +86,8 @@ ENVIRONMENT = {
     "ray_address": ("MM_RAY_ADDRESS", str),
     "ray_workers": ("MM_RAY_WORKERS", int),
     "ray_cpus_per_worker": ("MM_RAY_CPUS_PER_WORKER", float),
+    "feed_url": ("MM_FEED_URL", str),
+    "fetch_allow_hosts": ("MM_FETCH_ALLOW_HOSTS", str),
 }
 
 

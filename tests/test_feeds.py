@@ -1,0 +1,501 @@
+"""A shop's own feed in: Merchant Center TSV / XML and Shopify CSV parsed into drops, images
+fetched over real HTTP from 127.0.0.1 under the address policy, and a feed end to end.
+
+No request ever leaves 127.0.0.0/8: private, link-local and metadata addresses are checked
+through the policy with a stub resolver (and a transport that fails on any request), and a
+live refusal uses another loopback address, 127.0.0.2.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import cli_json, run_cli
+from helpers import picture, png_bytes
+from mmsearch.catalog.cleaning import clean_catalog
+from mmsearch.catalog.drops import READ_ERROR, read_products
+from mmsearch.catalog.feeds import (
+    MERCHANT_TSV,
+    MERCHANT_XML,
+    SHOPIFY_CSV,
+    FeedRejected,
+    detect_format,
+    land_feed,
+    parse_feed,
+)
+from mmsearch.catalog.fetch import (
+    AddressPolicy,
+    FetchCache,
+    Fetcher,
+    FetchRefused,
+    fetch_image,
+    non_public_reason,
+)
+from mmsearch.catalog.images import ImageLimits
+from mmsearch.settings import HomeLayout
+from resources import PipelineSettings, WarehouseResource
+from sensors.feeds import shop_feed_sensor
+
+FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
+COLOURS = {
+    "red": (200, 30, 30),
+    "red-side": (190, 40, 40),
+    "red-top": (210, 50, 30),
+    "blue": (30, 40, 200),
+    "green": (30, 170, 60),
+    "lamp": (190, 160, 40),
+}
+
+
+class FeedServer:
+    """A real HTTP server on 127.0.0.1 (port 0) with scripted answers per path.
+
+    `routes[path]` is a list of answers (status, headers, body) served in turn, the last one
+    repeated; every request is recorded with its headers. An image path answers with an ETag
+    and 304 to a matching If-None-Match.
+    """
+
+    def __init__(self):
+        self.routes: dict[str, list[tuple[int, dict, bytes]]] = {}
+        self.requests: list[tuple[str, dict]] = []
+        self.cut_short: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append((self.path, dict(self.headers)))
+                answers = server.routes.get(self.path) or [(404, {}, b"not found")]
+                status, headers, body = answers.pop(0) if len(answers) > 1 else answers[0]
+                etag = headers.get("ETag")
+                if etag and self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if "Content-Length" not in headers and "X-No-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    for start in range(0, len(body), 65536):
+                        self.wfile.write(body[start : start + 65536])
+                except (BrokenPipeError, ConnectionResetError):
+                    server.cut_short.append(self.path)
+                    self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def image(self, path: str, data: bytes, etag: str | None = None) -> None:
+        headers = {"Content-Type": "image/png"} | ({"ETag": etag} if etag else {})
+        self.routes[path] = [(200, headers, data)]
+
+    def hits(self, path: str) -> list[dict]:
+        return [headers for requested, headers in self.requests if requested == path]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    served = FeedServer()
+    for n, (name, colour) in enumerate(COLOURS.items()):
+        served.image(f"/img/{name}.png", png_bytes(picture(colour, seed=n)), etag=f'"{name}-v1"')
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def fetcher(server, tmp_path):
+    policy = AddressPolicy(frozenset({f"127.0.0.1:{server.port}"}))
+    with Fetcher(policy, FetchCache(tmp_path / "fetch-cache"), timeout_s=2, backoff_s=0.05) as f:
+        yield f
+
+
+def _fixture(name: str, server: FeedServer) -> bytes:
+    return (FIXTURES / name).read_bytes().replace(b"{base}", server.base.encode())
+
+
+def _by_id(rows) -> dict:
+    return {row.columns["product_id"]: row for row in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection and parsing
+
+
+def test_each_feed_format_is_detected_from_its_header_or_root():
+    assert detect_format((FIXTURES / "merchant.tsv").read_bytes()) == MERCHANT_TSV
+    assert detect_format((FIXTURES / "merchant.xml").read_bytes()) == MERCHANT_XML
+    assert detect_format((FIXTURES / "shopify.csv").read_bytes()) == SHOPIFY_CSV
+    assert detect_format(b"product_id,title\np1,Mug\n") is None
+    assert detect_format(b"<html><body>not a feed</body></html>") is None
+    with pytest.raises(FeedRejected, match="nor a Shopify product CSV export"):
+        parse_feed("products.csv", b"product_id,title\np1,Mug\n")
+
+
+def test_merchant_tsv_maps_prices_images_and_attributes(server):
+    feed_format, rows = parse_feed("merchant.tsv", _fixture("merchant.tsv", server))
+    assert feed_format == MERCHANT_TSV and [r.feed_row for r in rows] == [1, 2, 3, 4, 5]
+    red = _by_id(rows)["MUG-RED-350"]
+    assert red.columns["title"] == "Red ceramic coffee mug"
+    # On sale: the price paid is the sale price, the regular one is kept as list_price.
+    assert (red.columns["price"], red.columns["list_price"], red.columns["currency"]) == (
+        "9.50",
+        "12.00",
+        "USD",
+    )
+    assert red.columns["category"] == "Mugs" and red.columns["group_id"] == "MUG-350"
+    assert red.columns["availability"] == "in_stock"
+    assert {k: red.columns[k] for k in ("color", "size", "material", "gender", "age_group")} == {
+        "color": "red",
+        "size": "350 ml",
+        "material": "ceramic",
+        "gender": "unisex",
+        "age_group": "adult",
+    }
+    assert red.image_urls == [
+        f"{server.base}/img/red.png",
+        f"{server.base}/img/red-side.png",
+        f"{server.base}/img/red-top.png",
+    ]
+    lamp = _by_id(rows)["LAMP-1"]
+    assert lamp.columns["availability"] == "out_of_stock" and lamp.columns["category"] == "Lamps"
+    assert lamp.columns[READ_ERROR] == "feed row 5 has 23 fields where the header has 22"
+    assert _by_id(rows)["MUG-BADPRICE"].columns["price"] == "twelve USD"
+
+
+def test_merchant_xml_reads_g_elements_repeated_images_and_skips_nested_groups(server):
+    feed_format, rows = parse_feed("merchant.xml", _fixture("merchant.xml", server))
+    assert feed_format == MERCHANT_XML
+    scarf, hat, mittens = rows
+    assert scarf.columns["product_id"] == "SCARF-GRN"
+    assert scarf.columns["description"] == "Soft merino wool scarf & tassels."
+    assert (scarf.columns["price"], scarf.columns["list_price"], scarf.columns["currency"]) == (
+        "29.00",
+        "39.00",
+        "EUR",
+    )
+    assert len(scarf.image_urls) == 3 and scarf.columns["material"] == "merino wool"
+    assert "country" not in scarf.columns  # g:shipping's children are not product facts
+    assert hat.columns["title"] == "Blue cable knit hat" and hat.columns["category"] == "Hats"
+    assert hat.columns["availability"] == "preorder" and hat.columns["pattern"] == "cable"
+    assert mittens.columns["category"] == "Gloves" and mittens.columns["brand"] is None
+
+
+def test_merchant_xml_with_entities_is_refused():
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY a "aaaaaaaaaa">'
+        b'<!ENTITY b "&a;&a;&a;&a;&a;">]><rss xmlns:g="http://base.google.com/ns/1.0">'
+        b"<channel><item><g:id>1</g:id><title>&b;</title></item></channel></rss>"
+    )
+    with pytest.raises(FeedRejected, match="DTD or entities"):
+        parse_feed("bomb.xml", bomb)
+
+
+def test_shopify_csv_gives_one_row_per_variant_with_the_handles_images(server):
+    feed_format, rows = parse_feed("shopify.csv", _fixture("shopify.csv", server))
+    assert feed_format == SHOPIFY_CSV
+    by_id = _by_id(rows)
+    assert list(by_id) == ["TEE-RED-M", "TEE-RED-L", "TEE-BLU-M", "canvas-bag", "HAT-OLD"]
+    blue = by_id["TEE-BLU-M"]
+    assert blue.columns["title"] == "Classic cotton tee - Blue / M"
+    assert blue.columns["description"] == "Our classic tee, 100% organic cotton."
+    assert (blue.columns["color"], blue.columns["size"]) == ("Blue", "M")
+    assert blue.columns["group_id"] == "classic-tee" and blue.columns["brand"] == "Loom"
+    assert blue.columns["category"] == "T-Shirts" and blue.columns["price"] == "22.00"
+    # The variant's own image first, then the product's images in position order.
+    assert [u.rsplit("/", 1)[1] for u in blue.image_urls] == [
+        "blue.png",
+        "red.png",
+        "red-side.png",
+        "red-top.png",
+        "green.png",
+    ]
+    assert by_id["TEE-RED-L"].columns["availability"] == "out_of_stock"
+    assert by_id["TEE-RED-M"].columns["list_price"] == "25.00"
+    bag = by_id["canvas-bag"]
+    assert bag.columns["title"] == "Canvas tote bag" and bag.columns["availability"] == "backorder"
+    assert by_id["HAT-OLD"].columns["deleted"] == "true"  # archived: not for sale
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+
+def test_an_image_is_fetched_and_checked_by_decoding(server, fetcher):
+    image = fetch_image(fetcher, f"{server.base}/img/red.png", ImageLimits())
+    assert image.format == "png" and image.downloaded and len(image.data) > 1000
+
+
+def test_a_500_is_retried_and_a_404_is_not(server, fetcher):
+    good = png_bytes(picture((10, 200, 10), seed=9))
+    server.routes["/flaky.png"] = [(500, {}, b"busy"), (200, {}, good)]
+    assert fetch_image(fetcher, f"{server.base}/flaky.png", ImageLimits()).data == good
+    assert len(server.hits("/flaky.png")) == 2
+    with pytest.raises(FetchRefused) as refused:
+        fetch_image(fetcher, f"{server.base}/gone.png", ImageLimits())
+    assert refused.value.code == "image_fetch_failed" and "HTTP 404" in refused.value.message
+    assert len(server.hits("/gone.png")) == 1
+
+
+def test_a_too_large_image_is_cut_while_streaming(server, fetcher):
+    server.routes["/huge.png"] = [(200, {"X-No-Length": "1"}, b"\x89PNG" + b"\0" * 16_000_000)]
+    started = time.monotonic()
+    with pytest.raises(FetchRefused) as refused:
+        fetch_image(fetcher, f"{server.base}/huge.png", ImageLimits(), max_bytes=200_000)
+    assert refused.value.code == "image_too_large"
+    assert "stopped while downloading" in refused.value.message
+    deadline = time.monotonic() + 5
+    while "/huge.png" not in server.cut_short and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.cut_short == ["/huge.png"]  # the server could not send the rest
+    assert time.monotonic() - started < 5
+    server.routes["/announced.png"] = [(200, {"Content-Length": "5000000"}, b"x" * 5_000_000)]
+    with pytest.raises(FetchRefused, match="announced"):
+        fetch_image(fetcher, f"{server.base}/announced.png", ImageLimits(), max_bytes=200_000)
+
+
+def test_a_non_image_is_refused_by_decoding_whatever_its_content_type(server, fetcher):
+    server.routes["/fake.png"] = [(200, {"Content-Type": "image/png"}, b"<html>hi</html>" * 50)]
+    with pytest.raises(FetchRefused) as refused:
+        fetch_image(fetcher, f"{server.base}/fake.png", ImageLimits())
+    assert refused.value.code == "image_unsupported_type"
+
+
+def test_a_redirect_to_another_loopback_address_is_refused(server, fetcher):
+    target = f"http://127.0.0.2:{server.port}/img/red.png"
+    server.routes["/moved.png"] = [(302, {"Location": target}, b"")]
+    with pytest.raises(FetchRefused) as refused:
+        fetch_image(fetcher, f"{server.base}/moved.png", ImageLimits())
+    assert refused.value.code == "image_url_refused"
+    assert "127.0.0.2 is a loopback address" in refused.value.message
+    assert len(server.hits("/moved.png")) == 1
+    # An allow-listed redirect target is followed.
+    server.routes["/moved-ok.png"] = [(301, {"Location": "/img/blue.png"}, b"")]
+    assert fetch_image(fetcher, f"{server.base}/moved-ok.png", ImageLimits()).format == "png"
+
+
+def _refuse_any_request(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"a request was sent to {request.url}")
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("10.0.0.1", "a private address"),
+        ("169.254.169.254", "a cloud metadata address"),
+        ("192.168.1.1", "a private address"),
+        ("::1", "a loopback address"),
+        ("fd00::1", "a private address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+    ],
+)
+def test_the_policy_refuses_non_public_addresses_without_connecting(address, reason):
+    assert non_public_reason(address) == reason
+    resolved = []
+
+    def stub_resolver(host: str, port: int) -> list[str]:
+        resolved.append((host, port))
+        return ["93.184.216.34", address]  # one public answer does not make the host safe
+
+    fetcher = Fetcher(AddressPolicy(resolver=stub_resolver))
+    fetcher.client = httpx.Client(transport=httpx.MockTransport(_refuse_any_request))
+    with fetcher, pytest.raises(FetchRefused) as refused:
+        fetcher.get("https://shop.example/img/a.png", 1000)
+    assert refused.value.code == "url_refused" and reason in refused.value.message
+    assert resolved == [("shop.example", 443)]
+    literal = address if ":" not in address else f"[{address}]"
+    with pytest.raises(FetchRefused, match=reason):
+        AddressPolicy(resolver=stub_resolver).check(f"http://{literal}/a.png")
+    assert non_public_reason("93.184.216.34") is None
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://127.0.0.1/a.png", "gopher://x/", "/etc/passwd"]
+)
+def test_schemes_other_than_http_and_https_are_refused(url):
+    with pytest.raises(FetchRefused, match="only http and https"):
+        AddressPolicy().check(url)
+
+
+def test_an_unchanged_image_is_revalidated_with_a_304_and_not_downloaded(server, fetcher):
+    url = f"{server.base}/img/green.png"
+    first = fetcher.get(url, 1_000_000)
+    second = fetcher.get(url, 1_000_000)
+    assert first.downloaded and not second.downloaded
+    assert second.data == first.data and second.sha256 == first.sha256
+    first_headers, second_headers = server.hits("/img/green.png")
+    assert "If-None-Match" not in first_headers
+    assert second_headers["If-None-Match"] == '"green-v1"'
+
+
+# ---------------------------------------------------------------------------------------------
+# Feed -> drop -> cleaning
+
+
+def _clean(drop_dir: Path, tmp_path: Path):
+    products = read_products(drop_dir)
+    raw = [
+        {**row, "read_error": row.pop(READ_ERROR), "drop_name": drop_dir.name, "drop_seq": 1}
+        for row in products.to_dict("records")
+    ]
+    return clean_catalog(raw, {drop_dir.name: drop_dir}, tmp_path / "clean")
+
+
+def test_a_merchant_feed_lands_as_a_drop_and_bad_rows_are_quarantined_with_row_and_cause(
+    server, fetcher, tmp_path
+):
+    landing = tmp_path / "home" / "landing"
+    data = _fixture("merchant.tsv", server).replace(b"/img/lamp.png", b"/img/lamp.svg")
+    server.routes["/img/lamp.svg"] = [(200, {"Content-Type": "image/png"}, b"<svg></svg>" * 20)]
+    report = land_feed("shop/merchant.tsv", data, landing, fetcher)
+    assert report["drop"] == "merchant" and report["format"] == MERCHANT_TSV
+    assert report["rows"] == 5 and report["rows_without_image"] == 1
+    failures = {(f["product_id"], f["url"].rsplit("/", 1)[1]): f for f in report["image_failures"]}
+    assert set(failures) == {("MUG-BLUE-350", "missing.png"), ("LAMP-1", "lamp.svg")}
+    assert failures["MUG-BLUE-350", "missing.png"]["reason_code"] == "image_fetch_failed"
+    assert failures["LAMP-1", "lamp.svg"]["reason_code"] == "image_unsupported_type"
+
+    drop = landing / "merchant"
+    products = read_products(drop).set_index("product_id")
+    red = json.loads(products.loc["MUG-RED-350", "attributes"])
+    assert len(json.loads(red["image_paths"])) == 3 and red["color"] == "red"
+    assert red["list_price"] == "12.00" and red["group_id"] == "MUG-350"
+    # The blue mug's main image failed; it keeps its additional image as its picture.
+    blue_path = products.loc["MUG-BLUE-350", "image_path"]
+    assert (drop / blue_path).is_file()
+    assert json.loads(products.loc["MUG-BLUE-350", "attributes"])["image_failures"]
+
+    catalog = _clean(drop, tmp_path)
+    quarantined = {
+        row["row_number"]: (row["product_id"], row["reason_code"], row["reason"])
+        for row in catalog.quarantine.to_dict("records")
+    }
+    assert {n: q[:2] for n, q in quarantined.items()} == {
+        3: ("MUG-NOTITLE", "missing_title"),
+        4: ("MUG-BADPRICE", "bad_price"),
+        5: ("LAMP-1", "unreadable_row"),
+    }
+    assert "feed row 5" in quarantined[5][2] and "23 fields" in quarantined[5][2]
+    live = catalog.products.set_index("product_id")
+    assert sorted(live.index) == ["MUG-BLUE-350", "MUG-RED-350"]
+    assert live.loc["MUG-RED-350", "price"] == 9.5
+    # Landing the same feed again is a no-op; the images come from the cache (304s).
+    again = land_feed("shop/merchant.tsv", data, landing, fetcher)
+    assert again["drop"] == "merchant" and again["images"]["downloaded"] == 0
+
+
+def test_a_row_whose_every_image_failed_is_quarantined_naming_the_url_and_cause(
+    server, fetcher, tmp_path
+):
+    data = _fixture("merchant.xml", server).replace(b"/img/blue.png", b"/img/blue-gone.png")
+    report = land_feed("woolworks.xml", data, tmp_path / "landing", fetcher)
+    catalog = _clean(tmp_path / "landing" / report["drop"], tmp_path)
+    (row,) = catalog.quarantine.to_dict("records")
+    assert row["product_id"] == "HAT-BLU" and row["row_number"] == 2
+    assert f"{server.base}/img/blue-gone.png" in row["reason"]
+    assert "image_fetch_failed" in row["reason"] and "HTTP 404" in row["reason"]
+    assert sorted(catalog.products["product_id"]) == ["MITT-RED", "SCARF-GRN"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The feed sensor
+
+
+def test_the_feed_sensor_lands_a_changed_feed_once(server, tmp_path):
+    from dagster import SkipReason, build_sensor_context, instance_for_test
+
+    layout = HomeLayout(tmp_path / "home").ensure()
+    server.routes["/feed.xml"] = [
+        (200, {"ETag": '"feed-1"'}, _fixture("merchant.xml", server)),
+    ]
+    resources = {
+        "warehouse": WarehouseResource(mm_home=str(layout.root)),
+        "settings": PipelineSettings(
+            feed_url=f"{server.base}/feed.xml", fetch_allow_hosts=f"127.0.0.1:{server.port}"
+        ),
+    }
+    with instance_for_test() as instance:
+        context = build_sensor_context(instance=instance, resources=resources)
+        first = shop_feed_sensor(context)
+        assert isinstance(first, SkipReason) and "landed as drop feed" in first.skip_message
+        assert (layout.landing / "feed" / "products.csv").is_file()
+        again = shop_feed_sensor(
+            build_sensor_context(instance=instance, resources=resources, cursor=context.cursor)
+        )
+        assert "unchanged (304 Not Modified)" in again.skip_message
+    assert [h.get("If-None-Match") for h in server.hits("/feed.xml")] == [None, '"feed-1"']
+    assert sorted(p.name for p in layout.landing.iterdir()) == ["feed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end through the command line
+
+
+def _twelve_product_feed(server: FeedServer) -> bytes:
+    kinds = ["mug", "lamp", "scarf", "teapot", "backpack", "sneaker"]
+    lines = ["id\ttitle\tdescription\timage_link\tprice\tproduct_type\tcolor\tavailability"]
+    for i in range(12):
+        kind, colour = kinds[i % 6], ("red", "blue")[i // 6]
+        rgb = (200, 40, 30 + 15 * i) if colour == "red" else (30 + 15 * i, 60, 200)
+        server.image(f"/e2e/{i}.png", png_bytes(picture(rgb, seed=100 + i)))
+        lines.append(
+            f"SKU-{i}\t{colour.title()} {kind} number {i}\tA {colour} {kind}.\t"
+            f"{server.base}/e2e/{i}.png\t{10 + i}.00 USD\tShop > {kind.title()}s\t{colour}\tin stock"
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_ingest_by_url_needs_the_allow_list_for_a_local_server(server, tmp_path, monkeypatch):
+    server.routes["/feeds/shop.tsv"] = [(200, {}, _twelve_product_feed(server))]
+    home = tmp_path / "home"
+    refused = run_cli(home, "ingest", f"{server.base}/feeds/shop.tsv", check=False)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "127.0.0.1 is a loopback address" in refused.stderr
+    assert f"add 127.0.0.1:{server.port} to MM_FETCH_ALLOW_HOSTS" in refused.stderr
+    assert server.hits("/feeds/shop.tsv") == []
+    monkeypatch.setenv("MM_FETCH_ALLOW_HOSTS", f"127.0.0.1:{server.port}")
+    landed = run_cli(home, "ingest", f"{server.base}/feeds/shop.tsv").stdout.splitlines()
+    assert landed[0] == "shop"
+    assert (
+        landed[1] == "merchant_tsv feed: 12 rows, 12 images (12 downloaded, 0 unchanged), 0 refused"
+    )
+    assert sorted(p.name for p in (home / "landing" / "shop" / "images").iterdir())[0].endswith(
+        ".png"
+    )
+
+
+def test_mmsearch_ingests_a_feed_file_runs_and_finds_a_product_by_title(
+    server, tmp_path, monkeypatch
+):
+    feed = tmp_path / "shop-feed.tsv"
+    feed.write_bytes(_twelve_product_feed(server))
+    home = tmp_path / "home"
+    monkeypatch.setenv("MM_FETCH_ALLOW_HOSTS", f"127.0.0.1:{server.port}")
+    ingested = cli_json(home, "ingest", str(feed))
+    assert ingested["drop"] == "shop-feed" and ingested["rows"] == 12
+    assert ingested["images"] == {"fetched": 12, "downloaded": 12, "failed": 0}
+    run = cli_json(home, "run")
+    assert run["rows"]["live"] == 12 and run["index_size"] == 12
+    found = cli_json(home, "search", "--text", "Blue teapot number 9", "--k", "3")
+    assert found["results"][0]["product_id"] == "SKU-9"
+    assert found["results"][0]["category"] == "Teapots"
