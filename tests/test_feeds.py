@@ -289,6 +289,9 @@ def test_a_redirect_to_another_loopback_address_is_refused(server, fetcher):
     assert refused.value.code == "image_url_refused"
     assert "127.0.0.2 is a loopback address" in refused.value.message
     assert len(server.hits("/moved.png")) == 1
+    server.routes["/to-file.png"] = [(302, {"Location": "file:///etc/passwd"}, b"")]
+    with pytest.raises(FetchRefused, match="scheme 'file' refused"):
+        fetch_image(fetcher, f"{server.base}/to-file.png", ImageLimits())
     # An allow-listed redirect target is followed.
     server.routes["/moved-ok.png"] = [(301, {"Location": "/img/blue.png"}, b"")]
     assert fetch_image(fetcher, f"{server.base}/moved-ok.png", ImageLimits()).format == "png"
@@ -468,6 +471,7 @@ def _twelve_product_feed(server: FeedServer) -> bytes:
 def test_ingest_by_url_needs_the_allow_list_for_a_local_server(server, tmp_path, monkeypatch):
     server.routes["/feeds/shop.tsv"] = [(200, {}, _twelve_product_feed(server))]
     home = tmp_path / "home"
+    monkeypatch.delenv("MM_FETCH_ALLOW_HOSTS", raising=False)
     refused = run_cli(home, "ingest", f"{server.base}/feeds/shop.tsv", check=False)
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "127.0.0.1 is a loopback address" in refused.stderr
