@@ -76,6 +76,10 @@ class FeedServer:
                 server.requests.append((self.path, dict(self.headers)))
                 answers = server.routes.get(self.path) or [(404, {}, b"not found")]
                 status, headers, body = answers.pop(0) if len(answers) > 1 else answers[0]
+                delay = float(headers.get("X-Delay", 0))
+                if delay:
+                    time.sleep(delay)
+                headers = {k: v for k, v in headers.items() if k != "X-Delay"}
                 etag = headers.get("ETag")
                 if etag and self.headers.get("If-None-Match") == etag:
                     self.send_response(304)
@@ -255,6 +259,18 @@ def test_a_500_is_retried_and_a_404_is_not(server, fetcher):
         fetch_image(fetcher, f"{server.base}/gone.png", ImageLimits())
     assert refused.value.code == "image_fetch_failed" and "HTTP 404" in refused.value.message
     assert len(server.hits("/gone.png")) == 1
+
+
+def test_a_timeout_is_retried_and_gives_up_after_the_last_try(server, tmp_path):
+    good = png_bytes(picture((10, 20, 200), seed=8))
+    server.routes["/slow-once.png"] = [(200, {"X-Delay": "1.0"}, good), (200, {}, good)]
+    server.routes["/slow.png"] = [(200, {"X-Delay": "1.0"}, good)]
+    policy = AddressPolicy(frozenset({f"127.0.0.1:{server.port}"}))
+    with Fetcher(policy, timeout_s=0.3, retries=1, backoff_s=0.01) as fetcher:
+        assert fetch_image(fetcher, f"{server.base}/slow-once.png", ImageLimits()).data == good
+        with pytest.raises(FetchRefused, match=r"timed out \(0.3 s\) 2 times"):
+            fetch_image(fetcher, f"{server.base}/slow.png", ImageLimits())
+    assert len(server.hits("/slow-once.png")) == 2 and len(server.hits("/slow.png")) == 2
 
 
 def test_a_too_large_image_is_cut_while_streaming(server, fetcher):
@@ -448,6 +464,43 @@ def test_the_feed_sensor_lands_a_changed_feed_once(server, tmp_path):
         assert "unchanged (304 Not Modified)" in again.skip_message
     assert [h.get("If-None-Match") for h in server.hits("/feed.xml")] == [None, '"feed-1"']
     assert sorted(p.name for p in layout.landing.iterdir()) == ["feed"]
+
+
+def test_the_feed_sensor_compares_content_when_the_server_sends_no_validators(server, tmp_path):
+    from dagster import build_sensor_context, instance_for_test
+
+    layout = HomeLayout(tmp_path / "home").ensure()
+    feed = _fixture("merchant.xml", server)
+    server.routes["/plain.xml"] = [(200, {}, feed)]
+    resources = {
+        "warehouse": WarehouseResource(mm_home=str(layout.root)),
+        "settings": PipelineSettings(
+            feed_url=f"{server.base}/plain.xml", fetch_allow_hosts=f"127.0.0.1:{server.port}"
+        ),
+    }
+    with instance_for_test() as instance:
+        context = build_sensor_context(instance=instance, resources=resources)
+        assert "landed as drop plain" in shop_feed_sensor(context).skip_message
+        context = build_sensor_context(
+            instance=instance, resources=resources, cursor=context.cursor
+        )
+        assert "unchanged (content hash)" in shop_feed_sensor(context).skip_message
+        server.routes["/plain.xml"] = [(200, {}, feed.replace(b"Red wool", b"Crimson wool"))]
+        changed = shop_feed_sensor(context)
+        assert "landed as drop plain-v2" in changed.skip_message
+    assert sorted(p.name for p in layout.landing.iterdir()) == ["plain", "plain-v2"]
+
+
+def test_the_feed_sensor_does_nothing_without_a_feed_url(tmp_path):
+    from dagster import build_sensor_context, instance_for_test
+
+    resources = {
+        "warehouse": WarehouseResource(mm_home=str(tmp_path / "home")),
+        "settings": PipelineSettings(),
+    }
+    with instance_for_test() as instance:
+        skipped = shop_feed_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert skipped.skip_message == "no feed URL configured (MM_FEED_URL)"
 
 
 # ---------------------------------------------------------------------------------------------
