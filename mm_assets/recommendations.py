@@ -1,5 +1,7 @@
 """Stage 7: each live product's similar products, stored for shops that export them."""
 
+import time
+
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from mm_assets.indexing import product_index
@@ -14,9 +16,10 @@ from resources import ReleaseRegistryResource, WarehouseResource
     group_name="recommendations",
     pool="warehouse",
     kinds={"duckdb"},
-    description="The 10 most similar products of every live product (the live release's "
-    "`similar`: the product itself and its near-duplicates left out), recomputed only for new "
-    "or changed products and for lists that name a removed or changed one.",
+    description="The 10 most similar products of every live product (the lists of the live "
+    "release's `similar`, computed in batches: the product itself and its near-duplicates left "
+    "out), recomputed only for new or changed products and for lists that name a removed or "
+    "changed one.",
 )
 def product_recommendations(
     context: AssetExecutionContext, warehouse: WarehouseResource, registry: ReleaseRegistryResource
@@ -25,7 +28,9 @@ def product_recommendations(
     engine = SearchEngine.of(registry.registry, release)
     with warehouse.connect() as con:
         previous = query_df(con, f"SELECT {', '.join(COLUMNS)} FROM product_recommendations")
+        started = time.perf_counter()
         update = update_recommendations(engine, previous)
+        seconds = time.perf_counter() - started
         replace_rows(con, "product_recommendations", update.table)
     sample = update.table[update.table["rank"] <= 3].head(30)
     return MaterializeResult(
@@ -34,6 +39,7 @@ def product_recommendations(
             "lists_recomputed": update.recomputed,
             "lists_kept": update.kept,
             "lists_dropped": update.dropped,
+            "ms_per_recomputed_list": round(1000 * seconds / max(update.recomputed, 1), 3),
             "dagster/row_count": len(update.table),
             "model_version": release.model_version,
             "sample": MetadataValue.md(sample.to_markdown(index=False) if len(sample) else "none"),

@@ -1,0 +1,169 @@
+"""Batched recommendations: the same lists as one `similar` request per product, the exclusions
+of `similar` (itself, same-text duplicates, near-duplicate photos), and incremental updates."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import cli_json, run_cli
+from mmsearch.catalog.images import photo_similarity
+from mmsearch.index.registry import registry_for
+from mmsearch.sample import write_sample_catalog
+from mmsearch.search.engine import NEAR_DUPLICATE_PHOTO, SearchEngine
+from mmsearch.search.recommendations import (
+    recommend,
+    recommend_one_by_one,
+    update_recommendations,
+)
+from mmsearch.settings import HomeLayout
+
+K = 10
+TWINS, WITHOUT_PHOTO = 3, 3
+
+
+def _engine(home: Path) -> SearchEngine:
+    registry = registry_for(HomeLayout(home))
+    return SearchEngine.of(registry, registry.live())
+
+
+def _lists(table: pd.DataFrame) -> dict[str, list[str]]:
+    ordered = table.sort_values(["product_id", "rank"])
+    return {pid: list(group["neighbour_id"]) for pid, group in ordered.groupby("product_id")}
+
+
+def _mean_overlap(first: dict[str, list[str]], second: dict[str, list[str]]) -> float:
+    return float(np.mean([len(set(first[p][:K]) & set(second.get(p, [])[:K])) / K for p in first]))
+
+
+@pytest.fixture(scope="module")
+def sample_engine(built_home) -> SearchEngine:
+    return _engine(built_home[0])
+
+
+@pytest.fixture(scope="module")
+def twins_home(tmp_path_factory) -> Path:
+    """A small catalog where some products share another's text exactly (a re-listed product
+    under a new id, with another photo or none) and some have no photo at all."""
+    drop = tmp_path_factory.mktemp("twins") / "drop"
+    write_sample_catalog(drop, n_products=40, seed=11)
+    with open(drop / "products.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    sent = pd.Series([r["product_id"] for r in rows]).value_counts()
+    usable = [
+        r
+        for r in rows
+        if sent[r["product_id"]] == 1 and r["title"].strip() and (drop / r["image_path"]).is_file()
+    ]
+    extra = []
+    for i, row in enumerate(usable[:TWINS]):
+        photo = usable[-1 - i]["image_path"] if i % 2 else ""
+        extra.append({**row, "product_id": f"twin-{i}", "image_path": photo})
+    for i, row in enumerate(usable[TWINS : TWINS + WITHOUT_PHOTO]):
+        extra.append(
+            {
+                **row,
+                "product_id": f"nophoto-{i}",
+                "title": f"{row['title']} (set of {i + 2})",
+                "image_path": "",
+            }
+        )
+    with open(drop / "products.csv", "a", newline="", encoding="utf-8") as handle:
+        csv.DictWriter(handle, fieldnames=list(rows[0])).writerows(extra)
+    home = tmp_path_factory.mktemp("twins_home")
+    run_cli(home, "ingest", str(drop))
+    cli_json(home, "run")
+    return home
+
+
+def test_batched_lists_agree_with_one_similar_request_per_product(sample_engine):
+    ids = sample_engine.products["product_id"].tolist()
+    batched = recommend(sample_engine, ids, K)
+    reference = recommend_one_by_one(sample_engine, ids, K)
+    assert set(batched["product_id"]) == set(ids)
+    assert _mean_overlap(_lists(reference), _lists(batched)) >= 0.9
+    # Where a neighbour is in both lists, the ranker gave it the same score.
+    both = reference.merge(batched, on=["product_id", "neighbour_id"], suffixes=("_one", "_all"))
+    assert len(both) >= 0.9 * len(reference)
+    assert np.median(np.abs(both["score_one"] - both["score_all"])) < 1e-4
+
+
+def test_chunk_size_does_not_change_the_lists(sample_engine):
+    ids = sample_engine.products["product_id"].tolist()
+    whole = recommend(sample_engine, ids, K)
+    chunked = recommend(sample_engine, ids, K, chunk=7)
+    pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_no_product_recommends_itself_a_same_text_twin_or_its_photo(sample_engine, twins_home):
+    for engine in (sample_engine, _engine(twins_home)):
+        products = engine.products.set_index("product_id")
+        table = recommend(engine, products.index.tolist(), K)
+        assert (table.groupby("product_id").size() == K).all()
+        assert not (table["product_id"] == table["neighbour_id"]).any()
+        text = products["text_sha"]
+        assert not (
+            text.loc[table["product_id"]].to_numpy() == text.loc[table["neighbour_id"]].to_numpy()
+        ).any()
+        photo = products["image_phash"]
+        for pid, group in table.groupby("product_id"):
+            if isinstance(photo[pid], str) and photo[pid]:
+                looks = photo_similarity(photo[pid], photo.loc[group["neighbour_id"]].tolist())
+                assert (looks < NEAR_DUPLICATE_PHOTO).all(), pid
+
+
+def test_same_text_twins_and_products_without_photo_get_the_lists_of_similar(twins_home):
+    engine = _engine(twins_home)
+    products = engine.products
+    twins = products[products["text_sha"].duplicated(keep=False)]["product_id"].tolist()
+    without_photo = products[~engine._has_image]["product_id"].tolist()
+    assert len(twins) >= 2 * TWINS and len(without_photo) >= WITHOUT_PHOTO
+    ids = sorted(set(twins) | set(without_photo))
+    batched = _lists(recommend(engine, ids, K))
+    reference = _lists(recommend_one_by_one(engine, ids, K))
+    assert _mean_overlap(reference, batched) >= 0.9
+
+
+def test_update_recomputes_changed_and_affected_lists_and_keeps_the_rest(sample_engine):
+    ids = sample_engine.products["product_id"].tolist()
+    full = recommend(sample_engine, ids, K)
+    changed, naming_gone = ids[0], ids[1]
+    stale = {changed, naming_gone} | set(full.loc[full["neighbour_id"] == changed, "product_id"])
+    untouched = next(pid for pid in ids if pid not in stale)
+    previous = full.copy()
+    # The stored list of `changed` was made for other content; `naming_gone` names a product
+    # that is no longer live (and has a stored list); `untouched` carries a mark that survives
+    # only if its list is kept rather than recomputed.
+    previous.loc[previous["product_id"] == changed, "content"] = "old-text:old-image"
+    last_of_naming_gone = (previous["product_id"] == naming_gone) & (previous["rank"] == K)
+    previous.loc[last_of_naming_gone, "neighbour_id"] = "gone-1"
+    gone_list = full[full["product_id"] == untouched].assign(product_id="gone-1")
+    previous.loc[previous["product_id"] == untouched, "score"] = -1.0
+    previous = pd.concat([previous, gone_list], ignore_index=True)
+
+    update = update_recommendations(sample_engine, previous, K)
+
+    assert update.mode == "incremental"
+    assert (update.recomputed, update.kept, update.dropped) == (
+        len(stale),
+        len(ids) - len(stale),
+        1,
+    )
+    assert _lists(update.table) == _lists(full)
+    scores = update.table.set_index("product_id")["score"]
+    assert (scores.loc[untouched] == -1.0).all()
+    assert (scores.loc[sorted(stale)] != -1.0).all()
+    assert "gone-1" not in set(update.table["product_id"]) | set(update.table["neighbour_id"])
+
+
+def test_update_with_another_model_recomputes_every_list(sample_engine):
+    ids = sample_engine.products["product_id"].tolist()
+    previous = recommend(sample_engine, ids[:5], K).assign(model_version="an-older-model")
+    update = update_recommendations(sample_engine, previous, K)
+    assert (update.mode, update.recomputed, update.kept) == ("full", len(ids), 0)
+    assert set(update.table["model_version"]) == {sample_engine.model_version}
+    assert _lists(update.table) == _lists(recommend(sample_engine, ids, K))
