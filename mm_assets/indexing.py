@@ -113,9 +113,8 @@ def promotion_gate_check(
             "candidate_index_version": candidate.index_version,
             "candidate_model_version": candidate.model_version,
             "live_model_version": live.model_version if live else "none",
-            "candidate_mrr": decision.candidate_mrr if decision.candidate_mrr is not None else -1.0,
-            "live_mrr": decision.live_mrr if decision.live_mrr is not None else -1.0,
-            "p_value": decision.p_value if decision.p_value is not None else -1.0,
+            # Figures only when the gate compared the two releases: absent, never a stand-in.
+            **decision.figures(),
             "gate_queries": decision.queries,
             "query_source": decision.source or "none",
             "reason": decision.reason,

@@ -99,6 +99,8 @@ def test_similar_leaves_out_the_product_and_names_unknown_ids(built_home):
     first = cli_json(home, "search", "--text", "blue", "--k", "1")["results"][0]
     similar = cli_json(home, "similar", first["product_id"], "--k", "5")
     assert similar["product_id"] == first["product_id"] and len(similar["results"]) == 5
+    # The search results' objects, `matched` included (no query text: nothing matched).
+    assert all(set(first) <= set(hit) and hit["matched"] == {} for hit in similar["results"])
     assert first["product_id"] not in {r["product_id"] for r in similar["results"]}
     same_category = cli_json(home, "similar", first["product_id"], "--category", first["category"])[
         "results"
@@ -188,13 +190,20 @@ def test_unreadable_drop_is_rejected_by_name_while_good_drop_goes_live(tmp_path)
     run_cli(home, "ingest", str(good))
     (home / "landing" / "broken-drop").mkdir(parents=True)
     (home / "landing" / "broken-drop" / "products.csv").write_text("sku;name\n1;x\n")
-    run = cli_json(home, "run")
+    ran = run_cli(home, "run", "--json")
+    run = json.loads(ran.stdout)
     assert run["index_size"] == 12
     assert [d["name"] for d in run["rejected_drops"]] == ["broken-drop"]
-    assert "lacks required column" in run["rejected_drops"][0]["message"]
+    reason = run["rejected_drops"][0]["message"]
+    assert "lacks required column" in reason
+    # Said once, in the command's own warning line (no Dagster ERROR line beside it).
+    assert ran.stderr.count("lacks required column") == 1, ran.stderr
+    assert ran.stderr.strip().splitlines()[-1] == f"warning: {reason}"
+    assert "lacks required column" not in run_cli(home, "run").stderr  # said already
     status = cli_json(home, "status")
     states = {d["name"]: d["status"] for d in status["drops"]}
     assert states == {"good-drop": "accepted", "broken-drop": "rejected"}
+    assert f"broken-drop: {reason}" in run_cli(home, "status").stdout.splitlines()
     assert cli_json(home, "search", "--text", "mug")["results"]
 
 
@@ -206,6 +215,93 @@ def test_ingest_refuses_a_folder_without_products_file(tmp_path):
         and "'empty'" in result.stderr
         and "no products file" in result.stderr
     )
+
+
+def test_ingest_refuses_a_csv_with_a_wrong_header_and_lands_nothing(tmp_path):
+    drop = tmp_path / "wrong-header"
+    drop.mkdir()
+    (drop / "products.csv").write_text("sku,name,price\n1,Red mug,4\n")
+    home = tmp_path / "home"
+    refused = run_cli(home, "ingest", str(drop), check=False)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 1 and len(lines) == 1
+    assert "'wrong-header'" in lines[0] and "lacks required column(s) product_id, title" in lines[0]
+    assert not any((home / "landing").iterdir())
+
+
+def test_read_commands_on_a_folder_without_a_home_say_so_and_create_nothing(tmp_path):
+    home = tmp_path / "not-a-home"
+    for command in (("status",), ("search", "--text", "mug"), ("quarantine",), ("rebuild",)):
+        refused = run_cli(home, *command, check=False)
+        line = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode == 1 and f"no home at {home}" in line, refused.stderr
+    assert not home.exists()
+
+
+def test_bad_search_arguments_are_refused_before_anything_loads(built_home, tmp_path):
+    home, _ = built_home
+    negative = run_cli(home, "search", "--text", "mug", "--max-price", "-5", check=False)
+    assert negative.returncode == 2
+    assert negative.stderr.strip() == "mmsearch search: --max-price must be a number >= 0"
+    similar = run_cli(home, "similar", "p1", "--max-price", "-5", check=False)
+    assert similar.returncode == 2 and "--max-price" in similar.stderr
+    empty = run_cli(home, "search", "--text", "", check=False)
+    blank = run_cli(home, "search", "--text", "   ", check=False)
+    assert empty.returncode == blank.returncode == 1
+    assert empty.stderr == blank.stderr
+    assert (
+        empty.stderr.strip() == "mmsearch search: give --text, --image, or both (--text was blank)"
+    )
+    missing = tmp_path / "no-such.png"
+    no_image = run_cli(home, "search", "--image", str(missing), check=False)
+    assert no_image.returncode == 1
+    assert no_image.stderr.strip() == f"mmsearch search: --image {missing}: no such file"
+
+
+def test_the_gate_stores_no_figures_when_it_compared_nothing(built_home):
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    from mmsearch.index.registry import registry_for
+    from mmsearch.settings import HomeLayout
+
+    home, run = built_home
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home / "dagster")))
+    [record] = [
+        r
+        for run_id in run["run_ids"]
+        for r in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        if r.dagster_event.event_specific_data.check_name == "promotion_gate"
+    ]
+    gate = record.dagster_event.event_specific_data
+    assert gate.passed and gate.description == "promoted: nothing live yet"
+    assert {"candidate_mrr", "live_mrr", "p_value"}.isdisjoint(gate.metadata)
+    assert gate.metadata["gate_queries"].value == 0
+    manifest = registry_for(HomeLayout(home)).live().manifest
+    assert manifest["gate"] == {
+        "promoted": True,
+        "reason": "promoted: nothing live yet",
+        "queries": 0,
+        "source": "",
+    }
+
+
+def test_demo_json_is_strict_json(tmp_path):
+    from mmsearch.sample import write_sample_catalog
+
+    home = tmp_path / "home"
+    # A small sample in the demo's place: `demo` writes its own only when absent.
+    write_sample_catalog(home / "landing" / "sample-catalog", n_products=60, seed=4)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    demo = json.loads(run_cli(home, "demo", "--json").stdout, parse_constant=refuse)
+    assert demo["index_size"] > 40 and demo["evaluation"] and demo["sample_searches"]
+    ranker = [row for row in demo["evaluation"] if row["method"] == "ranker"]
+    retrievers = [row for row in demo["evaluation"] if row["method"] != "ranker"]
+    assert all(0 <= row["mrr"] <= 1 for row in ranker)
+    assert all(row["p_value"] is None for row in retrievers)  # no test of a retriever itself
 
 
 def test_rollback_makes_the_earlier_release_live_again(tmp_path):
@@ -312,6 +408,10 @@ def test_run_at_a_terminal_shows_progress_and_prints_under_40_lines(tmp_path, sa
         and "(last " in printed[0]
         and any(p.startswith("live model") for p in printed)
     )
+    # Sentences, not a Python dict or every asset's timing on one line.
+    result_lines = [p for p in printed if p.startswith(("rows: ", "live model")) or "(last " in p]
+    assert all("{" not in p and len(p) < 200 for p in result_lines), result_lines
+    assert any(p.startswith("rows: ") and " read: " in p and " live, " in p for p in printed)
     # Piped (not a terminal), the same command shows no bar.
     piped = run_cli(home, "run", "--retrain")
     assert "epoch" not in piped.stderr and "%|" not in piped.stderr

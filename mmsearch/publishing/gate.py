@@ -32,13 +32,21 @@ class GateDecision:
     queries: int = 0
     source: str = ""
 
-    def to_dict(self) -> dict:
-        return {
-            "promoted": self.promoted,
-            "reason": self.reason,
+    def figures(self) -> dict[str, float]:
+        """The compared MRRs and p-value; empty when the gate made no comparison."""
+        measured = {
             "candidate_mrr": self.candidate_mrr,
             "live_mrr": self.live_mrr,
             "p_value": self.p_value,
+        }
+        return {name: value for name, value in measured.items() if value is not None}
+
+    def to_dict(self) -> dict:
+        """The decision for a release's manifest; the figures only when there was a comparison."""
+        return {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            **self.figures(),
             "queries": self.queries,
             "source": self.source,
         }
