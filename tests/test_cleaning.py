@@ -225,3 +225,41 @@ def test_one_picture_reencoded_is_a_near_duplicate_but_colour_variants_are_not()
     )
     flagged = find_near_duplicates(products, [])
     assert sorted(flagged["product_id"]) == ["original", "recompressed", "smaller"]
+
+
+def test_cached_validations_are_reused_only_while_their_clean_image_exists(tmp_path):
+    import json
+
+    import duckdb
+
+    from mmsearch.catalog.cleaning import _cached_validations
+
+    kept_image, lost_image = tmp_path / "ab" / "kept.jpg", tmp_path / "cd" / "lost.jpg"
+    kept_image.parent.mkdir()
+    kept_image.write_bytes(png_bytes(picture()))
+    results = {
+        1: {"product_id": "p1", "deleted": False, "title": "Mug", "image_file": str(kept_image)},
+        2: {"product_id": "p2", "deleted": False, "title": "Cup", "image_file": str(lost_image)},
+        3: {"product_id": "p3", "deleted": False, "title": "Text only", "image_file": None},
+        4: {"rejected": {"code": "missing_title", "message": "title is missing or blank"}},
+        5: {"product_id": "p5", "deleted": True},
+    }
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE validated_rows (drop_name VARCHAR, row_number BIGINT, rules VARCHAR, "
+        "result VARCHAR)"
+    )
+    for row, result in results.items():
+        con.execute(
+            "INSERT INTO validated_rows VALUES ('d', ?, ?, ?)",
+            [row, "current", json.dumps(result)],
+        )
+    con.execute("INSERT INTO validated_rows VALUES ('d', 6, 'older rules', '{}')")
+
+    cached = _cached_validations(con, "current")
+
+    assert sorted(cached) == [("d", 1), ("d", 3), ("d", 4), ("d", 5)]
+    assert cached[("d", 1)] == results[1] and cached[("d", 5)] == results[5]
+    rejected = cached[("d", 4)]["rejected"]
+    assert isinstance(rejected, RowRejected) and rejected.code == "missing_title"
+    assert _cached_validations(con, "no such rules") == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -282,8 +283,7 @@ def _to_json(result: dict) -> str:
     return json.dumps(result)
 
 
-def _from_json(text: str) -> dict:
-    result = json.loads(text)
+def _from_result(result: dict) -> dict:
     if "rejected" in result:
         return {"rejected": RowRejected(result["rejected"]["code"], result["rejected"]["message"])}
     return result
@@ -294,17 +294,20 @@ def _cached_validations(con, rules: str) -> dict[tuple[str, int], dict]:
 
     A drop's raw rows never change under its key (changed files become a new drop version and
     re-ingesting a drop clears its results), so a row is validated, and its image decoded, once.
+    The stored results are parsed as one JSON document rather than one parse per row.
     """
-    cached = {}
-    rows = con.execute(
+    stored = con.execute(
         "SELECT drop_name, row_number, result FROM validated_rows WHERE rules = ?", [rules]
     ).fetchall()
-    for drop_name, row_number, text in rows:
-        result = _from_json(text)
-        if result.get("image_file") and not Path(result["image_file"]).is_file():
-            continue
-        cached[(drop_name, row_number)] = result
-    return cached
+    if not stored:
+        return {}
+    drop_names, row_numbers, texts = zip(*stored, strict=True)
+    results = json.loads(f"[{','.join(texts)}]")
+    return {
+        key: _from_result(result)
+        for key, result in zip(zip(drop_names, row_numbers, strict=True), results, strict=True)
+        if not result.get("image_file") or os.path.isfile(result["image_file"])
+    }
 
 
 def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.DataFrame:
