@@ -207,9 +207,9 @@ def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> C
     current = load_catalog_features(
         con, encoders["image_encoder_id"], encoders["text_encoder_id"], with_features=False
     ).products
-    kept_keys = set(_content(previous)) & set(_content(current))
-    removed = previous[~_content(previous).isin(kept_keys)]
-    added_ids = set(current.loc[~_content(current).isin(kept_keys), "product_id"])
+    previous_keys, current_keys = _content(previous), _content(current)
+    removed = previous[~previous_keys.isin(current_keys)]
+    added_ids = set(current.loc[~current_keys.isin(previous_keys), "product_id"])
     shown = RELEASE_COLUMNS + CONTENT_KEYS
     if not added_ids and not len(removed) and len(previous) == len(current):
         same_fields = (
@@ -222,9 +222,13 @@ def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> C
         gone = np.ascontiguousarray(removed["position"], dtype=np.int64)
         for each in (index, *retriever_indexes.values()):
             each.remove_ids(gone)
-    positions = dict(zip(_content(previous), previous["position"].astype(np.int64), strict=True))
-    source_row = {key: ("previous", row) for row, key in enumerate(_content(previous))}
-    next_position = int(previous["position"].to_numpy().max(initial=-1)) + 1
+    # Each current product's row in the previous release (kept) or among the added ones, -1 if
+    # not there: the release's vectors and positions are gathered by these, not row by row.
+    previous_row = pd.Index(previous_keys).get_indexer(current_keys)
+    added_row = np.full(len(current), -1)
+    previous_positions = previous["position"].to_numpy(dtype=np.int64)
+    next_position = int(previous_positions.max(initial=-1)) + 1
+    new_positions = np.zeros(0, dtype=np.int64)
     added_vectors = {}
     if added_ids:
         catalog = load_catalog_features(
@@ -237,24 +241,30 @@ def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> C
         retriever_indexes["image"].add_with_ids(
             catalog.image_features[catalog.has_image], new_positions[catalog.has_image]
         )
-        positions.update(zip(_content(catalog.products), new_positions, strict=True))
-        source_row.update(
-            {key: ("added", row) for row, key in enumerate(_content(catalog.products))}
-        )
+        added_row = pd.Index(_content(catalog.products)).get_indexer(current_keys)
         added_vectors = {
             "fused": fused,
             "text": catalog.text_features,
             "image": catalog.image_features,
         }
-    keys = list(_content(current))
+    kept = previous_row >= 0
+    missing = current.loc[~kept & (added_row < 0), "product_id"]
+    if len(missing):
+        raise RuntimeError(
+            f"live products without stored features, e.g. {missing.iloc[0]!r}: "
+            "run the encoder_features asset, then publish again"
+        )
     vectors = {}
     for name, old in previous_vectors.items():
-        rows = []
-        for key in keys:
-            origin, row = source_row[key]
-            rows.append(old[row] if origin == "previous" else added_vectors[name][row])
-        vectors[name] = np.stack(rows) if rows else old[:0]
-    products = current[shown].assign(position=[int(positions[key]) for key in keys])
+        gathered = np.empty((len(current), *old.shape[1:]), dtype=old.dtype)
+        gathered[kept] = old[previous_row[kept]]
+        if (~kept).any():
+            gathered[~kept] = added_vectors[name][added_row[~kept]]
+        vectors[name] = gathered
+    position = np.empty(len(current), dtype=np.int64)
+    position[kept] = previous_positions[previous_row[kept]]
+    position[~kept] = new_positions[added_row[~kept]]
+    products = current[shown].assign(position=position)
     fingerprint = json.dumps([live.index_version, sorted(added_ids), len(removed)])
     extra = {
         "mode": "incremental",

@@ -1,0 +1,163 @@
+"""The step budget against full epochs: held-out quality and training seconds, paired.
+
+    .venv/bin/python benchmarks/training_budget.py [--products 10000] [--home /tmp/mm_budget]
+
+Builds a home from the generated sample catalog (`mmsearch.sample.write_sample_catalog`) through
+the command line (`mmsearch ingest`, `mmsearch run`: the real encoders), or reuses `--home` when
+it is already built. Then trains the fusion model twice on the same warehouse features, with
+the same seed and the same held-out split (`mmsearch.queries.splits`): once with the default
+`TrainingConfig` (the step budget) and once with full epochs (no step cap, validation after each
+pass, the uncapped hold-out). Both models are scored on the same queries, the project's
+held-out `test` split (`mmsearch.evaluation.scoring.held_out_queries`), by fused retrieval over
+the whole catalog (the model alone, no ranker), with a paired randomization test on the
+per-query reciprocal ranks. Prints both from this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from mmsearch.evaluation.metrics import aggregate, paired_p_value, score_query
+from mmsearch.evaluation.scoring import held_out_queries
+from mmsearch.features.catalog_features import load_catalog_features, load_query_split
+from mmsearch.model.fusion import (
+    TrainingConfig,
+    embed_products,
+    embed_query_batch,
+    train_fusion_model,
+)
+from mmsearch.model.training import query_pairs
+from mmsearch.queries.splits import TRAIN
+from mmsearch.sample import write_sample_catalog
+from mmsearch.warehouse import connect, query_records
+
+MMSEARCH = str(Path(sys.executable).with_name("mmsearch"))
+DEPTH = 10  # the depth `evaluate_engine` ranks to
+
+
+def mmsearch(home: Path, *args: str) -> dict:
+    environment = {**os.environ, "MM_HOME": str(home)}
+    environment.pop("DAGSTER_HOME", None)
+    done = subprocess.run(
+        [MMSEARCH, *args, "--json"], env=environment, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"mmsearch {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def build_home(home: Path, n_products: int) -> dict:
+    """Ingest and run the sample catalog of `n_products`; the run's JSON."""
+    drop = home.parent / f"{home.name}-drop"
+    write_sample_catalog(drop, n_products=n_products)
+    mmsearch(home, "ingest", str(drop))
+    return mmsearch(home, "run")
+
+
+def fused_scores(model, catalog, queries) -> tuple[dict, np.ndarray]:
+    """(metrics, per-query reciprocal rank) of fused retrieval over the whole catalog."""
+    products = embed_products(
+        model, catalog.image_features, catalog.text_features, catalog.has_image
+    )
+    embedded = embed_query_batch(
+        model, queries.image_features, queries.text_features, queries.has_image, queries.has_text
+    )
+    scores = embedded @ products.T
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :DEPTH]
+    ids = catalog.products["product_id"].to_numpy()
+    per_query = [
+        score_query(list(ids[row]), graded)
+        for row, graded in zip(top, queries.relevance, strict=True)
+    ]
+    return aggregate(per_query), np.array([q["mrr"] for q in per_query])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--home", type=Path, default=None, help="reused when already built")
+    parser.add_argument("--max-steps", type=int, default=TrainingConfig.max_steps)
+    args = parser.parse_args()
+    home = (args.home or Path(tempfile.mkdtemp(prefix="mm_budget_")) / "home").resolve()
+    if not (home / "warehouse.duckdb").exists():
+        started = time.perf_counter()
+        run = build_home(home, args.products)
+        assets = run.get("assets", {})
+        print(
+            f"built {home} ({args.products} products) in {time.perf_counter() - started:.0f} s; "
+            "pipeline seconds with the step budget: "
+            + ", ".join(
+                f"{name} {assets[name]['seconds']:.1f}"
+                for name in ("fusion_model", "candidate_release")
+                if name in assets
+            )
+        )
+    with connect(home / "warehouse.duckdb", read_only=True) as con:
+        record = query_records(
+            con, "SELECT config FROM model_versions ORDER BY created_at DESC LIMIT 1"
+        )[0]
+        encoders = json.loads(record["config"])["encoders"]
+        image_id, text_id = encoders["image_encoder_id"], encoders["text_encoder_id"]
+        catalog = load_catalog_features(con, image_id, text_id, views=True, pseudo=True)
+        training_queries = load_query_split(con, "train", catalog, image_id, text_id)
+        source, test_queries = held_out_queries(con, catalog, "test", image_id, text_id)
+    pairs = query_pairs(training_queries, catalog.products["product_id"])
+    trainable = catalog.buckets() == TRAIN
+    budget = TrainingConfig(max_steps=args.max_steps)
+    full = replace(
+        budget,
+        max_steps=None,
+        validation_every=None,
+        validation_max_products=len(catalog.products),
+        validation_max_queries=len(training_queries),
+    )
+    print(
+        f"{len(catalog.products)} products ({int(trainable.sum())} trainable), "
+        f"{len(training_queries)} training queries; scored on {len(test_queries)} {source}"
+    )
+    rows, reciprocal = [], {}
+    for name, config in (("step budget", budget), ("full epochs", full)):
+        started = time.perf_counter()
+        result = train_fusion_model(
+            catalog.image_features,
+            catalog.text_features,
+            catalog.has_image,
+            pairs,
+            config,
+            view_features=catalog.view_features,
+            pseudo_features=catalog.pseudo_features,
+            has_pseudo=catalog.has_pseudo,
+            trainable=trainable,
+        )
+        seconds = time.perf_counter() - started
+        metrics, reciprocal[name] = fused_scores(result.model, catalog, test_queries)
+        rows.append((name, result, seconds, metrics))
+    print(
+        "| training | steps (budget) | best step | epochs | seconds | s per 1k products "
+        "| MRR@10 | recall@1 | recall@10 | nDCG@10 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, result, seconds, metrics in rows:
+        print(
+            f"| {name} | {result.steps_run} ({result.step_budget}) | {result.best_step} | "
+            f"{result.steps_run / result.steps_per_epoch:.1f} | {seconds:.1f} | "
+            f"{1000 * seconds / len(catalog.products):.2f} | {metrics['mrr']:.4f} | "
+            f"{metrics['recall@1']:.4f} | {metrics['recall@10']:.4f} | {metrics['ndcg@10']:.4f} |"
+        )
+    p_value = paired_p_value(reciprocal["step budget"], reciprocal["full epochs"])
+    difference = reciprocal["step budget"].mean() - reciprocal["full epochs"].mean()
+    print(f"MRR@10 step budget - full epochs: {difference:+.4f} (paired p = {p_value:.3f})")
+
+
+if __name__ == "__main__":
+    main()
