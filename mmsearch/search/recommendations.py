@@ -5,9 +5,10 @@ A product's list is what `SearchEngine.similar` answers for it (its own image an
 both stages, itself, its same-text duplicates and its near-duplicate photos left out), computed
 for many products at once: batched FAISS searches of the fused and raw indexes, BM25 for every
 title of a chunk in one pass over the postings, every retriever's score for each candidate as
-row-wise dot products, the exclusions as array masks and the ranker's weighted sum over per-product
-min-max scaled features by segment. Memory is bounded by the chunk size; cost is linear in the
-products asked for.
+row-wise dot products, the exclusions as array masks and the ranker's weighted sum over
+per-product min-max scaled features by segment. Memory follows the chunk size (its candidate
+pairs and, for BM25, the postings of its titles' words), and cost is linear in the products
+asked for.
 
 A catalog update recomputes only the lists that may have changed: those of new or changed
 products, and those that name a product that was removed or changed. A new product that would
@@ -40,7 +41,7 @@ from mmsearch.search.ranking import (
 COLUMNS = ["model_version", "product_id", "content", "rank", "neighbour_id", "score"]
 DEFAULT_K = 10
 # Products whose lists are computed together: large enough for FAISS and numpy to batch well,
-# small enough that a chunk's candidate pairs (about 300 per product) stay a few hundred MB.
+# small enough that a chunk's candidate pairs (up to 400 per product) stay a few MB.
 CHUNK = 256
 # Candidate pairs whose vectors are gathered at once for their dot products.
 PAIR_BLOCK = 4_096
