@@ -48,6 +48,8 @@ PAIR_BLOCK = 4_096
 # A matrix product of a chunk's queries with all its distinct candidates is worth it up to this
 # many dot products per needed one: BLAS multiplies far faster than gathered rows arrive.
 DENSE_FACTOR = 16
+# (query, document) BM25 scores summed at once: 16 MB, whatever the catalog's size.
+LEXICAL_CELLS = 1 << 22
 _HASH_STRUCTURE_CHARS = 64
 
 
@@ -106,7 +108,8 @@ class _PhotoHashes:
 
 class _Lexical:
     """BM25 of many queries at once over the release's lexical index (`LexicalIndex.scores`
-    for each): the postings of every query word gathered in one pass."""
+    for each): the postings of the queries' words summed into one score table per batch of
+    queries, at most `LEXICAL_CELLS` (query, document) scores at a time."""
 
     def __init__(self, lexical):
         retriever = lexical.retriever
@@ -117,8 +120,9 @@ class _Lexical:
         self.indptr = np.asarray(retriever.scores["indptr"], dtype=np.int64)
 
     def scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(query, document, score) of every document with a positive score for each text, and
-        each text's share of words the index knows (`LexicalIndex.scores`' coverage)."""
+        """(query, document, score) of every document with a positive score for each text, by
+        query then document, and each text's share of words the index knows
+        (`LexicalIndex.scores`' coverage)."""
         words = _tokens(texts) if texts else []
         counts = np.array([len(w) for w in words], dtype=np.int64)
         ids = np.array([self.vocabulary.get(t, -1) for w in words for t in w], dtype=np.int64)
@@ -128,24 +132,31 @@ class _Lexical:
         coverage = np.where(counts > 0, known_counts / np.maximum(counts, 1), 0.0).astype(
             np.float32
         )
-        if not self.size:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, np.zeros(0, np.float32), np.zeros(len(texts))
         ids, query_of_word = ids[known], query_of_word[known]
+        found = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float32)]
+        per_batch = max(1, LEXICAL_CELLS // max(self.size, 1))
+        for first in range(0, len(texts) if self.size else 0, per_batch):
+            batch = (query_of_word >= first) & (query_of_word < first + per_batch)
+            cells, table = self._table(ids[batch], query_of_word[batch] - first, per_batch)
+            found[0].append(cells + first * self.size)
+            found[1].append(table)
+        cells, totals = (np.concatenate(part) for part in found)
+        return cells // max(self.size, 1), cells % max(self.size, 1), totals, coverage
+
+    def _table(self, ids: np.ndarray, query_of_word: np.ndarray, queries: int):
+        """(cell, score) of the positive cells of one batch's (query, document) score table,
+        summed over each query's words in order, as bm25s sums them."""
         starts, lengths = self.indptr[ids], self.indptr[ids + 1] - self.indptr[ids]
         postings = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
             lengths.sum()
         )
-        queries = np.repeat(query_of_word, lengths)
         documents = self.documents[postings]
         inside = documents < self.size
-        queries, documents, postings = queries[inside], documents[inside], postings[inside]
-        keys, where = np.unique(queries * self.size + documents, return_inverse=True)
-        totals = np.zeros(len(keys), dtype=np.float32)
-        np.add.at(totals, where, self.data[postings])
-        positive = totals > 0
-        keys, totals = keys[positive], totals[positive]
-        return keys // self.size, keys % self.size, totals, coverage
+        cells = np.repeat(query_of_word, lengths)[inside] * self.size + documents[inside]
+        table = np.zeros(queries * self.size, dtype=np.float32)
+        np.add.at(table, cells, self.data[postings[inside]])
+        positive = np.flatnonzero(table > 0)
+        return positive, table[positive]
 
 
 class _Batch:
