@@ -324,7 +324,13 @@ def _ingest(defs, instance, layout: HomeLayout, summary: RunSummary, force: bool
     forced = []
     if force:  # read every landed folder again, under its latest key
         latest = {drop_folder_name(key): key for key in known}
-        forced = [latest[name] for name in landed_drops(layout.landing) if name in latest]
+        # In the order they were first ingested (partitions keep their registration order), so
+        # the same drop wins a product as before, whatever the folders' names sort as.
+        order = {key: position for position, key in enumerate(known)}
+        forced = sorted(
+            (latest[name] for name in landed_drops(layout.landing) if name in latest),
+            key=order.__getitem__,
+        )
     drops = list(dict.fromkeys(waiting + forced))
     if drops:
         import_in_background()  # the cleaning check's suite needs it; overlap the import
@@ -422,18 +428,22 @@ def run_pipeline(
     force: bool = False,
     retrain: bool = False,
     on_wait: Callable[[str], None] | None = None,
+    before: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Ingest new drops, then run what the automation conditions and the retrain sensor ask.
 
     When a Dagster daemon runs on this instance with the pipeline's sensors on, it holds the
     policy: the command runs only what it is explicitly asked (`force`, `retrain`), then waits
     for the daemon to act and reports its runs, so the two never evaluate the same change.
-    `on_wait` is told, in words, what the command waits for."""
+    `on_wait` is told, in words, what the command waits for; `before` runs once no other run is
+    in flight, under the command's lock (`mmsearch rebuild` moves the warehouse aside there)."""
     started = time.time()
     instance = instance_for(layout)
     summary = RunSummary()
     with _one_at_a_time(layout):
         dead = _wait_for_runs_in_flight(instance, summary, on_wait)
+        if before is not None:
+            before()
         daemon = running_daemon(instance)
         if daemon is not None and on_wait is not None:
             on_wait(

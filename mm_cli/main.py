@@ -57,13 +57,18 @@ def _rejected_drops(con) -> list[dict]:
     return [{"name": name, "message": message} for name, message in rows]
 
 
-def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) -> dict:
+def command_run(
+    layout: HomeLayout, force: bool = False, retrain: bool = False, before=None
+) -> dict:
+    """`mmsearch run`; `before` runs under the run's lock once nothing else is in flight, in
+    place of the check that the warehouse opens (see `command_rebuild`)."""
     from mm_assets.definitions import build_definitions
     from mm_assets.runner import run_pipeline
     from mmsearch import warehouse
     from mmsearch.index.registry import registry_for
 
-    _check_warehouse(layout)
+    if before is None:
+        _check_warehouse(layout)
     repaired = registry_for(layout).repair_live()
     if repaired:
         print(f"warning: {repaired}", file=sys.stderr)
@@ -73,6 +78,7 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
         force=force,
         retrain=retrain,
         on_wait=lambda message: print(message, file=sys.stderr),
+        before=before,
     )
     registry = registry_for(layout)
     release = registry.live()
@@ -85,7 +91,10 @@ def command_run(layout: HomeLayout, force: bool = False, retrain: bool = False) 
     return {
         "run_id": summary.run_ids[-1] if summary.run_ids else None,
         "run_ids": summary.run_ids,
-        "assets": {name: {"seconds": seconds} for name, seconds in summary.asset_seconds.items()},
+        "assets": {
+            name: {"seconds": seconds, **summary.asset_details.get(name, {})}
+            for name, seconds in summary.asset_seconds.items()
+        },
         "checks": {name: {"seconds": seconds} for name, seconds in summary.check_seconds.items()},
         "rows": rows,
         "model_version": release.model_version if release else None,
@@ -113,6 +122,48 @@ def _check_warehouse(layout: HomeLayout) -> None:
             con.execute("SELECT count(*) FROM drops").fetchone()
 
 
+def command_ingest(layout: HomeLayout, source: str) -> dict:
+    """A drop folder is copied into the landing folder; a feed file or http(s) URL (Merchant
+    Center TSV or XML, Shopify CSV) becomes a drop there, its images fetched by URL."""
+    from mmsearch.catalog.drops import DropRejected, copy_drop
+
+    try:
+        if "://" not in source and Path(source).is_dir():
+            return {"drop": copy_drop(Path(source), layout.landing)}
+        from mmsearch.catalog.feeds import FeedRejected, ingest_source
+
+        try:
+            return ingest_source(source, layout.landing, layout.root)
+        except FeedRejected as rejected:
+            raise UserError(str(rejected)) from None
+    except DropRejected as rejected:
+        raise UserError(str(rejected)) from None
+
+
+def _ingest_text(result: dict) -> str:
+    """The drop name first (as for a folder), then what a feed brought and what failed."""
+    if "format" not in result:
+        return result["drop"]
+    images = result["images"]
+    lines = [
+        result["drop"],
+        f"{result['format']} feed: {result['rows']} rows, {images['fetched']} images "
+        f"({images['downloaded']} downloaded, {images['fetched'] - images['downloaded']} "
+        f"unchanged), {images['failed']} refused",
+    ]
+    for failure in result["image_failures"]:
+        lines.append(
+            f"  feed row {failure['feed_row']} ({failure['product_id'] or 'no id'}): "
+            f"{failure['url']}: {failure['reason_code']}: {failure['reason']}"
+        )
+    if result["rows_without_image"]:
+        lines.append(
+            f"{result['rows_without_image']} row(s) got no usable image and will be quarantined "
+            "(`mmsearch run`, then `mmsearch quarantine`)"
+        )
+    return "\n".join(lines)
+
+
 def command_rebuild(layout: HomeLayout) -> dict:
     """Move the warehouse aside and build it again from every drop in the landing folder, as
     `run --force` does, through the Dagster instance; search keeps answering from the live
@@ -123,12 +174,17 @@ def command_rebuild(layout: HomeLayout) -> dict:
     drops = landed_drops(layout.landing)
     if not drops:
         raise UserError(f"nothing to rebuild from: no drop in {layout.landing}")
-    stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
-    aside = warehouse.move_aside(layout.warehouse, stamp)
-    if aside is not None:
-        print(f"moved the warehouse aside to {aside}", file=sys.stderr)
-    result = command_run(layout, force=True)
-    return {**result, "moved_aside": str(aside) if aside else None, "drops": drops}
+    moved = []
+
+    def move_aside() -> None:
+        # Under the run's lock, once no other run is in flight: nothing writes to it meanwhile.
+        aside = warehouse.move_aside(layout.warehouse, utc_now().strftime("%Y%m%dT%H%M%SZ"))
+        if aside is not None:
+            moved.append(aside)
+            print(f"moved the warehouse aside to {aside}", file=sys.stderr)
+
+    result = command_run(layout, force=True, before=move_aside)
+    return {**result, "moved_aside": str(moved[0]) if moved else None, "drops": drops}
 
 
 def _release_summary(registry) -> dict | None:
@@ -255,10 +311,20 @@ def command_similar(layout: HomeLayout, args) -> dict:
     }
 
 
-def command_serve(layout: HomeLayout, host: str, port: int) -> None:
-    from mmsearch.server import serve
+def command_serve(layout: HomeLayout, args, out) -> None:
+    from mmsearch.server import currency_code, serve
 
-    serve(layout, host, port)
+    if any(number is not None and number < 1 for number in (args.workers, args.threads)):
+        raise UserError("--workers and --threads must be 1 or more")
+    try:
+        currency = currency_code(args.currency)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+    def announce(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    serve(layout, args.host, args.port, args.workers, args.threads, currency, announce)
 
 
 def command_evaluate(layout: HomeLayout, args) -> dict:
@@ -467,7 +533,7 @@ def _print_human(command: str, result: dict) -> None:
             print(f"\nsample {search['kind']} search: {query}")
             _print_human("search", search)
     elif command == "ingest":
-        print(result["drop"])
+        print(_ingest_text(result))
     elif command == "status":
         print(
             f"{result['products']:,} live products, {result['quarantined']:,} quarantined rows; "
@@ -664,7 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     add("demo", "write the sample catalog into the landing folder if absent, then run")
-    ingest = add("ingest", "copy a catalog drop into $MM_HOME/landing/")
+    ingest = add(
+        "ingest",
+        "copy a catalog drop folder, or a Merchant Center / Shopify feed file or URL, into "
+        "$MM_HOME/landing/",
+    )
     ingest.add_argument("path")
     run = add("run", "register new drops and bring every asset up to date")
     run.add_argument("--force", action="store_true", help="re-ingest every drop and recompute all")
@@ -692,7 +762,16 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--max-price", type=float)
     serve = add("serve", "serve the HTTP API and the search page from the live release", False)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
+    serve.add_argument(
+        "--workers", type=int, help="server processes sharing the port (default: one per core)"
+    )
+    serve.add_argument(
+        "--threads", type=int, help="searches each process runs at once (default: cores/workers)"
+    )
+    serve.add_argument(
+        "--currency", help="ISO 4217 code of the catalog's prices (default: $MM_CURRENCY, else USD)"
+    )
     add("status", "what is live")
     quarantine = add("quarantine", "quarantined rows with their reasons")
     quarantine.add_argument("--drop")
@@ -708,12 +787,7 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
     if args.command == "demo":
         return command_demo(layout)
     if args.command == "ingest":
-        from mmsearch.catalog.drops import DropRejected, copy_drop
-
-        try:
-            return {"drop": copy_drop(Path(args.path), layout.landing)}
-        except DropRejected as rejected:
-            raise UserError(str(rejected)) from None
+        return command_ingest(layout, args.path)
     if args.command == "run":
         return command_run(layout, force=args.force, retrain=args.retrain)
     if args.command == "rebuild":
@@ -725,7 +799,7 @@ def dispatch(args, layout: HomeLayout) -> dict | None:
     if args.command == "similar":
         return command_similar(layout, args)
     if args.command == "serve":
-        command_serve(layout, args.host, args.port)
+        command_serve(layout, args, sys.__stdout__ or sys.stderr)
     if args.command == "status":
         return command_status(layout)
     if args.command == "quarantine":
