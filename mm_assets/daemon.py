@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 from dagster import DagsterInstance
-from dagster._core.scheduler.instigation import InstigatorState, InstigatorType, TickStatus
 
 DROP_SENSOR = "catalog_drop_sensor"
 RETRAIN_SENSOR = "retrain_when_catalog_moved"
@@ -22,7 +21,7 @@ POLICY_DAEMONS = ("SENSOR", "ASSET")
 HEARTBEAT_TOLERANCE_SECONDS = 75
 
 
-def running_daemon(instance: DagsterInstance) -> dict[str, InstigatorState] | None:
+def running_daemon(instance: DagsterInstance) -> dict | None:
     """The daemon's states of the policy sensors, when a Dagster daemon is alive on this
     instance and evaluates all of them (none stopped in the UI); else None."""
     beats = instance.get_daemon_heartbeats()
@@ -34,14 +33,15 @@ def running_daemon(instance: DagsterInstance) -> dict[str, InstigatorState] | No
         return None
     states = {
         state.instigator_name: state
-        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        for state in instance.all_instigator_state()
+        if state.instigator_type.value == "SENSOR"
     }
     if all(name in states and states[name].is_running for name in POLICY_SENSORS):
         return {name: states[name] for name in POLICY_SENSORS}
     return None
 
 
-def last_finished_tick(instance: DagsterInstance, state: InstigatorState) -> float:
+def last_finished_tick(instance: DagsterInstance, state) -> float:
     """When the sensor's latest finished evaluation started (0 when it has none)."""
     ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=2)
-    return next((t.timestamp for t in ticks if t.status != TickStatus.STARTED), 0.0)
+    return next((t.timestamp for t in ticks if t.status.value != "STARTED"), 0.0)

@@ -42,8 +42,6 @@ from dagster import (
     evaluate_automation_conditions,
     serialize_value,
 )
-from dagster._core.scheduler.instigation import InstigatorState
-from dagster._core.storage.tags import PARTITION_NAME_TAG, RUN_KEY_TAG, SENSOR_NAME_TAG
 
 from mm_assets.daemon import (
     DROP_SENSOR,
@@ -76,6 +74,12 @@ IN_FLIGHT = [
     DagsterRunStatus.STARTED,
 ]
 WAIT_SECONDS = 3600
+# Dagster's own run tags, as its daemon and UI write them: a partitioned run's partition, and the
+# sensor and run key of a run made from a sensor's request (tests/test_runner_tags.py checks
+# them against the installed Dagster).
+PARTITION_NAME_TAG = "dagster/partition"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+RUN_KEY_TAG = "dagster/run_key"
 # Materialization metadata `mmsearch run --json` repeats beside each asset's seconds.
 REPORTED_METADATA = ("engine", "workers", "worker_gpus", "worker_nodes")
 
@@ -373,7 +377,7 @@ def _settle(defs, instance, summary: RunSummary) -> None:
 
 def _follow_the_daemon(
     instance: DagsterInstance,
-    states: dict[str, InstigatorState],
+    states: dict,
     summary: RunSummary,
     since: float,
 ) -> bool:
