@@ -115,3 +115,15 @@ def test_ivf_index_updates_in_place():
     assert ids[0, 0] == 9000
     assert 0 not in ids and 1 not in ids
     assert index.ntotal == 7999
+
+
+def test_near_identical_variants_keep_float16_codes():
+    # Groups of 5 variants that differ by a tenth of their spread: 8-bit codes blur which
+    # variant is nearest, so the index keeps float16 codes.
+    rng = np.random.default_rng(4)
+    groups = clustered(1600, dim=64)
+    vectors = np.repeat(groups, 5, axis=0) + rng.normal(0, 0.01, (8000, 64)).astype(np.float32)
+    faiss.normalize_L2(vectors)
+    index, report = build_index(vectors, plan=IndexPlan("ivf_sq", 64, codes="sq8"))
+    assert report.plan.codes == "fp16" and index_type(index) == "IVF64,SQfp16(IP)"
+    assert report.recall_at_10 >= 0.95 and report.nearest_agreement >= 0.9

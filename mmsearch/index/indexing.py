@@ -4,8 +4,9 @@ The index type follows the catalog's size and a memory budget, in the spirit of 
 - up to `EXACT_MAX` vectors: every vector scanned, stored as float16 codes (`IDMap2,SQfp16`:
   half the bytes of float32, the same top 10);
 - above, an inverted file (IVF) with ~4*sqrt(n) lists (k-means on 50 vectors per list) over
-  8-bit scalar-quantized codes (`IVF,SQ8`: a quarter of float32) when they fit the budget and
-  reach the recall target, float16 codes when SQ8 does not reach it, product-quantized codes
+  8-bit scalar-quantized codes (`IVF,SQ8`: a quarter of float32) when they fit the budget,
+  reach the recall target and find the same nearest product as exact search (a catalog of
+  near-identical variants needs finer codes), float16 codes when SQ8 does not, product-quantized codes
   (`IVF,PQ`) when not even SQ8 fits the budget;
 - `nprobe` (lists visited per query) is tuned on a sample of the catalog's own vectors to the
   smallest value reaching recall@10 >= `TARGET_RECALL` (plus a margin for the sample's error)
@@ -32,6 +33,10 @@ TARGET_RECALL = 0.95
 # The tuned recall is an estimate from `TUNING_QUERIES` queries: nprobe is tuned this far above
 # the target so that other queries (a shopper's, a benchmark's) meet the target too.
 TUNING_MARGIN = 0.01
+# 8-bit codes are kept only when the nearest other product they find is the exact one this
+# often: in a catalog of near-identical variants (colours, sizes) they blur which variant is
+# nearest, and the ranker, re-scoring from the same codes, would then order variants wrongly.
+SQ8_MIN_NEAREST_AGREEMENT = 0.9
 TUNING_QUERIES = 500
 RECALL_K = 10
 TRAINING_PER_LIST = 50
@@ -60,6 +65,8 @@ class IndexReport:
     nprobe: int
     recall_at_10: float
     tuning_queries: int
+    # Share of tuning queries whose nearest other product is the exact search's.
+    nearest_agreement: float = 1.0
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +74,7 @@ class IndexReport:
             "nprobe": self.nprobe,
             "recall_at_10": self.recall_at_10,
             "tuning_queries": self.tuning_queries,
+            "nearest_agreement": self.nearest_agreement,
         }
 
 
@@ -130,7 +138,8 @@ def tune_nprobe(
 
     A sample of indexed products is each searched for its 10 nearest other products, exactly
     and through `index`; recall@10 is the share of the exact neighbours found.
-    Returns (nprobe, recall, queries).
+    Returns (nprobe, recall, nearest agreement (the share of queries whose first result is the
+    exact nearest), queries).
     """
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(vectors), size=min(TUNING_QUERIES, len(vectors)), replace=False)
@@ -145,7 +154,8 @@ def tune_nprobe(
         found = _without_self(index.search(queries, RECALL_K + 1)[1], ids[rows])
         recall = recall_at_k(found, truth)
         if recall >= target or nprobe >= index.nlist:
-            return nprobe, recall, len(rows)
+            agreement = float(np.mean(found[:, 0] == truth[:, 0])) if len(rows) else 1.0
+            return nprobe, recall, agreement, len(rows)
         nprobe = min(nprobe * 2, index.nlist)
 
 
@@ -171,12 +181,13 @@ def build_index(
     sample = vectors[rng.choice(n, size=min(n, TRAINING_PER_LIST * plan.nlist), replace=False)]
     index.train(sample)
     index.add_with_ids(vectors, ids)
-    nprobe, recall, queries = tune_nprobe(index, vectors, TARGET_RECALL + TUNING_MARGIN, ids=ids)
-    if recall < TARGET_RECALL + TUNING_MARGIN and plan.codes == "sq8":
+    target = TARGET_RECALL + TUNING_MARGIN
+    nprobe, recall, agreement, queries = tune_nprobe(index, vectors, target, ids=ids)
+    if plan.codes == "sq8" and (recall < target or agreement < SQ8_MIN_NEAREST_AGREEMENT):
         # 8-bit codes lose the order of close neighbours here: keep float16 codes instead.
         return build_index(vectors, plan=IndexPlan(plan.kind, plan.nlist, codes="fp16"), ids=ids)
     index.nprobe = nprobe
-    return index, IndexReport(plan, nprobe, round(recall, 4), queries)
+    return index, IndexReport(plan, nprobe, round(recall, 4), queries, round(agreement, 4))
 
 
 def holds_vectors(index: faiss.Index) -> bool:

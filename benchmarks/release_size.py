@@ -1,0 +1,295 @@
+"""Bytes on disk, resident memory and quality of a lean release against the uncompressed one.
+
+    .venv/bin/python benchmarks/release_size.py [--products 100000 1000000] [--queries 300]
+
+For each size, products get synthetic vectors of the real dimensions (fused 256, raw text 384,
+raw image 1280; every tenth product without a photo): products cluster by category and style
+around 2,000 centres, and come in groups of 5 near-identical variants (colours, sizes), so a
+query must tell its product from its variants (uniform random vectors have no neighbourhoods,
+and well-separated ones make every ranking perfect); plus synthetic titles for BM25 and a
+fusion model's query heads. No encoder runs. Two releases are
+written with the real release code (`artifacts.save_release`):
+
+- before: the release format before this change, as the baseline: exact float32 FAISS indexes
+  for the fused, text and image sets plus every vector set again as float16 .npy;
+- lean: the indexes the project chooses for that size (`indexing.choose_index`), holding each
+  vector set once as codes (float16 up to 50,000 products, IVF over 8-bit codes above).
+
+Printed per release: bytes per product on disk; resident memory (VmRSS) of a fresh process
+that loads the engine and answers the queries' first and second stages, beside a process that
+only imports the same modules; recall@10 of each retriever (its candidates re-scored from the
+release's vectors, as the ranker reads them) against exact float32 search; and the ranker's MRR
+(image+text and text queries: a product's vectors with noise, the product the target) on both
+releases. Goals: <= 4 KB per product, <= 4 GB resident at a million, recall@10 >= 0.95, MRR
+within 0.005 of the uncompressed release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmsearch.clock import new_version
+from mmsearch.index import artifacts
+from mmsearch.index.indexing import IndexPlan, build_index, index_type, recall_at_k
+from mmsearch.index.lexical import LexicalIndex
+from mmsearch.index.registry import ReleaseRegistry
+from mmsearch.search.engine import SearchEngine
+from mmsearch.search.ranking import FUSED, IMAGE_TEXT, RAW_IMAGE, RAW_TEXT, TEXT
+from mmsearch.settings import HomeLayout
+
+DIMS = {"fused": 256, "text": 384, "image": 1280}
+CENTRES, VARIANTS = 2000, 5
+# A variant group lies around its cluster's centre at the centre's length (cosine about 0.5
+# between two groups of one cluster); a variant differs from its group by this share.
+SPREAD, DETAIL = 1.0, 0.1
+# Query noise: a shopper's query lands near its product, not on it (cosine about 0.55).
+QUERY_NOISE = 1.5
+WORDS = "lamp desk oak brass linen shade tall floor wall round matte black white green".split()
+
+
+def mixture(n: int, cluster_of_group: np.ndarray, dim: int, rng: np.random.Generator):
+    """`n` unit vectors, `VARIANTS` per group, each group around its cluster's centre (float32,
+    made in blocks)."""
+    scale = 1 / np.sqrt(dim)
+    centres = rng.normal(0, scale, (CENTRES, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 50_000):
+        groups = np.arange(start, min(n, start + 50_000)) // VARIANTS
+        first = groups[0]
+        offsets = rng.normal(0, SPREAD * scale, (groups[-1] - first + 1, dim)).astype(np.float32)
+        block = centres[cluster_of_group[groups]] + offsets[groups - first]
+        block += rng.normal(0, DETAIL * scale, block.shape).astype(np.float32)
+        out[start : start + len(groups)] = block
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def noisy(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors near `vectors` (each moved by about `QUERY_NOISE` of its length)."""
+    noise = rng.normal(0, QUERY_NOISE / np.sqrt(vectors.shape[1]), vectors.shape)
+    moved = vectors + noise.astype(np.float32)
+    return moved / np.linalg.norm(moved, axis=1, keepdims=True)
+
+
+def heads_model(registry: ReleaseRegistry) -> str:
+    """A fusion model of the real dimensions saved in the registry (serving reads its heads)."""
+    import torch
+
+    from mmsearch.model.fusion import FusionConfig, FusionModel
+
+    torch.manual_seed(0)
+    model = FusionModel(FusionConfig(DIMS["image"], DIMS["text"]))
+    version = new_version("model", f"bench-{uuid.uuid4()}")
+    registry.save_model(version, model, {"encoders": {}, "summary": {}})
+    return version
+
+
+def catalog(n: int, rng: np.random.Generator):
+    cluster_of_group = rng.integers(0, CENTRES, -(-n // VARIANTS))
+    vectors = {name: mixture(n, cluster_of_group, dim, rng) for name, dim in DIMS.items()}
+    has_image = np.arange(n) % 10 != 0
+    vectors["image"][~has_image] = 0
+    titles = [" ".join(rng.choice(WORDS, 4)) + f" {i}" for i in range(n)]
+    products = pd.DataFrame(
+        {
+            "product_id": [f"p{i}" for i in range(n)],
+            "title": titles,
+            "category": "lamps",
+            "price": rng.uniform(5, 500, n).round(2),
+            "image_sha": np.where(has_image, "sha", ""),
+            "text_sha": [f"t{i}" for i in range(n)],
+            "position": np.arange(n, dtype=np.int64),
+        }
+    )
+    return vectors, has_image, products
+
+
+def write_release(registry, model_version, vectors, has_image, products, plan, lexical):
+    """A release over the vectors with `plan` (None: the project's choice) for every set;
+    seconds to build."""
+    started = time.perf_counter()
+    positions = products["position"].to_numpy()
+    index = build_index(vectors["fused"], plan=plan)[0]
+    retrievers = {
+        "text": build_index(vectors["text"], plan=plan)[0],
+        "image": build_index(vectors["image"][has_image], plan=plan, ids=positions[has_image])[0],
+    }
+    release = artifacts.save_release(
+        registry.layout,
+        new_version("index", str(uuid.uuid4())),
+        model_version,
+        index,
+        products,
+        index_type(index),
+        vectors,
+        retrievers,
+        lexical,
+        {"weights": {}},
+        {"promoted": True},
+    )
+    if plan is not None and plan.kind == "exact":
+        # The format before this change kept every set again as float16 .npy.
+        for name, file_name in artifacts.VECTOR_FILES.items():
+            np.save(release.folder / file_name, vectors[name].astype(np.float16))
+    return release, time.perf_counter() - started
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+RESIDENT = """
+import json, sys, numpy as np
+from pathlib import Path
+from mmsearch.index.registry import ReleaseRegistry
+from mmsearch.settings import HomeLayout
+from mmsearch.index import artifacts
+from mmsearch.search.engine import SearchEngine
+
+def rss():
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+home, version, queries = sys.argv[1], sys.argv[2], sys.argv[3]
+imported = rss()
+if version == "-":
+    print(json.dumps({"imported": imported}))
+    raise SystemExit
+registry = ReleaseRegistry(HomeLayout(Path(home)))
+engine = SearchEngine.of(registry, artifacts.load_release(registry.layout, version))
+loaded = rss()
+asked = np.load(queries)
+for text, image, fused in zip(asked["text"], asked["image"], asked["fused"]):
+    engine.rank("image+text", engine.candidates(text, image, fused_query=fused), 10)
+print(json.dumps({"imported": imported, "loaded": loaded, "searched": rss()}))
+"""
+
+
+def resident(home: Path, version: str, queries: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", RESIDENT, str(home), version, str(queries)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def quality(engine: SearchEngine, vectors, targets, asked) -> dict:
+    """Recall@10 of each retriever against exact search, and the ranker's MRR per kind."""
+    found = {FUSED: [], RAW_TEXT: [], RAW_IMAGE: []}
+    truth = {FUSED: [], RAW_TEXT: [], RAW_IMAGE: []}
+    reciprocal = {IMAGE_TEXT: [], TEXT: []}
+    for i, target in enumerate(targets):
+        text, image, fused = asked["text"][i], asked["image"][i], asked["fused"][i]
+        both = engine.candidates(text, image, fused_query=fused)
+        for feature, name, query in ((FUSED, "fused", fused), (RAW_TEXT, "text", text)):
+            order = np.argsort(-both.features[feature], kind="stable")[:10]
+            found[feature].append(both.rows[order])
+            truth[feature].append(np.argsort(-(vectors[name] @ query), kind="stable")[:10])
+        order = np.argsort(-both.features[RAW_IMAGE], kind="stable")[:10]
+        found[RAW_IMAGE].append(both.rows[order])
+        truth[RAW_IMAGE].append(np.argsort(-(vectors["image"] @ image), kind="stable")[:10])
+        for kind, candidates in (
+            (IMAGE_TEXT, both),
+            (TEXT, engine.candidates(text, None, fused_query=fused)),
+        ):
+            ranked = [row for row, _ in engine.rank(kind, candidates, 100)]
+            reciprocal[kind].append(1 / (ranked.index(target) + 1) if target in ranked else 0.0)
+    return {
+        "recall": {f: recall_at_k(np.array(found[f]), np.array(truth[f])) for f in found},
+        "mrr": {kind: float(np.mean(values)) for kind, values in reciprocal.items()},
+    }
+
+
+def run_size(n: int, n_queries: int, root: Path) -> None:
+    rng = np.random.default_rng(n)
+    started = time.perf_counter()
+    vectors, has_image, products = catalog(n, rng)
+    registry = ReleaseRegistry(HomeLayout(root / f"home-{n}").ensure())
+    model_version = heads_model(registry)
+    lexical = LexicalIndex.build(products["title"].tolist())
+    print(f"\n## {n:,} products ({time.perf_counter() - started:.0f} s to generate)")
+
+    targets = rng.choice(np.flatnonzero(has_image), size=n_queries, replace=False)
+    asked = {name: noisy(vectors[name][targets], rng) for name in DIMS}
+    queries = root / f"queries-{n}.npz"
+    np.savez(queries, **asked)
+
+    releases = {}
+    for label, plan in (
+        ("before (float32 indexes + float16 .npy)", IndexPlan("exact")),
+        ("lean", None),
+    ):
+        release, seconds = write_release(
+            registry, model_version, vectors, has_image, products, plan, lexical
+        )
+        releases[label] = (release, seconds)
+    base = resident(registry.layout.root, "-", queries)["imported"]
+    rows, scores = [], {}
+    for label, (release, seconds) in releases.items():
+        engine = SearchEngine.of(registry, release)
+        scores[label] = quality(engine, vectors, targets, asked)
+        memory = resident(registry.layout.root, release.index_version, queries)
+        per_file = {
+            path.name: path.stat().st_size / n
+            for path in release.folder.iterdir()
+            if path.is_file() and path.suffix in (".faiss", ".npy", ".parquet")
+        }
+        rows.append((label, release, seconds, disk_bytes(release.folder) / n, memory, per_file))
+        del engine
+
+    print(f"\nimports only: {base / 2**20:.0f} MB resident")
+    print(
+        "\n| release | index types | build s | bytes/product on disk | resident after load MB | "
+        f"after {n_queries} searches MB | recall@10 fused / text / image | MRR image+text / text |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for label, release, seconds, per_product, memory, _ in rows:
+        recall, mrr = scores[label]["recall"], scores[label]["mrr"]
+        kinds = ", ".join(
+            index_type(release.load_index())
+            if name == "fused"
+            else index_type(release.load_retriever_index(name))
+            for name in ("fused", "text", "image")
+        )
+        print(
+            f"| {label} | {kinds} | {seconds:.0f} | {per_product:,.0f} | "
+            f"{memory['loaded'] / 2**20:.0f} | {memory['searched'] / 2**20:.0f} | "
+            f"{recall[FUSED]:.3f} / {recall[RAW_TEXT]:.3f} / {recall[RAW_IMAGE]:.3f} | "
+            f"{mrr[IMAGE_TEXT]:.4f} / {mrr[TEXT]:.4f} |"
+        )
+    for label, *_, per_file in rows:
+        files = ", ".join(f"{name} {size:,.0f}" for name, size in sorted(per_file.items()))
+        print(f"\nbytes/product by file, {label}: {files}")
+    lean, before = scores["lean"]["mrr"], scores[rows[0][0]]["mrr"]
+    gaps = {kind: before[kind] - lean[kind] for kind in lean}
+    print(
+        "\nMRR lost by the lean release: "
+        + ", ".join(f"{kind} {gap:+.4f}" for kind, gap in gaps.items())
+        + " (goal: <= 0.005)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--products", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="release-size-") as folder:
+        for n in args.products:
+            run_size(n, args.queries, Path(folder))
+
+
+if __name__ == "__main__":
+    main()
