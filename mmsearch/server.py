@@ -6,12 +6,12 @@ the serving one and swaps the reference: requests in flight finish on the old en
 use the new one, none fails. Bad requests get a 4xx and `{"error": "one line"}`; the server
 keeps serving.
 
-Under load the work is CPU-bound and much of it holds Python's GIL (the product table, the
-ranker, the answer's JSON), so one process answers at most a core's worth of searches however
-many threads it runs; more threads only queue on the GIL. `serve` therefore runs `workers`
-processes on one listening socket (each loads the release, reading the same files), and each
-process runs at most `threads` searches at once, every encoder and FAISS call on one thread;
-requests beyond that wait their turn in the event loop instead of slowing every search down.
+Under load the work is CPU-bound and about half of it holds Python's GIL (the product table,
+the ranker, the answer's JSON), so one process cannot keep two cores busy however many threads
+it runs; more threads only queue on the GIL. `serve` therefore runs `workers` processes on one
+listening socket (each loads the release, reading the same files), and each process runs at
+most `threads` searches at once, every encoder and FAISS call on one thread; requests beyond
+that wait their turn in the event loop instead of slowing every search down.
 """
 
 from __future__ import annotations
