@@ -240,3 +240,16 @@ def test_server_searches_by_text_and_photo_without_torch_or_transformers(built_h
     for ours, theirs in zip(answer["text"]["results"], expected, strict=True):
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-3)
     assert answer["photo"]["results"][0]["product_id"] == product_id
+
+
+def test_vectors_of_a_product_the_index_lacks_read_as_zeros():
+    rng = np.random.default_rng(5)
+    vectors = _clustered(300, 16, rng)
+    index = build_index(vectors[:200], ids=np.arange(200, dtype=np.int64))[0]
+    # Told every row is there, although rows 200-299 are not: those read as zeros.
+    rows = artifacts.ReleaseVectors.of_index(
+        index, np.arange(300, dtype=np.int64), np.ones(300, dtype=bool)
+    )
+    read = rows[[5, 250, 199]]
+    assert not read[1].any()
+    np.testing.assert_allclose(read[[0, 2]], vectors[[5, 199]], atol=1e-3)

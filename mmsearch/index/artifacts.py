@@ -65,15 +65,26 @@ class ReleaseVectors:
         return cls(lambda rows: np.asarray(array[rows], dtype=np.float32), *array.shape)
 
     @classmethod
-    def of_index(cls, index, positions: np.ndarray) -> ReleaseVectors:
+    def of_index(
+        cls, index, positions: np.ndarray, present: np.ndarray | None = None
+    ) -> ReleaseVectors:
         """Rows decoded from an index that holds vectors; row i is the vector of id
-        `positions[i]`."""
-        present = np.isin(positions, index_ids(index))
+        `positions[i]`. `present`: which rows the index has a vector for, when the caller
+        knows (reading every id of a memory-mapped index would page in part of each list);
+        a row it wrongly says is there reads as zeros."""
+        present = np.isin(positions, index_ids(index)) if present is None else present
 
         def read(rows: np.ndarray) -> np.ndarray:
             out = np.zeros((len(rows), index.d), dtype=np.float32)
             found = present[rows]
-            out[found] = stored_vectors(index, positions[rows[found]])
+            try:
+                out[found] = stored_vectors(index, positions[rows[found]])
+            except RuntimeError:  # an id the index does not hold: read the others one by one
+                for at in np.flatnonzero(found):
+                    try:
+                        out[at] = stored_vectors(index, positions[rows[at : at + 1]])[0]
+                    except RuntimeError:
+                        continue
             return out
 
         return cls(read, len(positions), index.d)
@@ -148,12 +159,17 @@ class Release:
         return pd.read_parquet(self.folder / INDEX_PRODUCTS)
 
     def vector_rows(
-        self, name: str, index=None, positions: np.ndarray | None = None
+        self,
+        name: str,
+        index=None,
+        positions: np.ndarray | None = None,
+        present: np.ndarray | None = None,
     ) -> ReleaseVectors:
         """Vector set `name` (`VECTOR_FILES`) read on demand, rows aligned with
         `load_products()`: from its float16 .npy (memory-mapped) when the release has one, else
         from the codes of its index (`index`: that index already loaded; `positions`: the
-        products' index ids, default read from the product table)."""
+        products' index ids, default read from the product table; `present`: the rows it has
+        vectors for, default read from the index)."""
         path = self.folder / VECTOR_FILES[name]
         if path.is_file():
             return ReleaseVectors.of_array(np.load(path, mmap_mode="r"))
@@ -172,7 +188,7 @@ class Release:
                 if "position" in products
                 else np.arange(len(products), dtype=np.int64)
             )
-        return ReleaseVectors.of_index(index, positions)
+        return ReleaseVectors.of_index(index, positions, present)
 
     def load_vectors(self, name: str) -> np.ndarray:
         """(products, dim) float32 vectors, rows aligned with `load_products()`, in memory."""

@@ -158,8 +158,11 @@ class SearchEngine:
         self._row_of = np.full(int(self._ids.max(initial=-1)) + 1, -1, dtype=np.int64)
         self._row_of[self._ids] = np.arange(len(self._ids))
         holders = {"fused": self.index, **self.retriever_indexes}
+        # Every product has fused and text vectors; only those with a photo have an image one.
+        everyone = np.ones(len(self._ids), dtype=bool)
+        present = {"fused": everyone, "text": everyone, "image": self._has_image}
         self.vectors = {
-            name: release.vector_rows(name, holders[name], self._ids)
+            name: release.vector_rows(name, holders[name], self._ids, present[name])
             for name in artifacts.VECTOR_FILES
         }
         self._categories = self.products["category"].fillna("").str.casefold().to_numpy()
