@@ -1,9 +1,10 @@
 # The README's two commands: `make demo` and `make test`. Both set up everything from nothing.
+# `make check` is the fast tier a developer runs often: the tests not marked slow.
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install demo test lint ui benchmarks
+.PHONY: install demo test check lint ui benchmarks
 
 install: $(VENV)/.installed
 
@@ -19,6 +20,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+check: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

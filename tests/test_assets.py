@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test, materialize
+from dagster import AssetKey, instance_for_test, materialize
 
 from mm_assets.definitions import build_definitions, defs
 from mm_assets.partitions import catalog_drops
@@ -77,7 +77,11 @@ def test_definitions_load_with_the_whole_asset_graph():
         "promotion_gate",
         "images_match_their_text",
     }
-    assert defs.resolve_job_def("refresh_catalog") is not None
+    # The jobs divide the graph: ingest one drop partition, then refresh everything after it.
+    ingest, refresh = defs.resolve_job_def("ingest_drop"), defs.resolve_job_def("refresh_catalog")
+    assert {k.to_user_string() for k in ingest.asset_layer.selected_asset_keys} == {"raw_products"}
+    assert ingest.partitions_def == catalog_drops
+    assert {k.to_user_string() for k in refresh.asset_layer.selected_asset_keys} == set(DOWNSTREAM)
     assert defs.get_schedule_def("nightly_retrain").cron_schedule == "0 2 * * *"
 
 
@@ -107,6 +111,7 @@ def materialized(tmp_path_factory, sample_drop):
         yield layout, drop, ingest, refresh, instance, assets
 
 
+@pytest.mark.slow
 def test_every_asset_and_check_succeeds(materialized):
     _, _, ingest, refresh, _, _ = materialized
     assert ingest.success and refresh.success
@@ -115,6 +120,7 @@ def test_every_asset_and_check_succeeds(materialized):
     assert checks["features_cover_catalog"]
 
 
+@pytest.mark.slow
 def test_raw_rows_are_kept_with_drop_and_row_number(materialized, sample_drop):
     layout, drop, *_ = materialized
     with open(sample_drop / "products.csv", encoding="utf-8", newline="") as handle:
@@ -126,6 +132,7 @@ def test_raw_rows_are_kept_with_drop_and_row_number(materialized, sample_drop):
     assert (count, first, last, names) == (csv_rows, 1, csv_rows, [drop])
 
 
+@pytest.mark.slow
 def test_dirty_rows_are_quarantined_and_rows_balance(materialized):
     layout, drop, _, refresh, _, _ = materialized
     with warehouse.connect(layout.warehouse, read_only=True) as con:
@@ -144,6 +151,7 @@ def test_dirty_rows_are_quarantined_and_rows_balance(materialized):
     assert metadata["live_products"].value == live
 
 
+@pytest.mark.slow
 def test_features_are_unit_vectors_of_the_encoder_dimensions(materialized):
     layout, *_ = materialized
     config = json.loads(next(layout.models.glob("*/config.json")).read_text())
@@ -158,6 +166,7 @@ def test_features_are_unit_vectors_of_the_encoder_dimensions(materialized):
     assert catalog.has_image.mean() > 0.9
 
 
+@pytest.mark.slow
 def test_release_is_live_and_a_products_image_retrieves_it_first(materialized):
     layout, *_ = materialized
     engine = SearchEngine.live(registry_for(layout))
@@ -173,6 +182,7 @@ def test_release_is_live_and_a_products_image_retrieves_it_first(materialized):
     assert np.mean(first_hits) >= 0.8
 
 
+@pytest.mark.slow
 def test_evaluation_is_in_range_and_recorded(materialized):
     layout, _, _, refresh, _, _ = materialized
     release = registry_for(layout).live()
@@ -193,14 +203,18 @@ def test_evaluation_is_in_range_and_recorded(materialized):
     assert "ranker MRR" in metadata["results"].value and "fused MRR" in metadata["results"].value
 
 
+@pytest.mark.slow
 def test_runs_are_recorded_in_the_instance(materialized):
-    *_, instance, _ = materialized
-    assert isinstance(instance, DagsterInstance)
-    event = instance.get_latest_materialization_event(AssetKey("product_index"))
-    assert event is not None
-    assert event.asset_materialization.metadata["size"].value > 50
+    layout, drop, ingest, refresh, instance, _ = materialized
+    ingested = instance.get_latest_materialization_event(AssetKey("raw_products"))
+    assert (ingested.run_id, ingested.asset_materialization.partition) == (ingest.run_id, drop)
+    published = instance.get_latest_materialization_event(AssetKey("product_index"))
+    assert published.run_id == refresh.run_id
+    size = published.asset_materialization.metadata["size"].value
+    assert size == registry_for(layout).live().size > 50
 
 
+@pytest.mark.slow
 def test_products_whose_image_shows_another_product_are_flagged(materialized):
     layout, *_ = materialized
     release = registry_for(layout).live()

@@ -148,11 +148,13 @@ def _stored_views(home: Path, before_update: bool = False) -> int:
         return con.execute(sql).fetchone()[0]
 
 
+@pytest.mark.slow
 def test_sensor_tick_requests_only_the_new_drop(changed_home):
     _, _, _, _, tick = changed_home
     assert [request.partition_key for request in tick.run_requests] == ["week-2"]
 
 
+@pytest.mark.slow
 def test_update_is_incremental_with_the_same_model(changed_home):
     _, first, second, changes, _ = changed_home
     assert second["model_version"] == first["model_version"]
@@ -162,6 +164,7 @@ def test_update_is_incremental_with_the_same_model(changed_home):
     assert second["rows"]["replaced"] == first["rows"]["replaced"] + RETITLED + REIMAGED
 
 
+@pytest.mark.slow
 def test_only_new_and_changed_content_is_encoded(changed_home):
     home, _, _, _, _ = changed_home
     instance = _home_instance(home)
@@ -178,6 +181,7 @@ def test_only_new_and_changed_content_is_encoded(changed_home):
     assert _metadata(instance, "fusion_model")["trained"] is False
 
 
+@pytest.mark.slow
 def test_recommendations_are_recomputed_only_where_the_catalog_changed(changed_home):
     home, _, second, changes, _ = changed_home
     metadata = _metadata(_home_instance(home), "product_recommendations")
@@ -196,6 +200,7 @@ def test_recommendations_are_recomputed_only_where_the_catalog_changed(changed_h
     assert {model for *_, model in lists} == {second["model_version"]}
 
 
+@pytest.mark.slow
 def test_a_refresh_with_nothing_changed_publishes_nothing_new(changed_home):
     home, _, second, _, _ = changed_home
     layout = HomeLayout(home)
@@ -204,6 +209,7 @@ def test_a_refresh_with_nothing_changed_publishes_nothing_new(changed_home):
     assert (outcome.mode, outcome.release.index_version) == ("unchanged", second["index_version"])
 
 
+@pytest.mark.slow
 def test_new_products_are_searchable_and_replaced_ones_updated(changed_home):
     home, _, _, changes, _ = changed_home
     for row in changes["new"][:3] + changes["retitled"]:
@@ -218,6 +224,7 @@ def test_new_products_are_searchable_and_replaced_ones_updated(changed_home):
     assert results["results"][0]["product_id"] == reimaged["product_id"]
 
 
+@pytest.mark.slow
 def test_a_worse_model_is_not_promoted(changed_home, monkeypatch, capsys):
     import mm_assets.definitions
     from mm_cli.main import main
@@ -268,6 +275,7 @@ def test_a_worse_model_is_not_promoted(changed_home, monkeypatch, capsys):
     assert cli_json(home, "search", "--text", "blue")["model_version"] == second["model_version"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_training_leaves_the_live_version_serving(changed_home):
     home, *_ = changed_home
     live = json.loads((home / "artifacts" / "LIVE.json").read_text())["model_version"]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, run_together, write_drop
+
+pytestmark = pytest.mark.slow
 
 
 def test_run_reports_assets_rows_model_and_index(built_home):

@@ -23,6 +23,8 @@ from mm_assets.daemon import running_daemon
 from mm_assets.instance import POSTGRES_URL_ENV, instance_for
 from mmsearch.settings import HomeLayout
 
+pytestmark = pytest.mark.slow
+
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus, RunsFilter
 
 from conftest import cli_json, run_cli
@@ -54,6 +55,7 @@ def test_a_killed_process_is_told_from_a_live_one():
     assert is_gone(ProcessIdentity("another-host.example", me.pid, me.boot, me.started)) is None
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_step_is_marked_failed_and_the_next_run_finishes_its_work(tmp_path):
     home = tmp_path / "home"
     layout = HomeLayout(home).ensure()

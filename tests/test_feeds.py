@@ -521,6 +521,7 @@ def _twelve_product_feed(server: FeedServer) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+@pytest.mark.slow
 def test_ingest_by_url_needs_the_allow_list_for_a_local_server(server, tmp_path, monkeypatch):
     server.routes["/feeds/shop.tsv"] = [(200, {}, _twelve_product_feed(server))]
     home = tmp_path / "home"
@@ -541,6 +542,7 @@ def test_ingest_by_url_needs_the_allow_list_for_a_local_server(server, tmp_path,
     )
 
 
+@pytest.mark.slow
 def test_mmsearch_ingests_a_feed_file_runs_and_finds_a_product_by_title(
     server, tmp_path, monkeypatch
 ):

@@ -49,6 +49,7 @@ def hostile_home(tmp_path_factory):
     return home, expected, cli_json(home, "run")
 
 
+@pytest.mark.slow
 def test_hostile_drop_runs_with_exit_zero_and_balances(hostile_home):
     home, expected, run = hostile_home
     rows = run["rows"]
@@ -59,6 +60,7 @@ def test_hostile_drop_runs_with_exit_zero_and_balances(hostile_home):
     assert status["drops"][0]["quarantined"] == rows["quarantined"]
 
 
+@pytest.mark.slow
 def test_each_bad_row_is_listed_with_its_reason(hostile_home):
     home, expected, _ = hostile_home
     listed = {r["row"]: r for r in cli_json(home, "quarantine")["rows"]}
@@ -67,6 +69,7 @@ def test_each_bad_row_is_listed_with_its_reason(hostile_home):
     assert all(r["drop"] == "hostile-feed" and len(r["reason"]) > 10 for r in listed.values())
 
 
+@pytest.mark.slow
 def test_good_rows_are_searchable(hostile_home):
     home, *_ = hostile_home
     ids = {
@@ -76,6 +79,7 @@ def test_good_rows_are_searchable(hostile_home):
     assert not ids & {"no-title", "bomb-image", "dotdot", "symlink", "gone"}
 
 
+@pytest.mark.slow
 def test_no_byte_from_outside_the_drop_reaches_the_warehouse(hostile_home):
     home, *_ = hostile_home
     assert SECRET_TEXT not in (home / "warehouse.duckdb").read_bytes()
@@ -86,6 +90,7 @@ def test_no_byte_from_outside_the_drop_reaches_the_warehouse(hostile_home):
     assert not list((home / "clean_images").rglob(f"{secret_sha}*"))
 
 
+@pytest.mark.slow
 def test_near_duplicates_are_flagged_not_deleted(hostile_home):
     import duckdb
 
@@ -101,6 +106,7 @@ def test_near_duplicates_are_flagged_not_deleted(hostile_home):
     assert {"shared-a", "shared-b", "twin"} <= live
 
 
+@pytest.mark.slow
 def test_mostly_garbage_drop_stops_downstream_and_says_why(tmp_path):
     home = tmp_path / "home"
     rows = [

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from helpers import run_together
 from mm_assets.instance import POSTGRES_URL_ENV
+
+pytestmark = pytest.mark.slow
 
 OPEN_AND_COUNT_RUNS = """
 import sys

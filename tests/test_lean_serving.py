@@ -153,6 +153,7 @@ def test_release_with_vectors_beside_an_index_still_loads_and_one_without_says_r
         SearchEngine.of(registry, release)
 
 
+@pytest.mark.slow
 def test_numpy_query_heads_equal_the_torch_model(built_home):
     import torch  # noqa: F401  (the torch model is the reference)
 
@@ -210,6 +211,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_server_searches_by_text_and_photo_without_torch_or_transformers(built_home, sample_drop):
     home, _ = built_home
     engine = SearchEngine.live(registry_for(HomeLayout(home)))

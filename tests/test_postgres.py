@@ -46,6 +46,8 @@ from mmsearch.settings import HomeLayout
 from resources import WarehouseResource
 from sensors.drops import catalog_drop_sensor
 
+pytestmark = pytest.mark.slow
+
 POSTGRES_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "postgres.sh"
 
 

@@ -197,6 +197,7 @@ def test_a_tiny_catalog_trains_past_its_first_epoch():
     assert losses[result.best_epoch - 1] < losses[0]
 
 
+@pytest.mark.slow
 def test_a_products_own_catalog_photo_comes_first(built_home, sample_drop):
     from mmsearch.catalog.drops import read_products
     from mmsearch.index.registry import registry_for
@@ -218,6 +219,7 @@ def test_a_products_own_catalog_photo_comes_first(built_home, sample_drop):
     assert all(firsts), [pid for (pid, _), first in zip(photos, firsts, strict=True) if not first]
 
 
+@pytest.mark.slow
 def test_release_records_a_ranker_no_worse_than_its_retrievers(built_home):
     from mmsearch.settings import HomeLayout
 
@@ -230,6 +232,7 @@ def test_release_records_a_ranker_no_worse_than_its_retrievers(built_home):
         assert report["n"] > 0 and report["ranker_mrr"] >= max(singles), kind
 
 
+@pytest.mark.slow
 def test_the_gate_refuses_a_candidate_it_cannot_compare(built_home, tmp_path):
     import shutil
 
@@ -260,6 +263,7 @@ def test_the_gate_refuses_a_candidate_it_cannot_compare(built_home, tmp_path):
     assert artifacts.INDEX_FILE in refused.reason
 
 
+@pytest.mark.slow
 def test_a_release_from_before_the_two_stage_files_is_rebuilt_with_the_same_model(
     built_home, tmp_path
 ):

@@ -25,6 +25,8 @@ from mmsearch.features.extraction import catalog_images, catalog_texts, pseudo_q
 from mmsearch.settings import HomeLayout
 from resources import ImageEncoderResource, PipelineSettings
 
+pytestmark = pytest.mark.slow
+
 ray_cluster_utils = pytest.importorskip(
     "ray.cluster_utils", reason="the `ray` extra: pip install -e '.[dev,ray]'"
 )

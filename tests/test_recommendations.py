@@ -22,6 +22,8 @@ from mmsearch.search.recommendations import (
 )
 from mmsearch.settings import HomeLayout
 
+pytestmark = pytest.mark.slow
+
 K = 10
 TWINS, WITHOUT_PHOTO = 3, 3
 

@@ -20,6 +20,8 @@ from mmsearch import warehouse
 from mmsearch.sample import write_sample_catalog
 from mmsearch.settings import HomeLayout
 
+pytestmark = pytest.mark.slow
+
 
 def _lamps(folder, ids, word="Lamp"):
     return write_drop(

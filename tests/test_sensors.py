@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dagster import (
-    RunRequest,
     SkipReason,
     build_schedule_context,
     build_sensor_context,
@@ -15,6 +14,7 @@ from helpers import write_drop
 from mm_assets.definitions import build_definitions
 from mm_assets.jobs import INGEST_JOB, RETRAIN_JOB
 from mm_assets.partitions import catalog_drops
+from mm_assets.training import RETRAIN_TAG
 from mmsearch.settings import HomeLayout
 from resources import WarehouseResource
 from sensors.drops import catalog_drop_sensor
@@ -67,12 +67,25 @@ def test_automation_requests_everything_downstream_after_an_ingest_and_nothing_a
     assert again.total_requested == 0
 
 
-def test_nightly_retrain_runs_the_retrain_job_at_two():
+def test_nightly_retrain_at_two_retrains_and_republishes_without_reingesting(tmp_path):
     assert nightly_retrain.cron_schedule == "0 2 * * *"
-    assert nightly_retrain.job_name == RETRAIN_JOB
+    job = build_definitions(str(tmp_path / "home")).resolve_job_def(nightly_retrain.job_name)
+    assert job.name == RETRAIN_JOB and job.tags[RETRAIN_TAG] == "true"
+    # The model and what follows it, never the drops, the cleaning or the encoders again.
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
+        "fusion_model",
+        "candidate_release",
+        "product_index",
+        "image_text_consistency",
+        "search_evaluation",
+        "product_recommendations",
+    }
     with instance_for_test() as instance:
-        request = nightly_retrain.evaluate_tick(build_schedule_context(instance=instance))
-    assert isinstance(request.run_requests[0], RunRequest)
+        # No model trained yet: the first night asks for one.
+        [request] = nightly_retrain.evaluate_tick(
+            build_schedule_context(instance=instance)
+        ).run_requests
+    assert request.run_key is None
 
 
 def test_a_changed_sql_model_is_requested_again_with_nothing_else(tmp_path, monkeypatch):

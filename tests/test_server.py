@@ -27,6 +27,8 @@ from mmsearch.index.registry import registry_for
 from mmsearch.server import LiveSearch, create_app
 from mmsearch.settings import HomeLayout
 
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
