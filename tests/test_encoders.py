@@ -88,6 +88,7 @@ def test_a_rejected_export_keeps_the_eager_model(tmp_path):
     assert not list(tmp_path.glob("*.onnx"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [b"", b"not an onnx model"])
 def test_a_damaged_kept_export_is_made_again(tmp_path, damage):
     first = _image_encoder(tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mmsearch.features.encoders import load_image_encoder, load_text_encoder
@@ -46,6 +47,7 @@ def _sample_features(sample_drop):
     return [row.product_id for row, _ in usable], [img for _, img in usable], images, texts
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_a_products_own_image_finds_it_first(sample_drop):
     ids, pictures, images, texts = _sample_features(sample_drop)
     has_image = np.ones(len(ids), dtype=bool)
@@ -104,6 +106,7 @@ def test_the_default_budget_stops_growing_with_the_catalog_and_keeps_small_ones_
     )
 
 
+@pytest.mark.slow
 def test_a_large_catalog_trains_the_same_steps_as_a_smaller_one_on_a_capped_validation_sample():
     config = TrainingConfig(
         max_steps=6,
