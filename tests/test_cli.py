@@ -498,7 +498,7 @@ def test_a_damaged_live_release_is_refused_by_name_and_search_answers_from_the_o
     second = cli_json(home, "run")
     assert (first["index_size"], second["index_size"]) == (12, 14)
     live = registry_for(HomeLayout(home)).live()
-    vectors = live.folder / "fused.npy"
+    vectors = live.folder / "index.faiss"  # the fused index, which also holds its vectors
     vectors.write_bytes(vectors.read_bytes()[:100])  # cut short, as by a full disk
     answer = run_cli(home, "search", "--text", "lamp", "--json")
     warning = answer.stderr.strip().splitlines()[-1]
