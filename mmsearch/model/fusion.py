@@ -51,9 +51,10 @@ class TrainingConfig:
     """
 
     epochs: int = 80
-    # About 0.4 s a step on 2 CPU cores at this batch and `query_candidates`: under 3 minutes.
-    # None: no cap, `epochs` full passes whatever the catalog's size.
-    max_steps: int | None = 400
+    # On 3,000 sample products full epochs stopped early at step 270 (best 198) and 100 steps
+    # matched their held-out MRR (`benchmarks/training_budget.py`). None: no cap, `epochs` full
+    # passes whatever the catalog's size.
+    max_steps: int | None = 300
     # None: validate after each pass over the training pairs.
     validation_every: int | None = 25
     batch_size: int = 256
