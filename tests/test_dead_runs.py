@@ -41,8 +41,7 @@ def _chairs(folder: Path, n: int) -> Path:
 
 def _started_steps(instance, run_id: str) -> set[str]:
     return {
-        record.step_key
-        for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
+        record.step_key for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
     }
 
 
