@@ -196,7 +196,13 @@ class Release:
 
     def load_retriever_index(self, name: str, mapped: bool = False):
         """A raw encoder's index; `mapped`: read-only with its codes memory-mapped (serving)."""
-        return load_index(self.folder / RETRIEVER_INDEX_FILES[name], mapped)
+        path = self.folder / RETRIEVER_INDEX_FILES[name]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"release {self.index_version} has no {path.name}: it predates the two-stage "
+                "ranker; rebuild it with `mmsearch run --retrain`"
+            )
+        return load_index(path, mapped)
 
     def load_lexical(self) -> LexicalIndex:
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
