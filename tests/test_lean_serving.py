@@ -99,6 +99,7 @@ def _exact_top(vectors: np.ndarray, query: np.ndarray, k: int = 10) -> np.ndarra
     return np.argsort(-(vectors @ query), kind="stable")[:k]
 
 
+@pytest.mark.slow
 def test_compressed_release_serves_each_retriever_at_recall_target(registry):
     n = 6000
     release, vectors, has_image = _synthetic_release(
@@ -153,6 +154,7 @@ def test_release_with_vectors_beside_an_index_still_loads_and_one_without_says_r
         SearchEngine.of(registry, release)
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_numpy_query_heads_equal_the_torch_model(built_home):
     import torch  # noqa: F401  (the torch model is the reference)
@@ -211,6 +213,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_server_searches_by_text_and_photo_without_torch_or_transformers(built_home, sample_drop):
     home, _ = built_home
