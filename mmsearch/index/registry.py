@@ -208,9 +208,15 @@ class ReleaseRegistry:
             self.pointer_warning = None
             return f"{damage}; repaired: {stand_in.index_version} is live"
 
-    def newest_good(self) -> Release | None:
-        """The newest promoted release whose files verify, or None."""
+    def newest_good(self, before: Release | None = None) -> Release | None:
+        """The newest promoted release whose files verify (older than `before` when given), or
+        None."""
         for release in reversed(self.releases()):
+            if (
+                before is not None
+                and release.manifest["created_at"] >= before.manifest["created_at"]
+            ):
+                continue
             if not release.manifest.get("promoted", True):
                 continue
             try:
@@ -222,17 +228,7 @@ class ReleaseRegistry:
 
     def last_good(self, before: Release) -> Release | None:
         """The newest promoted release older than `before` whose files verify."""
-        for release in reversed(self.releases()):
-            if release.manifest["created_at"] >= before.manifest["created_at"]:
-                continue
-            if not release.manifest.get("promoted", True):
-                continue
-            try:
-                release.verify()
-            except DamagedRelease:
-                continue
-            return release
-        return None
+        return self.newest_good(before)
 
     def publish(self, release: Release, reason: str = "promoted") -> dict:
         """Make `release` the live one, atomically; returns the pointer written."""
