@@ -65,14 +65,30 @@ class Candidates:
     features: dict[str, np.ndarray]
 
     def matrix(self, names: tuple[str, ...]) -> np.ndarray:
-        """(candidates, len(names)) features: the dense retrievers' cosines scaled to [0, 1]
-        over this query's candidates (min-max; equal for every candidate: 0), the bounded
-        features (`BOUNDED`, already in [0, 1] with an absolute meaning) as they are."""
-        columns = np.stack([self.features[n] for n in names], axis=1).astype(np.float64)
-        relative = ~np.isin(names, BOUNDED)
-        low, spread = columns.min(axis=0), np.ptp(columns, axis=0)
-        scaled = (columns - low) / np.where(spread > 1e-12, spread, np.inf)
-        return np.where(relative, scaled, columns)
+        """(candidates, len(names)) features on the ranker's scale (`scaled_features`)."""
+        return scaled_features(self.features, names, np.zeros(len(self.rows), dtype=np.int64), 1)
+
+
+def scaled_features(
+    features: dict[str, np.ndarray], names: tuple[str, ...], query: np.ndarray, queries: int
+) -> np.ndarray:
+    """(candidates, len(names)) features on the ranker's scale: the dense retrievers' cosines
+    scaled to [0, 1] over their own query's candidates (min-max; equal for every candidate: 0),
+    the bounded features (`BOUNDED`, already in [0, 1] with an absolute meaning) as they are.
+    `query` (ascending) says which of `queries` queries each candidate answers, so the
+    candidates of many queries are scaled at once (batched recommendations)."""
+    columns = np.stack([features[n] for n in names], axis=1).astype(np.float64)
+    relative = ~np.isin(names, BOUNDED)
+    low = np.zeros((queries, len(names)))
+    high = np.zeros((queries, len(names)))
+    present = np.unique(query)
+    if len(present):
+        starts = np.searchsorted(query, present)
+        low[present] = np.minimum.reduceat(columns, starts, axis=0)
+        high[present] = np.maximum.reduceat(columns, starts, axis=0)
+    spread = (high - low)[query]
+    scaled = (columns - low[query]) / np.where(spread > 1e-12, spread, np.inf)
+    return np.where(relative, scaled, columns)
 
 
 @dataclass
@@ -91,6 +107,14 @@ class Ranker:
         names = FEATURES[kind]
         weights = np.array([self.weights[kind][n] for n in names])
         return candidates.matrix(names) @ weights
+
+    def score_many(
+        self, kind: str, features: dict[str, np.ndarray], query: np.ndarray, queries: int
+    ) -> np.ndarray:
+        """`score` of the candidates of many queries at once (see `scaled_features`)."""
+        names = FEATURES[kind]
+        weights = np.array([self.weights[kind][n] for n in names])
+        return scaled_features(features, names, query, queries) @ weights
 
     def to_dict(self) -> dict:
         return {"weights": self.weights, "fitted_on": self.fitted_on}

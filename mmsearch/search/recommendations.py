@@ -27,8 +27,6 @@ import pandas as pd
 from mmsearch.index.lexical import _tokens
 from mmsearch.search.engine import CANDIDATES, NEAR_DUPLICATE_PHOTO
 from mmsearch.search.ranking import (
-    BOUNDED,
-    FEATURES,
     FUSED,
     IMAGE_TEXT,
     LEXICAL,
@@ -298,23 +296,9 @@ class _Batch:
     def _rank_scores(
         self, query: np.ndarray, features: dict[str, np.ndarray], with_image: np.ndarray, n: int
     ) -> np.ndarray:
-        """The ranker's score (`Ranker.score`) of every pair: its features min-max scaled over
-        its own query's candidates (bounded ones as they are), weighted for the query's kind."""
-        starts = _segment_starts(query, n)
-        scaled = {}
-        for name, values in features.items():
-            column = values.astype(np.float64)
-            if name in BOUNDED:
-                scaled[name] = column
-                continue
-            low = _segment_reduce(np.minimum, column, query, starts, n)
-            spread = _segment_reduce(np.maximum, column, query, starts, n) - low
-            scaled[name] = (column - low[query]) / np.where(spread > 1e-12, spread, np.inf)[query]
-        weights = self.engine.ranker.weights
-        by_kind = {
-            kind: sum(scaled[name] * weights[kind][name] for name in FEATURES[kind])
-            for kind in (TEXT, IMAGE_TEXT)
-        }
+        """The ranker's score (`Ranker.score`) of every pair, for its query's kind."""
+        ranker = self.engine.ranker
+        by_kind = {kind: ranker.score_many(kind, features, query, n) for kind in (TEXT, IMAGE_TEXT)}
         return np.where(with_image[query], by_kind[IMAGE_TEXT], by_kind[TEXT])
 
 
