@@ -17,7 +17,8 @@ _STEMMER = Stemmer.Stemmer("english")
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
-def _tokens(texts: list[str]) -> list[list[str]]:
+def word_tokens(texts: list[str]) -> list[list[str]]:
+    """Each text's words as BM25 indexes and queries them: stop words out, English-stemmed."""
     return bm25s.tokenize(
         texts, stopwords=STOPWORDS, stemmer=_STEMMER, return_ids=False, show_progress=False
     )
@@ -44,7 +45,7 @@ class LexicalIndex:
     def scores(self, text: str) -> tuple[np.ndarray, float]:
         """(n_documents,) float32 BM25 scores (zeros when no query word is in the index) and the
         share of the query's words (stemmed, stopwords left out) that the index knows."""
-        words = _tokens([text])[0]
+        words = word_tokens([text])[0]
         known = [t for t in words if t in self.retriever.vocab_dict]
         if not known or not self.size:
             return np.zeros(self.size, dtype=np.float32), 0.0

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from mmsearch.index.lexical import _tokens
+from mmsearch.index.lexical import word_tokens
 from mmsearch.search.engine import CANDIDATES, NEAR_DUPLICATE_PHOTO
 from mmsearch.search.ranking import (
     FUSED,
@@ -121,7 +121,7 @@ class _Lexical:
         """(query, document, score) of every document with a positive score for each text, by
         query then document, and each text's share of words the index knows
         (`LexicalIndex.scores`' coverage)."""
-        words = _tokens(texts) if texts else []
+        words = word_tokens(texts) if texts else []
         counts = np.array([len(w) for w in words], dtype=np.int64)
         ids = np.array([self.vocabulary.get(t, -1) for w in words for t in w], dtype=np.int64)
         query_of_word = np.repeat(np.arange(len(texts)), counts)
