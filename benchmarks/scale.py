@@ -22,34 +22,21 @@ against exact search, the ranker's MRR against the uncompressed release) and `se
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from mmsearch.sample import write_sample_catalog
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from incremental_update import mmsearch  # noqa: E402
+
 BENCHMARKS = Path(__file__).resolve().parent
 MILLION = 1_000_000
 ENCODING = "encoder_features"
-
-
-def mmsearch(home: Path, *args: str) -> tuple[dict, float]:
-    """Run one mmsearch command with --json; (its JSON, wall seconds)."""
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
-    started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "mm_cli", *args, "--json"], env=env, capture_output=True, text=True
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"mmsearch {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout), seconds
 
 
 def cold_build(size: int, work: Path) -> dict:
@@ -64,7 +51,7 @@ def cold_build(size: int, work: Path) -> dict:
     shutil.rmtree(catalog, ignore_errors=True)
     return {
         "size": size,
-        "live": run["rows"]["live"] if isinstance(run["rows"], dict) else size,
+        "live": run["rows"]["live"],
         "wall": wall,
         "stages": stages,
         "engine": run["assets"].get(ENCODING, {}).get("engine", "in_process"),

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,19 +39,10 @@ from mmsearch.queries.splits import TRAIN
 from mmsearch.sample import write_sample_catalog
 from mmsearch.warehouse import connect, query_records
 
-MMSEARCH = str(Path(sys.executable).with_name("mmsearch"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_quality import mmsearch  # noqa: E402
+
 DEPTH = 10  # the depth `evaluate_engine` ranks to
-
-
-def mmsearch(home: Path, *args: str) -> dict:
-    environment = {**os.environ, "MM_HOME": str(home)}
-    environment.pop("DAGSTER_HOME", None)
-    done = subprocess.run(
-        [MMSEARCH, *args, "--json"], env=environment, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"mmsearch {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout)
 
 
 def build_home(home: Path, n_products: int) -> dict:
