@@ -23,6 +23,9 @@ def test_run_reports_assets_rows_model_and_index(built_home):
         "search_evaluation",
     } <= set(run["assets"])
     assert all(isinstance(a["seconds"], float) for a in run["assets"].values())
+    # Where the encoding ran: in this process by default (a Ray cluster with MM_RAY_ADDRESS).
+    assert run["assets"]["encoder_features"]["engine"] == "in_process"
+    assert run["assets"]["encoder_features"]["workers"] == 1
     rows = run["rows"]
     assert rows["read"] == rows["live"] + rows["replaced"] + rows["quarantined"] + rows["deleted"]
     assert rows["quarantined"] >= 1 and run["index_size"] == rows["live"]
