@@ -266,8 +266,26 @@ def _live_engine(layout: HomeLayout):
     return engine
 
 
+def _filters(args) -> list[tuple[str, str]]:
+    """`--filter NAME=VALUE` as (name, value) pairs (their form is checked in `_usage_error`)."""
+    from mmsearch.search.variants import parse_filter
+
+    return [parse_filter(text) for text in args.filter or []]
+
+
+def _narrowing(args) -> dict:
+    """The engine's keyword arguments for search and similar's attribute filters, variant
+    grouping and availability flags."""
+    return {
+        "filters": _filters(args),
+        "group": not args.no_group,
+        "include_unavailable": args.include_unavailable,
+    }
+
+
 def command_search(layout: HomeLayout, args) -> dict:
     from mmsearch.search.engine import UnknownCategory
+    from mmsearch.search.variants import UnknownFilter
 
     text = args.text.strip() if args.text else None
     if not text and not args.image:
@@ -279,8 +297,10 @@ def command_search(layout: HomeLayout, args) -> dict:
         raise UserError("--k must be at least 1")
     engine = _live_engine(layout)
     try:
-        answer = engine.answer(text or None, args.image, args.k, args.category, args.max_price)
-    except UnknownCategory as error:
+        answer = engine.answer(
+            text or None, args.image, args.k, args.category, args.max_price, **_narrowing(args)
+        )
+    except (UnknownCategory, UnknownFilter) as error:
         raise UserError(str(error)) from None
     return {
         "model_version": engine.model_version,
@@ -292,14 +312,17 @@ def command_search(layout: HomeLayout, args) -> dict:
 
 def command_similar(layout: HomeLayout, args) -> dict:
     from mmsearch.search.engine import UnknownCategory, UnknownProduct
+    from mmsearch.search.variants import UnknownFilter
 
     if args.k < 1:
         raise UserError("--k must be at least 1")
     engine = _live_engine(layout)
     try:
         engine.check_category(args.category)
-        results = engine.similar(args.product_id, args.k, args.category, args.max_price)
-    except (UnknownProduct, UnknownCategory) as error:
+        results = engine.similar(
+            args.product_id, args.k, args.category, args.max_price, **_narrowing(args)
+        )
+    except (UnknownProduct, UnknownCategory, UnknownFilter) as error:
         raise UserError(str(error)) from None
     return {
         "product_id": args.product_id,
@@ -487,14 +510,21 @@ def command_ui(layout: HomeLayout, port: int) -> None:
 
 
 def _result_line(rank: int, hit: dict) -> str:
-    """`  1. 0.912  P123  Red leather tote  (Acme) [bags] 49.00  matched colour=red`"""
+    """`  1. 0.912  P123  Red leather tote  (Acme) [bags] 49.00 (was 59.00)  +2 variants
+    matched colour=red`; out-of-stock products (shown when asked for) say so."""
     brand = f" ({hit['brand']})" if hit.get("brand") else ""
     price = "" if hit["price"] is None else f" {hit['price']:.2f}"
+    if hit.get("list_price") is not None:
+        price += f" (was {hit['list_price']:.2f})"
+    if hit.get("availability") and hit["availability"] != "in_stock":
+        price += f" {hit['availability'].replace('_', ' ')}"
+    variants = hit.get("variants") or []
+    others = f"  +{len(variants)} variant{'s' if len(variants) != 1 else ''}" if variants else ""
     matched = hit.get("matched") or {}
     reasons = "  matched " + ", ".join(f"{k}={v}" for k, v in matched.items()) if matched else ""
     return (
         f"{rank:>3}. {hit['score']:.3f}  {hit['product_id']}  {hit['title']}{brand} "
-        f"[{hit['category'] or '-'}]{price}{reasons}"
+        f"[{hit['category'] or '-'}]{price}{others}{reasons}"
     )
 
 
@@ -709,6 +739,28 @@ def _evaluation_text(rows: list[dict]) -> str:
     return f"evaluation on {frame['source'].iloc[0]} (MRR):\n{markdown_table(frame)}"
 
 
+def _narrowing_flags(command: argparse.ArgumentParser) -> None:
+    """Search and similar's attribute filters, variant grouping and availability flags."""
+    command.add_argument(
+        "--filter",
+        action="append",
+        metavar="NAME=VALUE",
+        help="only products whose attribute NAME (color, size, material, pattern, gender, "
+        "age_group, brand, product_type) is VALUE; repeatable: one name's values are "
+        "alternatives, different names must all match",
+    )
+    command.add_argument(
+        "--no-group",
+        action="store_true",
+        help="list variants one by one (default: one result per variant group)",
+    )
+    command.add_argument(
+        "--include-unavailable",
+        action="store_true",
+        help="also show out-of-stock products (left out by default)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsearch", description="Multimodal product search")
     parser.add_argument(
@@ -747,6 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--category")
     search.add_argument("--max-price", type=float)
+    _narrowing_flags(search)
     evaluate = add("evaluate", "score the live model and index on a labeled query file")
     evaluate.add_argument("--queries", required=True)
     evaluate.add_argument("--k", type=int, default=10)
@@ -760,6 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--k", type=int, default=10)
     similar.add_argument("--category")
     similar.add_argument("--max-price", type=float)
+    _narrowing_flags(similar)
     serve = add("serve", "serve the HTTP API and the search page from the live release", False)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
@@ -829,6 +883,11 @@ def _usage_error(args) -> str | None:
     if args.command in ("search", "similar") and args.max_price is not None:
         if not math.isfinite(args.max_price) or args.max_price < 0:
             return "--max-price must be a number >= 0"
+    if args.command in ("search", "similar"):
+        try:
+            _filters(args)
+        except ValueError as error:
+            return f"--filter: {error}"
     return None
 
 

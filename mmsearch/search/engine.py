@@ -16,6 +16,7 @@ saved before those existed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,12 @@ from mmsearch.search.ranking import (
     Ranker,
     query_kind,
 )
+from mmsearch.search.variants import CatalogAttributes
 
 # Products each retriever contributes to the second stage.
 CANDIDATES = 100
+# Ranked products read per result when one result stands for a group of variants.
+GROUP_DEPTH = 5
 
 
 class NothingLive(RuntimeError):
@@ -166,7 +170,9 @@ class SearchEngine:
             for name in artifacts.VECTOR_FILES
         }
         self._categories = self.products["category"].fillna("").str.casefold().to_numpy()
-        self._prices = pd.to_numeric(self.products["price"], errors="coerce").to_numpy(dtype=float)
+        # Attributes, variant groups, availability and sale prices, parsed once.
+        self.catalog = CatalogAttributes(self.products)
+        self._prices = self.catalog.prices  # the price a shopper pays: a sale price when on sale
 
     @classmethod
     def live(cls, registry: ReleaseRegistry) -> SearchEngine:
@@ -215,15 +221,28 @@ class SearchEngine:
                 "configured; retrain (`mmsearch run`) or restore the original encoder"
             )
 
-    def allowed_rows(self, category: str | None, max_price: float | None) -> np.ndarray | None:
-        """A mask of the products passing the filters, None when there is no filter."""
-        if not category and max_price is None:
+    def allowed_rows(
+        self,
+        category: str | None,
+        max_price: float | None,
+        filters: Sequence[tuple[str, str]] = (),
+        include_unavailable: bool = True,
+    ) -> np.ndarray | None:
+        """A mask of the products passing the filters (`filters`: (attribute, value) pairs,
+        see `CatalogAttributes.mask`; out-of-stock products pass only with
+        `include_unavailable`), None when nothing is filtered. Unknown attributes or values
+        raise UnknownFilter naming what exists."""
+        attributes = self.catalog.mask(filters)
+        unavailable = not include_unavailable and not self.catalog.available.all()
+        if not category and max_price is None and attributes is None and not unavailable:
             return None
-        keep = np.ones(len(self.products), dtype=bool)
+        keep = np.ones(len(self.products), dtype=bool) if attributes is None else attributes
         if category:
             keep &= self._categories == category.strip().casefold()
         if max_price is not None:
             keep &= np.nan_to_num(self._prices, nan=math.inf) <= max_price
+        if unavailable:
+            keep &= self.catalog.available
         return keep
 
     def _recall(self, name: str, query: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
@@ -303,9 +322,14 @@ class SearchEngine:
         k: int = 10,
         category: str | None = None,
         max_price: float | None = None,
+        filters: Sequence[tuple[str, str]] = (),
+        group: bool = True,
+        include_unavailable: bool = False,
     ) -> list[dict]:
         """Ranked products for a query, best first, each with its score and catalog fields."""
-        return self.answer(text, image, k, category, max_price)["results"]
+        return self.answer(
+            text, image, k, category, max_price, filters, group, include_unavailable
+        )["results"]
 
     def answer(
         self,
@@ -314,10 +338,16 @@ class SearchEngine:
         k: int = 10,
         category: str | None = None,
         max_price: float | None = None,
+        filters: Sequence[tuple[str, str]] = (),
+        group: bool = True,
+        include_unavailable: bool = False,
     ) -> dict:
         """`{"results": [...], "facets": {...}}` for a query: the ranked products and the
-        categories and price range of the candidates the ranker chose from. An unknown category
-        is refused (UnknownCategory) naming the known ones."""
+        categories, price range and attribute values of the candidates the ranker chose from
+        (after the filters). `filters`: (attribute, value) pairs; out-of-stock products only
+        with `include_unavailable`; with `group`, one result per variant group (its best-ranked
+        variant, the others under `variants`). An unknown category, attribute or value is
+        refused (UnknownCategory, UnknownFilter) naming the known ones."""
         text = clean_text(text) if text else ""
         picture = load_query_image(image) if isinstance(image, (str, Path)) else image
         if not text and picture is None:
@@ -325,23 +355,44 @@ class SearchEngine:
         if picture is not None and not self._has_image.any():
             raise BadQuery("no live product has a photo to compare a photo with; search by text")
         self.check_category(category)
+        allowed = self.allowed_rows(category, max_price, filters, include_unavailable)
         text_feature = self.text_features([text])[0] if text else None
         image_feature = self.image_features([picture])[0] if picture is not None else None
         candidates = self.candidates(
             text_feature,
             image_feature,
             text,
-            self.allowed_rows(category, max_price),
+            allowed,
             photo_hash=perceptual_hash(picture) if picture is not None else None,
         )
         kind = query_kind(bool(text), picture is not None)
         words = set(words_of(text))
         results = [
-            self.describe(row, score)
-            | {"matched": matched_attributes(self.products.iloc[row], words)}
-            for row, score in self.rank(kind, candidates, k)
+            hit | {"matched": matched_attributes(self.products.iloc[hit["row"]], words)}
+            for hit in self._results(kind, candidates, k, group, allowed)
         ]
+        for hit in results:
+            del hit["row"]
         return {"results": results, "facets": self.facets(candidates.rows)}
+
+    def _results(
+        self, kind: str, candidates: Candidates, k: int, group: bool, allowed: np.ndarray | None
+    ) -> list[dict]:
+        """The top-k results (with their `row`) and each one's offer (group, price paid, list
+        price, availability); with `group`, one per variant group, ranked `GROUP_DEPTH` times
+        deeper so that k groups come back, the group's other allowed variants listed."""
+        if not (group and self.catalog.grouped):
+            return [
+                self.describe(row, score) | self.catalog.offer(row) | {"row": row}
+                for row, score in self.rank(kind, candidates, k)
+            ]
+        ranked = self.rank(kind, candidates, k * GROUP_DEPTH)
+        return [
+            self.describe(row, score)
+            | self.catalog.offer(row)
+            | {"variants": [self.catalog.variant(row, other) for other in others], "row": row}
+            for row, score, others in self.catalog.one_per_group(ranked, k, allowed)
+        ]
 
     def candidates_for(self, queries) -> list[Candidates]:
         """First stage for every query of a QuerySet (`mmsearch.evaluation.scoring`)."""
@@ -389,16 +440,20 @@ class SearchEngine:
         k: int = 10,
         category: str | None = None,
         max_price: float | None = None,
+        filters: Sequence[tuple[str, str]] = (),
+        group: bool = True,
+        include_unavailable: bool = False,
     ) -> list[dict]:
         """Products like `product_id`, best first: its own image and text (as stored in the
         release) as an image+text query through both stages, without the product itself, its
-        near-duplicates (a photo that looks the same, or the same text) and products it shares
-        no retriever candidate with."""
+        own variants, its near-duplicates (a photo that looks the same, or the same text) and
+        products it shares no retriever candidate with. Filters and grouping as `answer`."""
         row = self.row_of_product(product_id)
-        allowed = self.allowed_rows(category, max_price)
+        allowed = self.allowed_rows(category, max_price, filters, include_unavailable)
         allowed = np.ones(len(self.products), bool) if allowed is None else allowed.copy()
         same_text = self.products["text_sha"].to_numpy() == self.products["text_sha"].iloc[row]
         allowed &= ~same_text
+        allowed &= self.catalog.groups != self.catalog.groups[row]
         photo = self._photo_hashes[row]
         image_feature = self.vectors["image"][row] if self._has_image[row] else None
         candidates = self.candidates(
@@ -415,11 +470,14 @@ class SearchEngine:
                 candidates.rows[keep], {n: v[keep] for n, v in candidates.features.items()}
             )
         kind = query_kind(True, image_feature is not None)
-        return [self.describe(r, score) for r, score in self.rank(kind, candidates, k)]
+        results = self._results(kind, candidates, k, group, allowed)
+        for hit in results:
+            del hit["row"]
+        return results
 
     def facets(self, rows: np.ndarray) -> dict:
-        """Category counts and price range of products (rows), so a page offers filters that
-        exist."""
+        """Category counts, price range (the prices paid) and, per filterable attribute, value
+        counts of products (rows), so a page offers filters that exist."""
         categories = self.products["category"].iloc[rows].fillna("").value_counts()
         prices = self._prices[rows]
         prices = prices[np.isfinite(prices)]
@@ -428,6 +486,7 @@ class SearchEngine:
             "price": (
                 {"min": float(prices.min()), "max": float(prices.max())} if len(prices) else None
             ),
+            **self.catalog.facets(rows),
         }
 
     def describe(self, row_number: int, score: float) -> dict:

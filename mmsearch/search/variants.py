@@ -1,0 +1,292 @@
+"""Variants, attribute filters and facets, availability and sale prices, for search answers.
+
+A release carries each product's attributes as JSON (`attributes`: a drop's extra columns, a
+feed's `group_id`, `color`, `size`, `availability`, `list_price`, ...). `CatalogAttributes` parses
+them once, when an engine loads a release, into integer codes per attribute (NumPy arrays, one
+JSON parse per distinct attributes text), so that at query time a filter is a vectorised mask,
+facets are `np.bincount` over the answer's rows and grouping variants is one walk over the ranked
+list.
+
+Values are matched normalised (case, whitespace, `_` and `-`, common colour synonyms: a filter
+for `red` also finds `Crimson`) and shown as the shop wrote them (a facet shows the spelling most
+products use). Products without a `group_id` are their own group; products without
+`availability` are available; a `sale_price` attribute below the price is the price (the price
+then shows as `list_price`), as feeds already write it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+# The attributes a search filters on and counts facets for, by their feed names (`brand` is the
+# product's own column).
+FILTERABLE = (
+    "color",
+    "size",
+    "material",
+    "pattern",
+    "gender",
+    "age_group",
+    "brand",
+    "product_type",
+)
+# Other spellings of those names in drop folders' columns.
+NAME_ALIASES = {"colour": "color", "agegroup": "age_group", "age": "age_group"}
+# Availability values that leave a product out unless unavailable ones are asked for.
+UNAVAILABLE = frozenset({"out_of_stock", "sold_out", "discontinued"})
+# Colour words that name the same colour family for matching (the value shown is the shop's).
+COLOUR_SYNONYMS = {
+    **dict.fromkeys(("crimson", "scarlet", "cherry", "burgundy", "maroon"), "red"),
+    **dict.fromkeys(("navy", "navy blue", "cobalt", "azure", "royal blue"), "blue"),
+    **dict.fromkeys(("emerald", "olive", "forest green", "khaki"), "green"),
+    **dict.fromkeys(("mustard", "lemon", "gold"), "yellow"),
+    **dict.fromkeys(("jet black", "ebony", "onyx"), "black"),
+    **dict.fromkeys(("ivory", "off white", "cream", "snow"), "white"),
+    **dict.fromkeys(("rose", "blush", "fuchsia", "magenta"), "pink"),
+    **dict.fromkeys(("violet", "plum", "lavender", "lilac"), "purple"),
+    **dict.fromkeys(("tangerine", "burnt orange", "apricot"), "orange"),
+    **dict.fromkeys(("chocolate", "tan", "camel"), "brown"),
+    **dict.fromkeys(("gray", "charcoal", "slate"), "grey"),
+}
+# Values a refusal lists at most.
+LISTED = 30
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+class UnknownFilter(ValueError):
+    """A filter on an attribute, or a value, that no live product has; the message lists what
+    exists."""
+
+
+def parse_filter(text: str, separator: str = "=") -> tuple[str, str]:
+    """`("color", "red")` from `color=red` (the API's `color:red` with separator ":"); a
+    ValueError naming the expected form otherwise."""
+    name, found, value = text.partition(separator)
+    if not found or not name.strip() or not value.strip():
+        raise ValueError(f"filter {text!r} is not NAME{separator}VALUE (e.g. color{separator}red)")
+    return name.strip(), value.strip()
+
+
+def attribute_name(name: str) -> str:
+    """The attribute's feed name: `Colour` -> `color`, `Age Group` -> `age_group`."""
+    folded = _SEPARATORS.sub("_", str(name).strip().casefold())
+    return NAME_ALIASES.get(folded.replace("_", ""), NAME_ALIASES.get(folded, folded))
+
+
+def normalised_value(name: str, value: str) -> str:
+    """The form values are matched in: casefolded, `_`/`-`/whitespace as one space, and a colour
+    by its family (`Crimson` -> `red`)."""
+    folded = _SEPARATORS.sub(" ", str(value).casefold()).strip()
+    return COLOUR_SYNONYMS.get(folded, folded) if name == "color" else folded
+
+
+def _scalar(value) -> str | None:
+    """A JSON attribute value as text, None when absent, blank or not a single value."""
+    if isinstance(value, (dict, list)) or pd.isna(value):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _parse(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    parsed = {}
+    for name, item in value.items():
+        if (shown := _scalar(item)) is not None:
+            parsed.setdefault(attribute_name(name), shown)
+    return parsed
+
+
+def _money(values: Sequence[str | None]) -> np.ndarray:
+    """Prices from text such as `12.50`, `$1,299.00` or `15.00 USD`; NaN when not one."""
+    text = pd.Series(list(values), dtype=object).astype("string")
+    cleaned = text.str.replace(r"[^0-9.]", "", regex=True)
+    return pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+class Attribute:
+    """One filterable attribute over the catalog's rows: `codes` (normalised value per row, -1
+    without one), `raw` (the shop's spelling per row, -1 without), their texts, and `labels`
+    (per normalised value, the spelling most products use)."""
+
+    def __init__(self, name: str, raw_codes: np.ndarray, raw_values: Sequence[str]):
+        self.name = name
+        self.raw = raw_codes.astype(np.int32)
+        self.raw_values = list(raw_values)
+        normalised = [normalised_value(name, v) for v in self.raw_values]
+        norm_of_raw, distinct = pd.factorize(pd.Series(normalised, dtype=object))
+        norm_of_raw = np.append(norm_of_raw, -1).astype(np.int32)  # raw -1 maps to -1
+        self.codes = norm_of_raw[self.raw]
+        self.lookup = {str(value): code for code, value in enumerate(distinct)}
+        uses = np.bincount(self.raw[self.raw >= 0], minlength=len(self.raw_values))
+        self.labels = [""] * len(distinct)
+        for raw in np.argsort(-uses, kind="stable")[::-1]:  # the most used spelling last wins
+            self.labels[norm_of_raw[raw]] = self.raw_values[raw]
+        self.counts = np.bincount(self.codes[self.codes >= 0], minlength=len(distinct))
+
+    def known(self) -> str:
+        """The values the catalog has, most used first (at most `LISTED`)."""
+        order = np.argsort(-self.counts, kind="stable")[:LISTED]
+        return ", ".join(self.labels[i] for i in order)
+
+    def shown(self, row: int) -> str | None:
+        raw = int(self.raw[row])
+        return self.raw_values[raw] if raw >= 0 else None
+
+
+def _codes(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
+    codes, distinct = pd.factorize(pd.Series(list(values), dtype=object), use_na_sentinel=True)
+    return codes.astype(np.int64), [str(v) for v in distinct]
+
+
+class CatalogAttributes:
+    """The release's products' attributes as arrays (one row per product, in table order):
+    filterable `attributes`, variant `groups`, `available`, the price a shopper pays (`prices`)
+    and the regular price beside a sale price (`list_prices`, NaN when none)."""
+
+    def __init__(self, products: pd.DataFrame):
+        count = len(products)
+        self.product_ids = products["product_id"].astype(str).to_numpy()
+        texts = (
+            products["attributes"].fillna("{}").astype(str)
+            if "attributes" in products
+            else pd.Series(["{}"] * count)
+        )
+        # One JSON parse per distinct attributes text: variants and sizes repeat them.
+        inverse, distinct = pd.factorize(texts)
+        inverse = np.asarray(inverse, dtype=np.int64)
+        parsed = [_parse(text) for text in distinct]
+
+        def per_row(name: str) -> tuple[np.ndarray, list[str]]:
+            codes, spellings = _codes([facts.get(name) for facts in parsed])
+            return codes[inverse], spellings
+
+        self.attributes: dict[str, Attribute] = {}
+        for name in FILTERABLE:
+            if name == "brand" and "brand" in products:
+                raw, spellings = _codes([_scalar(v) for v in products["brand"].tolist()])
+            else:
+                raw, spellings = per_row(name)
+            if spellings:
+                self.attributes[name] = Attribute(name, raw, spellings)
+
+        group_raw, self.group_ids = per_row("group_id")
+        alone = group_raw < 0  # a product without group_id is its own group
+        self.groups = np.where(alone, len(self.group_ids) + np.cumsum(alone) - 1, group_raw)
+        self._order = np.argsort(self.groups, kind="stable")
+        self._starts = np.searchsorted(
+            self.groups[self._order], np.arange(int(self.groups.max(initial=-1)) + 2)
+        )
+        self.grouped = len(self.group_ids) < int((~alone).sum())
+
+        availability = [
+            normalised_value("availability", v).replace(" ", "_") if v else None
+            for v in (facts.get("availability") for facts in parsed)
+        ]
+        self.availability = np.array(availability, dtype=object)[inverse]
+        self.available = ~np.array([a in UNAVAILABLE for a in availability], dtype=bool)[inverse]
+
+        price = (
+            pd.to_numeric(products["price"], errors="coerce").to_numpy(dtype=float)
+            if "price" in products
+            else np.full(count, np.nan)
+        )
+        sale = _money([facts.get("sale_price") for facts in parsed])[inverse]
+        listed = _money([facts.get("list_price") for facts in parsed])[inverse]
+        on_sale = np.isfinite(sale) & ~(sale >= price)  # a sale price at or above price is none
+        self.prices = np.where(on_sale, sale, price)
+        listed = np.where(on_sale, price, listed)
+        self.list_prices = np.where(listed > self.prices, listed, np.nan)
+
+    def mask(self, filters: Sequence[tuple[str, str]]) -> np.ndarray | None:
+        """Rows passing every named attribute (values of one name are alternatives: `color=red`
+        and `color=blue` pass either); None without filters. UnknownFilter names what exists."""
+        wanted: dict[str, list[int]] = {}
+        for name, value in filters:
+            key = attribute_name(name)
+            attribute = self.attributes.get(key)
+            if attribute is None:
+                names = ", ".join(self.attributes) or "none"
+                raise UnknownFilter(
+                    f"no live product has attribute {name!r} to filter on; filterable: {names}"
+                )
+            code = attribute.lookup.get(normalised_value(key, value))
+            if code is None:
+                raise UnknownFilter(
+                    f"no live product has {key} {value!r}; known {key} values: {attribute.known()}"
+                )
+            wanted.setdefault(key, []).append(code)
+        if not wanted:
+            return None
+        keep = np.ones(len(self.product_ids), dtype=bool)
+        for key, codes in wanted.items():
+            keep &= np.isin(self.attributes[key].codes, codes)
+        return keep
+
+    def facets(self, rows: np.ndarray) -> dict[str, dict[str, int]]:
+        """Per attribute, the products among `rows` with each value (as the shop writes it),
+        most first; every attribute the catalog has is a key, with {} when none of `rows` has it."""
+        counted = {}
+        for name, attribute in self.attributes.items():
+            codes = attribute.codes[rows]
+            counts = np.bincount(codes[codes >= 0], minlength=len(attribute.labels))
+            order = np.argsort(-counts, kind="stable")
+            counted[name] = {attribute.labels[i]: int(counts[i]) for i in order if counts[i]}
+        return counted
+
+    def members(self, row: int) -> np.ndarray:
+        """The rows of `row`'s group, itself included."""
+        group = int(self.groups[row])
+        return self._order[self._starts[group] : self._starts[group + 1]]
+
+    def one_per_group(
+        self, ranked: list[tuple[int, float]], k: int, allowed: np.ndarray | None
+    ) -> list[tuple[int, float, np.ndarray]]:
+        """The first `k` groups of a ranked list, best first: each group's best-ranked row, its
+        score, and the group's other rows that pass `allowed`."""
+        chosen, seen = [], set()
+        for row, score in ranked:
+            group = int(self.groups[row])
+            if group in seen:
+                continue
+            seen.add(group)
+            others = self.members(row)
+            others = others[others != row]
+            if allowed is not None:
+                others = others[allowed[others]]
+            chosen.append((row, score, others))
+            if len(chosen) == k:
+                break
+        return chosen
+
+    def variant(self, row: int, other: int) -> dict:
+        """Another variant of `row`'s product: its id, price and the attributes whose values
+        differ from `row`'s (as the shop wrote them)."""
+        described = {"product_id": str(self.product_ids[other]), **self.offer(other)}
+        del described["group_id"]
+        for name, attribute in self.attributes.items():
+            if attribute.codes[other] != attribute.codes[row]:
+                described[name] = attribute.shown(other)
+        return described
+
+    def offer(self, row: int) -> dict:
+        """What a result shows of the product's offer: its group, the price paid, the list
+        price beside a sale price, availability (None when the feed gave none)."""
+        group = int(self.groups[row])
+        price, listed = self.prices[row], self.list_prices[row]
+        return {
+            "group_id": self.group_ids[group] if group < len(self.group_ids) else None,
+            "price": float(price) if np.isfinite(price) else None,
+            "list_price": float(listed) if np.isfinite(listed) else None,
+            "availability": self.availability[row],
+        }

@@ -1,0 +1,231 @@
+"""Variants, attribute filters and facets, availability and sale prices: a small drop folder with
+a feed's extra columns (group_id, color, size, availability, list_price, sale_price) through the
+real pipeline, searched through the engine, the command line and the HTTP API."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import cli_json, run_cli
+from helpers import picture, png_bytes, write_drop
+from mmsearch.index.registry import registry_for
+from mmsearch.search.engine import SearchEngine
+from mmsearch.search.variants import UnknownFilter
+from mmsearch.settings import HomeLayout
+
+pytestmark = pytest.mark.slow
+
+RED, BLUE, GREEN, GREY = (200, 30, 30), (30, 40, 200), (30, 170, 40), (128, 128, 128)
+# product_id, title, colour of the picture, price, extra columns
+PRODUCTS = [
+    (
+        "mug-red",
+        "Stoneware coffee mug red",
+        RED,
+        "12",
+        {
+            "group_id": "MUG",
+            "color": "Red",
+            "size": "350 ml",
+            "availability": "in stock",
+            "list_price": "15",
+        },
+    ),  # noqa: E501
+    (
+        "mug-blue",
+        "Stoneware coffee mug blue",
+        BLUE,
+        "15",
+        {"group_id": "MUG", "color": "Blue", "size": "350 ml", "availability": "in_stock"},
+    ),  # noqa: E501
+    (
+        "mug-green",
+        "Stoneware coffee mug green",
+        GREEN,
+        "15",
+        {"group_id": "MUG", "color": "Green", "size": "350 ml", "availability": "out_of_stock"},
+    ),  # noqa: E501
+    (
+        "tee-red-s",
+        "Cotton t-shirt red small",
+        RED,
+        "20",
+        {"group_id": "TEE", "color": "red", "size": "S"},
+    ),  # noqa: E501
+    (
+        "tee-red-m",
+        "Cotton t-shirt red medium",
+        RED,
+        "20",
+        {"group_id": "TEE", "color": "red", "size": "M"},
+    ),  # noqa: E501
+    (
+        "tee-navy-m",
+        "Cotton t-shirt navy medium",
+        BLUE,
+        "22",
+        {"group_id": "TEE", "color": "Navy", "size": "M", "availability": "backorder"},
+    ),  # noqa: E501
+    ("scarf", "Wool scarf crimson", RED, "18", {"color": "Crimson"}),
+    ("tote-blue", "Canvas tote bag blue", BLUE, "30", {"color": "Blue"}),
+    ("sock-1", "Wool socks grey", GREY, "8", {"color": "Grey", "size": "M"}),
+    ("sock-2", "Merino socks grey", GREY, "9", {"color": "Grey", "size": "L"}),
+    ("sock-3", "Hiking socks gray", GREY, "10", {"color": "gray", "size": "L"}),
+    ("vase", "Glass flower vase green", GREEN, "50", {"color": "Green", "sale_price": "35"}),
+    ("chair", "Oak dining chair", (150, 100, 50), "120", {}),
+    ("lamp", "Brass desk lamp", (220, 200, 60), "40", {"availability": "out_of_stock"}),
+]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A home where the drop above went live through `mmsearch ingest` and `mmsearch run`."""
+    folder = tmp_path_factory.mktemp("variants")
+    rows = [
+        {"product_id": pid, "title": title, "price": price, "image_path": f"i/{pid}.png", **extra}
+        for pid, title, _, price, extra in PRODUCTS
+    ]
+    images = {
+        f"i/{pid}.png": png_bytes(picture(colour, seed=n))
+        for n, (pid, _, colour, _, _) in enumerate(PRODUCTS)
+    }
+    home = folder / "home"
+    run_cli(home, "ingest", str(write_drop(folder / "shop", rows, images)))
+    assert cli_json(home, "run")["index_size"] == len(PRODUCTS)
+    return home
+
+
+@pytest.fixture(scope="module")
+def engine(home):
+    return SearchEngine.live(registry_for(HomeLayout(home)))
+
+
+def ids(results: list[dict]) -> list[str]:
+    return [hit["product_id"] for hit in results]
+
+
+def test_one_result_per_group_is_the_variant_the_query_names(engine):
+    red = engine.search("red stoneware coffee mug", k=5)
+    assert red[0]["product_id"] == "mug-red" and red[0]["group_id"] == "MUG"
+    # The group's other variants in stock, with what differs; never a second result of the group.
+    assert red[0]["variants"] == [
+        {
+            "product_id": "mug-blue",
+            "price": 15.0,
+            "list_price": None,
+            "availability": "in_stock",
+            "color": "Blue",
+        }  # noqa: E501
+    ]
+    groups = [hit["group_id"] for hit in red if hit["group_id"]]
+    assert len(groups) == len(set(groups)) and "mug-blue" not in ids(red)
+    blue = engine.search("blue stoneware coffee mug", k=5)
+    assert blue[0]["product_id"] == "mug-blue"
+    assert [v["product_id"] for v in blue[0]["variants"]] == ["mug-red"]
+    # k groups come back although each group holds several of the best-ranked products.
+    assert len(engine.search("cotton t-shirt", k=4)) == 4
+    tee = engine.search("cotton t-shirt", k=4)[0]
+    assert tee["group_id"] == "TEE" and len(tee["variants"]) == 2
+
+
+def test_without_grouping_variants_come_one_by_one(engine):
+    found = ids(engine.search("stoneware coffee mug", k=4, group=False))
+    assert {"mug-red", "mug-blue"} <= set(found[:2])
+    assert "mug-green" not in found  # out of stock
+    assert all("variants" not in hit for hit in engine.search("mug", k=3, group=False))
+
+
+def test_attribute_filters_match_normalised_values_and_facets_count_exactly(engine):
+    everything = engine.answer("wool", k=20, group=False)
+    # Candidates are every available product here (fewer than a retriever's depth).
+    assert len(everything["results"]) == len(PRODUCTS) - 2
+    facets = everything["facets"]
+    # Spellings merge ("red", "Red", "Crimson"; "Grey", "gray"), shown as most products write them.
+    assert facets["color"] == {"red": 4, "Grey": 3, "Blue": 3, "Green": 1}
+    assert facets["size"] == {"M": 3, "350 ml": 2, "L": 2, "S": 1}
+    assert set(facets) == {"categories", "price", "color", "size"}
+    gray = engine.answer("socks", k=10, filters=[("color", "GRAY")])
+    assert sorted(ids(gray["results"])) == ["sock-1", "sock-2", "sock-3"]
+    assert gray["facets"]["color"] == {"Grey": 3}
+    assert gray["facets"]["size"] == {"L": 2, "M": 1}
+    # One name's values are alternatives, different names must all match.
+    either = engine.search("socks", k=10, filters=[("size", "l"), ("size", "S")], group=False)
+    assert sorted(ids(either)) == ["sock-2", "sock-3", "tee-red-s"]
+    both = engine.search("t-shirt", k=10, filters=[("colour", "crimson"), ("size", "M")])
+    assert ids(both) == ["tee-red-m"] and both[0]["variants"] == []
+
+
+def test_out_of_stock_products_are_left_out_unless_asked_for(engine):
+    shown = engine.answer("lamp", k=20, group=False)
+    assert "lamp" not in ids(shown["results"]) and "mug-green" not in ids(shown["results"])
+    asked = engine.answer("lamp", k=20, group=False, include_unavailable=True)
+    assert {"lamp", "mug-green"} <= set(ids(asked["results"]))
+    assert asked["facets"]["color"]["Green"] == 2
+    lamp = next(hit for hit in asked["results"] if hit["product_id"] == "lamp")
+    assert lamp["availability"] == "out_of_stock"
+    # Backorder is still for sale.
+    assert "tee-navy-m" in ids(shown["results"])
+    # Grouped, an out-of-stock variant is listed only when asked for.
+    mug = engine.search("green stoneware mug", k=3, include_unavailable=True)[0]
+    assert mug["group_id"] == "MUG"
+    listed = {mug["product_id"], *(v["product_id"] for v in mug["variants"])}
+    assert listed == {"mug-red", "mug-blue", "mug-green"}
+
+
+def test_the_sale_price_is_the_price_that_filters_and_shows_with_the_list_price(engine):
+    cheap = engine.answer("stoneware coffee mug", k=5, max_price=13, group=False)
+    assert ids(cheap["results"])[0] == "mug-red" and "mug-blue" not in ids(cheap["results"])
+    assert cheap["results"][0]["price"] == 12.0 and cheap["results"][0]["list_price"] == 15.0
+    vase = engine.answer("glass vase", k=3, max_price=40)
+    assert vase["results"][0]["product_id"] == "vase"
+    assert (vase["results"][0]["price"], vase["results"][0]["list_price"]) == (35.0, 50.0)
+    assert vase["facets"]["price"]["max"] <= 40
+
+
+def test_unknown_filters_are_refused_naming_what_exists(engine):
+    with pytest.raises(
+        UnknownFilter, match=r"no live product has color 'purple'.*: red, Blue, Grey, Green$"
+    ):
+        engine.search("mug", filters=[("color", "purple")])
+    with pytest.raises(UnknownFilter, match=r"attribute 'fabric'.*filterable: color, size"):
+        engine.search("mug", filters=[("fabric", "silk")])
+
+
+def test_similar_leaves_out_the_products_own_variants(engine):
+    similar = ids(engine.similar("mug-red", k=10))
+    assert similar and not {"mug-red", "mug-blue", "mug-green"} & set(similar)
+    tees = [pid for pid in similar if pid.startswith("tee-")]
+    assert len(tees) == 1  # one result for the t-shirt group
+
+
+def test_command_line_filters_grouping_and_availability(home):
+    grouped = cli_json(home, "search", "--text", "red stoneware coffee mug", "--k", "3")
+    assert grouped["results"][0]["product_id"] == "mug-red"
+    assert [v["product_id"] for v in grouped["results"][0]["variants"]] == ["mug-blue"]
+    assert grouped["facets"]["color"]["red"] == 4
+    flat = cli_json(home, "search", "--text", "stoneware mug", "--no-group", "--k", "20")
+    assert {"mug-red", "mug-blue"} <= set(ids(flat["results"]))
+    assert "mug-green" not in ids(flat["results"])
+    everything = cli_json(
+        home, "search", "--text", "stoneware mug", "--no-group", "--include-unavailable"
+    )
+    assert "mug-green" in ids(everything["results"])
+    filtered = cli_json(
+        home, "search", "--text", "socks", "--filter", "color=gray", "--filter", "size=L"
+    )
+    assert sorted(ids(filtered["results"])) == ["sock-2", "sock-3"]
+    similar = cli_json(home, "similar", "tee-red-s", "--filter", "color=grey", "--no-group")
+    assert similar["results"] and set(ids(similar["results"])) <= {"sock-1", "sock-2", "sock-3"}
+    text = run_cli(home, "search", "--text", "red stoneware coffee mug", "--k", "1").stdout
+    assert "mug-red" in text and "12.00 (was 15.00)" in text and "+1 variant" in text
+
+
+def test_command_line_refuses_unknown_and_malformed_filters(home):
+    unknown = run_cli(home, "search", "--text", "mug", "--filter", "color=purple", check=False)
+    assert unknown.returncode == 1
+    line = unknown.stderr.strip().splitlines()[-1]
+    assert "no live product has color 'purple'" in line and "Blue" in line
+    name = run_cli(home, "similar", "mug-red", "--filter", "fabric=silk", check=False)
+    assert name.returncode == 1 and "filterable: color, size" in name.stderr
+    malformed = run_cli(home, "search", "--text", "mug", "--filter", "color", check=False)
+    assert malformed.returncode == 2 and "NAME=VALUE" in malformed.stderr
