@@ -21,6 +21,11 @@ from mmsearch.catalog.cleaning import (
     clean_warehouse,
 )
 from mmsearch.catalog.duplicates import find_near_duplicates
+from mmsearch.catalog.galleries import (
+    GALLERY_RULES_VERSION,
+    clean_galleries,
+    quarantined_images,
+)
 from mmsearch.catalog.quality import (
     previous_catalog,
     run_clean_products_suite,
@@ -34,18 +39,22 @@ from resources import PipelineSettings, WarehouseResource
 @asset(
     deps=[raw_products],
     # New cleaning rules re-clean the catalog (the automation conditions see the new version).
-    code_version=f"cleaning-rules-{CLEANING_RULES_VERSION}",
+    code_version=f"cleaning-rules-{CLEANING_RULES_VERSION}-gallery-{GALLERY_RULES_VERSION}",
     group_name="cleaning",
     pool="warehouse",
     kinds={"duckdb", "python"},
     description="Live products: HTML-free NFKC text, validated EXIF-upright RGB images, one row "
-    "per product_id (latest drop wins). Unusable rows go to `quarantine` with a reason.",
+    "per product_id (latest drop wins). Unusable rows go to `quarantine` with a reason. Each "
+    "product's extra images (`image_paths`) are cleaned into `product_images`; a bad one is "
+    "refused there with its reason and the product keeps the others.",
 )
 def clean_products(
     context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
 ) -> MaterializeResult:
     with warehouse.connect() as con:
         accounting = clean_warehouse(con, warehouse.layout, settings.image_limits())
+        galleries = clean_galleries(con, warehouse.layout, settings.image_limits())
+        refused_images = quarantined_images(con)
         reasons = query_df(
             con, "SELECT reason_code, count(*) AS rows FROM quarantine GROUP BY 1 ORDER BY 2 DESC"
         )
@@ -65,6 +74,17 @@ def clean_products(
             "row_accounting": MetadataValue.md(accounting.to_markdown(index=False)),
             "quarantine_reasons": MetadataValue.md(
                 reasons.to_markdown(index=False) if len(reasons) else "none"
+            ),
+            # Extra images of live products: a bad one is refused alone, the product stays.
+            **galleries,
+            "quarantined_image_reasons": MetadataValue.md(
+                refused_images.groupby("reason_code")
+                .size()
+                .rename("images")
+                .reset_index()
+                .to_markdown(index=False)
+                if len(refused_images)
+                else "none"
             ),
         }
     )

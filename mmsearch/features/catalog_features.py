@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mmsearch.catalog.galleries import gallery_images
 from mmsearch.catalog.text import text_key
 from mmsearch.features.augment import view_key
 from mmsearch.queries.labeled import query_set_from_features
@@ -101,6 +102,53 @@ def load_catalog_features(
             con, catalog.pseudo_texts, text_encoder_id, text_features.shape[1]
         )
     return catalog
+
+
+@dataclass
+class ProductGallery:
+    """The extra images of products (beyond each one's main image), in gallery order: the
+    index position of the product each belongs to, its content hash and perceptual hash, and
+    its raw encoder features (rows aligned)."""
+
+    positions: np.ndarray
+    image_sha: list[str]
+    image_phash: list[str | None]
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def counts(self, positions: np.ndarray) -> np.ndarray:
+        """How many gallery images each of `positions` has."""
+        owners, counts = np.unique(self.positions, return_counts=True)
+        at = np.searchsorted(owners, positions)
+        found = (at < len(owners)) & (owners[np.minimum(at, len(owners) - 1)] == positions)
+        return np.where(found, counts[np.minimum(at, len(owners) - 1)], 0)
+
+
+def load_gallery(
+    con, product_ids: pd.Series, positions: np.ndarray, image_encoder_id: str, image_dim: int
+) -> ProductGallery:
+    """The gallery images of `product_ids` (with their index `positions`) that have stored
+    features; a product without a gallery has none."""
+    table = gallery_images(con)
+    position_of = pd.Series(np.asarray(positions, dtype=np.int64), index=product_ids.to_numpy())
+    table = table[table["product_id"].isin(position_of.index)]
+    vectors = read_vectors(
+        con, "image_features", "image_sha", list(table["image_sha"]), image_encoder_id
+    )
+    table = table[table["image_sha"].isin(vectors.keys())]
+    stacked = (
+        np.stack([vectors[sha] for sha in table["image_sha"]]).astype(np.float32)
+        if len(table)
+        else np.zeros((0, image_dim), dtype=np.float32)
+    )
+    return ProductGallery(
+        position_of.loc[table["product_id"]].to_numpy(dtype=np.int64),
+        list(table["image_sha"]),
+        [h if isinstance(h, str) and h else None for h in table["image_phash"]],
+        stacked,
+    )
 
 
 def _pseudo_query_features(

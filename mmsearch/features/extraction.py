@@ -1,4 +1,5 @@
-"""Feature extraction: encode every product and query image and text not yet encoded.
+"""Feature extraction: encode every product image (each of a gallery too) and query image and
+text not yet encoded.
 
 Embeddings are stored keyed by content (sha256 of the image bytes or of the text) and by encoder
 id, so an unchanged product is never encoded twice and a new encoder re-encodes everything.
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from mmsearch.catalog.galleries import gallery_images
 from mmsearch.catalog.images import encoder_picture
 from mmsearch.catalog.text import text_key
 from mmsearch.features.augment import shopper_view, view_key, view_seed
@@ -42,11 +44,12 @@ def _shopper_view_of(image_sha: str, image_file: str) -> Image.Image:
 
 
 def catalog_images(con) -> dict[str, str]:
-    """Image sha -> image file of the clean products and labeled queries (first file seen)."""
+    """Image sha -> image file of the clean products, their gallery images and the labeled
+    queries (first file seen)."""
     products = query_df(con, "SELECT image_sha, image_file FROM training_pairs")
     queries = query_df(con, "SELECT image_sha, image_file FROM stg_labeled_queries")
     image_files = {}
-    for frame in (products, queries):
+    for frame in (products, gallery_images(con), queries):
         for sha, file in zip(frame["image_sha"], frame["image_file"], strict=True):
             if isinstance(sha, str) and sha:
                 image_files.setdefault(sha, file)

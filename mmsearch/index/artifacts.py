@@ -36,6 +36,15 @@ LEXICAL_DIR, RANKER_FILE = "lexical", "ranker.json"
 VECTOR_FILES = {"fused": "fused.npy", "text": "text.npy", "image": "image.npy"}
 # The raw encoders' own FAISS indexes (ids: the same stable positions as the fused index).
 RETRIEVER_INDEX_FILES = {"text": "text.faiss", "image": "image.faiss"}
+# Product galleries (the images beyond each product's main one): an index over their raw image
+# features (ids: 0, 1, ... in gallery order), their table (the position of the product each
+# belongs to, image_sha, image_phash) and, when that index cannot give its vectors back, the
+# vectors as float16. A release of a catalog without galleries has none of these files.
+GALLERY_INDEX_FILE, GALLERY_TABLE_FILE, GALLERY_VECTORS_FILE = (
+    "gallery.faiss",
+    "gallery.parquet",
+    "gallery.npy",
+)
 # The index whose codes hold each vector set.
 VECTOR_INDEX_FILES = {"fused": INDEX_FILE, **RETRIEVER_INDEX_FILES}
 # Size and modification time of each file when its checksum last matched: a file that still has
@@ -204,6 +213,25 @@ class Release:
             )
         return load_index(path, mapped)
 
+    def load_gallery(
+        self, mapped: bool = False
+    ) -> tuple[object, pd.DataFrame, ReleaseVectors] | None:
+        """(index, table, vectors) of the release's product galleries (see
+        `GALLERY_INDEX_FILE`), or None when it has none."""
+        path = self.folder / GALLERY_INDEX_FILE
+        if not path.is_file():
+            return None
+        index = load_index(path, mapped)
+        table = pd.read_parquet(self.folder / GALLERY_TABLE_FILE)
+        npy = self.folder / GALLERY_VECTORS_FILE
+        ids = np.arange(len(table), dtype=np.int64)
+        vectors = (
+            ReleaseVectors.of_array(np.load(npy, mmap_mode="r"))
+            if npy.is_file()
+            else ReleaseVectors.of_index(index, ids, np.ones(len(ids), dtype=bool))
+        )
+        return index, table, vectors
+
     def load_lexical(self) -> LexicalIndex:
         return LexicalIndex.load(self.folder / LEXICAL_DIR)
 
@@ -258,9 +286,11 @@ def save_release(
     lexical: LexicalIndex,
     ranker: dict,
     extra: dict | None = None,
+    gallery: tuple[object, pd.DataFrame, np.ndarray] | None = None,
 ) -> Release:
     """Write an index, its id -> product table, the raw encoders' indexes, the products'
     vectors, the lexical index, the ranker and a manifest (plus `extra`); not yet live.
+    `gallery`: (index, table, vectors) of the products' extra images, when they have any.
 
     Each vector set (`vectors`, rows aligned with `products`) is stored once: by the index
     built over it when that index holds its vectors (`indexing.holds_vectors`), else as a
@@ -279,6 +309,12 @@ def save_release(
         else:
             np.save(folder / file_name, np.asarray(vectors[name], dtype=np.float16))
             stored_in[name] = file_name
+    if gallery is not None and len(gallery[1]):
+        gallery_index, gallery_table, gallery_vectors = gallery
+        save_index(gallery_index, folder / GALLERY_INDEX_FILE)
+        gallery_table.reset_index(drop=True).to_parquet(folder / GALLERY_TABLE_FILE, index=False)
+        if not holds_vectors(gallery_index):
+            np.save(folder / GALLERY_VECTORS_FILE, np.asarray(gallery_vectors, dtype=np.float16))
     lexical.save(folder / LEXICAL_DIR)
     write_json_atomically(folder / RANKER_FILE, ranker)
     manifest = {

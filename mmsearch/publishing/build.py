@@ -23,6 +23,7 @@ from mmsearch.clock import new_version, utc_now
 from mmsearch.features.catalog_features import (
     CatalogFeatures,
     load_catalog_features,
+    load_gallery,
     load_query_split,
 )
 from mmsearch.index import artifacts
@@ -53,6 +54,33 @@ def _embed(model, catalog) -> np.ndarray:
     return embed_products(model, catalog.image_features, catalog.text_features, catalog.has_image)
 
 
+def _with_gallery(
+    con, products: pd.DataFrame, image_encoder_id: str, image_dim: int, memory_budget_mb: int
+) -> tuple[pd.DataFrame, tuple | None]:
+    """`products` (with their positions) with `images`, how many images each has, and the
+    release's gallery (index, table, vectors) of their extra images, None without any.
+
+    Built whole from the stored features at every release: raw encoder features need no
+    model, so an incremental update costs a read of the gallery's vectors, not an encoding."""
+    gallery = load_gallery(
+        con, products["product_id"], products["position"].to_numpy(), image_encoder_id, image_dim
+    )
+    has_main = products["image_sha"].fillna("").astype(str).ne("").to_numpy()
+    images = has_main.astype(np.int64) + gallery.counts(products["position"].to_numpy())
+    products = products.assign(images=images)
+    if not len(gallery):
+        return products, None
+    index, _ = build_index(gallery.vectors, memory_budget_mb)
+    table = pd.DataFrame(
+        {
+            "position": gallery.positions,
+            "image_sha": gallery.image_sha,
+            "image_phash": gallery.image_phash,
+        }
+    )
+    return products, (index, table, gallery.vectors)
+
+
 def _content(frame: pd.DataFrame) -> pd.Series:
     image = frame["image_sha"].fillna("").astype(str)
     return frame["product_id"].astype(str) + "\x1f" + frame["text_sha"].astype(str) + "\x1f" + image
@@ -70,6 +98,7 @@ def _save(
     ranker,
     fingerprint,
     extra,
+    gallery=None,
 ) -> artifacts.Release:
     index_version = new_version("index", fingerprint)
     lexical = LexicalIndex.build(list(documents))
@@ -85,6 +114,7 @@ def _save(
         lexical,
         ranker,
         extra,
+        gallery,
     )
     con.execute(
         "INSERT INTO releases (index_version, model_version, path, index_type, size, published_at) "
@@ -156,6 +186,13 @@ def build_release(
     )
     vectors = {"fused": fused, "text": catalog.text_features, "image": catalog.image_features}
     positions, with_image = products["position"].to_numpy(), catalog.has_image
+    products, gallery = _with_gallery(
+        con,
+        products,
+        encoders["image_encoder_id"],
+        catalog.image_features.shape[1],
+        memory_budget_mb,
+    )
     retriever_indexes = {
         "text": build_index(catalog.text_features, memory_budget_mb, ids=positions)[0],
         "image": build_index(
@@ -176,6 +213,7 @@ def build_release(
         Ranker.default().to_dict(),
         fingerprint,
         extra,
+        gallery,
     )
     engine = SearchEngine(release, model, config)
     labeled, pseudo = fitting_queries(con, catalog, config)
@@ -215,7 +253,7 @@ def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> C
         same_fields = (
             previous[shown].reset_index(drop=True).equals(current[shown].reset_index(drop=True))
         )
-        if same_fields:
+        if same_fields and _same_gallery(con, live, previous, encoders["image_encoder_id"]):
             return Candidate(live, "unchanged", 0, 0)
     index = live.load_index()
     if len(removed):
@@ -264,7 +302,13 @@ def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> C
     position = np.empty(len(current), dtype=np.int64)
     position[kept] = previous_positions[previous_row[kept]]
     position[~kept] = new_positions[added_row[~kept]]
-    products = current[shown].assign(position=position)
+    products, gallery = _with_gallery(
+        con,
+        current[shown].assign(position=position),
+        encoders["image_encoder_id"],
+        vectors["image"].shape[1],
+        DEFAULT_MEMORY_BUDGET_MB,
+    )
     fingerprint = json.dumps([live.index_version, sorted(added_ids), len(removed)])
     extra = {
         "mode": "incremental",
@@ -285,9 +329,22 @@ def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> C
         live.load_ranker(),
         fingerprint,
         extra,
+        gallery,
     )
     registry.finish(release)
     return Candidate(release, "incremental", len(added_ids), len(removed))
+
+
+def _same_gallery(con, live: artifacts.Release, products: pd.DataFrame, image_encoder_id) -> bool:
+    """Whether the live release's galleries are the catalog's now (same images, same owners)."""
+    stored = live.load_gallery()
+    table = stored[1] if stored else pd.DataFrame({"position": [], "image_sha": []})
+    gallery = load_gallery(
+        con, products["product_id"], products["position"].to_numpy(), image_encoder_id, 1
+    )
+    return list(zip(table["position"], table["image_sha"], strict=True)) == list(
+        zip(gallery.positions, gallery.image_sha, strict=True)
+    )
 
 
 def make_candidate(
