@@ -169,10 +169,50 @@ class SearchEngine:
             name: release.vector_rows(name, holders[name], self._ids, present[name])
             for name in artifacts.VECTOR_FILES
         }
+        self._load_gallery(release)
         self._categories = self.products["category"].fillna("").str.casefold().to_numpy()
         # Attributes, variant groups, availability and sale prices, parsed once.
         self.catalog = CatalogAttributes(self.products)
         self._prices = self.catalog.prices  # the price a shopper pays: a sale price when on sale
+
+    def _load_gallery(self, release: artifacts.Release) -> None:
+        """The products' extra images (`artifacts.GALLERY_INDEX_FILE`): their index, the row
+        of the product each belongs to, and, sorted by that row, where each row's start, so
+        a candidate's gallery is found without a scan."""
+        gallery = release.load_gallery(mapped=True)
+        if gallery is None:
+            self.gallery_index = None
+            return
+        self.gallery_index, table, self.gallery_vectors = gallery
+        positions = table["position"].to_numpy(dtype=np.int64)
+        known = positions < len(self._row_of)
+        self._gallery_rows = np.where(known, self._row_of[np.where(known, positions, 0)], -1)
+        self._gallery_order = np.argsort(self._gallery_rows, kind="stable")
+        self._gallery_sorted_rows = self._gallery_rows[self._gallery_order]
+        self._gallery_hashes = np.array(
+            [h if isinstance(h, str) and h else None for h in table["image_phash"]], dtype=object
+        )
+
+    def _gallery_of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(gallery entries, the index in `rows` of the product each belongs to)."""
+        if self.gallery_index is None or not len(rows):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        starts = np.searchsorted(self._gallery_sorted_rows, rows, "left")
+        ends = np.searchsorted(self._gallery_sorted_rows, rows, "right")
+        sizes = ends - starts
+        owner = np.repeat(np.arange(len(rows)), sizes)
+        offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return self._gallery_order[np.repeat(starts, sizes) + offsets], owner
+
+    def _gallery_recall(self, query: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """Rows of the allowed products whose gallery holds one of the query photo's
+        `CANDIDATES` nearest extra images."""
+        if self.gallery_index is None or not self.gallery_index.ntotal:
+            return np.zeros(0, dtype=np.int64)
+        _, hits = search_index(self.gallery_index, query[None], CANDIDATES)
+        rows = self._gallery_rows[hits[0][hits[0] >= 0]]
+        rows = rows[rows >= 0]
+        return rows[allowed[rows]]
 
     @classmethod
     def live(cls, registry: ReleaseRegistry) -> SearchEngine:
@@ -288,6 +328,7 @@ class SearchEngine:
             pools.append(self._top(scores[LEXICAL], allowed & (scores[LEXICAL] > 0)))
         if image_feature is not None:
             pools.append(self._recall("image", image_feature, positions))
+            pools.append(self._gallery_recall(image_feature, allowed))
         rows = np.unique(np.concatenate(pools)).astype(np.int64)
         features = {FUSED: self.vectors["fused"][rows] @ fused_query}
         if text_feature is not None:
@@ -297,6 +338,12 @@ class SearchEngine:
             features[RAW_IMAGE] = np.where(
                 self._has_image[rows], self.vectors["image"][rows] @ image_feature, 0.0
             )
+            # A product is as close to the photo as the closest of its images.
+            entries, owner = self._gallery_of(rows)
+            if len(entries):
+                np.maximum.at(
+                    features[RAW_IMAGE], owner, self.gallery_vectors[entries] @ image_feature
+                )
         if LEXICAL in features and features[LEXICAL].max(initial=0) > 0:
             features[LEXICAL] = coverage * features[LEXICAL] / features[LEXICAL].max()
         if image_feature is not None:
@@ -305,6 +352,13 @@ class SearchEngine:
                 if photo_hash
                 else np.zeros(len(rows))
             )
+            entries, owner = self._gallery_of(rows)
+            if photo_hash and len(entries):
+                np.maximum.at(
+                    features[PHOTO_MATCH],
+                    owner,
+                    photo_similarity(photo_hash, self._gallery_hashes[entries]),
+                )
         return Candidates(rows, features)
 
     def rank(self, kind: str, candidates: Candidates, k: int) -> list[tuple[int, float]]:
@@ -497,6 +551,8 @@ class SearchEngine:
             result[field] = (
                 None if value is None or (isinstance(value, float) and math.isnan(value)) else value
             )
+        if "images" in row:  # how many images the product has; `image_file` is the main one
+            result["images"] = int(row["images"])
         return result
 
 
