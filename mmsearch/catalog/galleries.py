@@ -173,11 +173,19 @@ def clean_gallery_images(
                         f"{failure.get('reason')}",
                     }
                 )
+    # One decode per file: a Shopify product's images are every variant's gallery.
+    files = list(dict.fromkeys((drop_dir, path) for _, drop_dir, path in fresh))
     # Decoding dominates; Pillow releases the GIL while decoding.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        cleaned = pool.map(lambda job: _clean_one(job[1], job[2], clean_images_dir, limits), fresh)
-        for (record, _, _), outcome in zip(fresh, cleaned, strict=True):
-            record.update(outcome)
+        cleaned = dict(
+            zip(
+                files,
+                pool.map(lambda file: _clean_one(*file, clean_images_dir, limits), files),
+                strict=True,
+            )
+        )
+    for record, drop_dir, path in fresh:
+        record.update(cleaned[drop_dir, path])
     frame = pd.DataFrame(records, columns=[*GALLERY_COLUMNS, "main_sha"])
     same_as_main = frame["image_sha"].notna() & frame["image_sha"].eq(frame["main_sha"])
     repeated = frame["image_sha"].notna() & frame.duplicated(["product_id", "image_sha"])

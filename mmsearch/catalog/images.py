@@ -152,10 +152,23 @@ def to_rgb(picture: Image.Image, limits: ImageLimits = ImageLimits()) -> Image.I
             "image_too_small",
             f"{picture.size[0]}x{picture.size[1]} image is smaller than {limits.min_side}px",
         )
-    spread = np.asarray(picture, dtype=np.float32).reshape(-1, 3).std(axis=0).max()
-    if float(spread) < BLANK_STD_THRESHOLD:
+    if colour_spread(picture) < BLANK_STD_THRESHOLD:
         raise ImageRejected("image_blank", "image is blank (a single uniform colour)")
     return picture
+
+
+def colour_spread(picture: Image.Image) -> float:
+    """The largest standard deviation of an RGB picture's channels, in 8-bit levels.
+
+    From the channels' histograms (768 counts), not the pixels: the same figure as the
+    per-pixel computation at a fraction of its cost, which every catalog image pays twice
+    (when a feed fetches it and when it is cleaned)."""
+    counts = np.asarray(picture.histogram(), dtype=np.float64).reshape(3, 256)
+    levels = np.arange(256, dtype=np.float64)
+    pixels = counts.sum(axis=1)
+    mean = counts @ levels / pixels
+    variance = counts @ (levels**2) / pixels - mean**2
+    return float(np.sqrt(np.maximum(variance, 0.0)).max())
 
 
 def read_image_file(path: Path, limits: ImageLimits = ImageLimits()) -> tuple[Image.Image, str]:
