@@ -1,10 +1,12 @@
 """Stage 5: a candidate release, the promotion gate, and the live release.
 
-`candidate_release` embeds the catalog with the current model (the one `fusion_model` chose) and
-saves a release through the registry: with the live model, only new and changed products are
-embedded and the live index is updated (no rebuild); with a new model the index is rebuilt and
-its ranker fitted. `promotion_gate` is a blocking asset check on it: when it fails, the run does
-not materialize `product_index`, so the candidate never goes live. `product_index` publishes the
+`candidate_release` takes the model `fusion_model` chose (its output, `{model_version}`), embeds
+the catalog with it and saves a release through the registry: with the live model, only new and
+changed products are embedded and the live index is updated (no rebuild); with a new model the
+index is rebuilt and its ranker fitted. It outputs `{model_version, index_version}`, which the
+`promotion_gate` check and `product_index` take as their input (the versions IO manager keeps them
+as the registry's candidate). The gate is a blocking asset check: when it fails, the run does not
+materialize `product_index`, so the candidate never goes live. `product_index` publishes the
 candidate (LIVE.json switched atomically) and prunes old versions.
 """
 
@@ -13,6 +15,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetIn,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -22,44 +25,53 @@ from dagster import (
 from mm_assets.training import fusion_model
 from mmsearch.publishing.build import make_candidate
 from mmsearch.publishing.gate import promotion_gate
-from resources import PipelineSettings, ReleaseRegistryResource, WarehouseResource
+from resources import (
+    VERSIONS_IO_MANAGER,
+    PipelineSettings,
+    ReleaseRegistryResource,
+    WarehouseResource,
+)
 
 
-def _current_candidate(registry):
-    proposed = registry.candidate()
-    if not proposed or not proposed.get("index_version"):
-        raise RuntimeError("no candidate release: materialize candidate_release first")
-    return registry.release(proposed["index_version"])
+def _candidate_release(registry, candidate: dict):
+    """The release `candidate_release` handed over (`{model_version, index_version}`)."""
+    if not candidate.get("index_version"):
+        raise RuntimeError(
+            f"no candidate release built for model {candidate['model_version']}: "
+            "materialize candidate_release first"
+        )
+    return registry.release(candidate["index_version"])
 
 
 @asset(
-    deps=[fusion_model],
+    ins={"chosen_model": AssetIn(fusion_model.key)},
     group_name="indexing",
     pool="warehouse",
     kinds={"faiss"},
+    io_manager_key=VERSIONS_IO_MANAGER,
     description="Every live product embedded by the current model, in a FAISS inner-product "
     "index with an id map, beside the raw-encoder and BM25 retrievers and a ranker fitted on "
     "held-out queries: the live release updated in place for the same model, rebuilt for a new "
-    "one. Saved with checksums through the registry; not live until the promotion gate passes.",
+    "one. Saved with checksums through the registry; not live until the promotion gate passes. "
+    "Hands `{model_version, index_version}` to the promotion gate and product_index.",
 )
 def candidate_release(
     context: AssetExecutionContext,
+    chosen_model: dict,
     warehouse: WarehouseResource,
     registry: ReleaseRegistryResource,
     settings: PipelineSettings,
-) -> MaterializeResult:
+) -> MaterializeResult[dict]:
     releases = registry.registry
-    proposed = releases.candidate()
-    if not proposed:
-        raise RuntimeError("fusion_model has chosen no model yet: materialize it first")
     with warehouse.connect() as con:
         candidate = make_candidate(
-            con, releases, proposed["model_version"], settings.index_memory_budget_mb
+            con, releases, chosen_model["model_version"], settings.index_memory_budget_mb
         )
     release = candidate.release
     index = release.manifest.get("index") or {}
     ranker = release.manifest.get("ranker") or {}
     return MaterializeResult(
+        value={"model_version": release.model_version, "index_version": release.index_version},
         metadata={
             "index_version": release.index_version,
             "model_version": release.model_version,
@@ -73,7 +85,7 @@ def candidate_release(
             "index_nprobe": index.get("nprobe", 0),
             "files_checksummed": len(release.manifest.get("files", {})),
             "ranker_weights": MetadataValue.json(ranker.get("weights", {})),
-        }
+        },
     )
 
 
@@ -88,12 +100,13 @@ def candidate_release(
 )
 def promotion_gate_check(
     context: AssetCheckExecutionContext,
+    candidate_release: dict,
     warehouse: WarehouseResource,
     registry: ReleaseRegistryResource,
     settings: PipelineSettings,
 ) -> AssetCheckResult:
     releases = registry.registry
-    candidate = _current_candidate(releases)
+    candidate = _candidate_release(releases, candidate_release)
     live = releases.live()
     with warehouse.connect(read_only=True) as con:
         decision = promotion_gate(con, releases, candidate, live, settings.promotion_tolerance)
@@ -123,7 +136,7 @@ def promotion_gate_check(
 
 
 @asset(
-    deps=[candidate_release],
+    ins={"handed_over": AssetIn(candidate_release.key)},
     group_name="indexing",
     pool="warehouse",
     kinds={"faiss"},
@@ -133,11 +146,12 @@ def promotion_gate_check(
 )
 def product_index(
     context: AssetExecutionContext,
+    handed_over: dict,
     registry: ReleaseRegistryResource,
     settings: PipelineSettings,
 ) -> MaterializeResult:
     releases = registry.registry
-    candidate = _current_candidate(releases)
+    candidate = _candidate_release(releases, handed_over)
     if candidate.manifest.get("promoted") is False:
         raise RuntimeError(
             f"candidate {candidate.index_version} was refused by the promotion gate: "

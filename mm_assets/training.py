@@ -19,6 +19,7 @@ from mm_assets.metadata import latest_metadata, table
 from mmsearch.features.extraction import extract_shopper_views
 from mmsearch.model.training import changes_since_model, train_and_save
 from resources import (
+    VERSIONS_IO_MANAGER,
     ImageEncoderResource,
     PipelineSettings,
     ReleaseRegistryResource,
@@ -78,9 +79,12 @@ def _figures(config: dict) -> dict:
     group_name="training",
     pool="warehouse",
     kinds={"pytorch"},
+    io_manager_key=VERSIONS_IO_MANAGER,
     description="Projection heads and a gated fusion into one 256-d space, trained with "
     "symmetric InfoNCE (image<->text) plus query->product terms; saved as a versioned artifact. "
-    "Between retrains the live model is kept and the share of the catalog changed since is shown.",
+    "Between retrains the live model is kept and the share of the catalog changed since is shown. "
+    "Hands `{model_version}` (the model the candidate release is built with) to "
+    "candidate_release.",
 )
 def fusion_model(
     context: AssetExecutionContext,
@@ -89,7 +93,7 @@ def fusion_model(
     text_encoder: TextEncoderResource,
     image_encoder: ImageEncoderResource,
     settings: PipelineSettings,
-) -> MaterializeResult:
+) -> MaterializeResult[dict]:
     text_model, image_model = text_encoder.load(), image_encoder.load()
     encoders = {
         "text_encoder_id": text_model.encoder_id,
@@ -117,10 +121,11 @@ def fusion_model(
             version, reason = reusable, "kept the live model: not enough of the catalog changed"
         products = con.execute("SELECT count(*) FROM training_pairs").fetchone()[0]
         changed = changes_since_model(con, version)
-    # The model the candidate release is built with, through the registry.
-    releases.propose(version)
     due = settings.retrain_due(changed, products)
+    # The model the candidate release is built with: stored as the registry's candidate by the
+    # versions IO manager.
     return MaterializeResult(
+        value={"model_version": version},
         metadata={
             "model_version": version,
             "trained": version != reusable,
@@ -131,7 +136,7 @@ def fusion_model(
             "retrain_due": due,
             **_figures(config),
             **metadata,
-        }
+        },
     )
 
 

@@ -8,15 +8,21 @@ from mmsearch.settings import mm_home_from_env
 from resources.encoders import ImageEncoderResource, TextEncoderResource
 from resources.registry import ReleaseRegistryResource
 from resources.settings import PipelineSettings, settings_from_environment
+from resources.versions import ReleaseVersionsIOManager
 from resources.warehouse import WarehouseResource
+
+# The IO manager of the versions fusion_model and candidate_release hand over.
+VERSIONS_IO_MANAGER = "versions_io_manager"
 
 
 def build_resources(mm_home: Path | str | None = None, **settings) -> dict:
     """The resources for one MM_HOME (default: `$MM_HOME`); `settings` override PipelineSettings."""
     home = str(Path(mm_home).resolve()) if mm_home else str(mm_home_from_env())
+    registry = ReleaseRegistryResource(mm_home=home, remote=os.environ.get(REMOTE_ENV, ""))
     return {
         "warehouse": WarehouseResource(mm_home=home),
-        "registry": ReleaseRegistryResource(mm_home=home, remote=os.environ.get(REMOTE_ENV, "")),
+        "registry": registry,
+        VERSIONS_IO_MANAGER: ReleaseVersionsIOManager(registry=registry),
         "text_encoder": TextEncoderResource(),
         "image_encoder": ImageEncoderResource(),
         "settings": PipelineSettings(**(settings_from_environment() | settings)),
@@ -27,7 +33,9 @@ __all__ = [
     "ImageEncoderResource",
     "PipelineSettings",
     "ReleaseRegistryResource",
+    "ReleaseVersionsIOManager",
     "TextEncoderResource",
+    "VERSIONS_IO_MANAGER",
     "WarehouseResource",
     "build_resources",
 ]

@@ -1,10 +1,13 @@
-"""Each stage's assets materialized in memory (`materialize_to_memory`), one stage after another,
-with the real resources pointed at a temporary MM_HOME, on a small generated catalog.
+"""Each stage's assets materialized in this process (`materialize`, an ephemeral instance), one
+stage after another, with the real resources pointed at a temporary MM_HOME, on a small generated
+catalog. (`materialize_to_memory` would replace every IO manager with one that forgets between
+runs; here the versions IO manager hands fusion_model's and candidate_release's versions from one
+stage's run to the next through the temporary home's release registry.)
 
 Two drops: a 40-product generated catalog with labeled queries, and a small hand-written drop
 whose rows each land somewhere known (a replacement, new products, four unusable rows). Each
 test asks for its stage; the stages before it run first, once, in the asset graph's order, each
-its own in-memory run recorded in one ephemeral instance. With 40 products and 20 training
+its own run recorded in one ephemeral instance. With 40 products and 20 training
 epochs the whole file takes under a minute on 2 cores (most of it the encoders' first load), so
 it stays in the fast tier.
 """
@@ -15,7 +18,7 @@ import csv
 
 import numpy as np
 import pytest
-from dagster import AssetSelection, DagsterInstance, materialize_to_memory
+from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
 
 from helpers import picture, png_bytes, write_drop
 from mm_assets.definitions import build_definitions
@@ -55,7 +58,7 @@ DIRTY_DROP = {
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """A temporary home with both drops landed, its Definitions and one ephemeral instance that
-    every stage's in-memory run records into (so a later stage sees an earlier one's events)."""
+    every stage's run records into (so a later stage sees an earlier one's events)."""
     source = tmp_path_factory.mktemp("in_memory_drops")
     write_sample_catalog(source / "catalog", n_products=CATALOG_PRODUCTS, seed=11)
     layout = HomeLayout(tmp_path_factory.mktemp("in_memory_home")).ensure()
@@ -97,9 +100,9 @@ def _first_product_id(drop) -> str:
 
 
 def _materialize(pipeline, group: str, partition_key: str | None = None):
-    """One in-memory run of the assets (and their checks) of one group."""
+    """One in-process run of the assets (and their checks) of one group."""
     definitions = pipeline["definitions"]
-    result = materialize_to_memory(
+    result = materialize(
         [*definitions.assets, *definitions.asset_checks],
         instance=pipeline["instance"],
         resources=definitions.resources,
@@ -111,7 +114,7 @@ def _materialize(pipeline, group: str, partition_key: str | None = None):
 
 
 def _through(pipeline, stage: str):
-    """The in-memory run(s) of `stage`, after every earlier stage (each stage runs once)."""
+    """The run(s) of `stage`, after every earlier stage (each stage runs once)."""
     results = pipeline["results"]
     for name in STAGES[: STAGES.index(stage) + 1]:
         if name in results:
@@ -235,6 +238,36 @@ def test_indexing_publishes_a_release_where_a_products_photo_or_title_ranks_it_f
     # A product of the later drop is found by its own words.
     found = engine.search(text="blue canvas tote", k=5)
     assert found[0]["product_id"] == "late-new"
+
+
+def test_versions_are_handed_over_as_outputs_and_loaded_from_the_registry(pipeline):
+    result = _through(pipeline, "indexing")
+    definitions, instance = pipeline["definitions"], pipeline["instance"]
+    graph = definitions.resolve_asset_graph()
+    assert graph.get(AssetKey("candidate_release")).parent_keys == {AssetKey("fusion_model")}
+    assert graph.get(AssetKey("product_index")).parent_keys == {AssetKey("candidate_release")}
+    # The indexing run did not rematerialize fusion_model: it loaded the version the training
+    # run handed over, through the versions IO manager, as did the gate and product_index.
+    loaded = {
+        (e.step_key, e.event_specific_data.input_name, e.event_specific_data.manager_key)
+        for e in result.all_events
+        if e.event_type_value == "LOADED_INPUT"
+    }
+    assert loaded == {
+        ("candidate_release", "chosen_model", "versions_io_manager"),
+        ("candidate_release_promotion_gate", "candidate_release", "versions_io_manager"),
+        ("product_index", "handed_over", "versions_io_manager"),
+    }
+    live = registry_for(pipeline["layout"]).live()
+    built = result.asset_materializations_for_node("candidate_release")[0].metadata
+    assert built["index_version"].value == live.index_version
+    handed = definitions.load_asset_value("candidate_release", instance=instance)
+    assert handed == {
+        "model_version": _model_version(pipeline),
+        "index_version": live.index_version,
+    }
+    chosen = definitions.load_asset_value("fusion_model", instance=instance)
+    assert chosen["model_version"] == _model_version(pipeline)
 
 
 def test_evaluation_scores_the_ranker_and_each_retriever(pipeline):

@@ -199,3 +199,44 @@ def test_a_damaged_live_pointer_stands_in_the_newest_release_that_verifies_until
         (release.folder / "products.parquet").write_bytes(b"cut")
     with pytest.raises(DamagedPointer, match="no promoted release verifies"):
         registry.live()
+
+
+def test_the_versions_io_manager_hands_over_through_the_candidate_pointer(registry):
+    from dagster import build_input_context, build_output_context
+
+    from resources import ReleaseRegistryResource, ReleaseVersionsIOManager
+
+    def manager() -> ReleaseVersionsIOManager:
+        # A new one each time, as each run builds its own: nothing is kept in memory.
+        resource = ReleaseRegistryResource(mm_home=str(registry.layout.root))
+        return ReleaseVersionsIOManager(registry=resource)
+
+    def load(asset: str) -> dict:
+        upstream = build_output_context(asset_key=asset)
+        return manager().load_input(build_input_context(upstream_output=upstream))
+
+    first_model, second_model = _model(registry, 0), _model(registry, 1)
+    manager().handle_output(
+        build_output_context(asset_key="fusion_model"), {"model_version": first_model}
+    )
+    assert load("fusion_model") == {"model_version": first_model}
+    assert registry.candidate() == {"model_version": first_model, "index_version": None}
+    first = _release(registry, first_model, 10)
+    handed = {"model_version": first_model, "index_version": first.index_version}
+    manager().handle_output(build_output_context(asset_key="candidate_release"), handed)
+    assert load("candidate_release") == handed
+    # A newly chosen model has no release yet: nothing for product_index to publish.
+    manager().handle_output(
+        build_output_context(asset_key="fusion_model"), {"model_version": second_model}
+    )
+    assert load("candidate_release") == {"model_version": second_model}
+    # A rollback proposes the rolled-back versions; the next run loads those.
+    registry.publish(first)
+    registry.publish(_release(registry, second_model, 11))
+    registry.rollback()
+    assert load("fusion_model") == handed
+    with pytest.raises(ValueError, match="expected"):
+        manager().handle_output(build_output_context(asset_key="fusion_model"), {"model": "x"})
+    (registry.layout.artifacts / "CANDIDATE.json").write_text("[1, 2")
+    with pytest.raises(RuntimeError, match="damaged; materialize fusion_model again"):
+        load("fusion_model")

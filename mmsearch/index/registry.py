@@ -270,6 +270,9 @@ class ReleaseRegistry:
     # -- the candidate: what the current model is, and the release built for it ---------------
 
     def propose(self, model_version: str, index_version: str | None = None) -> None:
+        """Make `model_version` the candidate's model and `index_version` (None until one is
+        built) its release. The pipeline's versions IO manager (`resources.versions`) writes what
+        `fusion_model` and `candidate_release` hand over here, and loads it back."""
         self._write_pointer(
             CANDIDATE, {"model_version": model_version, "index_version": index_version}
         )
