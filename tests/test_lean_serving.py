@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -258,3 +259,115 @@ def test_vectors_of_a_product_the_index_lacks_read_as_zeros():
     read = rows[[5, 250, 199]]
     assert not read[1].any()
     np.testing.assert_allclose(read[[0, 2]], vectors[[5, 199]], atol=1e-3)
+
+
+# Shopper queries and catalog titles the runtime's own check (`PROBE_TEXTS`) does not use.
+QUERIES = [
+    "navy wool coat",
+    "white sneakers for women",
+    "bamboo cutting board",
+    "kids dinosaur pyjamas",
+    "copper saucepan",
+    "polarised sunglasses",
+]
+TITLES = [
+    "Double-breasted navy coat in recycled wool",
+    "Women's white leather low-top sneakers",
+    "Organic bamboo chopping board with juice groove",
+    "Children's cotton pyjama set with dinosaur print",
+    "Tri-ply copper saucepan with lid, 2 l",
+    "Polarized aviator sunglasses with metal frame",
+    "Men's black chelsea boots",
+    "Stainless steel french press, 1 l",
+]
+
+
+def _float_exports(folder: Path) -> list[Path]:
+    return [path for path in folder.glob("text_*.onnx") if not path.name.endswith(".int8.onnx")]
+
+
+@pytest.fixture
+def text_cache(tmp_path, encoder_cache):
+    """A fresh encoder cache holding only the session's float text export (made by the torch
+    encoder when no test made it yet)."""
+    import shutil
+
+    from mmsearch.features import runtime
+    from mmsearch.features.encoders import load_text_encoder
+
+    load_text_encoder("", "cpu")
+    (export,) = _float_exports(encoder_cache)
+    shutil.copy(export, tmp_path / export.name)
+    runtime.load_text_runtime.cache_clear()
+    yield tmp_path
+    runtime.load_text_runtime.cache_clear()
+
+
+def test_query_encoder_uses_checked_8bit_weights_that_keep_the_float_ranking(text_cache):
+    from mmsearch.features.runtime import (
+        CompiledEncoders,
+        OnnxTextEncoder,
+        default_text_model_path,
+        load_text_runtime,
+    )
+
+    quantized = load_text_runtime("", 128, str(text_cache))
+    (float_file,) = _float_exports(text_cache)
+    (int8_file,) = text_cache.glob("*.int8.onnx")
+    assert quantized.execution == "onnxruntime-int8"
+    assert int8_file.stat().st_size < float_file.stat().st_size / 3
+    session = CompiledEncoders(text_cache).load(quantized.encoder_id, 1)
+    folder = Path(default_text_model_path())
+    exact = OnnxTextEncoder(folder, session, 128, quantized.encoder_id)
+    assert quantized.encoder_id == exact.encoder_id and quantized.dim == exact.dim == 384
+    cosines = (quantized.encode(QUERIES + TITLES) * exact.encode(QUERIES + TITLES)).sum(axis=1)
+    assert cosines.min() >= 0.97
+    # Each query still finds its own title first among all titles.
+    titles = exact.encode(TITLES)
+    assert list((quantized.encode(QUERIES) @ titles.T).argmax(axis=1)) == list(range(6))
+    # The next process loads the kept copy instead of quantizing again.
+    load_text_runtime.cache_clear()
+    modified = int8_file.stat().st_mtime_ns
+    assert load_text_runtime("", 128, str(text_cache)).execution == "onnxruntime-int8"
+    assert int8_file.stat().st_mtime_ns == modified
+
+
+def test_float_query_encoder_when_8bit_is_off_or_was_rejected(text_cache, monkeypatch):
+    from mmsearch.features.runtime import load_text_runtime
+
+    monkeypatch.setenv("MM_QUANTIZED_QUERIES", "off")
+    assert load_text_runtime("", 128, str(text_cache)).execution == "onnxruntime"
+    assert not list(text_cache.glob("*.int8.onnx"))
+    monkeypatch.delenv("MM_QUANTIZED_QUERIES")
+    load_text_runtime.cache_clear()
+    (float_file,) = _float_exports(text_cache)
+    float_file.with_suffix(".int8.rejected").write_text("cosine too low\n")
+    assert load_text_runtime("", 128, str(text_cache)).execution == "onnxruntime"
+    assert not list(text_cache.glob("*.int8.onnx"))
+
+
+def test_result_rows_carry_the_product_table_values_with_missing_ones_as_none(registry):
+    release, _, _ = _synthetic_release(registry, 600, IndexPlan("flat", codes="fp16"))
+    engine = SearchEngine.of(registry, release)
+    engine.products.loc[7, "price"] = np.nan
+    engine.products["brand"] = ["Lumen" if i % 2 else None for i in range(600)]
+    assert engine.describe(7, 0.12345678) == {
+        "product_id": "p7",
+        "score": 0.123457,
+        "title": "lamp 7",
+        "category": "lamps",
+        "brand": "Lumen",
+        "price": None,
+        "image_file": None,
+    }
+    assert engine.describe(8, 1.0)["price"] == 10.0 and engine.describe(8, 1.0)["brand"] is None
+
+
+def test_query_heads_compute_in_float32_throughout(registry):
+    # A float64 step (a NumPy float64 constant) would make every later layer cast its weights.
+    heads, _ = store.load_heads(registry.layout, _model(registry))
+    rng = np.random.default_rng(3)
+    hidden = heads._head("text_head", rng.normal(size=(2, DIMS["text"])).astype(np.float32))
+    assert hidden.dtype == np.float32
+    fused = heads._fuse(hidden, hidden)
+    assert fused.dtype == np.float32

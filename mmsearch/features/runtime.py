@@ -6,12 +6,19 @@ This module finds those files and runs them: the text model behind the fast toke
 pooling, the image CNN behind the one image preprocessing below. It imports neither torch nor
 transformers, so a search server starts lighter and needs no CUDA libraries. It is also the
 one place that decides image preprocessing, encoder ids and where exports are kept.
+
+Search queries go through an 8-bit copy of the text export (dynamic quantization of its weight
+matrices: about half the CPU time of a query) when that copy keeps the float model's
+embeddings on a fixed set of shop texts; otherwise, or without the `onnx` package, the float
+export answers. `MM_QUANTIZED_QUERIES=off` keeps the float export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -33,6 +40,55 @@ NORMALIZE_EPS = 1e-12
 
 # Threads of each ONNX Runtime session this module opens; 0: one per available core.
 _session_threads = 0
+
+QUANTIZED_ENV = "MM_QUANTIZED_QUERIES"
+# The 8-bit text export is used only when every probe text's embedding stays this close to the
+# float one (cosine) and each probe's nearest other probe is the float model's this often.
+QUANTIZED_MIN_COSINE = 0.97
+QUANTIZED_MIN_AGREEMENT = 0.9
+# What the check embeds: queries and titles of the kind a shop's catalog and shoppers write.
+PROBE_TEXTS = (
+    "red leather handbag",
+    "women's red leather shoulder bag with gold buckle",
+    "black running shoes size 42",
+    "lightweight mesh running sneakers for men, black",
+    "blue denim jacket",
+    "vintage washed denim jacket with button front",
+    "wool winter hat",
+    "chunky knit beanie in grey merino wool",
+    "stainless steel water bottle 1l",
+    "insulated steel bottle keeps drinks cold for 24 hours",
+    "wireless noise cancelling headphones",
+    "over-ear bluetooth headphones with active noise cancellation",
+    "oak dining table",
+    "solid oak extendable dining table for six",
+    "cotton bed sheets queen",
+    "percale cotton sheet set, queen size, white",
+    "kids rain boots",
+    "yellow rubber rain boots for children",
+    "ceramic coffee mug",
+    "handmade stoneware mug 350 ml",
+    "floral summer dress",
+    "sleeveless midi dress with floral print",
+    "gaming laptop 16gb ram",
+    "15.6 inch laptop, 16 GB RAM, 512 GB SSD",
+    "yoga mat non slip",
+    "extra thick non-slip exercise mat with strap",
+    "striped t-shirt",
+    "organic cotton crew neck tee with navy stripes",
+    "desk lamp brass",
+    "adjustable brass reading lamp with linen shade",
+    "dog bed large",
+    "orthopedic memory foam bed for large dogs",
+    "this dress but in purple",
+    "silk scarf",
+    "hand-rolled silk scarf with paisley pattern",
+    "phone case iphone",
+    "clear shockproof case for iPhone 15",
+    "garden hose 30m",
+    "expandable garden hose with spray nozzle",
+    "men's leather belt brown",
+)
 
 
 def set_session_threads(threads: int) -> None:
@@ -144,6 +200,35 @@ class CompiledEncoders:
         path = self._path(encoder_id)
         return path is not None and path.with_suffix(".rejected").is_file()
 
+    def quantized(self, encoder_id: str, reference: OnnxTextEncoder, threads: int):
+        """The session of the kept export's 8-bit copy, made and checked against `reference`
+        (the float export's encoder) on first use; None when it lost too much (a
+        `.int8.rejected` note says why), cannot be made (no `onnx` package) or is switched off."""
+        path = self._path(encoder_id)
+        if path is None or not path.is_file():
+            return None
+        target, note = path.with_suffix(".int8.onnx"), path.with_suffix(".int8.rejected")
+        if note.is_file():
+            return None
+        if target.is_file():
+            with contextlib.suppress(Exception):  # a damaged copy is made again below
+                return ort_session(target, threads)
+        partial = path.with_suffix(f".int8.{os.getpid()}.partial")
+        try:
+            if not quantize_weights(path, partial):
+                return None
+            session = ort_session(partial, threads)
+            why = quantization_loss(reference, reference.with_session(session))
+            if why:
+                note.write_text(why + "\n")
+                return None
+            os.replace(partial, target)
+            return session
+        except OSError:  # a read-only cache: the float export keeps answering
+            return None
+        finally:
+            partial.unlink(missing_ok=True)
+
     def keep(self, encoder_id: str, model: bytes | None, why: str = "") -> None:
         """Keep a checked export (write-then-rename: a reader never sees half a file)."""
         path = self._path(encoder_id)
@@ -219,6 +304,13 @@ class OnnxTextEncoder:
         self.dim = int(session.get_outputs()[0].shape[-1])
         self._inputs = [i.name for i in session.get_inputs()]
 
+    def with_session(self, session) -> OnnxTextEncoder:
+        """The same tokenizer and id in front of another session of the model (its 8-bit copy)."""
+        other = object.__new__(OnnxTextEncoder)
+        other.__dict__.update(self.__dict__, session=session)
+        other.execution = "onnxruntime-int8"
+        return other
+
     def _forward(self, texts: list[str]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(texts)
         tokens = {
@@ -237,6 +329,67 @@ class OnnxTextEncoder:
             chosen = order[start : start + batch_size]
             out[chosen] = self._forward([texts[i] or "" for i in chosen])
         return out
+
+
+def quantize_weights(source: Path, target: Path) -> bool:
+    """Write `source`'s ONNX model to `target` with 8-bit weight matrices (per output channel,
+    activations quantized at run time); products of two activations (attention) stay float.
+    False when the `onnx` package, which the quantizer needs, is not installed."""
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return False
+    graph = onnx.load(str(source), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    between_activations = [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul" and not any(name in weights for name in node.input)
+    ]
+    # The quantizer advises on the root logger to pre-process static-quantization models; this
+    # is dynamic quantization, so that line would only mislead whoever reads the server's log.
+    advice = logging.Filter()
+    advice.filter = lambda record: "pre-processing before quantization" not in record.getMessage()
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=between_activations,
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
+    return True
+
+
+def quantization_loss(reference: OnnxTextEncoder, quantized: OnnxTextEncoder) -> str:
+    """Why `quantized` may not stand in for `reference` on `PROBE_TEXTS` (empty: it may): an
+    embedding moved too far, or the nearest other probe text changed too often."""
+    exact, coded = reference.encode(PROBE_TEXTS), quantized.encode(PROBE_TEXTS)
+    cosine = float((exact * coded).sum(axis=1).min())
+    if cosine < QUANTIZED_MIN_COSINE:
+        return f"8-bit text export: cosine to the float one {cosine:.4f} < {QUANTIZED_MIN_COSINE}"
+
+    def nearest(vectors: np.ndarray) -> np.ndarray:
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    agreement = float(np.mean(nearest(exact) == nearest(coded)))
+    if agreement < QUANTIZED_MIN_AGREEMENT:
+        return (
+            f"8-bit text export: nearest probe text kept for {agreement:.0%} "
+            f"< {QUANTIZED_MIN_AGREEMENT:.0%}"
+        )
+    return ""
+
+
+def quantized_queries() -> bool:
+    """Whether search queries may use the 8-bit text export (`MM_QUANTIZED_QUERIES`)."""
+    return os.environ.get(QUANTIZED_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
 
 
 class OnnxImageEncoder:
@@ -265,15 +418,23 @@ class OnnxImageEncoder:
 def load_text_runtime(
     model_path: str = "", max_length: int = 128, compiled_dir: str = ""
 ) -> OnnxTextEncoder | None:
-    """The kept export of a text model folder (empty: the packaged all-MiniLM-L6-v2), or None
-    when the encoder cache has none yet (or the folder has no fast tokenizer)."""
+    """The kept export of a text model folder (empty: the packaged all-MiniLM-L6-v2) for
+    search queries: its checked 8-bit copy when there is one (`CompiledEncoders.quantized`),
+    else the float export; None when the encoder cache has none yet (or the folder has no fast
+    tokenizer)."""
     folder = Path(model_path or default_text_model_path())
     if not (folder / "tokenizer.json").is_file() or not (folder / "config.json").is_file():
         return None
     encoder_id = text_encoder_id(folder, max_length)
     compiled = CompiledEncoders(compiled_dir or default_compiled_dir() or None)
     session = compiled.load(encoder_id, session_threads())
-    return None if session is None else OnnxTextEncoder(folder, session, max_length, encoder_id)
+    if session is None:
+        return None
+    encoder = OnnxTextEncoder(folder, session, max_length, encoder_id)
+    if not quantized_queries():
+        return encoder
+    quantized = compiled.quantized(encoder_id, encoder, session_threads())
+    return encoder if quantized is None else encoder.with_session(quantized)
 
 
 @lru_cache(maxsize=4)

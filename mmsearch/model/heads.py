@@ -8,6 +8,7 @@ the same results as the torch model (float32; cosine >= 0.9999, a test).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    """torch.nn.GELU() (the exact, erf form)."""
-    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+    """torch.nn.GELU() (the exact, erf form). A Python float keeps float32 inputs float32 (a
+    NumPy float64 scalar would make the next layer cast its weights to float64 every call)."""
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
