@@ -18,11 +18,11 @@ VERSIONS_IO_MANAGER = "versions_io_manager"
 def build_resources(mm_home: Path | str | None = None, **settings) -> dict:
     """The resources for one MM_HOME (default: `$MM_HOME`); `settings` override PipelineSettings."""
     home = str(Path(mm_home).resolve()) if mm_home else str(mm_home_from_env())
-    registry = ReleaseRegistryResource(mm_home=home, remote=os.environ.get(REMOTE_ENV, ""))
+    remote = os.environ.get(REMOTE_ENV, "")
     return {
         "warehouse": WarehouseResource(mm_home=home),
-        "registry": registry,
-        VERSIONS_IO_MANAGER: ReleaseVersionsIOManager(registry=registry),
+        "registry": ReleaseRegistryResource(mm_home=home, remote=remote),
+        VERSIONS_IO_MANAGER: ReleaseVersionsIOManager(mm_home=home, remote=remote),
         "text_encoder": TextEncoderResource(),
         "image_encoder": ImageEncoderResource(),
         "settings": PipelineSettings(**(settings_from_environment() | settings)),

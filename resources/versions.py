@@ -8,9 +8,12 @@ a run that does not rematerialize `fusion_model` loads the version it chose last
 proposes the rolled-back versions, and the registry stays the one owner of what is live.
 """
 
+from pathlib import Path
+
 from dagster import ConfigurableIOManager, InputContext, OutputContext
 
-from resources.registry import ReleaseRegistryResource
+from mmsearch.index.registry import ReleaseRegistry
+from mmsearch.settings import HomeLayout
 
 # The fields of a handed-over version, in the order the candidate pointer holds them.
 VERSION_FIELDS = ("model_version", "index_version")
@@ -19,9 +22,16 @@ VERSION_FIELDS = ("model_version", "index_version")
 class ReleaseVersionsIOManager(ConfigurableIOManager):
     """Stores an output `{"model_version"[, "index_version"]}` as the registry's candidate and
     loads it back as the versions the candidate names (`index_version` only once a release was
-    built for its model)."""
+    built for its model). Configured like `ReleaseRegistryResource` (plain fields rather than
+    that resource nested: sensors built with every resource, as `mmsearch run` builds them, cannot
+    open a nested one outside a context manager)."""
 
-    registry: ReleaseRegistryResource
+    mm_home: str
+    remote: str = ""
+
+    @property
+    def registry(self) -> ReleaseRegistry:
+        return ReleaseRegistry(HomeLayout(Path(self.mm_home)).ensure(), self.remote)
 
     def handle_output(self, context: OutputContext, obj: dict) -> None:
         unknown = set(obj) - set(VERSION_FIELDS)
@@ -30,10 +40,10 @@ class ReleaseVersionsIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} handed over {obj!r}: expected "
                 f"{{'model_version'[, 'index_version']}}"
             )
-        self.registry.registry.propose(obj["model_version"], obj.get("index_version"))
+        self.registry.propose(obj["model_version"], obj.get("index_version"))
 
     def load_input(self, context: InputContext) -> dict:
-        releases = self.registry.registry
+        releases = self.registry
         proposed = releases.candidate()
         if proposed is None:
             upstream = context.upstream_output.asset_key.to_user_string()

@@ -204,12 +204,11 @@ def test_a_damaged_live_pointer_stands_in_the_newest_release_that_verifies_until
 def test_the_versions_io_manager_hands_over_through_the_candidate_pointer(registry):
     from dagster import build_input_context, build_output_context
 
-    from resources import ReleaseRegistryResource, ReleaseVersionsIOManager
+    from resources import ReleaseVersionsIOManager
 
     def manager() -> ReleaseVersionsIOManager:
         # A new one each time, as each run builds its own: nothing is kept in memory.
-        resource = ReleaseRegistryResource(mm_home=str(registry.layout.root))
-        return ReleaseVersionsIOManager(registry=resource)
+        return ReleaseVersionsIOManager(mm_home=str(registry.layout.root))
 
     def load(asset: str) -> dict:
         upstream = build_output_context(asset_key=asset)
