@@ -20,7 +20,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import re
 import socket
@@ -40,6 +39,17 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.exceptions import HTTPException
 
+from mmsearch.api_models import (
+    DEFAULT_K,
+    ErrorAnswer,
+    Health,
+    Price,
+    ResultCount,
+    SearchAnswer,
+    SimilarAnswer,
+    blank_means,
+    invalid_parameter,
+)
 from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
 from mmsearch.features.runtime import set_session_threads
 from mmsearch.index.artifacts import DamagedRelease
@@ -54,7 +64,6 @@ from mmsearch.search.engine import (
 )
 from mmsearch.settings import HomeLayout, mm_home_from_env
 
-MAX_K = 100
 # Uploads larger than this are refused before they are read to the end.
 MAX_UPLOAD_BYTES = 10 * 2**20
 WATCH_SECONDS = 0.5
@@ -67,6 +76,17 @@ DEFAULT_CURRENCY = "USD"
 # What `serve` hands its worker processes (they are started fresh and read the environment).
 THREADS_ENV = "MM_SERVE_THREADS"
 NOTHING_LIVE = "nothing is live yet: run `mmsearch run` (or `mmsearch demo`) first"
+# What an API route may answer besides its own model (/openapi.json documents them).
+ERRORS = {
+    "4XX": {"model": ErrorAnswer, "description": "bad input, or an unknown product"},
+    "5XX": {"model": ErrorAnswer, "description": "nothing is live yet (503), or a fault"},
+}
+# The query parameters the search routes share, as /openapi.json describes them.
+KQuery = Annotated[ResultCount, blank_means(DEFAULT_K), Query(description="how many results")]
+MaxPriceQuery = Annotated[
+    Price | None, blank_means(None), Query(description="only up to this price")
+]
+CategoryQuery = Annotated[str | None, Query(description="only this category (any case)")]
 
 log = logging.getLogger("mmsearch.server")
 
@@ -173,30 +193,6 @@ def warm_up(engine: SearchEngine) -> None:
         engine.image_features([Image.new("RGB", (64, 64), (200, 30, 30))])
 
 
-def _k(value: str | None) -> int:
-    if value is None or value == "":
-        return 10
-    try:
-        k = int(value)
-    except ValueError:
-        raise BadRequest(f"k must be a whole number from 1 to {MAX_K}, not {value!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise BadRequest(f"k must be from 1 to {MAX_K}, not {k}")
-    return k
-
-
-def _max_price(value: str | None) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        price = float(value)
-    except ValueError:
-        raise BadRequest(f"max_price must be a number, not {value!r}") from None
-    if not math.isfinite(price) or price < 0:
-        raise BadRequest(f"max_price must be a finite number >= 0, not {value!r}")
-    return price
-
-
 def _text(value: str | None) -> str | None:
     return value.strip() if value and value.strip() else None
 
@@ -231,6 +227,7 @@ def _for_shoppers(results: list[dict]) -> list[dict]:
     for result in results:
         image_file = result.get("image_file")
         fields = {name: _plain(value) for name, value in result.items() if name != "image_file"}
+        fields.setdefault("matched", {})  # similar products: no query text, nothing matched
         fields["image_url"] = (
             f"/api/products/{quote(str(result['product_id']), safe='')}/image"
             if image_file
@@ -283,28 +280,35 @@ def create_app(
         lifespan=lifespan,
     )
 
+    home = str(live.layout.root)
+
+    def refusal(message: object, status: int) -> JSONResponse:
+        """`{"error": one line}`, with the home's path, should a message name it, left out:
+        no server path leaves the server."""
+        line = " ".join(str(message).split()).replace(home, "$MM_HOME")
+        return JSONResponse({"error": line}, status_code=status)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
+        return refusal(error.detail, error.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        first = error.errors()[0] if error.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, 400)
+        errors = error.errors()
+        return refusal(invalid_parameter(errors[0]) if errors else "invalid request", 400)
 
     @app.exception_handler(BadQuery)
     async def bad_query(request: Request, error: BadQuery) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=400)
+        return refusal(error, 400)
 
     @app.exception_handler(NothingLive)
     async def nothing_live(request: Request, error: NothingLive) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=503)
+        return refusal(error, 503)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("request failed")
-        return JSONResponse({"error": f"internal error: {type(error).__name__}"}, 500)
+        return refusal(f"internal error: {type(error).__name__}", 500)
 
     def versions(engine: SearchEngine) -> dict:
         return {
@@ -313,29 +317,36 @@ def create_app(
             "currency": currency,
         }
 
-    def answer(engine: SearchEngine, text, picture_bytes, k, category, max_price) -> dict:
-        """One search, from the request's raw values to the API's JSON (in a search thread)."""
+    def answer(
+        engine: SearchEngine,
+        text: str | None,
+        picture_bytes: bytes | None,
+        k: int,
+        category: str | None,
+        max_price: float | None,
+    ) -> dict:
+        """One search, from the request's values to the API's JSON (in a search thread)."""
         picture = _picture(picture_bytes, limits) if picture_bytes is not None else None
-        found = engine.answer(
-            text, picture, _k(k), _category(engine, category), _max_price(max_price)
-        )
+        found = engine.answer(text, picture, k, _category(engine, category), max_price)
         return {**versions(engine), **found, "results": _for_shoppers(found["results"])}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return _page()
 
-    @app.get("/api/health")
+    # Search answers are sent as built (JSONResponse): `response_model` documents them without
+    # validating every result on every request (the tests validate real answers).
+    @app.get("/api/health", response_model=Health, responses=ERRORS)
     def health() -> dict:
         engine = live.engine
         return {"status": "ok", **versions(engine), "products": len(engine.products)}
 
-    @app.get("/api/search")
+    @app.get("/api/search", response_model=SearchAnswer, responses=ERRORS)
     async def search_by_text(
         text: Annotated[str | None, Query(description="what the shopper typed")] = None,
-        k: Annotated[str | None, Query(description=f"results, 1 to {MAX_K} (10)")] = None,
-        category: Annotated[str | None, Query(description="only this category")] = None,
-        max_price: Annotated[str | None, Query(description="only up to this price")] = None,
+        k: KQuery = DEFAULT_K,
+        category: CategoryQuery = None,
+        max_price: MaxPriceQuery = None,
     ) -> JSONResponse:
         engine = live.engine
         query = _text(text)
@@ -344,14 +355,14 @@ def create_app(
         found = await in_search_thread(answer, engine, query, None, k, category, max_price)
         return JSONResponse(found)
 
-    @app.post("/api/search")
+    @app.post("/api/search", response_model=SearchAnswer, responses=ERRORS)
     async def search_by_photo(
         request: Request,
         image: Annotated[UploadFile | None, File(description="the shopper's photo")] = None,
-        text: Annotated[str | None, Form()] = None,
-        k: Annotated[str | None, Form()] = None,
-        category: Annotated[str | None, Form()] = None,
-        max_price: Annotated[str | None, Form()] = None,
+        text: Annotated[str | None, Form(description="what the shopper typed")] = None,
+        k: Annotated[ResultCount, Form(description="how many results")] = DEFAULT_K,
+        category: Annotated[str | None, Form(description="only this category")] = None,
+        max_price: Annotated[Price | None, Form(description="only up to this price")] = None,
     ) -> JSONResponse:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in FORM_TYPES:
@@ -370,27 +381,29 @@ def create_app(
         found = await in_search_thread(answer, engine, query, data, k, category, max_price)
         return JSONResponse(found)
 
-    @app.get("/api/products/{product_id}/similar")
+    @app.get("/api/products/{product_id}/similar", response_model=SimilarAnswer, responses=ERRORS)
     async def similar(
         product_id: str,
-        k: Annotated[str | None, Query()] = None,
-        category: Annotated[str | None, Query()] = None,
-        max_price: Annotated[str | None, Query()] = None,
+        k: KQuery = DEFAULT_K,
+        category: CategoryQuery = None,
+        max_price: MaxPriceQuery = None,
     ) -> JSONResponse:
         engine = live.engine
 
         def like_this() -> dict:
             try:
-                results = engine.similar(
-                    product_id, _k(k), _category(engine, category), _max_price(max_price)
-                )
+                results = engine.similar(product_id, k, _category(engine, category), max_price)
             except UnknownProduct as error:
                 raise BadRequest(str(error), 404) from None
             return {"product_id": product_id, **versions(engine), "results": _for_shoppers(results)}
 
         return JSONResponse(await in_search_thread(like_this))
 
-    @app.get("/api/products/{product_id}/image")
+    @app.get(
+        "/api/products/{product_id}/image",
+        response_class=FileResponse,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG"}, **ERRORS},
+    )
     def product_image(product_id: str) -> FileResponse:
         engine = live.engine
         try:

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from conftest import cli_json
 from helpers import picture, png_bytes
 from mmsearch import server, warehouse
+from mmsearch.api_models import ErrorAnswer, Health, SearchAnswer, SimilarAnswer
 from mmsearch.catalog.drops import read_products
 from mmsearch.catalog.images import ImageLimits
 from mmsearch.index.registry import registry_for
@@ -121,16 +122,34 @@ def test_product_image_is_served_by_id_only(client, product_photo):
     [
         ({}, "give a text"),
         ({"text": "   "}, "give a text"),
-        ({"text": "red", "k": "0"}, "k must be from 1 to 100"),
-        ({"text": "red", "k": "101"}, "k must be from 1 to 100"),
-        ({"text": "red", "k": "ten"}, "k must be a whole number"),
-        ({"text": "red", "max_price": "cheap"}, "max_price must be a number"),
+        ({"text": "red", "k": "0"}, "k must be a whole number from 1 to 100, not '0'"),
+        ({"text": "red", "k": "101"}, "k must be a whole number from 1 to 100, not '101'"),
+        ({"text": "red", "k": "ten"}, "k must be a whole number from 1 to 100, not 'ten'"),
+        ({"text": "red", "max_price": "cheap"}, "max_price must be a finite number >= 0"),
         ({"text": "red", "max_price": "-3"}, "max_price must be a finite number >= 0"),
+        ({"text": "red", "max_price": "inf"}, "max_price must be a finite number >= 0"),
+        ({"text": "red", "max_price": "nan"}, "max_price must be a finite number >= 0"),
         ({"text": "red", "category": "spaceships"}, "no live product has category 'spaceships'"),
     ],
 )
 def test_bad_text_searches_get_400_and_one_line(client, params, fragment):
     assert fragment in _one_line_error(client.get("/api/search", params=params), 400)
+
+
+def test_bad_parameters_are_refused_alike_on_every_search_route(client, product_photo):
+    product_id, path = product_photo
+    similar = client.get(f"/api/products/{product_id}/similar", params={"k": "0"})
+    assert _one_line_error(similar, 400) == "k must be a whole number from 1 to 100, not '0'"
+    with path.open("rb") as photo:
+        form = {"max_price": "-1"}
+        refused = client.post("/api/search", files={"image": (path.name, photo)}, data=form)
+    assert _one_line_error(refused, 400) == "max_price must be a finite number >= 0, not '-1'"
+
+
+def test_a_parameter_sent_empty_takes_its_default(client):
+    answer = client.get("/api/search", params={"text": "red", "k": "", "max_price": ""})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"]) == 10
 
 
 def test_unknown_category_lists_the_known_ones(client):
@@ -211,14 +230,102 @@ def test_api_documentation_page_loads_only_assets_the_server_answers(client):
     assert "http://" not in html.text and "https://" not in html.text
 
 
-def test_openapi_document_lists_the_routes(client):
-    paths = set(client.get("/openapi.json").json()["paths"])
-    assert {
-        "/api/health",
-        "/api/search",
-        "/api/products/{product_id}/similar",
-        "/api/products/{product_id}/image",
-    } <= paths
+def test_openapi_document_has_a_schema_for_every_routes_answer_and_errors(client):
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    answers = {}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            content = responses["200"]["content"]
+            if path.endswith("/image"):
+                assert list(content) == ["image/jpeg"], (method, path)
+            else:
+                reference = content["application/json"]["schema"]["$ref"]
+                answers[method, path] = reference.rsplit("/", 1)[1]
+            for status in ("4XX", "5XX"):
+                error = responses[status]["content"]["application/json"]["schema"]
+                assert error["$ref"].endswith("/ErrorAnswer"), (method, path, status)
+            # Refused parameters are 400 with {"error"}, not FastAPI's 422 list.
+            assert "422" not in responses, (method, path)
+    assert answers == {
+        ("get", "/api/health"): "Health",
+        ("get", "/api/search"): "SearchAnswer",
+        ("post", "/api/search"): "SearchAnswer",
+        ("get", "/api/products/{product_id}/similar"): "SimilarAnswer",
+    }
+    assert "/api/products/{product_id}/image" in document["paths"]
+    assert set(schemas["ErrorAnswer"]["properties"]) == {"error"}
+    result = schemas["SearchResult"]
+    assert {"product_id", "score", "title", "price", "image_url", "matched"} <= set(
+        result["required"]
+    )
+    assert {"group_id", "variants", "list_price"} <= set(result["properties"])
+    assert "image_file" not in result["properties"]
+    # Attribute facets are open-ended maps of value -> count.
+    facets = schemas["Facets"]
+    assert facets["additionalProperties"]["additionalProperties"] == {"type": "integer"}
+    (k,) = [p for p in document["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "k"]
+    assert (k["schema"]["minimum"], k["schema"]["maximum"], k["schema"]["default"]) == (1, 100, 10)
+
+
+def test_real_answers_are_what_the_openapi_document_says(client, product_photo):
+    product_id, path = product_photo
+    health = Health.model_validate(client.get("/api/health").json())
+    by_text = SearchAnswer.model_validate(client.get("/api/search?text=red&k=5").json())
+    with path.open("rb") as photo:
+        by_photo = client.post("/api/search", files={"image": (path.name, photo)}).json()
+    by_photo = SearchAnswer.model_validate(by_photo)
+    similar = client.get(f"/api/products/{product_id}/similar", params={"k": 3}).json()
+    similar = SimilarAnswer.model_validate(similar)
+    assert health.products > 0 and len(by_text.results) == 5 and len(similar.results) == 3
+    assert by_photo.results[0].product_id == product_id
+    assert all(not result.matched for result in similar.results)
+    assert by_text.facets.categories and by_text.facets.price is not None
+    refused = client.get("/api/search?text=red&k=0").json()
+    assert ErrorAnswer.model_validate(refused).error.startswith("k must be")
+
+
+def _strings(value) -> list[str]:
+    """Every key and string value in a JSON document."""
+    if isinstance(value, dict):
+        return [*value, *(s for item in value.values() for s in _strings(item))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_no_api_answer_carries_a_server_path(client, built_home, product_photo, tmp_path):
+    home, _ = built_home
+    product_id, path = product_photo
+    with path.open("rb") as photo:
+        by_photo = client.post("/api/search", files={"image": (path.name, photo)})
+    with TestClient(create_app(LiveSearch(HomeLayout(tmp_path / "empty")))) as empty:
+        nothing_live = empty.get("/api/search", params={"text": "red"})
+    answers = [
+        client.get("/api/health"),
+        client.get("/api/search", params={"text": "red", "k": 20}),
+        by_photo,
+        client.get(f"/api/products/{product_id}/similar", params={"k": 20}),
+        client.get("/api/search", params={"text": "red", "k": "zero"}),
+        client.get("/api/search", params={"text": "red", "category": "nosuch"}),
+        client.get("/api/products/no-such-product/similar"),
+        client.get("/api/products/..%2F..%2Fwarehouse.duckdb/image"),
+        client.post("/api/search", files={"image": ("upload.png", b"not a picture")}),
+        client.post("/api/search", json={"text": "red"}),
+        nothing_live,
+    ]
+    assert [a.status_code for a in answers] == [200] * 4 + [400, 400, 404, 404, 415, 415, 503]
+    image_urls = 0
+    for answer in answers:
+        assert str(home) not in answer.text and str(tmp_path) not in answer.text
+        for string in _strings(answer.json()):
+            assert string != "image_file", answer.url
+            if string.startswith("/api/products/") and string.endswith("/image"):
+                image_urls += 1
+            else:
+                assert not Path(string).is_absolute(), (answer.url, string)
+    assert image_urls >= 3
 
 
 def _free_port() -> int:
