@@ -280,7 +280,7 @@ def create_app(
         lifespan=lifespan,
     )
 
-    home = str(live.layout.root)
+    home = str(live.layout.root.resolve())
 
     def refusal(message: object, status: int) -> JSONResponse:
         """`{"error": one line}`, with the home's path, should a message name it, left out:
