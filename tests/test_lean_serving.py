@@ -303,7 +303,10 @@ def text_cache(tmp_path, encoder_cache):
     runtime.load_text_runtime.cache_clear()
 
 
-def test_query_encoder_uses_checked_8bit_weights_that_keep_the_float_ranking(text_cache):
+def test_query_encoder_uses_checked_8bit_weights_that_keep_the_float_ranking(
+    text_cache, monkeypatch
+):
+    monkeypatch.setenv("MM_QUANTIZED_QUERIES", "on")
     from mmsearch.features.runtime import (
         CompiledEncoders,
         OnnxTextEncoder,
@@ -332,13 +335,13 @@ def test_query_encoder_uses_checked_8bit_weights_that_keep_the_float_ranking(tex
     assert int8_file.stat().st_mtime_ns == modified
 
 
-def test_float_query_encoder_when_8bit_is_off_or_was_rejected(text_cache, monkeypatch):
+def test_float_query_encoder_by_default_or_when_8bit_was_rejected(text_cache, monkeypatch):
     from mmsearch.features.runtime import load_text_runtime
 
-    monkeypatch.setenv("MM_QUANTIZED_QUERIES", "off")
+    monkeypatch.delenv("MM_QUANTIZED_QUERIES", raising=False)
     assert load_text_runtime("", 128, str(text_cache)).execution == "onnxruntime"
     assert not list(text_cache.glob("*.int8.onnx"))
-    monkeypatch.delenv("MM_QUANTIZED_QUERIES")
+    monkeypatch.setenv("MM_QUANTIZED_QUERIES", "on")
     load_text_runtime.cache_clear()
     (float_file,) = _float_exports(text_cache)
     float_file.with_suffix(".int8.rejected").write_text("cosine too low\n")
