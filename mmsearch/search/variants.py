@@ -16,6 +16,7 @@ then shows as `list_price`), as feeds already write it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -53,6 +54,8 @@ COLOUR_SYNONYMS = {
     **dict.fromkeys(("chocolate", "tan", "camel"), "brown"),
     **dict.fromkeys(("gray", "charcoal", "slate"), "grey"),
 }
+# Every attribute search reads.
+READ = frozenset({*FILTERABLE, "group_id", "availability", "list_price", "sale_price"})
 # Values a refusal lists at most.
 LISTED = 30
 _SEPARATORS = re.compile(r"[\s_\-]+")
@@ -72,6 +75,7 @@ def parse_filter(text: str, separator: str = "=") -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+@functools.lru_cache(maxsize=4096)
 def attribute_name(name: str) -> str:
     """The attribute's feed name: `Colour` -> `color`, `Age Group` -> `age_group`."""
     folded = _SEPARATORS.sub("_", str(name).strip().casefold())
@@ -85,32 +89,44 @@ def normalised_value(name: str, value: str) -> str:
     return COLOUR_SYNONYMS.get(folded, folded) if name == "color" else folded
 
 
-def _scalar(value) -> str | None:
-    """A JSON attribute value as text, None when absent, blank or not a single value."""
-    if isinstance(value, (dict, list)) or pd.isna(value):
-        return None
-    text = str(value).strip()
-    return text or None
+def _text(values: pd.Series) -> pd.Series:
+    """Attribute values as stripped text, <NA> where absent or blank."""
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
 
 
-def _parse(text: str) -> dict[str, str]:
+def _loads(text: str) -> object:
     try:
-        value = json.loads(text) if text else {}
+        return json.loads(text)
     except ValueError:
         return {}
-    if not isinstance(value, dict):
-        return {}
-    parsed = {}
-    for name, item in value.items():
-        if (shown := _scalar(item)) is not None:
-            parsed.setdefault(attribute_name(name), shown)
-    return parsed
 
 
-def _money(values: Sequence[str | None]) -> np.ndarray:
+def _attribute_table(texts: Sequence[str]) -> pd.DataFrame:
+    """Attributes JSON texts as a table: a text column per attribute search reads (by its feed
+    name), <NA> where a text lacks it. One JSON parse for all texts (one per text only when
+    some text is not JSON); a text that is not an object has no attributes."""
+    try:
+        parsed = json.loads("[" + ",".join(text or "{}" for text in texts) + "]")
+    except ValueError:
+        parsed = [_loads(text) for text in texts]
+    frame = pd.DataFrame.from_records(
+        [item if isinstance(item, dict) else {} for item in parsed], index=range(len(texts))
+    )
+    table = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        name = attribute_name(str(column))
+        if name not in READ:
+            continue
+        values = _text(frame[column])
+        # Two spellings of one name (`colour`, `color`): the first that has a value.
+        table[name] = table[name].fillna(values) if name in table else values
+    return table
+
+
+def _money(text: pd.Series) -> np.ndarray:
     """Prices from text such as `12.50`, `$1,299.00` or `15.00 USD`; NaN when not one."""
-    text = pd.Series(list(values), dtype=object).astype("string")
-    cleaned = text.str.replace(r"[^0-9.]", "", regex=True)
+    cleaned = text.astype("string").str.replace(r"[^0-9.]", "", regex=True)
     return pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
@@ -144,9 +160,9 @@ class Attribute:
         return self.raw_values[raw] if raw >= 0 else None
 
 
-def _codes(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
-    codes, distinct = pd.factorize(pd.Series(list(values), dtype=object), use_na_sentinel=True)
-    return codes.astype(np.int64), [str(v) for v in distinct]
+def _codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    codes, distinct = pd.factorize(values, use_na_sentinel=True)
+    return np.asarray(codes, dtype=np.int64), [str(v) for v in distinct]
 
 
 class CatalogAttributes:
@@ -162,19 +178,22 @@ class CatalogAttributes:
             if "attributes" in products
             else pd.Series(["{}"] * count)
         )
-        # One JSON parse per distinct attributes text: variants and sizes repeat them.
+        # Parsed once per distinct attributes text: products often repeat theirs.
         inverse, distinct = pd.factorize(texts)
         inverse = np.asarray(inverse, dtype=np.int64)
-        parsed = [_parse(text) for text in distinct]
+        table = _attribute_table(list(distinct))
+
+        def column(name: str) -> pd.Series:
+            return table[name] if name in table else pd.Series(pd.NA, table.index, "string")
 
         def per_row(name: str) -> tuple[np.ndarray, list[str]]:
-            codes, spellings = _codes([facts.get(name) for facts in parsed])
+            codes, spellings = _codes(column(name))
             return codes[inverse], spellings
 
         self.attributes: dict[str, Attribute] = {}
         for name in FILTERABLE:
             if name == "brand" and "brand" in products:
-                raw, spellings = _codes([_scalar(v) for v in products["brand"].tolist()])
+                raw, spellings = _codes(_text(products["brand"]))
             else:
                 raw, spellings = per_row(name)
             if spellings:
@@ -189,20 +208,18 @@ class CatalogAttributes:
         )
         self.grouped = len(self.group_ids) < int((~alone).sum())
 
-        availability = [
-            normalised_value("availability", v).replace(" ", "_") if v else None
-            for v in (facts.get("availability") for facts in parsed)
-        ]
-        self.availability = np.array(availability, dtype=object)[inverse]
-        self.available = ~np.array([a in UNAVAILABLE for a in availability], dtype=bool)[inverse]
+        codes, written = per_row("availability")
+        states = [normalised_value("availability", v).replace(" ", "_") for v in written]
+        self.availability = np.array([*states, None], dtype=object)[codes]  # -1: None
+        self.available = ~np.array([s in UNAVAILABLE for s in [*states, None]], dtype=bool)[codes]
 
         price = (
             pd.to_numeric(products["price"], errors="coerce").to_numpy(dtype=float)
             if "price" in products
             else np.full(count, np.nan)
         )
-        sale = _money([facts.get("sale_price") for facts in parsed])[inverse]
-        listed = _money([facts.get("list_price") for facts in parsed])[inverse]
+        sale = _money(column("sale_price"))[inverse]
+        listed = _money(column("list_price"))[inverse]
         on_sale = np.isfinite(sale) & ~(sale >= price)  # a sale price at or above price is none
         self.prices = np.where(on_sale, sale, price)
         listed = np.where(on_sale, price, listed)
@@ -230,7 +247,10 @@ class CatalogAttributes:
             return None
         keep = np.ones(len(self.product_ids), dtype=bool)
         for key, codes in wanted.items():
-            keep &= np.isin(self.attributes[key].codes, codes)
+            attribute = self.attributes[key]
+            passing = np.zeros(len(attribute.labels) + 1, dtype=bool)  # the last: no value
+            passing[codes] = True
+            keep &= passing[attribute.codes]
         return keep
 
     def facets(self, rows: np.ndarray) -> dict[str, dict[str, int]]:
