@@ -114,10 +114,13 @@ def print_builds(small: dict, large: dict) -> None:
     )
 
 
-def run_serving(products: int) -> None:
+def run_serving(products: int, seconds: float) -> None:
+    """Both serving benchmarks at `products` products, kept short: the lean release against the
+    exact one (no second IVF baseline), wrk for `seconds` per level, one round, no freshness."""
+    size = ["--products", str(products)]
     for script, args in (
-        ("release_size.py", ["--products", str(products)]),
-        ("serve_load.py", ["--products", str(products)]),
+        ("release_size.py", [*size, "--queries", "200", "--baselines", "exact"]),
+        ("serve_load.py", [*size, "--seconds", f"{seconds:g}", "--reps", "1", "--no-freshness"]),
     ):
         path = BENCHMARKS / script
         if not path.is_file():
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--serving-products", type=int, default=100_000)
     parser.add_argument("--skip-builds", action="store_true")
     parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument("--serving-seconds", type=float, default=5, help="wrk seconds per level")
     args = parser.parse_args()
     if not args.skip_builds:
         work = Path(tempfile.mkdtemp(prefix="mm_scale_bench_"))
@@ -142,7 +146,7 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if not args.skip_serving:
-        run_serving(args.serving_products)
+        run_serving(args.serving_products, args.serving_seconds)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@
 1. Load: a model trained on a generated 300-product catalog (`mmsearch run`), its release grown
    to `--products` products (`benchmarks/query_latency.py`; `--home` keeps and reuses that home),
    served by `mmsearch serve` on loopback in several configurations at once: the old one (one
-   process, up to 40 searches at once in its thread pool) as the baseline, and process/thread
-   splits of the new one. `wrk` (Debian: `apt-get install wrk`) sends text searches, then photo
+   process, up to 40 searches at once in its thread pool) as the baseline, the default (one
+   process per core, one search at a time each) and the default with the 8-bit text encoder
+   (`--configurations` picks others: process/thread splits). `wrk` (Debian: `apt-get install wrk`) sends text searches, then photo
    searches, with 1, 4 and 16 connections for `--seconds` each; the configurations take turns
    for each measurement (`--reps` rounds), so a busy machine slows all of them alike. Prints
    QPS, p50 and p99 per configuration (the median over the rounds), the server processes' CPU
@@ -44,13 +45,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from query_latency import build_small_home, grow_release  # noqa: E402
 
 MMSEARCH = str(Path(sys.executable).with_name("mmsearch"))
-# name -> `mmsearch serve` options; the first is the baseline.
+# name -> (`mmsearch serve` options, environment); the first is the baseline. The 8-bit
+# configuration serves queries through the quantized text encoder (`MM_QUANTIZED_QUERIES=on`).
 CONFIGURATIONS = {
-    "old: 1 process x 40 threads": ["--workers", "1", "--threads", "40"],
-    "1 process x 2 threads": ["--workers", "1", "--threads", "2"],
-    "2 processes x 2 threads": ["--workers", "2", "--threads", "2"],
-    "2 processes x 1 thread (default)": [],
+    "old: 1 process x 40 threads": (["--workers", "1", "--threads", "40"], {}),
+    "1 process x 2 threads": (["--workers", "1", "--threads", "2"], {}),
+    "2 processes x 2 threads": (["--workers", "2", "--threads", "2"], {}),
+    "2 processes x 1 thread (default)": ([], {}),
+    "2 processes x 1 thread, 8-bit text encoder": ([], {"MM_QUANTIZED_QUERIES": "on"}),
 }
+# What runs unless --configurations names others: the baseline, the default, and the default
+# with the 8-bit text encoder.
+DEFAULT_CONFIGURATIONS = [0, 3, 4]
 BOUNDARY = "mmsearchbenchmarkboundary"
 # wrk: requests cycle through the prepared ones, one counter per wrk thread.
 WRK_SCRIPT = """
@@ -79,9 +85,12 @@ end
 """
 
 
-def start_server(home: Path, options: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """`mmsearch serve --port 0 OPTIONS` and the URL it printed, once it answers."""
-    environment = {**os.environ, "MM_HOME": str(home)}
+def start_server(
+    home: Path, options: list[str], log: Path, settings: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`mmsearch serve --port 0 OPTIONS` (with `settings` in its environment) and the URL it
+    printed, once it answers."""
+    environment = {**os.environ, "MM_HOME": str(home), **(settings or {})}
     server = subprocess.Popen(
         [MMSEARCH, "serve", "--port", "0", *options],
         env=environment,
@@ -386,6 +395,22 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["text", "image"])
     parser.add_argument("--home", help="build the home here and keep it (reused when present)")
     parser.add_argument("--no-freshness", action="store_true")
+    parser.add_argument(
+        "--code", help="a source tree the other configurations are served from (default: this one)"
+    )
+    parser.add_argument(
+        "--baseline-code",
+        help="a source tree of an earlier commit (e.g. `git archive REV | tar -x -C DIR`): "
+        "the default configuration served from it runs first, as the baseline",
+    )
+    parser.add_argument(
+        "--configurations",
+        type=int,
+        nargs="+",
+        default=DEFAULT_CONFIGURATIONS,
+        help="which server configurations take turns, by number: "
+        + "; ".join(f"{number}: {name}" for number, name in enumerate(CONFIGURATIONS)),
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -403,9 +428,21 @@ def main() -> None:
     baseline = in_process_p50(home, queries)
     scripts = {kind: wrk_script(home / "wrk", kind, queries[kind]) for kind in args.kinds}
     servers = {}
+    chosen = [list(CONFIGURATIONS)[number] for number in args.configurations]
+    if args.baseline_code:
+        # The default configuration once more, its code from an earlier tree, taking turns with
+        # the others: a code change measured in the same run.
+        before = f"2 processes x 1 thread, code of {Path(args.baseline_code).name}"
+        code = str(Path(args.baseline_code).resolve())
+        CONFIGURATIONS[before] = ([], {"PYTHONPATH": code})
+        chosen.insert(0, before)
     try:
-        for name, options in CONFIGURATIONS.items():
-            servers[name] = start_server(home, options, home / f"serve-{len(servers)}.log")
+        for name in chosen:
+            options, settings = CONFIGURATIONS[name]
+            if args.code and "PYTHONPATH" not in settings:
+                settings = {**settings, "PYTHONPATH": str(Path(args.code).resolve())}
+            log = home / f"serve-{len(servers)}.log"
+            servers[name] = start_server(home, options, log, settings)
         print(
             f"{args.products:,} products, {grown.manifest['index_type']}; wrk on loopback, "
             f"{args.seconds:g} s per run, {args.reps} round(s) with the configurations in turn; "
@@ -449,7 +486,8 @@ def main() -> None:
         )
         if args.no_freshness:
             return
-        _, url = servers[next(reversed(CONFIGURATIONS))]
+        default = "2 processes x 1 thread (default)"
+        _, url = servers[default if default in servers else chosen[-1]]
         registry_for(layout).publish(small)
         time.sleep(5)  # every worker swaps back to the 300-product release
         fresh = home / "fresh-drop"
