@@ -11,6 +11,7 @@ refused image of a product is in one place. Products without a gallery are not t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +225,16 @@ def gallery_images(con) -> pd.DataFrame:
         f"SELECT {', '.join(columns)} FROM {GALLERY_TABLE} WHERE image_sha IS NOT NULL "
         "ORDER BY product_id, position",
     )
+
+
+def gallery_keys(con) -> dict[str, str]:
+    """product_id -> a key of its usable gallery images (their hashes in order), for the
+    products that have a gallery: a release sees from it which galleries changed."""
+    table = gallery_images(con)
+    return {
+        product_id: hashlib.sha256("\x1f".join(group["image_sha"]).encode()).hexdigest()
+        for product_id, group in table.groupby("product_id", sort=False)
+    }
 
 
 def quarantined_images(con) -> pd.DataFrame:

@@ -151,6 +151,21 @@ def load_gallery(
     )
 
 
+def gallery_mean_features(
+    image_features: np.ndarray, positions: np.ndarray, gallery: ProductGallery
+) -> np.ndarray:
+    """Each product's image features averaged with its gallery images' (unit norm again), rows
+    aligned with `positions`; a product without a gallery keeps its own, one without an image
+    its zero row."""
+    if not len(gallery):
+        return image_features
+    rows = pd.Index(np.asarray(positions, dtype=np.int64)).get_indexer(gallery.positions)
+    summed = np.array(image_features, dtype=np.float32)
+    np.add.at(summed, rows[rows >= 0], gallery.vectors[rows >= 0])
+    norms = np.linalg.norm(summed, axis=1, keepdims=True)
+    return np.divide(summed, norms, out=np.zeros_like(summed), where=norms > 0)
+
+
 def _pseudo_query_features(
     con, texts: list[dict[str, str]], text_encoder_id: str, text_dim: int
 ) -> tuple[np.ndarray, np.ndarray]:

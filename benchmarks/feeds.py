@@ -1,0 +1,241 @@
+"""A shop's own feed with product galleries: ingest + clean speed, and what a gallery buys search.
+
+    .venv/bin/python benchmarks/feeds.py [--products 2000] [--images 3] [--latency-ms 20]
+                                         [--no-search]
+
+A generated feed (`mmsearch.sample.feeds`: `--products` products with `--images` images each,
+colour variants of one design grouped by item_group_id / Shopify handle, 5% out of stock) is
+served from 127.0.0.1 (allow-listed) with `--latency-ms` per image, as a Google Merchant Center
+TSV feed and as a Shopify product CSV export. For each:
+
+- ingest + clean: the feed fetched, checked and written as a drop (`land_feed`), then every row
+  and every gallery image cleaned (`clean_catalog`, `clean_gallery_images`); images per second.
+
+Then, for the Merchant feed, the pipeline is run (`mmsearch ingest` + `mmsearch run`) and:
+
+- gallery queries: each non-main image of each product as the query photo; the share whose
+  product comes first, with the product galleries in the release and without them (the
+  baseline: main images only, as before galleries), from the same release;
+- the fused product vector: rank-1 of the same queries by the fused index alone, with product
+  vectors from the main image (what releases use) vs from the mean of the gallery's features;
+- colour queries: per variant group, one variant's colour and a sibling's title without its
+  colour words (text only, the engine's default answer); the share of groups whose right
+  variant comes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from feed_fetch import _serve  # noqa: E402
+from incremental_update import mmsearch  # noqa: E402
+
+from mmsearch.catalog.cleaning import clean_catalog  # noqa: E402
+from mmsearch.catalog.drops import READ_ERROR, read_products  # noqa: E402
+from mmsearch.catalog.feeds import land_feed  # noqa: E402
+from mmsearch.catalog.fetch import AddressPolicy, Fetcher  # noqa: E402
+from mmsearch.catalog.galleries import clean_gallery_images  # noqa: E402
+from mmsearch.sample.feeds import decoded, make_shop_feed  # noqa: E402
+from mmsearch.sample.vocabulary import COLOR_SYNONYMS  # noqa: E402
+
+
+def ingest_and_clean(feed: bytes, name: str, port: int, work: Path) -> dict:
+    """Land a feed as a drop and clean it (rows and galleries), timed."""
+    policy = AddressPolicy(frozenset({f"127.0.0.1:{port}"}))
+    started = time.perf_counter()
+    with Fetcher(policy) as fetcher:
+        report = land_feed(f"{name}.feed", feed, work / name / "landing", fetcher)
+    landed = time.perf_counter() - started
+    drop = work / name / "landing" / report["drop"]
+    products = read_products(drop)
+    raw = [
+        {**row, "read_error": row.pop(READ_ERROR), "drop_name": drop.name, "drop_seq": 1}
+        for row in products.to_dict("records")
+    ]
+    clean_dir = work / name / "clean"
+    catalog = clean_catalog(raw, {drop.name: drop}, clean_dir)
+    paths = products.set_index("product_id")["image_path"]
+    live = catalog.products.assign(image_path=paths.loc[catalog.products["product_id"]].to_numpy())
+    gallery = clean_gallery_images(live, {drop.name: drop}, clean_dir)
+    seconds = time.perf_counter() - started
+    images = report["images"]["fetched"]
+    return {
+        "rows": report["rows"],
+        "live": len(catalog.products),
+        "images": images,
+        "gallery_images": int(gallery["image_sha"].notna().sum()),
+        "land_s": landed,
+        "clean_s": seconds - landed,
+        "images_per_s": images / seconds,
+        "drop": drop,
+    }
+
+
+_COLOUR_WORDS = re.compile(
+    r"\b(?:"
+    + "|".join(
+        sorted({w for c, s in COLOR_SYNONYMS.items() for w in (c, *s)}, key=len, reverse=True)
+    )
+    + r")\b",
+    re.IGNORECASE,
+)
+
+
+def _without_colours(title: str) -> str:
+    return re.sub(r"\s+", " ", _COLOUR_WORDS.sub(" ", title)).strip(" ,-")
+
+
+def _first(engine, picture) -> str:
+    return engine.answer(image=picture, k=1)["results"][0]["product_id"]
+
+
+def search_figures(home: Path, generated, rnd: random.Random) -> dict:
+    from mmsearch.index.registry import ReleaseRegistry
+    from mmsearch.model.fusion import embed_products
+    from mmsearch.search.engine import SearchEngine
+    from mmsearch.settings import HomeLayout
+
+    layout = HomeLayout(home)
+    registry = ReleaseRegistry(layout)
+    engine = SearchEngine.live(registry)
+    queries = [
+        (pid, decoded(generated.images[path]))
+        for pid, paths in generated.gallery.items()
+        for path in paths[1:]
+    ]
+    with_gallery = np.mean([_first(engine, picture) == pid for pid, picture in queries])
+    gallery = engine.gallery_index, engine._gallery_rows
+    engine.gallery_index = None  # main images only, as releases were before galleries
+    main_only = np.mean([_first(engine, picture) == pid for pid, picture in queries])
+    engine.gallery_index, engine._gallery_rows = gallery
+
+    # The fused product vector: main image vs the mean of the gallery's image features.
+    model, _ = registry.load_model(engine.model_version)
+    ids = engine.products["product_id"].to_numpy()
+    image = np.asarray(engine.vectors["image"][:])
+    text = np.asarray(engine.vectors["text"][:])
+    has_image = engine._has_image
+    summed, counts = image.copy(), has_image.astype(np.float32)
+    owner = engine._gallery_rows
+    np.add.at(summed, owner, np.asarray(engine.gallery_vectors[:]))
+    np.add.at(counts, owner, 1.0)
+    mean = summed / np.linalg.norm(summed, axis=1, keepdims=True).clip(1e-12)
+    fused = {
+        "main": embed_products(model, image, text, has_image),
+        "gallery_mean": embed_products(model, mean, text, has_image),
+    }
+    main_queries = [
+        (pid, decoded(generated.images[paths[0]])) for pid, paths in generated.gallery.items()
+    ]
+    fused_rank1 = {}
+    for kind, batch in (("gallery", queries), ("main", main_queries)):
+        features = engine.image_features([picture for _, picture in batch])
+        query_vectors = np.stack([engine.model.embed_query(f, None) for f in features])
+        truth = np.array([pid for pid, _ in batch])
+        fused_rank1[kind] = {
+            name: float(np.mean(ids[np.argmax(query_vectors @ vectors.T, axis=1)] == truth))
+            for name, vectors in fused.items()
+        }
+
+    groups: dict[str, list] = {}
+    for p in generated.products:
+        groups.setdefault(generated.group_of(p), []).append(p)
+    colour_hits, group_hits = [], []
+    for members in groups.values():
+        colours = {p.color for p in members}
+        if len(members) < 2 or len(colours) < len(members):
+            continue
+        # A sibling's title with its colour words taken out and the target's colour put in:
+        # the product a shopper names, in the colour they want.
+        target, sibling = rnd.sample(members, 2)
+        text_query = f"{target.color} {_without_colours(sibling.title)}"
+        results = engine.answer(text=text_query, k=1)["results"]
+        top = results[0]["product_id"] if results else None
+        colour_hits.append(top == target.product_id)
+        group_hits.append(top in {p.product_id for p in members})
+    return {
+        "gallery_queries": len(queries),
+        "first_with_gallery": float(with_gallery),
+        "first_main_only": float(main_only),
+        "fused_rank1": fused_rank1,
+        "colour_groups": len(colour_hits),
+        "colour_first": float(np.mean(colour_hits)) if colour_hits else float("nan"),
+        "group_first": float(np.mean(group_hits)) if group_hits else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--products", type=int, default=2000)
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--no-search", action="store_true", help="ingest + clean figures only")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="feeds-bench-") as folder:
+        work = Path(folder)
+        served: dict[str, bytes] = {}
+        server = _serve(served, args.latency_ms / 1000)
+        port = server.server_address[1]
+        base = f"http://127.0.0.1:{port}"
+        started = time.perf_counter()
+        generated = make_shop_feed(args.products, base, args.images)
+        served.update(generated.images)
+        print(
+            f"{args.products:,} products x {args.images} images ({len(served):,} images), "
+            f"{len(generated.out_of_stock)} out of stock, generated in "
+            f"{time.perf_counter() - started:.1f} s; {args.latency_ms:g} ms per image; "
+            f"{os.cpu_count()} CPUs"
+        )
+        figures = {}
+        for name, feed in (
+            ("merchant", generated.merchant_tsv),
+            ("shopify", generated.shopify_csv),
+        ):
+            figures[name] = ingest_and_clean(feed, name, port, work)
+            f = figures[name]
+            print(
+                f"{name:9s} ingest + clean: {f['rows']:,} rows ({f['live']:,} live), "
+                f"{f['images']:,} images ({f['gallery_images']:,} in galleries) in "
+                f"{f['land_s']:.1f} s + {f['clean_s']:.1f} s = {f['images_per_s']:.1f} images/s "
+                "(goal >= 40)"
+            )
+        server.shutdown()
+        if args.no_search:
+            return
+        home = work / "home"
+        mmsearch(home, "ingest", str(figures["merchant"]["drop"]))
+        run, run_s = mmsearch(home, "run")
+        print(f"mmsearch run: {run['rows']['live']:,} live products in {run_s:.0f} s")
+        search = search_figures(home, generated, random.Random(3))
+        print(
+            f"gallery image as the query, product first: {search['first_with_gallery']:.1%} "
+            f"with galleries vs {search['first_main_only']:.1%} main image only "
+            f"({search['gallery_queries']:,} queries; goal >= 95%)"
+        )
+        for kind, rank1 in search["fused_rank1"].items():
+            print(
+                f"fused index alone, rank 1 of {kind} images as queries: product vector from "
+                f"the main image {rank1['main']:.1%} vs from the gallery mean "
+                f"{rank1['gallery_mean']:.1%}"
+            )
+        print(
+            f"colour queries, right variant first: {search['colour_first']:.1%} of "
+            f"{search['colour_groups']} groups (goal >= 90%); a product of the right group "
+            f"first: {search['group_first']:.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()
