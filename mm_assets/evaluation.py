@@ -17,6 +17,7 @@ from mmsearch.evaluation.consistency import image_text_mismatches
 from mmsearch.evaluation.scoring import RANKER, markdown_table
 from mmsearch.features.catalog_features import load_catalog_features
 from mmsearch.publishing.assessment import evaluate_release
+from mmsearch.search.ranking import SIGNIFICANCE_LEVEL
 from mmsearch.warehouse import query_df, replace_rows
 from resources import ReleaseRegistryResource, WarehouseResource
 
@@ -60,7 +61,7 @@ def search_evaluation(
 @asset_check(
     asset=search_evaluation,
     description="for every query kind, the ranker is not significantly worse (paired test, "
-    "p < 0.05) than the best retriever alone",
+    f"p < {SIGNIFICANCE_LEVEL}) than the best retriever alone",
 )
 def ranker_not_below_its_retrievers(
     context: AssetCheckExecutionContext,
@@ -82,7 +83,7 @@ def ranker_not_below_its_retrievers(
             continue
         best = others.loc[others["mrr"].idxmax()]
         mrr, p_value = float(ranker["mrr"].iloc[0]), ranker["p_value"].iloc[0]
-        if mrr < best["mrr"] and p_value == p_value and p_value < 0.05:
+        if mrr < best["mrr"] and p_value == p_value and p_value < SIGNIFICANCE_LEVEL:
             losing.append(f"{kind}: {best['method']} {best['mrr']:.3f} > ranker {mrr:.3f}")
     return AssetCheckResult(
         passed=not losing and not table.empty,

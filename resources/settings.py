@@ -12,7 +12,9 @@ from dagster import ConfigurableResource, EnvVar
 
 from mmsearch.catalog.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 from mmsearch.features.distributed import RayCluster
+from mmsearch.index.indexing import DEFAULT_MEMORY_BUDGET_MB
 from mmsearch.model.fusion import TrainingConfig
+from mmsearch.publishing.gate import PROMOTION_TOLERANCE
 
 
 class PipelineSettings(ConfigurableResource):
@@ -31,11 +33,11 @@ class PipelineSettings(ConfigurableResource):
     retrain_min_changed_products: int = 500
     retrain_min_changed_share: float = 0.2
     # A new model goes live only if its MRR >= the live model's MRR minus this.
-    promotion_tolerance: float = 0.01
+    promotion_tolerance: float = PROMOTION_TOLERANCE
     # Model and index versions kept on disk (the live ones always stay).
     keep_versions: int = 5
     # Memory the product index may use; above it, vectors are product-quantized.
-    index_memory_budget_mb: int = 2048
+    index_memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
     # A running Ray cluster ("ray://head:10001") that encodes new content; empty:
     # encode in this process (docs/production.md). Needs the `ray` extra.
     ray_address: str = ""

@@ -27,7 +27,7 @@ from mmsearch.queries.query_sets import (
     held_out_products,
     pseudo_query_set,
 )
-from mmsearch.search.ranking import RETRIEVERS, Candidates, query_kind, retrievers_for
+from mmsearch.search.ranking import RETRIEVERS, query_kind, retrievers_for
 
 RANKER = "ranker"
 METHODS = (RANKER, *RETRIEVERS)
@@ -121,15 +121,13 @@ TABLE_COLUMNS = [
 ]
 
 
-def _ranked_ids(order: np.ndarray, candidates: Candidates, ids: Sequence[str], k: int) -> list:
-    return [ids[candidates.rows[i]] for i in order[:k]]
-
-
 def evaluate_engine(engine, queries: QuerySet, k: int = 10) -> Evaluation:
     """Every method's per-query metrics on `queries`, through the engine's own two stages.
 
-    A retriever alone ranks the candidates by its own score: its top candidates are all in the
-    pool, so that is exactly its own top list.
+    Each method's scores over the query's candidates are ranked by the one tie rule
+    (`metrics.score_query`), counting the top `max(k, 10)`. A retriever alone ranks the
+    candidates by its own score: its top candidates are all in the pool, so that is exactly its
+    own top list.
     """
     ids = engine.products["product_id"].tolist()
     depth = max(k, 10)
@@ -137,8 +135,10 @@ def evaluate_engine(engine, queries: QuerySet, k: int = 10) -> Evaluation:
     for i, candidates in enumerate(engine.candidates_for(queries)):
         kind = query_kind(bool(queries.has_text[i]), bool(queries.has_image[i]))
         relevance = queries.relevance[i]
-        ranked = [ids[row] for row, _ in engine.rank(kind, candidates, depth)]
-        evaluation.per_query[RANKER].append(score_query(ranked, relevance))
+        ranked = engine.rank(kind, candidates, len(candidates.rows))
+        evaluation.per_query[RANKER].append(
+            score_query([ids[row] for row, _ in ranked], relevance, [s for _, s in ranked], depth)
+        )
         readable = retrievers_for(kind)
         for method in RETRIEVERS:
             if method not in readable or not len(candidates.rows):
@@ -146,9 +146,13 @@ def evaluate_engine(engine, queries: QuerySet, k: int = 10) -> Evaluation:
                     None if method not in readable else score_query([], relevance)
                 )
                 continue
-            order = np.argsort(-candidates.features[method], kind="stable")
             evaluation.per_query[method].append(
-                score_query(_ranked_ids(order, candidates, ids, depth), relevance)
+                score_query(
+                    [ids[row] for row in candidates.rows],
+                    relevance,
+                    candidates.features[method],
+                    depth,
+                )
             )
     return evaluation
 

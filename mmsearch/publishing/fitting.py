@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmsearch.evaluation.metrics import paired_p_value
+from mmsearch.evaluation.metrics import paired_p_value, reciprocal_ranks
 from mmsearch.queries.query_sets import MIN_LABELED
 from mmsearch.search.ranking import (
     FEATURES,
@@ -23,7 +23,6 @@ from mmsearch.search.ranking import (
     SIGNIFICANCE_LEVEL,
     Candidates,
     Ranker,
-    reciprocal_ranks,
 )
 
 WEIGHT_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
@@ -56,7 +55,8 @@ def fit_weights(
     free = ~np.isin(names, fixed)
 
     def ranks(weights: np.ndarray) -> np.ndarray:
-        return reciprocal_ranks(stack, relevant, weights)
+        # The one tie rule: a relevant product tied with others counts as ranked below them.
+        return reciprocal_ranks(stack @ weights, relevant)
 
     singles = {
         n: float(ranks(np.eye(len(names))[i]).mean())

@@ -21,6 +21,10 @@ from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.search.engine import SearchEngine
 from mmsearch.search.ranking import SIGNIFICANCE_LEVEL
 
+# A candidate whose gate MRR is lower than the live release's by more than this is refused; the
+# default of `PipelineSettings.promotion_tolerance` (`MM_PROMOTION_TOLERANCE`).
+PROMOTION_TOLERANCE = 0.01
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -57,7 +61,7 @@ def promotion_gate(
     registry: ReleaseRegistry,
     candidate: artifacts.Release,
     live: artifacts.Release | None,
-    tolerance: float = 0.01,
+    tolerance: float = PROMOTION_TOLERANCE,
 ) -> GateDecision:
     """Whether `candidate` may replace `live`: both searched, through their own two stages, on
     the same `gate` queries; per-query reciprocal ranks compared with a paired test.

@@ -126,16 +126,3 @@ class Ranker:
             ranker.weights[kind].update(weights)
         ranker.fitted_on = payload.get("fitted_on", {})
         return ranker
-
-
-def reciprocal_ranks(stack: np.ndarray, relevant: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per query, 1 / rank of the best-placed relevant candidate (0 when none is a candidate).
-
-    `stack` is (queries, candidates, features) padded with NaN, `relevant` (queries, candidates).
-    Ties count against the relevant product, so a feature that cannot tell products apart earns
-    nothing.
-    """
-    scores = np.nan_to_num(stack @ weights, nan=-np.inf)
-    best = np.where(relevant, scores, -np.inf).max(axis=1)
-    ahead = ((scores >= best[:, None]) & ~relevant & np.isfinite(scores)).sum(axis=1)
-    return np.where(np.isfinite(best), 1.0 / (ahead + 1), 0.0)
