@@ -10,6 +10,7 @@ from mmsearch.evaluation.metrics import (
     ndcg_at,
     reciprocal_ranks,
     score_query,
+    target_products,
     target_ranks,
 )
 from mmsearch.evaluation.scoring import RANKER, Evaluation
@@ -30,6 +31,7 @@ def test_first_target_at_rank_two():
 def test_graded_relevance_targets_the_top_grade():
     scores = score_query(["partial", "exact"], {"exact": 3.0, "partial": 1.0})
     assert scores["mrr"] == 0.5
+    assert target_products({"a": 2.0, "b": 2.0, "c": 1.0}) == {"a", "b"}
     assert 0 < scores["ndcg@10"] < 1
 
 

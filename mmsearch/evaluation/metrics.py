@@ -23,6 +23,12 @@ import numpy as np
 METRIC_NAMES = ("n", "recall@1", "recall@10", "mrr", "ndcg@10")
 
 
+def target_products(relevance: dict[str, float]) -> set[str]:
+    """A query's targets: the products with its highest relevance grade."""
+    top = max(relevance.values(), default=math.inf)
+    return {pid for pid, grade in relevance.items() if grade >= top}
+
+
 def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per query (row), the 1-based rank of its best-scored target under the tie rule: 1 + the
     non-targets scored at least as high; `inf` where no target has a finite score.
@@ -70,8 +76,8 @@ def score_query(
         scores = -np.arange(len(ids), dtype=np.float64)  # the list's own order: no ties
     scores = np.asarray(scores, dtype=np.float64)
     grades = np.array([relevance.get(pid, 0.0) for pid in ids], dtype=np.float64)
-    top = max(relevance.values(), default=math.inf)
-    targets = np.array([pid in relevance and relevance[pid] >= top for pid in ids], dtype=bool)
+    wanted = target_products(relevance)
+    targets = np.array([pid in wanted for pid in ids], dtype=bool)
     rank = float(target_ranks(scores[None], targets[None])[0])
     if depth is not None and rank > depth:
         rank = math.inf
