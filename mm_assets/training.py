@@ -16,8 +16,7 @@ from dagster import (
 
 from mm_assets.features import encoder_features
 from mm_assets.metadata import latest_metadata, table
-from mmsearch.features.extraction import extract_shopper_views
-from mmsearch.model.training import changes_since_model, train_and_save
+from mmsearch.model.training import changes_since_model, encode_shopper_views, train_and_save
 from resources import (
     VERSIONS_IO_MANAGER,
     ImageEncoderResource,
@@ -108,8 +107,9 @@ def fusion_model(
     metadata = {}
     with warehouse.connect() as con:
         if forced or reusable is None:
-            views = extract_shopper_views(con, image_model, image_encoder.batch_size)
-            version, _ = train_and_save(con, warehouse.layout, encoders, settings.training_config())
+            training = settings.training_config()
+            views = encode_shopper_views(con, image_model, training, image_encoder.batch_size)
+            version, _ = train_and_save(con, warehouse.layout, encoders, training)
             releases.push_model(version)
             config = releases.model_config(version)
             reason = "retrain requested" if forced else "no live model for these encoders"

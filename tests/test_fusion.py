@@ -10,6 +10,7 @@ from mmsearch.features.encoders import load_image_encoder, load_text_encoder
 from mmsearch.model.fusion import (
     EMBED_DIM,
     QueryPairs,
+    SparseRelevance,
     TrainingConfig,
     _query_candidates,
     clip_loss,
@@ -137,7 +138,7 @@ def test_sampled_candidates_hold_every_relevant_product_and_no_more_than_the_lim
     *_, queries = _generated_catalog(20_000, n_queries=50)
     rows = np.arange(10)
     candidates = _query_candidates(queries, rows, 256, np.random.default_rng(0))
-    relevant = np.flatnonzero(queries.relevance[rows].sum(axis=0))
+    relevant = np.flatnonzero(queries.relevance.dense(rows).sum(axis=0))
     assert len(candidates) == 256 and len(np.unique(candidates)) == 256
     assert np.isin(relevant, candidates).all()
     assert np.array_equal(queries.relevant_products(rows), relevant)
@@ -159,3 +160,71 @@ def test_training_stops_early_once_validation_stops_improving():
     assert result.step_budget == 200
     assert result.steps_run == 2 * (1 + config.patience)
     assert len(result.history) == 1 + config.patience and result.best_step == 2
+
+
+def test_views_of_a_sample_train_on_their_own_batch_and_hold_out_only_viewed_products():
+    images, texts, has_image, queries = _generated_catalog(1_000)
+    rng = np.random.default_rng(4)
+    views = images + rng.normal(scale=0.3, size=images.shape).astype(np.float32)
+    has_view = np.zeros(len(images), dtype=bool)
+    has_view[rng.choice(len(images), 300, replace=False)] = True
+    config = TrainingConfig(
+        max_steps=6,
+        validation_every=2,
+        patience=100,
+        validation_max_products=50,
+        query_candidates=256,
+        seed=4,
+    )
+    sampled = train_fusion_model(
+        images, texts, has_image, queries, config, view_features=views, has_view=has_view
+    )
+    assert has_view[sampled.validation_rows].all() and len(sampled.validation_rows) == 50
+    assert sampled.history[-1]["validation_loss"] < sampled.history[0]["validation_loss"]
+    # Views of every product: the same training as before views were sampled.
+    everyone = np.ones(len(images), dtype=bool)
+    default = train_fusion_model(images, texts, has_image, queries, config, view_features=views)
+    marked = train_fusion_model(
+        images, texts, has_image, queries, config, view_features=views, has_view=everyone
+    )
+    assert default.validation_rows == marked.validation_rows
+    assert np.array_equal(
+        embed_products(default.model, images, texts, has_image),
+        embed_products(marked.model, images, texts, has_image),
+    )
+
+
+def test_sparse_relevance_reads_back_the_dense_grades_it_was_given():
+    rng = np.random.default_rng(0)
+    dense = (rng.random((40, 500)) < 0.02) * rng.integers(1, 4, (40, 500)).astype(np.float32)
+    relevance = SparseRelevance.of_dense(dense)
+    rows = rng.integers(0, 40, 15)
+    columns = np.sort(rng.choice(500, 120, replace=False))
+    assert relevance.shape == (40, 500)
+    assert np.array_equal(relevance.dense(rows), dense[rows])
+    assert np.array_equal(relevance.dense(rows, columns), dense[np.ix_(rows, columns)])
+    assert np.array_equal(relevance.relevant_products(rows), np.flatnonzero(dense[rows].sum(0)))
+    # Memory follows the relevant pairs, not queries x products.
+    assert len(relevance.products) == np.count_nonzero(dense)
+
+
+@pytest.mark.slow
+def test_shopper_views_are_encoded_for_a_content_sample_and_the_held_out_products(built_home):
+    from mmsearch.features.catalog_features import load_catalog_features
+    from mmsearch.model.training import shopper_view_images
+    from mmsearch.queries.query_sets import held_out_products
+    from mmsearch.queries.splits import GATE, TEST, TRAIN
+    from mmsearch.warehouse import connect
+
+    home, _ = built_home
+    with connect(home / "warehouse.duckdb", read_only=True) as con:
+        catalog = load_catalog_features(con, "", "", with_features=False)
+        sample = shopper_view_images(con, TrainingConfig(view_products=25))
+        everything = shopper_view_images(con, TrainingConfig(view_products=None))
+    shas = catalog.products["image_sha"].fillna("").astype(str).to_numpy()
+    buckets = catalog.buckets()
+    train = sorted(set(shas[(buckets == TRAIN) & (shas != "")]))
+    held_out = {s for split in (GATE, TEST) for s in shas[held_out_products(catalog, split)]}
+    assert everything == set(shas) - {""}
+    assert sample == (set(train[:25]) | held_out) - {""}
+    assert len(sample & set(train)) >= 25 and len(sample) < len(everything)

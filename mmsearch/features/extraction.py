@@ -149,14 +149,17 @@ def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> 
     )
 
 
-def extract_shopper_views(con, image_encoder, batch_size: int = 64, chunk: int = 256) -> int:
-    """Encode one shopper-style re-shoot of each live product image not yet encoded; returns how
-    many were encoded. Training uses them to teach viewpoint invariance."""
+def extract_shopper_views(
+    con, image_encoder, batch_size: int = 64, chunk: int = 256, image_shas=None
+) -> int:
+    """Encode one shopper-style re-shoot of each live product image not yet encoded (only of
+    `image_shas` when given); returns how many were encoded. Training uses them to teach
+    viewpoint invariance."""
     products = query_df(con, "SELECT DISTINCT image_sha, image_file FROM training_pairs")
     view_files = {
         view_key(sha): (sha, file)
         for sha, file in zip(products["image_sha"], products["image_file"], strict=True)
-        if isinstance(sha, str) and sha
+        if isinstance(sha, str) and sha and (image_shas is None or sha in image_shas)
     }
     new_views = missing_keys(
         con, "image_features", "image_sha", list(view_files), image_encoder.encoder_id

@@ -72,6 +72,12 @@ class TrainingConfig:
     product_alignment_weight: float = 0.5
     structure_weight: float = 1.0
     view_weight: float = 1.0
+    # Train-split products whose shopper view is encoded and trained on (`encode_shopper_views`
+    # in `mmsearch.model.training`), None: all. Encoding a view costs as much as encoding the
+    # photo, so a large catalog pays for a sample only; the step budget draws each view of a
+    # full sample about max_steps * batch_size / view_products = 19 times. Validation products
+    # come from this sample.
+    view_products: int | None = 4096
     # Pseudo-queries (`mmsearch.queries.pseudo`) finding their product: alone, and beside a
     # shopper view as an image+text query.
     pseudo_query_weight: float = 1.0
@@ -201,6 +207,68 @@ def multi_positive_loss(
     return -(weights * log_probs).sum(dim=-1).mean()
 
 
+class SparseRelevance:
+    """A (queries, products) graded relevance matrix stored by its non-zero entries only
+    (compressed rows), so that it costs memory per relevant pair, not per catalog product."""
+
+    def __init__(self, starts: np.ndarray, products: np.ndarray, grades: np.ndarray, n: int):
+        self.starts, self.products, self.grades = starts, products, grades
+        self.shape = (len(starts) - 1, n)
+
+    @classmethod
+    def of_entries(
+        cls, query_rows: np.ndarray, product_rows: np.ndarray, grades: np.ndarray, shape
+    ) -> SparseRelevance:
+        """From (query row, product row, grade) entries; zero grades are dropped, a repeated
+        pair keeps its last grade."""
+        query_rows = np.asarray(query_rows, dtype=np.int64)
+        product_rows = np.asarray(product_rows, dtype=np.int64)
+        grades = np.asarray(grades, dtype=np.float32)
+        keep = grades != 0
+        query_rows, product_rows, grades = query_rows[keep], product_rows[keep], grades[keep]
+        # Sorted by (query, product), the last of each repeated pair kept.
+        order = np.lexsort((np.arange(len(grades)), product_rows, query_rows))
+        query_rows, product_rows, grades = query_rows[order], product_rows[order], grades[order]
+        last = np.ones(len(grades), dtype=bool)
+        last[:-1] = (query_rows[1:] != query_rows[:-1]) | (product_rows[1:] != product_rows[:-1])
+        query_rows, product_rows, grades = query_rows[last], product_rows[last], grades[last]
+        starts = np.searchsorted(query_rows, np.arange(shape[0] + 1))
+        return cls(starts, product_rows, grades, int(shape[1]))
+
+    @classmethod
+    def of_dense(cls, matrix: np.ndarray) -> SparseRelevance:
+        query_rows, product_rows = np.nonzero(matrix)
+        return cls.of_entries(
+            query_rows, product_rows, matrix[query_rows, product_rows], matrix.shape
+        )
+
+    def _entries(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position in `rows`, product row, grade) of the non-zero entries of `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        counts = self.starts[rows + 1] - self.starts[rows]
+        at = np.repeat(self.starts[rows] - np.cumsum(counts) + counts, counts) + np.arange(
+            counts.sum()
+        )
+        return np.repeat(np.arange(len(rows)), counts), self.products[at], self.grades[at]
+
+    def dense(self, rows: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """(len(rows), products or len(columns)) float32 grades of `rows`, restricted to the
+        sorted product rows `columns` when given."""
+        position, product, grade = self._entries(rows)
+        width = self.shape[1] if columns is None else len(columns)
+        out = np.zeros((len(np.asarray(rows)), width), dtype=np.float32)
+        if columns is not None:
+            at = np.searchsorted(columns, product)
+            found = (at < len(columns)) & (columns[np.minimum(at, len(columns) - 1)] == product)
+            position, product, grade = position[found], at[found], grade[found]
+        out[position, product] = grade
+        return out
+
+    def relevant_products(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted product rows relevant to any of the query rows `rows`."""
+        return np.unique(self._entries(rows)[1])
+
+
 @dataclass
 class QueryPairs:
     """Labeled training queries as features and their relevant products (indices into catalog)."""
@@ -209,23 +277,19 @@ class QueryPairs:
     text_features: np.ndarray  # (q, text_dim); rows without text are ignored
     has_image: np.ndarray  # (q,) bool
     has_text: np.ndarray  # (q,) bool
-    relevance: np.ndarray  # (q, n_products) graded relevance, 0 = not relevant
-    # (start of each query's run, product rows) of the non-zero relevance, found on first use.
-    _relevant_by_query: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    # (q, n_products) graded relevance, 0 = not relevant: a dense array is stored sparse.
+    relevance: SparseRelevance | np.ndarray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.relevance, SparseRelevance):
+            self.relevance = SparseRelevance.of_dense(np.asarray(self.relevance))
 
     def __len__(self) -> int:
         return len(self.has_image)
 
     def relevant_products(self, rows: np.ndarray) -> np.ndarray:
-        """Sorted catalog rows relevant to any of the queries `rows`, without reading the
-        whole catalog's columns (the non-zero entries are found once)."""
-        if self._relevant_by_query is None:
-            query_rows, product_rows = np.nonzero(self.relevance)
-            starts = np.searchsorted(query_rows, np.arange(len(self) + 1))
-            self._relevant_by_query = (starts, product_rows)
-        starts, product_rows = self._relevant_by_query
-        chosen = [product_rows[starts[row] : starts[row + 1]] for row in rows]
-        return np.unique(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
+        """Sorted catalog rows relevant to any of the queries `rows`."""
+        return self.relevance.relevant_products(rows)
 
 
 @dataclass
@@ -306,6 +370,32 @@ def _pair_loss(
     return loss
 
 
+def _view_loss(
+    model: FusionModel,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    views: torch.Tensor,
+    config: TrainingConfig,
+    pseudo: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The shopper-view terms of `_pair_loss` alone, for a batch of products that have a view
+    drawn apart from the pair batch (when only a sample of the catalog has views)."""
+    fused = model.fuse(model.image_head(image), model.text_head(text))
+    loss = config.view_weight * clip_loss(model.image_head(views), fused, model.scale())
+    if pseudo is not None and config.pseudo_query_weight:
+        both = model.fuse(model.image_head(views), model.text_head(pseudo))
+        loss = loss + config.pseudo_query_weight * clip_loss(both, fused, model.scale())
+    return loss
+
+
+def _batches(rows: np.ndarray, size: int, rng: np.random.Generator):
+    """Endless batches of `size` of `rows`, a new random order each pass over them."""
+    while True:
+        order = rng.permutation(rows)
+        for start in range(0, len(order), size):
+            yield order[start : start + size]
+
+
 def _mixed_query_embeddings(
     model: FusionModel,
     image: torch.Tensor,
@@ -351,10 +441,7 @@ def _query_loss(
         torch.from_numpy(pairs.has_image[rows]),
         torch.from_numpy(pairs.has_text[rows]),
     )
-    relevance = (
-        pairs.relevance[rows] if candidates is None else pairs.relevance[np.ix_(rows, candidates)]
-    )
-    positives = torch.from_numpy(relevance).float()
+    positives = torch.from_numpy(pairs.relevance.dense(rows, candidates))
     return multi_positive_loss(query, product_embeddings, positives, model.scale())
 
 
@@ -383,6 +470,7 @@ def train_fusion_model(
     pseudo_features: np.ndarray | None = None,
     has_pseudo: np.ndarray | None = None,
     trainable: np.ndarray | None = None,
+    has_view: np.ndarray | None = None,
 ) -> TrainingResult:
     """Train the heads and fusion on a catalog's features; returns the best model by validation.
 
@@ -392,7 +480,10 @@ def train_fusion_model(
     (`early_stopping_on` says so). The steps taken, and the work of each step and validation,
     are bounded by `config` whatever the catalog's size (`TrainingConfig`).
     `view_features` (optional, aligned with the products) are encoder features of shopper-style
-    views of each product image; `pseudo_features` (n, styles, text_dim) of its pseudo-queries.
+    views of each product image, `has_view` which of them are real (default: all; the others
+    are never used as views); `pseudo_features` (n, styles, text_dim) of its pseudo-queries.
+    When only some training products have a view, the view terms are taken on a batch of
+    those drawn beside each pair batch, and the held-out products come from them first.
     Deterministic for a given seed on CPU.
     """
     _seed_everything(config.seed)
@@ -408,8 +499,14 @@ def train_fusion_model(
     pseudo_all = torch.from_numpy(pseudo_features) if pseudo_features is not None else None
 
     usable = has_image.astype(bool) & (trainable if trainable is not None else True)
+    viewed = np.zeros(len(has_image), dtype=bool)
+    if views_all is not None:
+        viewed[:] = True if has_view is None else has_view.astype(bool)
     paired = np.flatnonzero(usable)
     rng.shuffle(paired)
+    # Held-out products with a view first: the held-out view terms and the ranker's fitting
+    # (pseudo-queries of these products, `mmsearch.publishing.build`) read their views.
+    paired = paired[np.argsort(~viewed[paired], kind="stable")]
     n_validation = (
         min(config.validation_max_products, max(2, int(len(paired) * config.validation_share)))
         if len(paired) >= 10
@@ -438,6 +535,15 @@ def train_fusion_model(
         else None
     )
     per_pass, total_steps, validate_every = config.schedule(len(train_pairs))
+    # Every training product has a view (a small catalog): the view terms ride on the pair
+    # batch. Else they take their own batch of the products that have one.
+    views_apart = views_all is not None and not viewed[train_pairs].all()
+    view_pool = train_pairs[viewed[train_pairs]]
+    view_batches = (
+        _batches(view_pool, config.batch_size, rng)
+        if views_apart and len(view_pool) > 1 and config.view_weight
+        else None
+    )
 
     result = TrainingResult(
         model=model,
@@ -462,9 +568,20 @@ def train_fusion_model(
         loss = torch.zeros(())
         if len(batch_rows) > 1:
             rows = torch.from_numpy(batch_rows)
-            views = views_all[rows] if views_all is not None else None
+            views = views_all[rows] if views_all is not None and not views_apart else None
             pseudo = _pseudo_batch(pseudo_all, has_pseudo, batch_rows, rng)
             loss = _pair_loss(model, image_all[rows], text_all[rows], config, views, pseudo)
+        if view_batches is not None:
+            view_rows = next(view_batches)
+            rows = torch.from_numpy(view_rows)
+            loss = loss + _view_loss(
+                model,
+                image_all[rows],
+                text_all[rows],
+                views_all[rows],
+                config,
+                _pseudo_batch(pseudo_all, has_pseudo, view_rows, rng),
+            )
         if len(query_batches[number]):
             batch = query_batches[number]
             candidates = _query_candidates(queries, batch, config.query_candidates, rng)
@@ -500,6 +617,7 @@ def train_fusion_model(
                 validation_candidates,
                 config,
                 views_all,
+                viewed,
             )
             if has_validation
             else train_loss
@@ -545,6 +663,7 @@ def _validation_loss(
     candidates: np.ndarray | None,
     config: TrainingConfig,
     views_all: torch.Tensor | None = None,
+    viewed: np.ndarray | None = None,
 ) -> float:
     """Held-out loss: the pair terms on the validation products, and the validation queries
     ranked against `candidates` (None: the whole catalog, when it is small)."""
@@ -552,8 +671,15 @@ def _validation_loss(
     total = 0.0
     if len(validation_pairs) > 1:
         rows = torch.from_numpy(validation_pairs)
-        views = views_all[rows] if views_all is not None else None
+        seen = np.ones(len(validation_pairs), bool) if viewed is None else viewed[validation_pairs]
+        together = views_all is not None and seen.all()
+        views = views_all[rows] if together else None
         total += float(_pair_loss(model, image_all[rows], text_all[rows], config, views))
+        if views_all is not None and not together and seen.sum() > 1 and config.view_weight:
+            rows = torch.from_numpy(validation_pairs[seen])
+            total += float(
+                _view_loss(model, image_all[rows], text_all[rows], views_all[rows], config)
+            )
     if queries is not None and len(validation_queries):
         chosen = slice(None) if candidates is None else torch.from_numpy(candidates)
         products = model.embed_products(image_all[chosen], text_all[chosen], has_image_all[chosen])

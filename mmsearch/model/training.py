@@ -9,10 +9,17 @@ import pandas as pd
 
 from mmsearch.clock import new_version, utc_now
 from mmsearch.features.catalog_features import load_catalog_features, load_query_split
-from mmsearch.model.fusion import QueryPairs, TrainingConfig, train_fusion_model
+from mmsearch.features.extraction import extract_shopper_views
+from mmsearch.model.fusion import (
+    QueryPairs,
+    SparseRelevance,
+    TrainingConfig,
+    train_fusion_model,
+)
 from mmsearch.model.store import save_model
 from mmsearch.queries.labeled import query_content_key
-from mmsearch.queries.splits import TRAIN
+from mmsearch.queries.query_sets import held_out_products
+from mmsearch.queries.splits import GATE, TEST, TRAIN
 from mmsearch.settings import HomeLayout
 
 
@@ -46,6 +53,7 @@ def train_and_save(
         pseudo_features=catalog.pseudo_features,
         has_pseudo=catalog.has_pseudo,
         trainable=trainable,
+        has_view=catalog.has_view,
     )
     best = result.history[result.best_epoch - 1] if result.best_epoch else None
     fingerprint = json.dumps(
@@ -109,19 +117,49 @@ def train_and_save(
     return version, summary
 
 
+def shopper_view_images(con, config: TrainingConfig = TrainingConfig()) -> set[str]:
+    """The product images whose shopper views are read: of the train-split products, the
+    `config.view_products` images first by content hash (a sample that does not depend on the
+    order of drops, and mostly keeps its members as the catalog grows, so their encodings stay
+    useful), plus those of the held-out products scored on pseudo-queries
+    (`mmsearch.queries.query_sets.held_out_products`)."""
+    catalog = load_catalog_features(con, "", "", with_features=False)
+    shas = catalog.products["image_sha"].fillna("").astype(str).to_numpy()
+    buckets = catalog.buckets()
+    train = np.unique(shas[(buckets == TRAIN) & (shas != "")])
+    # The shas are sha256 digests already: their order is a uniform, content-fixed sample.
+    chosen = set(train if config.view_products is None else train[: config.view_products])
+    for split in (GATE, TEST):
+        chosen.update(shas[held_out_products(catalog, split)])
+    chosen.discard("")
+    return chosen
+
+
+def encode_shopper_views(
+    con, image_encoder, config: TrainingConfig = TrainingConfig(), batch_size: int = 64
+) -> int:
+    """Encode the missing shopper views of `shopper_view_images`; returns how many."""
+    return extract_shopper_views(
+        con, image_encoder, batch_size, image_shas=shopper_view_images(con, config)
+    )
+
+
 def query_pairs(queries, product_ids: pd.Series) -> QueryPairs:
     """Labeled queries (a `QuerySet` over the catalog) as training pairs: their features and a
-    (queries, products) graded relevance matrix in the order of `product_ids`."""
+    sparse (queries, products) graded relevance in the order of `product_ids`."""
     graded = [
         (row, pid, grade) for row, g in enumerate(queries.relevance) for pid, grade in g.items()
     ]
-    relevance = np.zeros((len(queries), len(product_ids)), dtype=np.float32)
-    if graded:
-        rows, ids, grades = zip(*graded, strict=True)
-        columns = pd.Index(product_ids).get_indexer(list(ids))
-        # Products no longer in the catalog (-1) cannot be ranked against, so they are left out.
-        known = columns >= 0
-        relevance[np.asarray(rows)[known], columns[known]] = np.asarray(grades, np.float32)[known]
+    rows, ids, grades = zip(*graded, strict=True) if graded else ((), (), ())
+    columns = pd.Index(product_ids).get_indexer(list(ids))
+    # Products no longer in the catalog (-1) cannot be ranked against, so they are left out.
+    known = columns >= 0
+    relevance = SparseRelevance.of_entries(
+        np.asarray(rows, dtype=np.int64)[known],
+        columns[known],
+        np.asarray(grades, dtype=np.float32)[known],
+        (len(queries), len(product_ids)),
+    )
     return QueryPairs(
         queries.image_features,
         queries.text_features,
