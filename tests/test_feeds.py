@@ -9,8 +9,10 @@ live refusal uses another loopback address, 127.0.0.2.
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from mmsearch.catalog.feeds import (
     parse_feed,
 )
 from mmsearch.catalog.fetch import (
+    MAX_IMAGE_BYTES,
     AddressPolicy,
     FetchCache,
     Fetcher,
@@ -55,14 +58,14 @@ COLOURS = {
 
 
 class FeedServer:
-    """A real HTTP server on 127.0.0.1 (port 0) with scripted answers per path.
+    """A real HTTP server on `host` (127.0.0.1 unless told; port 0) with scripted answers per path.
 
     `routes[path]` is a list of answers (status, headers, body) served in turn, the last one
     repeated; every request is recorded with its headers. An image path answers with an ETag
     and 304 to a matching If-None-Match.
     """
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
         self.routes: dict[str, list[tuple[int, dict, bytes]]] = {}
         self.requests: list[tuple[str, dict]] = []
         self.cut_short: list[str] = []
@@ -99,10 +102,10 @@ class FeedServer:
                     server.cut_short.append(self.path)
                     self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = f"http://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -558,3 +561,173 @@ def test_mmsearch_ingests_a_feed_file_runs_and_finds_a_product_by_title(
     found = cli_json(home, "search", "--text", "Blue teapot number 9", "--k", "3")
     assert found["results"][0]["product_id"] == "SKU-9"
     assert found["results"][0]["category"] == "Teapots"
+
+
+# ---------------------------------------------------------------------------------------------
+# A hostile feed
+
+
+def _decompression_bomb_png(side: int = 40_000) -> bytes:
+    """A PNG of a few hundred bytes whose header claims side x side pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * (side + 1) * 4)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.slow
+def test_a_hostile_feed_quarantines_every_bad_row_and_image_with_its_cause_and_loses_no_good_row(
+    server, tmp_path
+):
+    refused_server = FeedServer("127.0.0.2")  # not on the allow-list: must never be asked
+    base, elsewhere = server.base, refused_server.base
+    for n, name in enumerate(["a", "a2", "b", "c", "d", "e"]):
+        server.image(f"/h/{name}.png", png_bytes(picture((40 * n, 200 - 30 * n, 90), seed=30 + n)))
+    refused_server.image("/x.png", png_bytes(picture((9, 9, 200), seed=40)))
+    server.routes["/h/text.jpg"] = [(200, {"Content-Type": "image/jpeg"}, b"just text\n" * 40)]
+    server.routes["/h/slow.png"] = [(200, {"X-Delay": "1.5"}, png_bytes(picture(seed=41)))]
+    server.routes["/h/huge.png"] = [
+        (200, {"X-No-Length": "1"}, b"\x89PNG" + b"\0" * (MAX_IMAGE_BYTES + 1_000_000))
+    ]
+    server.routes["/h/bomb.png"] = [(200, {}, _decompression_bomb_png())]
+    server.routes["/h/redirect.png"] = [(302, {"Location": f"{elsewhere}/x.png"}, b"")]
+    names = {"private.shop.test": "10.1.2.3", "metadata.shop.test": "169.254.169.254"}
+    names["linklocal.shop.test"] = "fe80::1"
+
+    def stub_resolver(host: str, port: int) -> list[str]:
+        return [names[host]]  # any other name would be a real DNS query: fail loudly
+
+    script = "<p>Warm <b>wool</b> hat.</p><script>fetch('http://127.0.0.2/steal')</script>"
+    rows = [
+        ("GOOD-SCRIPT", "Wool hat", script, f"{base}/h/a.png", f"{base}/h/a2.png", "10.00 USD"),
+        ("GOOD-404", "Red mug", "", f"{base}/h/b.png", f"{base}/h/gone.png,{base}/h/text.jpg"),
+        (
+            "GOOD-SLOW",
+            "Lamp",
+            "",
+            f"{base}/h/c.png",
+            ",".join(f"{base}/h/{n}.png" for n in ("slow", "huge", "bomb")),
+        ),
+        (
+            "GOOD-LOOP",
+            "Scarf",
+            "",
+            f"{base}/h/d.png",
+            f"{elsewhere}/x.png,{base}/h/redirect.png,file:///etc/passwd",
+        ),
+        (
+            "GOOD-PRIVATE",
+            "Teapot",
+            "",
+            f"{base}/h/e.png",
+            ",".join(f"http://{h}/i.png" for h in names),
+        ),
+        ("BAD-ALL-404", "Vase", "", f"{base}/h/missing.png", ""),
+        ("BAD-BOMB", "Boot", "", f"{base}/h/bomb.png", ""),
+        ("BAD-LOOP", "Watch", "", f"{elsewhere}/x.png", ""),
+        ("BAD-NOTITLE", "", "", f"{base}/h/a.png", ""),
+        ("BAD-PRICE", "Bag", "", f"{base}/h/b.png", "", "free"),
+    ]
+    # Good plain rows too: a drop more than half quarantined is stopped by the quality gate.
+    for n in range(8):
+        server.image(
+            f"/h/plain{n}.png", png_bytes(picture((25 * n, 90, 240 - 25 * n), seed=50 + n))
+        )
+        rows.append((f"GOOD-PLAIN-{n}", f"Plain cup {n}", "A cup.", f"{base}/h/plain{n}.png", ""))
+    lines = ["id\ttitle\tdescription\timage_link\tadditional_image_link\tprice"]
+    lines += ["\t".join([*row, "5.00 USD"][:6]) for row in rows]
+    lines.append("BAD-FIELDS\tShort row")
+    feed = ("\n".join(lines) + "\n").encode()
+
+    with pytest.raises(FeedRejected, match="not well-formed XML"):
+        parse_feed("broken.xml", b"<rss><channel><item><g:id>1</item></channel>")
+    with pytest.raises(FeedRejected, match="DTD or entities"):
+        parse_feed("lol.xml", b'<!DOCTYPE r [<!ENTITY a "aaaa">]><rss>&a;</rss>')
+
+    policy = AddressPolicy(frozenset({f"127.0.0.1:{server.port}"}), stub_resolver)
+    landing = tmp_path / "staging"
+    try:
+        with Fetcher(policy, timeout_s=0.5, retries=1, backoff_s=0.01) as fetcher:
+            report = land_feed("hostile.tsv", feed, landing, fetcher)
+    finally:
+        refused_server.close()
+    assert refused_server.requests == []  # nothing reached the refused address
+    assert len(server.hits("/h/redirect.png")) == 1
+    assert report["rows"] == 19 and report["rows_without_image"] == 3
+
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(landing / report["drop"]))
+    run = run_cli(home, "run", "--json")  # exits 0: the bad rows do not stop the run
+    assert json.loads(run.stdout)["rows"] == {
+        "read": 19,
+        "live": 13,
+        "replaced": 0,
+        "quarantined": 6,
+        "deleted": 0,
+    }
+    rows_out = {r["product_id"]: r for r in cli_json(home, "quarantine")["rows"]}
+    assert {pid: r["reason_code"] for pid, r in rows_out.items()} == {
+        "BAD-ALL-404": "unreadable_row",
+        "BAD-BOMB": "unreadable_row",
+        "BAD-LOOP": "unreadable_row",
+        "BAD-NOTITLE": "missing_title",
+        "BAD-PRICE": "bad_price",
+        "BAD-FIELDS": "unreadable_row",
+    }
+    assert "image_fetch_failed" in rows_out["BAD-ALL-404"]["reason"]
+    assert "decompression bomb" in rows_out["BAD-BOMB"]["reason"]
+    assert "127.0.0.2 is a loopback address" in rows_out["BAD-LOOP"]["reason"]
+    assert "2 fields where the header has 6" in rows_out["BAD-FIELDS"]["reason"]
+
+    import duckdb
+
+    with duckdb.connect(str(HomeLayout(home).warehouse), read_only=True) as con:
+        refused_images = con.execute(
+            "SELECT product_id, image_url, reason_code, reason FROM product_images "
+            "WHERE reason_code IS NOT NULL ORDER BY product_id, image_url"
+        ).fetchall()
+        gallery = con.execute(
+            "SELECT product_id FROM product_images WHERE image_sha IS NOT NULL"
+        ).fetchall()
+        description = con.execute(
+            "SELECT description FROM clean_products WHERE product_id = 'GOOD-SCRIPT'"
+        ).fetchone()[0]
+    causes = {
+        (pid, url.rsplit("/", 1)[-1] if "shop.test" not in url else url.split("/")[2]): (
+            code,
+            reason,
+        )
+        for pid, url, code, reason in refused_images
+    }
+    assert {key: code for key, (code, _) in causes.items()} == {
+        ("GOOD-404", "gone.png"): "image_fetch_failed",
+        ("GOOD-404", "text.jpg"): "image_unsupported_type",
+        ("GOOD-SLOW", "slow.png"): "image_fetch_failed",
+        ("GOOD-SLOW", "huge.png"): "image_too_large",
+        ("GOOD-SLOW", "bomb.png"): "image_too_large",
+        ("GOOD-LOOP", "x.png"): "image_url_refused",
+        ("GOOD-LOOP", "redirect.png"): "image_url_refused",
+        ("GOOD-LOOP", "passwd"): "image_url_refused",
+        ("GOOD-PRIVATE", "private.shop.test"): "image_url_refused",
+        ("GOOD-PRIVATE", "metadata.shop.test"): "image_url_refused",
+        ("GOOD-PRIVATE", "linklocal.shop.test"): "image_url_refused",
+    }
+    assert "HTTP 404" in causes["GOOD-404", "gone.png"][1]
+    assert "timed out" in causes["GOOD-SLOW", "slow.png"][1]
+    assert "stopped while downloading" in causes["GOOD-SLOW", "huge.png"][1]
+    assert "decompression bomb" in causes["GOOD-SLOW", "bomb.png"][1]
+    assert "127.0.0.2 is a loopback address" in causes["GOOD-LOOP", "redirect.png"][1]
+    assert "scheme 'file' refused" in causes["GOOD-LOOP", "passwd"][1]
+    assert "a private address" in causes["GOOD-PRIVATE", "private.shop.test"][1]
+    assert "a cloud metadata address" in causes["GOOD-PRIVATE", "metadata.shop.test"][1]
+    assert "a link-local address" in causes["GOOD-PRIVATE", "linklocal.shop.test"][1]
+    assert gallery == [("GOOD-SCRIPT",)]
+    assert description == "Warm wool hat." and "script" not in description
+    found = cli_json(home, "search", "--text", "wool hat", "--k", "1")["results"][0]
+    assert found["product_id"] == "GOOD-SCRIPT" and found["images"] == 2
