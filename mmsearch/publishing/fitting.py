@@ -5,7 +5,8 @@ least `MIN_LABELED` of them, else on pseudo-queries and photos of its validation
 prior is kept unless it is worse than the best single retriever on those queries or the fitted
 weights (coordinate ascent on MRR from the best single retriever) are significantly better there
 (paired test). BM25 is left out of fitting on pseudo-queries, which are made of the product's own
-words, and joins the chosen weights at its prior share.
+words, and joins the chosen weights at its prior share. `change` (composed queries) is computed
+at ranking time, not in the fitting examples, so it always keeps its prior weight.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from mmsearch.evaluation.metrics import paired_p_value, reciprocal_ranks
 from mmsearch.queries.query_sets import MIN_LABELED
 from mmsearch.search.ranking import (
+    CHANGE,
     FEATURES,
     KINDS,
     LEXICAL,
@@ -103,16 +105,16 @@ def fit_ranker(
     pseudo: dict[str, list[tuple[Candidates, np.ndarray]]],
 ) -> Ranker:
     """A ranker fitted per kind on held-out examples (labeled ones when a kind has
-    `MIN_LABELED`, else pseudo-queries, on which BM25 stays at its prior weight); kinds without
-    examples keep the prior."""
+    `MIN_LABELED`, else pseudo-queries, on which BM25 stays at its prior weight); `change` keeps
+    its prior weight; kinds without examples keep the prior."""
     ranker = Ranker.default()
     for kind in KINDS:
         examples = [(c, r) for c, r in labeled.get(kind, []) if len(c.rows)]
-        fixed: tuple[str, ...] = ()
+        fixed: tuple[str, ...] = (CHANGE,)
         source = "labeled queries"
         if len(examples) < MIN_LABELED:
             examples = [(c, r) for c, r in pseudo.get(kind, []) if len(c.rows)]
-            fixed, source = (LEXICAL,), "pseudo-queries"
+            fixed, source = (LEXICAL, CHANGE), "pseudo-queries"
         if examples:
             ranker.weights[kind], report = fit_weights(examples, kind, fixed)
             ranker.fitted_on[kind] = {"source": source, **report}

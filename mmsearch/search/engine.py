@@ -43,6 +43,7 @@ from mmsearch.model import store
 from mmsearch.model.heads import QueryHeads
 from mmsearch.model.store import DamagedModel
 from mmsearch.queries.pseudo import attributes_of, words_of
+from mmsearch.search.composed import ComposedQueries
 from mmsearch.search.ranking import (
     FUSED,
     LEXICAL,
@@ -143,6 +144,7 @@ class SearchEngine:
             for name in artifacts.RETRIEVER_INDEX_FILES
         }
         self.lexical = release.load_lexical()
+        self.composed = ComposedQueries(self.products)
         stored = release.load_ranker()
         self.ranker = Ranker.from_dict(stored) if stored else Ranker.default()
         self._has_image = self.products["image_sha"].fillna("").astype(str).ne("").to_numpy()
@@ -360,12 +362,13 @@ class SearchEngine:
                     owner,
                     photo_similarity(photo_hash, self._gallery_hashes[entries]),
                 )
-        return Candidates(rows, features)
+        return Candidates(rows, features, text)
 
     def rank(self, kind: str, candidates: Candidates, k: int) -> list[tuple[int, float]]:
         """Second stage: the top-k (product row, score) by the ranker, best first."""
         if not len(candidates.rows):
             return []
+        candidates = self.composed.with_change(kind, candidates)
         scores = self.ranker.score(kind, candidates)
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(candidates.rows[i]), float(scores[i])) for i in order]

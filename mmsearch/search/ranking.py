@@ -8,7 +8,10 @@ look by perceptual hash: 1 for the same photo, high for a resized or recompresse
 ranker scores a candidate by a weighted sum of the features (CombSUM): the dense cosines scaled
 to [0, 1] over the query's candidates (min-max), BM25 as a share of the best candidate's score
 times the share of the query's words the catalog knows, and the photo match as it is, so that a
-weak best keyword or photo match does not count as a perfect one.
+weak best keyword or photo match does not count as a perfect one. Image+text queries add
+`change` (`mmsearch.search.composed`): how much a candidate has the attribute values the words
+ask for that the product the photo shows lacks ("this, but in red"), so that the photo's own
+product and its duplicates do not crowd out the one asked for.
 
 Weights are chosen per catalog and query kind on held-out queries: the model's validation
 labeled queries when a kind has at least `MIN_LABELED` of them, else pseudo-queries and photos
@@ -20,7 +23,8 @@ the best single retriever, which is itself one of the weight vectors searched, s
 the ranker is never worse than the best retriever alone on its fitting queries.
 Pseudo-queries are made of the product's own words, so BM25 finds their product by construction:
 on them BM25 is left out of the fitting and the comparison, and joins the chosen weights at its
-prior share of the total.
+prior share of the total. `change` is computed at ranking time from the catalog's attributes and
+is not among the fitting examples' features: it always keeps its prior weight.
 """
 
 from __future__ import annotations
@@ -33,20 +37,30 @@ from mmsearch.queries.query_sets import IMAGE, IMAGE_TEXT, KINDS, TEXT, query_ki
 
 FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL = "fused", "text", "image", "lexical"
 PHOTO_MATCH = "photo_match"
+CHANGE = "change"
 # Features already in [0, 1] whose size means something across queries (how much of the query
-# BM25 matched, how alike two photos are): never rescaled per query.
-BOUNDED = (LEXICAL, PHOTO_MATCH)
+# BM25 matched, how alike two photos are, how much of a requested change a product has): never
+# rescaled per query.
+BOUNDED = (LEXICAL, PHOTO_MATCH, CHANGE)
 RETRIEVERS = (FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL)
 FEATURES = {
     TEXT: (FUSED, RAW_TEXT, LEXICAL),
     IMAGE: (FUSED, RAW_IMAGE, PHOTO_MATCH),
-    IMAGE_TEXT: (FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL, PHOTO_MATCH),
+    IMAGE_TEXT: (FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL, PHOTO_MATCH, CHANGE),
 }
 PRIOR = {
     TEXT: {FUSED: 1.0, RAW_TEXT: 1.0, LEXICAL: 0.5},
     IMAGE: {FUSED: 1.0, RAW_IMAGE: 1.0, PHOTO_MATCH: 1.0},
-    # "This, but in black": the photo's own product must not win by being the photo.
-    IMAGE_TEXT: {FUSED: 1.0, RAW_TEXT: 1.0, RAW_IMAGE: 1.0, LEXICAL: 0.5, PHOTO_MATCH: 0.0},
+    # "This, but in black": the photo's own product must not win by being the photo, and the
+    # product in black must outweigh a sibling that looks more like the photo.
+    IMAGE_TEXT: {
+        FUSED: 1.0,
+        RAW_TEXT: 1.0,
+        RAW_IMAGE: 1.0,
+        LEXICAL: 0.5,
+        PHOTO_MATCH: 0.0,
+        CHANGE: 1.0,
+    },
 }
 # Below this paired-test p-value a difference counts (ranker fitting and the promotion gate).
 SIGNIFICANCE_LEVEL = 0.05
@@ -59,10 +73,12 @@ def retrievers_for(kind: str) -> tuple[str, ...]:
 
 @dataclass
 class Candidates:
-    """One query's candidate products (rows of the release's product table) and their features."""
+    """One query's candidate products (rows of the release's product table), their features and
+    the query's text ("" without one)."""
 
     rows: np.ndarray
     features: dict[str, np.ndarray]
+    text: str = ""
 
     def matrix(self, names: tuple[str, ...]) -> np.ndarray:
         """(candidates, len(names)) features on the ranker's scale (`scaled_features`)."""
@@ -74,10 +90,12 @@ def scaled_features(
 ) -> np.ndarray:
     """(candidates, len(names)) features on the ranker's scale: the dense retrievers' cosines
     scaled to [0, 1] over their own query's candidates (min-max; equal for every candidate: 0),
-    the bounded features (`BOUNDED`, already in [0, 1] with an absolute meaning) as they are.
+    the bounded features (`BOUNDED`, already in [0, 1] with an absolute meaning) as they are; a
+    feature the candidates were not given (`change` outside a composed query) is 0.
     `query` (ascending) says which of `queries` queries each candidate answers, so the
     candidates of many queries are scaled at once (batched recommendations)."""
-    columns = np.stack([features[n] for n in names], axis=1).astype(np.float64)
+    absent = np.zeros(len(query))
+    columns = np.stack([features.get(n, absent) for n in names], axis=1).astype(np.float64)
     relative = ~np.isin(names, BOUNDED)
     low = np.zeros((queries, len(names)))
     high = np.zeros((queries, len(names)))
