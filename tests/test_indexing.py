@@ -127,3 +127,20 @@ def test_near_identical_variants_keep_float16_codes():
     index, report = build_index(vectors, plan=IndexPlan("ivf_sq", 64, codes="sq8"))
     assert report.plan.codes == "fp16" and index_type(index) == "IVF64,SQfp16(IP)"
     assert report.recall_at_10 >= 0.95 and report.nearest_agreement >= 0.9
+
+
+def test_vectors_read_on_demand_are_written_as_float16_chunk_by_chunk(tmp_path, monkeypatch):
+    from mmsearch.index import artifacts
+
+    vectors = np.random.default_rng(3).normal(size=(1_000, 8)).astype(np.float32)
+    reads = []
+    on_demand = artifacts.ReleaseVectors.of_array(vectors)
+    read = on_demand._read
+    on_demand._read = lambda rows: reads.append(len(rows)) or read(rows)
+    monkeypatch.setattr(artifacts, "SAVE_CHUNK", 128)
+    artifacts._save_float16(tmp_path / "text.npy", on_demand)
+    saved = np.load(tmp_path / "text.npy")
+    assert saved.dtype == np.float16 and np.array_equal(saved, vectors.astype(np.float16))
+    assert max(reads) == 128 and sum(reads) == 1_000
+    artifacts._save_float16(tmp_path / "empty.npy", np.zeros((0, 8), np.float32))
+    assert np.load(tmp_path / "empty.npy").shape == (0, 8)

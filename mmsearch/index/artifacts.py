@@ -281,7 +281,7 @@ def save_release(
     index,
     products: pd.DataFrame,
     index_type: str,
-    vectors: dict[str, np.ndarray],
+    vectors: dict[str, np.ndarray | ReleaseVectors],
     retriever_indexes: dict[str, object],
     lexical: LexicalIndex,
     ranker: dict,
@@ -307,7 +307,7 @@ def save_release(
         if holds_vectors(holders[name]):
             stored_in[name] = VECTOR_INDEX_FILES[name]
         else:
-            np.save(folder / file_name, np.asarray(vectors[name], dtype=np.float16))
+            _save_float16(folder / file_name, vectors[name])
             stored_in[name] = file_name
     if gallery is not None and len(gallery[1]):
         gallery_index, gallery_table, gallery_vectors = gallery
@@ -330,6 +330,23 @@ def save_release(
     write_json_atomically(folder / INDEX_MANIFEST, manifest)
     _stamp(folder, manifest["files"])
     return Release(index_version, model_version, folder, manifest)
+
+
+# Rows converted at a time when vectors are written: a million products' set is never held whole.
+SAVE_CHUNK = 65_536
+
+
+def _save_float16(path: Path, vectors) -> None:
+    """`vectors` (an array or `ReleaseVectors`) as a float16 .npy, converted chunk by chunk."""
+    shape = (len(vectors), vectors.shape[1])
+    if not shape[0]:
+        np.save(path, np.zeros(shape, dtype=np.float16))
+        return
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    for start in range(0, shape[0], SAVE_CHUNK):
+        out[start : start + SAVE_CHUNK] = np.asarray(vectors[start : start + SAVE_CHUNK])
+    out.flush()
+    del out
 
 
 def update_manifest(release: Release, **fields) -> None:
