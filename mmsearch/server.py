@@ -62,6 +62,7 @@ from mmsearch.search.engine import (
     UnknownCategory,
     UnknownProduct,
 )
+from mmsearch.search.variants import UnknownFilter, parse_filter
 from mmsearch.settings import HomeLayout, mm_home_from_env
 
 # Uploads larger than this are refused before they are read to the end.
@@ -87,6 +88,16 @@ MaxPriceQuery = Annotated[
     Price | None, blank_means(None), Query(description="only up to this price")
 ]
 CategoryQuery = Annotated[str | None, Query(description="only this category (any case)")]
+FILTER_HELP = (
+    "only products whose attribute NAME (color, size, material, pattern, gender, age_group, "
+    "brand, product_type) is VALUE, as NAME:VALUE (color:red); repeatable: one name's values "
+    "are alternatives, different names must all match"
+)
+GROUP_HELP = "false: variants one by one instead of one result per variant group"
+UNAVAILABLE_HELP = "true: also out-of-stock products (left out by default)"
+FilterQuery = Annotated[list[str] | None, Query(alias="filter", description=FILTER_HELP)]
+GroupQuery = Annotated[bool, blank_means(True), Query(description=GROUP_HELP)]
+UnavailableQuery = Annotated[bool, blank_means(False), Query(description=UNAVAILABLE_HELP)]
 
 log = logging.getLogger("mmsearch.server")
 
@@ -206,6 +217,14 @@ def _category(engine: SearchEngine, value: str | None) -> str | None:
     return category
 
 
+def _filters(values: list[str] | None) -> list[tuple[str, str]]:
+    """`filter=color:red` parameters as (name, value) pairs; a malformed one is a 400."""
+    try:
+        return [parse_filter(value, ":") for value in values or [] if value.strip()]
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+
+
 def _picture(data: bytes, limits: ImageLimits) -> Image.Image:
     if len(data) > MAX_UPLOAD_BYTES:
         raise BadRequest(f"image is larger than {MAX_UPLOAD_BYTES // 2**20} MB", 413)
@@ -301,6 +320,10 @@ def create_app(
     async def bad_query(request: Request, error: BadQuery) -> JSONResponse:
         return refusal(error, 400)
 
+    @app.exception_handler(UnknownFilter)
+    async def unknown_filter(request: Request, error: UnknownFilter) -> JSONResponse:
+        return refusal(error, 400)
+
     @app.exception_handler(NothingLive)
     async def nothing_live(request: Request, error: NothingLive) -> JSONResponse:
         return refusal(error, 503)
@@ -324,10 +347,22 @@ def create_app(
         k: int,
         category: str | None,
         max_price: float | None,
+        filters: list[tuple[str, str]],
+        group: bool,
+        include_unavailable: bool,
     ) -> dict:
         """One search, from the request's values to the API's JSON (in a search thread)."""
         picture = _picture(picture_bytes, limits) if picture_bytes is not None else None
-        found = engine.answer(text, picture, k, _category(engine, category), max_price)
+        found = engine.answer(
+            text,
+            picture,
+            k,
+            _category(engine, category),
+            max_price,
+            filters,
+            group,
+            include_unavailable,
+        )
         return {**versions(engine), **found, "results": _for_shoppers(found["results"])}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -347,12 +382,18 @@ def create_app(
         k: KQuery = DEFAULT_K,
         category: CategoryQuery = None,
         max_price: MaxPriceQuery = None,
+        filters: FilterQuery = None,
+        group: GroupQuery = True,
+        include_unavailable: UnavailableQuery = False,
     ) -> JSONResponse:
         engine = live.engine
         query = _text(text)
         if query is None:
             raise BadRequest("give a text to search for (text=...), or POST a photo")
-        found = await in_search_thread(answer, engine, query, None, k, category, max_price)
+        narrowing = (_filters(filters), group, include_unavailable)
+        found = await in_search_thread(
+            answer, engine, query, None, k, category, max_price, *narrowing
+        )
         return JSONResponse(found)
 
     @app.post("/api/search", response_model=SearchAnswer, responses=ERRORS)
@@ -363,6 +404,9 @@ def create_app(
         k: Annotated[ResultCount, Form(description="how many results")] = DEFAULT_K,
         category: Annotated[str | None, Form(description="only this category")] = None,
         max_price: Annotated[Price | None, Form(description="only up to this price")] = None,
+        filters: Annotated[list[str] | None, Form(alias="filter", description=FILTER_HELP)] = None,
+        group: Annotated[bool, Form(description=GROUP_HELP)] = True,
+        include_unavailable: Annotated[bool, Form(description=UNAVAILABLE_HELP)] = False,
     ) -> JSONResponse:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in FORM_TYPES:
@@ -378,7 +422,10 @@ def create_app(
             raise BadRequest("give a text, an image, or both")
         # Read one byte past the limit: a larger upload is refused without reading the rest.
         data = await image.read(MAX_UPLOAD_BYTES + 1) if has_upload else None
-        found = await in_search_thread(answer, engine, query, data, k, category, max_price)
+        narrowing = (_filters(filters), group, include_unavailable)
+        found = await in_search_thread(
+            answer, engine, query, data, k, category, max_price, *narrowing
+        )
         return JSONResponse(found)
 
     @app.get("/api/products/{product_id}/similar", response_model=SimilarAnswer, responses=ERRORS)
@@ -387,12 +434,18 @@ def create_app(
         k: KQuery = DEFAULT_K,
         category: CategoryQuery = None,
         max_price: MaxPriceQuery = None,
+        filters: FilterQuery = None,
+        group: GroupQuery = True,
+        include_unavailable: UnavailableQuery = False,
     ) -> JSONResponse:
         engine = live.engine
+        narrowing = (_filters(filters), group, include_unavailable)
 
         def like_this() -> dict:
             try:
-                results = engine.similar(product_id, k, _category(engine, category), max_price)
+                results = engine.similar(
+                    product_id, k, _category(engine, category), max_price, *narrowing
+                )
             except UnknownProduct as error:
                 raise BadRequest(str(error), 404) from None
             return {"product_id": product_id, **versions(engine), "results": _for_shoppers(results)}

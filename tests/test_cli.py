@@ -126,6 +126,18 @@ def test_an_unknown_category_says_so_and_lists_the_known_ones(built_home):
     assert result.returncode != 0 and "'nosuch'" in message and known in message
 
 
+def test_a_drops_colour_column_is_a_filter_with_facet_counts(built_home):
+    home, _ = built_home
+    every = cli_json(home, "search", "--text", "t-shirt", "--k", "5")["facets"]
+    assert {"color", "pattern", "material"} <= set(every) and len(every["color"]) > 1
+    red = cli_json(home, "search", "--text", "t-shirt", "--filter", "Color=RED", "--k", "5")
+    assert red["results"] and list(red["facets"]["color"]) == ["red"]
+    # Every candidate is red: as many as the candidates' categories count.
+    assert red["facets"]["color"]["red"] == sum(red["facets"]["categories"].values())
+    # The sample has no variant groups: each result is its own, with no other variants.
+    assert all(hit["group_id"] is None and hit["variants"] == [] for hit in red["results"])
+
+
 def test_commands_print_tables_for_people_and_name_unknown_drops(built_home, sample_drop):
     home, run = built_home
     status = run_cli(home, "status").stdout

@@ -5,12 +5,14 @@ real pipeline, searched through the engine, the command line and the HTTP API.""
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 
 from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, write_drop
 from mmsearch.index.registry import registry_for
 from mmsearch.search.engine import SearchEngine
 from mmsearch.search.variants import UnknownFilter
+from mmsearch.server import LiveSearch, create_app
 from mmsearch.settings import HomeLayout
 
 pytestmark = pytest.mark.slow
@@ -229,3 +231,34 @@ def test_command_line_refuses_unknown_and_malformed_filters(home):
     assert name.returncode == 1 and "filterable: color, size" in name.stderr
     malformed = run_cli(home, "search", "--text", "mug", "--filter", "color", check=False)
     assert malformed.returncode == 2 and "NAME=VALUE" in malformed.stderr
+
+
+def test_http_api_takes_filters_grouping_and_availability(home):
+    with TestClient(create_app(LiveSearch(HomeLayout(home)))) as client:
+        grouped = client.get("/api/search", params={"text": "red stoneware coffee mug", "k": 3})
+        assert grouped.status_code == 200, grouped.text
+        first = grouped.json()["results"][0]
+        assert first["product_id"] == "mug-red" and first["group_id"] == "MUG"
+        assert [v["product_id"] for v in first["variants"]] == ["mug-blue"]
+        assert first["list_price"] == 15.0
+        assert grouped.json()["facets"]["color"]["red"] == 4
+        params = [("text", "socks"), ("filter", "color:gray"), ("filter", "size:L")]
+        filtered = client.get("/api/search", params=params).json()
+        assert sorted(ids(filtered["results"])) == ["sock-2", "sock-3"]
+        flat = client.get(
+            "/api/search",
+            params={"text": "stoneware mug", "group": "false", "include_unavailable": "true"},
+        ).json()
+        assert {"mug-red", "mug-blue", "mug-green"} <= set(ids(flat["results"]))
+        similar = client.get(
+            "/api/products/mug-red/similar", params={"filter": "color:grey", "group": "false"}
+        ).json()
+        assert set(ids(similar["results"])) <= {"sock-1", "sock-2", "sock-3"}
+        unknown = client.get("/api/search", params={"text": "mug", "filter": "color:purple"})
+        assert unknown.status_code == 400
+        assert "no live product has color 'purple'" in unknown.json()["error"]
+        malformed = client.get("/api/search", params={"text": "mug", "filter": "color=red"})
+        assert malformed.status_code == 400 and "NAME:VALUE" in malformed.json()["error"]
+        documented = client.get("/openapi.json").json()["paths"]["/api/search"]["get"]
+        names = {parameter["name"] for parameter in documented["parameters"]}
+        assert {"filter", "group", "include_unavailable"} <= names

@@ -440,8 +440,9 @@ class SearchEngine:
         price, availability); with `group`, one per variant group, ranked `GROUP_DEPTH` times
         deeper so that k groups come back, the group's other allowed variants listed."""
         if not (group and self.catalog.grouped):
+            alone = {"variants": []} if group else {}  # grouped, each product is its own group
             return [
-                self.describe(row, score) | self.catalog.offer(row) | {"row": row}
+                self.describe(row, score) | self.catalog.offer(row) | alone | {"row": row}
                 for row, score in self.rank(kind, candidates, k)
             ]
         ranked = self.rank(kind, candidates, k * GROUP_DEPTH)
