@@ -17,9 +17,10 @@ from resources import ReleaseRegistryResource, WarehouseResource
     pool="warehouse",
     kinds={"duckdb"},
     description="The 10 most similar products of every live product (the lists of the live "
-    "release's `similar`, computed in batches: the product itself and its near-duplicates left "
-    "out), recomputed only for new or changed products and for lists that name a removed or "
-    "changed one.",
+    "release's `similar`, computed in batches: the product itself, its near-duplicates, its own "
+    "variants and out-of-stock products left out, one product per variant group; BM25 work per "
+    "list bounded whatever the catalog's size), recomputed only for new or changed products "
+    "and for lists that name a removed or changed one.",
 )
 def product_recommendations(
     context: AssetExecutionContext, warehouse: WarehouseResource, registry: ReleaseRegistryResource

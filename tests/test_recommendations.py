@@ -1,5 +1,6 @@
 """Batched recommendations: the same lists as one `similar` request per product, the exclusions
-of `similar` (itself, same-text duplicates, near-duplicate photos), and incremental updates."""
+of `similar` (itself, same-text duplicates, near-duplicate photos) and a product's own variants,
+lexical work bounded per product, and incremental updates."""
 
 from __future__ import annotations
 
@@ -12,20 +13,22 @@ import pytest
 
 from conftest import cli_json, run_cli
 from mmsearch.catalog.images import photo_similarity
+from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import registry_for
 from mmsearch.sample import write_sample_catalog
 from mmsearch.search.engine import NEAR_DUPLICATE_PHOTO, SearchEngine
 from mmsearch.search.recommendations import (
+    LexicalScorer,
     recommend,
     recommend_one_by_one,
     update_recommendations,
 )
 from mmsearch.settings import HomeLayout
 
-pytestmark = pytest.mark.slow
-
 K = 10
 TWINS, WITHOUT_PHOTO = 3, 3
+# A product and its variant (another size, no photo of its own) share this feed group.
+GROUP = "group-7"
 
 
 def _engine(home: Path) -> SearchEngine:
@@ -50,7 +53,8 @@ def sample_engine(built_home) -> SearchEngine:
 @pytest.fixture(scope="module")
 def twins_home(tmp_path_factory) -> Path:
     """A small catalog where some products share another's text exactly (a re-listed product
-    under a new id, with another photo or none) and some have no photo at all."""
+    under a new id, with another photo or none), some have no photo at all, and one product has
+    a variant in its `group_id` (another size, without a photo)."""
     drop = tmp_path_factory.mktemp("twins") / "drop"
     write_sample_catalog(drop, n_products=40, seed=11)
     with open(drop / "products.csv", newline="", encoding="utf-8") as handle:
@@ -74,14 +78,27 @@ def twins_home(tmp_path_factory) -> Path:
                 "image_path": "",
             }
         )
-    with open(drop / "products.csv", "a", newline="", encoding="utf-8") as handle:
-        csv.DictWriter(handle, fieldnames=list(rows[0])).writerows(extra)
+    grouped = usable[TWINS + WITHOUT_PHOTO]
+    grouped["group_id"] = GROUP
+    extra.append(
+        {
+            **grouped,
+            "product_id": "variant-0",
+            "title": f"{grouped['title']} in size XL",
+            "image_path": "",
+        }
+    )
+    with open(drop / "products.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "group_id"])
+        writer.writeheader()
+        writer.writerows(rows + extra)
     home = tmp_path_factory.mktemp("twins_home")
     run_cli(home, "ingest", str(drop))
     cli_json(home, "run")
     return home
 
 
+@pytest.mark.slow
 def test_batched_lists_agree_with_one_similar_request_per_product(sample_engine):
     ids = sample_engine.products["product_id"].tolist()
     batched = recommend(sample_engine, ids, K)
@@ -94,6 +111,7 @@ def test_batched_lists_agree_with_one_similar_request_per_product(sample_engine)
     assert np.median(np.abs(both["score_one"] - both["score_all"])) < 1e-4
 
 
+@pytest.mark.slow
 def test_chunk_size_does_not_change_the_lists(sample_engine):
     ids = sample_engine.products["product_id"].tolist()
     whole = recommend(sample_engine, ids, K)
@@ -101,6 +119,7 @@ def test_chunk_size_does_not_change_the_lists(sample_engine):
     pd.testing.assert_frame_equal(whole, chunked)
 
 
+@pytest.mark.slow
 def test_no_product_recommends_itself_a_same_text_twin_or_its_photo(sample_engine, twins_home):
     for engine in (sample_engine, _engine(twins_home)):
         products = engine.products.set_index("product_id")
@@ -118,18 +137,91 @@ def test_no_product_recommends_itself_a_same_text_twin_or_its_photo(sample_engin
                 assert (looks < NEAR_DUPLICATE_PHOTO).all(), pid
 
 
+@pytest.mark.slow
 def test_same_text_twins_and_products_without_photo_get_the_lists_of_similar(twins_home):
     engine = _engine(twins_home)
     products = engine.products
     twins = products[products["text_sha"].duplicated(keep=False)]["product_id"].tolist()
     without_photo = products[~engine._has_image]["product_id"].tolist()
     assert len(twins) >= 2 * TWINS and len(without_photo) >= WITHOUT_PHOTO
-    ids = sorted(set(twins) | set(without_photo))
+    grouped = products.loc[products["attributes"].str.contains(GROUP), "product_id"].tolist()
+    ids = sorted(set(twins) | set(without_photo) | set(grouped))
     batched = _lists(recommend(engine, ids, K))
     reference = _lists(recommend_one_by_one(engine, ids, K))
     assert _mean_overlap(reference, batched) >= 0.9
 
 
+@pytest.mark.slow
+def test_no_product_recommends_its_own_variant(twins_home):
+    engine = _engine(twins_home)
+    products = engine.products
+    grouped = products.loc[products["attributes"].str.contains(GROUP), "product_id"].tolist()
+    assert len(grouped) == 2 and "variant-0" in grouped
+    original = grouped[0] if grouped[1] == "variant-0" else grouped[1]
+    rows = [engine.row_of_product(pid) for pid in (original, "variant-0")]
+    # Without the group rule the variant would lead the list: its title is the nearest.
+    text = np.asarray(engine.vectors["text"][np.arange(len(products))], dtype=np.float32)
+    closeness = text @ text[rows[0]]
+    closeness[rows[0]] = -np.inf
+    assert int(np.argmax(closeness)) == rows[1]
+    table = recommend(engine, products["product_id"].tolist(), K)
+    lists = _lists(table)
+    assert "variant-0" not in lists[original] and original not in lists["variant-0"]
+    assert len(lists[original]) == len(lists["variant-0"]) == K
+    # Other products still recommend them, one of the two at most (one result per group).
+    for pid, neighbours in lists.items():
+        assert len(set(neighbours) & set(grouped)) <= 1, pid
+    assert set(grouped) & set(table.loc[~table["product_id"].isin(grouped), "neighbour_id"])
+
+
+def _synthetic_titles(n: int, seed: int) -> list[str]:
+    """`n` titles of 4-7 words from a 60-word vocabulary: every word is shared by a growing
+    share of a growing catalog, as colour and category words are."""
+    rng = np.random.default_rng(seed)
+    vocabulary = [
+        f"{a}{b}" for a in ("bra", "cle", "dro", "fen", "gal", "hum") for b in "klmnoprstv"
+    ]
+    weights = 1.0 / np.arange(1, len(vocabulary) + 1)
+    return [
+        " ".join(rng.choice(vocabulary, rng.integers(4, 8), p=weights / weights.sum()))
+        for _ in range(n)
+    ]
+
+
+def test_lexical_pair_scores_are_the_index_bm25():
+    titles = _synthetic_titles(300, seed=1)
+    index = LexicalIndex.build(titles)
+    scorer = LexicalScorer(index)
+    queries = [titles[5], titles[17], "gallant brak unknownword", ""]
+    text, word, coverage = scorer.words(queries)
+    documents = np.arange(len(titles))
+    for i, query in enumerate(queries):
+        expected, known = index.scores(query)
+        got = scorer.pair_scores(text, word, np.full(len(titles), i), documents)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        assert coverage[i] == pytest.approx(known)
+    assert expected.max() == 0 and coverage[2] > 0
+
+
+def test_lexical_candidates_per_product_stay_bounded_as_the_catalog_grows():
+    budget, titles_asked = 200, 50
+    pooled, sharing = [], []
+    for size in (500, 4_000):
+        titles = _synthetic_titles(size, seed=size)
+        index = LexicalIndex.build(titles)
+        scorer = LexicalScorer(index, budget=budget)
+        text, word, _ = scorer.words(titles[:titles_asked])
+        query, _ = scorer.pool(text, word)
+        pooled.append(np.bincount(query, minlength=titles_asked))
+        # What scoring every document that shares a word with the title would cost.
+        sharing.append(np.mean([(index.scores(t)[0] > 0).sum() for t in titles[:titles_asked]]))
+    assert sharing[1] > 6 * sharing[0] and sharing[0] > budget
+    for per_title in pooled:
+        assert per_title.min() > 0 and per_title.mean() >= budget // 2
+        assert per_title.max() <= budget
+
+
+@pytest.mark.slow
 def test_update_recomputes_changed_and_affected_lists_and_keeps_the_rest(sample_engine):
     ids = sample_engine.products["product_id"].tolist()
     full = recommend(sample_engine, ids, K)
@@ -162,6 +254,7 @@ def test_update_recomputes_changed_and_affected_lists_and_keeps_the_rest(sample_
     assert "gone-1" not in set(update.table["product_id"]) | set(update.table["neighbour_id"])
 
 
+@pytest.mark.slow
 def test_update_with_another_model_recomputes_every_list(sample_engine):
     ids = sample_engine.products["product_id"].tolist()
     previous = recommend(sample_engine, ids[:5], K).assign(model_version="an-older-model")

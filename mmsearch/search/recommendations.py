@@ -1,14 +1,18 @@
 """Recommendations: each live product's most similar products, kept in the warehouse for shops
 that export them, updated incrementally as the catalog changes.
 
-A product's list is what `SearchEngine.similar` answers for it (its own image and text through
-both stages, itself, its same-text duplicates and its near-duplicate photos left out), computed
-for many products at once: batched FAISS searches of the fused and raw indexes, BM25 for every
-title of a chunk in one pass over the postings, every retriever's score for each candidate as
-row-wise dot products, the exclusions as array masks and the ranker's weighted sum over
-per-product min-max scaled features by segment. Memory follows the chunk size (its candidate
-pairs and, for BM25, the postings of its titles' words), and cost is linear in the products
-asked for.
+A product's list is what `SearchEngine.similar` answers for it by default (its own image and
+text through both stages; itself, its same-text duplicates, its own variants, out-of-stock
+products and its near-duplicate photos left out; one product per variant group), computed for
+many products at once: batched FAISS searches of the fused and raw indexes, every retriever's
+score for each candidate as row-wise dot products, the exclusions as array masks and the
+ranker's weighted sum over per-product min-max scaled features by segment. BM25 is bounded per
+product (`LexicalScorer`): a title's lexical candidates come from at most `LEXICAL_POOL`
+postings of its rarest words, and each candidate pair's exact BM25 is looked up in the
+postings, so its work and memory per list do not grow with the catalog (scoring every document
+that shares a colour or category word with the title did: quadratic in all). The FAISS searches
+cost what the index does: an exact one (up to `EXACT_MAX` products) scans the catalog per
+product, an IVF index above a bounded share of it. Memory follows the chunk size.
 
 A catalog update recomputes only the lists that may have changed: those of new or changed
 products, and those that name a product that was removed or changed. A new product that would
@@ -25,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mmsearch.index.lexical import word_tokens
-from mmsearch.search.engine import CANDIDATES, NEAR_DUPLICATE_PHOTO
+from mmsearch.search.engine import CANDIDATES, GROUP_DEPTH, NEAR_DUPLICATE_PHOTO
 from mmsearch.search.ranking import (
     FUSED,
     IMAGE_TEXT,
@@ -39,15 +43,19 @@ from mmsearch.search.ranking import (
 COLUMNS = ["model_version", "product_id", "content", "rank", "neighbour_id", "score"]
 DEFAULT_K = 10
 # Products whose lists are computed together: large enough for FAISS and numpy to batch well,
-# small enough that a chunk's candidate pairs (up to 400 per product) stay a few MB.
+# small enough that a chunk's candidate pairs (up to 400 per product, and the lexical candidates
+# scored to choose 100 of them) stay a few tens of MB.
 CHUNK = 256
 # Candidate pairs whose vectors are gathered at once for their dot products.
 PAIR_BLOCK = 4_096
+# Distinct candidates whose vectors are read at once: 20 MB of 1,280-d image features.
+ROW_BLOCK = 4_096
 # A matrix product of a chunk's queries with all its distinct candidates is worth it up to this
 # many dot products per needed one: BLAS multiplies far faster than gathered rows arrive.
 DENSE_FACTOR = 16
-# (query, document) BM25 scores summed at once: 16 MB, whatever the catalog's size.
-LEXICAL_CELLS = 1 << 22
+# Postings a product's title gathers its lexical candidates from (see `LexicalScorer`): the
+# work per product, whatever the catalog's size.
+LEXICAL_POOL = 1_000
 _HASH_STRUCTURE_CHARS = 64
 
 
@@ -104,57 +112,92 @@ class _PhotoHashes:
         return np.where(comparable, same_structure * same_colour, 0.0)
 
 
-class _Lexical:
-    """BM25 of many queries at once over the release's lexical index (`LexicalIndex.scores`
-    for each): the postings of the queries' words summed into one score table per batch of
-    queries, at most `LEXICAL_CELLS` (query, document) scores at a time."""
+class LexicalScorer:
+    """BM25 of product titles against the release's lexical index, many titles at once, with
+    work bounded per title whatever the catalog's size.
 
-    def __init__(self, lexical):
+    `pool` gives each title its lexical candidates: the documents of its words' postings, rarest
+    word first and each word's best-scoring documents first, at most `budget` postings a title
+    (its best BM25 matches share its rarest words; a colour or category word alone is shared by
+    a tenth of the catalog). `pair_scores` gives the exact BM25 (`LexicalIndex.scores`) of any
+    (title, document) pairs by binary search of the postings, never a per-title score table."""
+
+    def __init__(self, lexical, budget: int = LEXICAL_POOL):
         retriever = lexical.retriever
         self.size = lexical.size
+        self.budget = budget
         self.vocabulary = retriever.vocab_dict
-        self.data = np.asarray(retriever.scores["data"], dtype=np.float32)
-        self.documents = np.asarray(retriever.scores["indices"], dtype=np.int64)
-        self.indptr = np.asarray(retriever.scores["indptr"], dtype=np.int64)
-
-    def scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(query, document, score) of every document with a positive score for each text, by
-        query then document, and each text's share of words the index knows
-        (`LexicalIndex.scores`' coverage)."""
-        words = word_tokens(texts) if texts else []
-        counts = np.array([len(w) for w in words], dtype=np.int64)
-        ids = np.array([self.vocabulary.get(t, -1) for w in words for t in w], dtype=np.int64)
-        query_of_word = np.repeat(np.arange(len(texts)), counts)
-        known = ids >= 0
-        known_counts = np.bincount(query_of_word[known], minlength=len(texts))
-        coverage = np.where(counts > 0, known_counts / np.maximum(counts, 1), 0.0).astype(
-            np.float32
-        )
-        ids, query_of_word = ids[known], query_of_word[known]
-        found = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float32)]
-        per_batch = max(1, LEXICAL_CELLS // max(self.size, 1))
-        for first in range(0, len(texts) if self.size else 0, per_batch):
-            batch = (query_of_word >= first) & (query_of_word < first + per_batch)
-            cells, table = self._table(ids[batch], query_of_word[batch] - first, per_batch)
-            found[0].append(cells + first * self.size)
-            found[1].append(table)
-        cells, totals = (np.concatenate(part) for part in found)
-        return cells // max(self.size, 1), cells % max(self.size, 1), totals, coverage
-
-    def _table(self, ids: np.ndarray, query_of_word: np.ndarray, queries: int):
-        """(cell, score) of the positive cells of one batch's (query, document) score table,
-        summed over each query's words in order, as bm25s sums them."""
-        starts, lengths = self.indptr[ids], self.indptr[ids + 1] - self.indptr[ids]
-        postings = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
-            lengths.sum()
-        )
-        documents = self.documents[postings]
+        indptr = np.asarray(retriever.scores["indptr"], dtype=np.int64)
+        data = np.asarray(retriever.scores["data"], dtype=np.float32)
+        documents = np.asarray(retriever.scores["indices"], dtype=np.int64)
+        word = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        # An empty catalog's index holds one placeholder document beyond `size`.
         inside = documents < self.size
-        cells = np.repeat(query_of_word, lengths)[inside] * self.size + documents[inside]
-        table = np.zeros(queries * self.size, dtype=np.float32)
-        np.add.at(table, cells, self.data[postings[inside]])
-        positive = np.flatnonzero(table > 0)
-        return positive, table[positive]
+        word, documents, data = word[inside], documents[inside], data[inside]
+        self.frequency = np.bincount(word, minlength=len(indptr) - 1)
+        self.first = np.cumsum(self.frequency) - self.frequency
+        by_score = np.lexsort((documents, -data, word))
+        self.ranked_documents = documents[by_score]
+        keys = word * max(self.size, 1) + documents
+        by_key = np.argsort(keys, kind="stable")
+        self.keys, self.key_scores = keys[by_key], data[by_key]
+
+    def words(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(text, word id) of each text's words the index knows, in order and with repeats (as
+        bm25s sums them), and each text's share of known words (`LexicalIndex.scores`'
+        coverage)."""
+        tokens = word_tokens(texts) if texts else []
+        counts = np.array([len(w) for w in tokens], dtype=np.int64)
+        ids = np.array([self.vocabulary.get(t, -1) for w in tokens for t in w], dtype=np.int64)
+        text = np.repeat(np.arange(len(texts)), counts)
+        known = ids >= 0
+        known_counts = np.bincount(text[known], minlength=len(texts))
+        coverage = np.where(counts > 0, known_counts / np.maximum(counts, 1), 0.0)
+        return text[known], ids[known], coverage.astype(np.float32)
+
+    def pool(self, text: np.ndarray, word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(text, document) of each text's distinct lexical candidates, by text then document,
+        from at most `budget` postings a text (`text`, `word` as `words` gives them)."""
+        if not self.size or not len(text):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        vocabulary = len(self.frequency)
+        pairs = _distinct(text * vocabulary + word)
+        text, word = pairs // vocabulary, pairs % vocabulary
+        frequency = self.frequency[word]
+        rarest = np.lexsort((word, frequency, text))
+        text, word, frequency = text[rarest], word[rarest], frequency[rarest]
+        spent = np.cumsum(frequency) - frequency
+        spent -= spent[np.searchsorted(text, text)]
+        taken = np.clip(self.budget - spent, 0, frequency)
+        postings = np.repeat(self.first[word] - np.cumsum(taken) + taken, taken) + np.arange(
+            taken.sum()
+        )
+        found = _distinct(np.repeat(text, taken) * self.size + self.ranked_documents[postings])
+        return found // self.size, found % self.size
+
+    def pair_scores(
+        self, text: np.ndarray, word: np.ndarray, query: np.ndarray, document: np.ndarray
+    ) -> np.ndarray:
+        """BM25 of each (`query`, `document`) pair: the sum over the query text's words (`text`,
+        `word` as `words` gives them, sorted by text) of the word's score in the document."""
+        scores = np.zeros(len(query), dtype=np.float32)
+        if not len(text) or not len(query) or not len(self.keys):
+            return scores
+        texts = int(max(text.max(), query.max())) + 1
+        counts = np.bincount(text, minlength=texts)
+        starts = np.cumsum(counts) - counts
+        for begin in range(0, len(query), PAIR_BLOCK * 16):
+            block = slice(begin, begin + PAIR_BLOCK * 16)
+            repeat = counts[query[block]]
+            pair = np.repeat(np.arange(len(repeat)), repeat)
+            slot = np.repeat(starts[query[block]] - np.cumsum(repeat) + repeat, repeat)
+            keys = word[slot + np.arange(len(slot))] * self.size + document[block][pair]
+            at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+            hits = self.keys[at] == keys
+            scores[block] = np.bincount(
+                pair[hits], weights=self.key_scores[at[hits]], minlength=len(repeat)
+            )
+        return scores
 
 
 class _Batch:
@@ -165,12 +208,32 @@ class _Batch:
         products = engine.products
         self.size = len(products)
         self.text_code = pd.factorize(products["text_sha"])[0]
-        # Products each list must leave out: itself and every product with the same text.
-        self.excluded = np.bincount(self.text_code)[self.text_code]
+        # Variant groups as `similar` reads them (a product without group_id is its own group).
+        self.group = np.asarray(engine.catalog.groups, dtype=np.int64)
+        self.grouped = bool(engine.catalog.grouped)
+        available = engine.allowed_rows(None, None, include_unavailable=False)
+        self.available = np.ones(self.size, dtype=bool) if available is None else available
+        # Out-of-stock products are left out inside FAISS, as `search_index` leaves out what the
+        # allowed ids do not name; each list's own exclusions are searched for and dropped.
+        self.selector = (
+            None
+            if available is None
+            else faiss.IDSelectorBatch(np.ascontiguousarray(engine._ids[available], np.int64))
+        )
+        self.excluded = _excluded_counts(self.text_code, self.group, self.available)
         self.photos = _PhotoHashes(engine._photo_hashes)
-        self.lexical = _Lexical(engine.lexical)
+        self.lexical = LexicalScorer(engine.lexical, LEXICAL_POOL)
         self.titles = products["title"].astype(str).tolist()
         self.ids = products["product_id"].to_numpy()
+
+    def _allowed(self, query_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Whether `rows` may be recommended to `query_rows` (broadcast): in stock, not the
+        same text, not a variant of the same group."""
+        return (
+            self.available[rows]
+            & (self.text_code[rows] != self.text_code[query_rows])
+            & (self.group[rows] != self.group[query_rows])
+        )
 
     def _vectors(self, name: str, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.engine.vectors[name][rows], dtype=np.float32)
@@ -181,42 +244,53 @@ class _Batch:
         dropped, and an IVF index visits as many lists as the filtered search would."""
         if not index.ntotal or not len(rows):
             return _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
-        allowed = np.maximum(self.size - self.excluded[rows], 1)
+        allowed = np.maximum(int(self.available.sum()) - self.excluded[rows], 1)
         widen = np.ceil(index.ntotal / allowed).astype(np.int64)
+        selected = {} if self.selector is None else {"sel": self.selector}
         found_query, found_row = [], []
         for factor in np.unique(widen):
             members = np.flatnonzero(widen == factor)
             depth = min(CANDIDATES + int(self.excluded[rows[members]].max()), index.ntotal)
             params = (
-                faiss.SearchParametersIVF(nprobe=min(index.nlist, index.nprobe * int(factor)))
+                faiss.SearchParametersIVF(
+                    nprobe=min(index.nlist, index.nprobe * int(factor)), **selected
+                )
                 if hasattr(index, "nlist")
-                else None
+                else faiss.SearchParameters(**selected)
             )
             _, hits = index.search(np.ascontiguousarray(queries[members]), depth, params=params)
             hit_rows = np.where(hits >= 0, self.engine._row_of[np.maximum(hits, 0)], -1)
-            keep = (hit_rows >= 0) & (
-                self.text_code[np.maximum(hit_rows, 0)] != self.text_code[rows[members]][:, None]
-            )
+            keep = (hit_rows >= 0) & self._allowed(rows[members][:, None], np.maximum(hit_rows, 0))
             keep &= np.cumsum(keep, axis=1) <= CANDIDATES
             query, column = np.nonzero(keep)
             found_query.append(members[query])
             found_row.append(hit_rows[query, column])
         return _Pairs(np.concatenate(found_query), np.concatenate(found_row))
 
-    def _dots(self, name: str, pairs: _Pairs, queries: np.ndarray) -> np.ndarray:
-        """Each candidate's `name` vector dotted with its query's. When the chunk's candidates
-        are few distinct products (a small catalog), one matrix product of the queries with
-        them; otherwise the pairs' vectors gathered and multiplied row by row, in blocks."""
+    def _dots(self, pairs: _Pairs, queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each candidate's vector of each set (`queries`: set name -> the chunk's query
+        vectors) dotted with its query's. Each distinct candidate's vectors are read (decoded
+        from the release) once per chunk, `ROW_BLOCK` at a time; per block, one matrix product
+        of the queries with them when the block's pairs are dense enough (a small catalog),
+        else the block's pairs multiplied row by row."""
         distinct, where = np.unique(pairs.row, return_inverse=True)
-        if len(distinct) * len(queries) <= DENSE_FACTOR * len(pairs.row):
-            table = queries @ self._vectors(name, distinct).T
-            return table[pairs.query, where]
-        dots = np.empty(len(pairs.row), dtype=np.float32)
-        for start in range(0, len(dots), PAIR_BLOCK):
-            block = slice(start, start + PAIR_BLOCK)
-            dots[block] = np.einsum(
-                "ij,ij->i", self._vectors(name, pairs.row[block]), queries[pairs.query[block]]
-            )
+        order = np.argsort(where, kind="stable")
+        bounds = np.searchsorted(where[order], np.arange(0, len(distinct) + ROW_BLOCK, ROW_BLOCK))
+        dots = {name: np.empty(len(pairs.row), dtype=np.float32) for name in queries}
+        for block, start in enumerate(range(0, len(distinct), ROW_BLOCK)):
+            chosen = order[bounds[block] : bounds[block + 1]]
+            column, query = where[chosen] - start, pairs.query[chosen]
+            rows = distinct[start : start + ROW_BLOCK]
+            for name, vectors in queries.items():
+                found = self._vectors(name, rows)
+                if len(rows) * len(vectors) <= DENSE_FACTOR * len(chosen):
+                    dots[name][chosen] = (vectors @ found.T)[query, column]
+                    continue
+                for part in range(0, len(chosen), PAIR_BLOCK):
+                    some = slice(part, part + PAIR_BLOCK)
+                    dots[name][chosen[some]] = np.einsum(
+                        "ij,ij->i", found[column[some]], vectors[query[some]]
+                    )
         return dots
 
     def lists(
@@ -231,39 +305,35 @@ class _Batch:
         image = self._vectors("image", rows[with_image])
         image_rows = np.flatnonzero(with_image)
         image_pool = self._recall(engine.retriever_indexes["image"], image, rows[with_image])
-        lexical_query, lexical_row, lexical_score, coverage = self.lexical.scores(
-            [self.titles[r] for r in rows]
-        )
-        lexical_pool = self._lexical_pool(rows, lexical_query, lexical_row, lexical_score)
+        title, word, coverage = self.lexical.words([self.titles[r] for r in rows])
         pools = [
             self._recall(engine.index, fused, rows),
             self._recall(engine.retriever_indexes["text"], text, rows),
-            lexical_pool,
+            self._lexical_pool(rows, title, word),
             _Pairs(image_rows[image_pool.query], image_pool.row),
         ]
-        keys = np.unique(
+        keys = _distinct(
             np.concatenate([p.query * self.size + p.row for p in pools]).astype(np.int64)
         )
         pairs = _Pairs(keys // self.size, keys % self.size)
 
         image_of = np.full(len(rows), -1, dtype=np.int64)
         image_of[image_rows] = np.arange(len(image_rows))
+        dots = self._dots(pairs, {"fused": fused, "text": text})
         features = {
-            FUSED: self._dots("fused", pairs, fused),
-            RAW_TEXT: self._dots("text", pairs, text),
+            FUSED: dots["fused"],
+            RAW_TEXT: dots["text"],
             RAW_IMAGE: np.zeros(len(keys), dtype=np.float32),
             PHOTO_MATCH: np.zeros(len(keys)),
         }
         seen = with_image[pairs.query]
         image_pairs = _Pairs(image_of[pairs.query[seen]], pairs.row[seen])
         features[RAW_IMAGE][seen] = np.where(
-            engine._has_image[image_pairs.row], self._dots("image", image_pairs, image), 0.0
+            engine._has_image[image_pairs.row],
+            self._dots(image_pairs, {"image": image})["image"],
+            0.0,
         )
-        lexical_keys = lexical_query * self.size + lexical_row
-        found = np.searchsorted(lexical_keys, keys)
-        hit = found < len(lexical_keys)
-        hit[hit] = lexical_keys[found[hit]] == keys[hit]
-        lexical = np.where(hit, lexical_score[np.minimum(found, len(lexical_keys) - 1)], 0.0)
+        lexical = self.lexical.pair_scores(title, word, pairs.query, pairs.row)
         # As `candidates` does, BM25 becomes a share of the best candidate's score (before the
         # near-duplicates go) times the query's known-word coverage.
         starts = _segment_starts(pairs.query, len(rows))
@@ -280,17 +350,31 @@ class _Batch:
         order = np.lexsort((-scores, pairs.query))
         query, row, score = pairs.query[order], pairs.row[order], scores[order]
         rank = np.arange(len(query)) - _segment_starts(query, len(rows))[query]
+        if self.grouped:
+            # As `similar` answers by default: of the top k * GROUP_DEPTH, each variant group's
+            # best-ranked product.
+            deep = rank < k * GROUP_DEPTH
+            query, row, score = query[deep], row[deep], score[deep]
+            _, first = np.unique(
+                query * (int(self.group.max()) + 1) + self.group[row], return_index=True
+            )
+            first.sort()
+            query, row, score = query[first], row[first], score[first]
+            rank = np.arange(len(query)) - _segment_starts(query, len(rows))[query]
         top = rank < k
         return query[top], rank[top] + 1, row[top], score[top]
 
-    def _lexical_pool(self, rows, query, row, score) -> _Pairs:
-        """Each query's top `CANDIDATES` products by BM25 among those it may recommend."""
-        allowed = self.text_code[row] != self.text_code[rows[query]]
-        query, row, score = query[allowed], row[allowed], score[allowed]
+    def _lexical_pool(self, rows: np.ndarray, title: np.ndarray, word: np.ndarray) -> _Pairs:
+        """Each query's top `CANDIDATES` products by BM25 among its lexical candidates that it
+        may recommend (`title`, `word`: its title's words, as `LexicalScorer.words` gives)."""
+        query, row = self.lexical.pool(title, word)
+        allowed = self._allowed(rows[query], row)
+        query, row = query[allowed], row[allowed]
+        score = self.lexical.pair_scores(title, word, query, row)
         order = np.lexsort((row, -score, query))
-        query, row = query[order], row[order]
+        query, row, score = query[order], row[order], score[order]
         rank = np.arange(len(query)) - _segment_starts(query, len(rows))[query]
-        top = rank < CANDIDATES
+        top = (rank < CANDIDATES) & (score > 0)
         return _Pairs(query[top], row[top])
 
     def _rank_scores(
@@ -300,6 +384,23 @@ class _Batch:
         ranker = self.engine.ranker
         by_kind = {kind: ranker.score_many(kind, features, query, n) for kind in (TEXT, IMAGE_TEXT)}
         return np.where(with_image[query], by_kind[IMAGE_TEXT], by_kind[TEXT])
+
+
+def _excluded_counts(text_code: np.ndarray, group: np.ndarray, available: np.ndarray):
+    """How many in-stock products each product's list leaves out: those with its text or in
+    its variant group (itself among them)."""
+    weights = available.astype(np.int64)
+    _, both = np.unique(text_code * (int(group.max(initial=0)) + 1) + group, return_inverse=True)
+    counted = [np.bincount(code, weights)[code] for code in (text_code, group, both)]
+    return (counted[0] + counted[1] - counted[2]).astype(np.int64)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """`np.unique(values)` of an integer array by sorting (numpy's hashing is slower here)."""
+    ordered = np.sort(values)
+    return (
+        ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])] if len(ordered) else ordered
+    )
 
 
 def _segment_starts(sorted_query: np.ndarray, n: int) -> np.ndarray:
