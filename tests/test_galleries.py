@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 from test_feeds import FeedServer
@@ -14,8 +15,9 @@ from conftest import cli_json
 from helpers import picture, png_bytes, write_drop
 from mmsearch.catalog.cleaning import clean_catalog
 from mmsearch.catalog.drops import READ_ERROR, read_products
-from mmsearch.catalog.galleries import clean_gallery_images, gallery_paths
+from mmsearch.catalog.galleries import clean_gallery_images, ensure_gallery_table, gallery_paths
 from mmsearch.sample.feeds import decoded, make_shop_feed
+from mmsearch.warehouse import query_df, replace_rows
 
 
 def _cleaned(drop: Path, tmp_path: Path):
@@ -30,7 +32,7 @@ def _cleaned(drop: Path, tmp_path: Path):
         on="product_id",
     )
     live = live.assign(image_path=live["raw_path"]).drop(columns="raw_path")
-    return catalog, clean_gallery_images(live, {drop.name: drop}, tmp_path / "clean")
+    return catalog, live, clean_gallery_images(live, {drop.name: drop}, tmp_path / "clean")
 
 
 def test_the_gallery_lists_the_extra_images_in_order_without_the_main_or_repeats():
@@ -85,7 +87,7 @@ def test_a_bad_extra_image_is_quarantined_with_its_cause_and_the_product_keeps_t
         ],
         images,
     )
-    catalog, gallery = _cleaned(drop, tmp_path)
+    catalog, live, gallery = _cleaned(drop, tmp_path)
     assert sorted(catalog.products["product_id"]) == ["HAT", "MUG", "PLAIN"]
     assert catalog.quarantine.empty
     usable = gallery[gallery["image_sha"].notna()]
@@ -105,6 +107,20 @@ def test_a_bad_extra_image_is_quarantined_with_its_cause_and_the_product_keeps_t
     not_fetched = refused.loc["image_fetch_failed"]
     assert "mug-top.png" in not_fetched["reason"] and "HTTP 404" in not_fetched["reason"]
     assert "PLAIN" not in set(gallery["product_id"])
+
+    # Kept in the warehouse and read back, the results are reused: no image is read again.
+    con = duckdb.connect()
+    ensure_gallery_table(con)
+    replace_rows(con, "product_images", gallery)
+    for name in ("mug-side.png", "mug-back.jpg", "hat-side.png", "hat-top.png"):
+        (drop / "images" / name).unlink()
+    again = clean_gallery_images(
+        live,
+        {drop.name: drop},
+        tmp_path / "clean",
+        kept=query_df(con, "SELECT * FROM product_images"),
+    )
+    assert again.drop(columns="image_url").equals(gallery.drop(columns="image_url"))
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +194,40 @@ def test_similar_and_the_api_show_the_main_image_and_how_many_images(gallery_hom
     shots = [np.asarray(decoded(generated.images[p]), np.float32) for p in generated.gallery[other]]
     differences = [float(np.abs(served - shot).mean()) for shot in shots]
     assert differences.index(min(differences)) == 0 and differences[0] < 5
+
+
+@pytest.mark.slow
+def test_a_changed_gallery_is_updated_incrementally(gallery_home, tmp_path):
+    """Runs last: it changes the module's home. A product re-sent with one image fewer keeps
+    the same model, is re-embedded, and its gallery in the release loses that image."""
+    from mmsearch.index.registry import ReleaseRegistry
+    from mmsearch.search.engine import SearchEngine
+    from mmsearch.settings import HomeLayout
+
+    home, generated, broken, _, first = gallery_home
+    changed = generated.products[2]
+    main, kept, dropped = generated.gallery[changed.product_id]
+    names = {path: f"images/{Path(path).name}" for path in (main, kept)}
+    drop = write_drop(
+        tmp_path / "fewer-images",
+        [
+            {
+                "product_id": changed.product_id,
+                "title": changed.title,
+                "description": changed.description,
+                "image_path": names[main],
+                "image_paths": json.dumps([names[main], names[kept]]),
+            }
+        ],
+        {name: generated.images[path] for path, name in names.items()},
+    )
+    cli_json(home, "ingest", str(drop))
+    second = cli_json(home, "run")
+    assert second["model_version"] == first["model_version"]
+    assert second["release"]["mode"] == "incremental"
+    engine = SearchEngine.live(ReleaseRegistry(HomeLayout(home)))
+    assert engine.gallery_index.ntotal == 12 * 2 - 2
+    row = engine.row_of_product(changed.product_id)
+    assert int(engine.products["images"].iloc[row]) == 2
+    found = engine.answer(image=decoded(generated.images[kept]), k=1)["results"][0]
+    assert found["product_id"] == changed.product_id and found["images"] == 2

@@ -137,8 +137,11 @@ def clean_gallery_images(
     rules = json.dumps({"gallery": GALLERY_RULES_VERSION, **asdict(limits)}, sort_keys=True)
     reuse: dict[tuple, dict] = {}
     if kept is not None and len(kept):
+        # SQL NULLs read back as NaN: None, as a fresh result has them.
+        kept = kept.astype(object).where(kept.notna(), None)
         for row in kept[kept["rules"] == rules].to_dict("records"):
-            if row["image_path"] and (not row["image_file"] or os.path.isfile(row["image_file"])):
+            file = row["image_file"]
+            if row["image_path"] and (file is None or os.path.isfile(file)):
                 reuse[(row["drop_name"], row["row_number"], row["image_path"])] = row
     records, fresh = [], []
     for product in products.to_dict("records"):
