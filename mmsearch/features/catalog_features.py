@@ -120,6 +120,8 @@ class ProductGallery:
 
     def counts(self, positions: np.ndarray) -> np.ndarray:
         """How many gallery images each of `positions` has."""
+        if not len(self.positions):  # no product has a gallery (a drop folder's catalog)
+            return np.zeros(len(positions), dtype=np.int64)
         owners, counts = np.unique(self.positions, return_counts=True)
         at = np.searchsorted(owners, positions)
         found = (at < len(owners)) & (owners[np.minimum(at, len(owners) - 1)] == positions)
