@@ -16,6 +16,7 @@ from helpers import picture, png_bytes, write_drop
 from mmsearch.catalog.cleaning import clean_catalog
 from mmsearch.catalog.drops import READ_ERROR, read_products
 from mmsearch.catalog.galleries import clean_gallery_images, ensure_gallery_table, gallery_paths
+from mmsearch.features.catalog_features import ProductGallery, gallery_mean_features
 from mmsearch.sample.feeds import decoded, make_shop_feed
 from mmsearch.warehouse import query_df, replace_rows
 
@@ -231,3 +232,16 @@ def test_a_changed_gallery_is_updated_incrementally(gallery_home, tmp_path):
     assert int(engine.products["images"].iloc[row]) == 2
     found = engine.answer(image=decoded(generated.images[kept]), k=1)["results"][0]
     assert found["product_id"] == changed.product_id and found["images"] == 2
+
+
+def test_the_fused_image_side_is_the_gallery_mean_and_products_without_one_keep_theirs():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 8)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    extra = rng.normal(size=(2, 8)).astype(np.float32)
+    extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+    gallery = ProductGallery(np.array([7, 7]), ["a", "b"], [None, None], extra)
+    mean = gallery_mean_features(features, np.array([4, 7, 9]), gallery)
+    assert np.array_equal(mean[[0, 2]], features[[0, 2]])
+    expected = features[1] + extra[0] + extra[1]
+    assert np.allclose(mean[1], expected / np.linalg.norm(expected), atol=1e-6)

@@ -164,8 +164,10 @@ def gallery_mean_features(
     rows = pd.Index(np.asarray(positions, dtype=np.int64)).get_indexer(gallery.positions)
     summed = np.array(image_features, dtype=np.float32)
     np.add.at(summed, rows[rows >= 0], gallery.vectors[rows >= 0])
-    norms = np.linalg.norm(summed, axis=1, keepdims=True)
-    return np.divide(summed, norms, out=np.zeros_like(summed), where=norms > 0)
+    # Only rows with a gallery change: the others stay bit for bit what they were.
+    changed = np.unique(rows[rows >= 0])
+    summed[changed] /= np.linalg.norm(summed[changed], axis=1, keepdims=True).clip(1e-12)
+    return summed
 
 
 def _pseudo_query_features(
