@@ -41,7 +41,8 @@ from resources import (
             },
         }
     },
-    description="Image (CNN) and text (MiniLM) embeddings of products and labeled queries, "
+    description="Image (CNN) and text (MiniLM) embeddings of products (every image of a "
+    "gallery) and labeled queries, "
     "stored by content hash and encoder id; only content not yet encoded is encoded; also each "
     "product's pseudo-queries (training, ranker fitting and label-free evaluation read them). "
     "(Shopper-view embeddings, a training input, are encoded by fusion_model when it trains.)",
