@@ -374,3 +374,19 @@ def test_query_heads_compute_in_float32_throughout(registry):
     assert hidden.dtype == np.float32
     fused = heads._fuse(hidden, hidden)
     assert fused.dtype == np.float32
+
+
+def test_lexical_candidates_are_the_best_scores_among_allowed_rows(registry):
+    from mmsearch.search.engine import CANDIDATES
+
+    release, _, _ = _synthetic_release(registry, 600, IndexPlan("flat", codes="fp16"))
+    engine = SearchEngine.of(registry, release)
+    rng = np.random.default_rng(4)
+    scores = rng.random(600)
+    allowed = rng.random(600) < 0.5
+    expected = np.flatnonzero(allowed)[np.argsort(-scores[allowed])][:CANDIDATES]
+    assert sorted(engine._top(scores, allowed)) == sorted(expected)
+    few = np.zeros(600, dtype=bool)
+    few[[3, 9]] = True
+    assert sorted(engine._top(scores, few)) == [3, 9]
+    assert len(engine._top(scores, np.zeros(600, dtype=bool))) == 0

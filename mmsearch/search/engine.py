@@ -551,15 +551,13 @@ class SearchEngine:
     @functools.cached_property
     def _result_columns(self) -> dict[str, list]:
         """Each result field's column as a list of Python values (NaN as None), read once: a
-        row from `products.iloc` builds a pandas Series, a good part of a search's CPU time."""
-        columns = {}
-        for field in (*RESULT_FIELDS, "images", "attributes"):
-            if field in self.products:
-                columns[field] = [
-                    None if isinstance(value, float) and math.isnan(value) else value
-                    for value in self.products[field].tolist()
-                ]
-        return columns
+        row from `products.iloc` builds a pandas Series, a good part of a search's CPU time.
+        Equal values share one object (categories, brands, attributes repeat)."""
+        return {
+            field: _python_values(self.products[field].tolist())
+            for field in (*RESULT_FIELDS, "images", "attributes")
+            if field in self.products
+        }
 
     def product_fields(self, row_number: int) -> dict:
         """A product's result fields and attributes (what `matched_attributes` reads)."""
@@ -573,6 +571,19 @@ class SearchEngine:
         if "images" in columns:  # how many images the product has; `image_file` is the main one
             result["images"] = int(columns["images"][row_number])
         return result
+
+
+def _python_values(values: list) -> list:
+    """`values` with NaN as None and equal strings as one shared object."""
+    shared: dict[str, str] = {}
+    kept = []
+    for value in values:
+        if isinstance(value, float) and math.isnan(value):
+            value = None
+        elif isinstance(value, str):
+            value = shared.setdefault(value, value)
+        kept.append(value)
+    return kept
 
 
 def matched_attributes(product, words: set[str]) -> dict[str, str]:
