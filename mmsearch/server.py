@@ -198,8 +198,11 @@ class LiveSearch:
 
 
 def warm_up(engine: SearchEngine) -> None:
-    """Both encoders loaded and run once, so no shopper's search pays for loading them."""
+    """Both encoders loaded and run once, and the result columns read, so no shopper's search
+    pays for loading them."""
     engine.text_features(["warm up"])
+    if len(engine.products):
+        engine.describe(0, 0.0)
     if engine.products["image_sha"].fillna("").astype(str).ne("").any():
         engine.image_features([Image.new("RGB", (64, 64), (200, 30, 30))])
 
