@@ -29,15 +29,16 @@ from mmsearch.search.ranking import CHANGE, IMAGE_TEXT, RAW_IMAGE, query_kind
 from mmsearch.settings import HomeLayout
 
 
-def anchor_ahead(engine: SearchEngine, queries) -> tuple[int, int]:
-    """(image+text queries whose target is a candidate and not the anchor, how many of them rank
-    the anchor above every target)."""
+def anchor_ahead(engine: SearchEngine, queries) -> tuple[int, int, int]:
+    """(image+text queries whose text names a change, those whose target is a candidate and not
+    the anchor, how many of the latter rank the anchor above every target)."""
     ids = engine.products["product_id"].to_numpy()
-    counted = ahead = 0
+    changes = counted = ahead = 0
     for i, candidates in enumerate(engine.candidates_for(queries)):
         kind = query_kind(bool(queries.has_text[i]), bool(queries.has_image[i]))
         if kind != IMAGE_TEXT or not len(candidates.rows):
             continue
+        changes += bool(engine.composed.change(candidates, candidates.text).any())
         graded = queries.relevance[i]
         targets = {p for p, grade in graded.items() if grade >= max(graded.values())}
         anchor = ids[candidates.rows[int(np.argmax(candidates.features[RAW_IMAGE]))]]
@@ -47,7 +48,7 @@ def anchor_ahead(engine: SearchEngine, queries) -> tuple[int, int]:
         counted += 1
         first = min(ranked.index(t) for t in targets if t in ranked)
         ahead += ranked.index(anchor) < first
-    return counted, ahead
+    return changes, counted, ahead
 
 
 def compare(home: Path, query_file: Path) -> str:
@@ -78,10 +79,11 @@ def compare(home: Path, query_file: Path) -> str:
             f"| {kind} | {len(rows)} | {np.mean(before):.3f} | {np.mean(after):.3f} | "
             f"{paired_p_value(after, before):.3f} | {at_one[0]:.3f} | {at_one[1]:.3f} |"
         )
-    for name, (_, (counted, ahead), seconds) in runs.items():
+    for name, (_, (changes, counted, ahead), seconds) in runs.items():
         lines.append(
             f"\n{name}: anchor ranked above the target in {ahead} of {counted} image+text queries "
-            f"whose target is another candidate; scoring took {seconds:.1f} s"
+            f"whose target is another candidate ({changes} name a change); scoring took "
+            f"{seconds:.1f} s"
         )
     return "\n".join(lines)
 
