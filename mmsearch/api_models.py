@@ -23,6 +23,8 @@ Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 MUST_BE = {
     "k": f"a whole number from 1 to {MAX_K}",
     "max_price": "a finite number >= 0",
+    "group": "true or false",
+    "include_unavailable": "true or false",
 }
 
 
@@ -62,9 +64,13 @@ class Health(Answer):
 
 
 class Variant(Answer):
-    """Another product of a result's group (its colour, size, ... beside the id)."""
+    """Another product of a result's group: its offer and the attributes whose values differ
+    from the result's (`"color": "Blue"`)."""
 
     product_id: str
+    price: float | None = None
+    list_price: float | None = None
+    availability: str | None = None
 
 
 class SearchResult(Answer):

@@ -129,6 +129,8 @@ def test_product_image_is_served_by_id_only(client, product_photo):
         ({"text": "red", "max_price": "-3"}, "max_price must be a finite number >= 0"),
         ({"text": "red", "max_price": "inf"}, "max_price must be a finite number >= 0"),
         ({"text": "red", "max_price": "nan"}, "max_price must be a finite number >= 0"),
+        ({"text": "red", "group": "maybe"}, "group must be true or false, not 'maybe'"),
+        ({"text": "red", "include_unavailable": "2"}, "include_unavailable must be true or false"),
         ({"text": "red", "category": "spaceships"}, "no live product has category 'spaceships'"),
     ],
 )
@@ -248,6 +250,9 @@ def test_openapi_document_has_a_schema_for_every_routes_answer_and_errors(client
                 assert error["$ref"].endswith("/ErrorAnswer"), (method, path, status)
             # Refused parameters are 400 with {"error"}, not FastAPI's 422 list.
             assert "422" not in responses, (method, path)
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query":
+                    assert parameter["schema"] and parameter["description"], (path, parameter)
     assert answers == {
         ("get", "/api/health"): "Health",
         ("get", "/api/search"): "SearchAnswer",
