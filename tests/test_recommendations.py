@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_feeds import FeedServer
 
 from conftest import cli_json, run_cli
 from mmsearch.catalog.images import photo_similarity
 from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import registry_for
 from mmsearch.sample import write_sample_catalog
+from mmsearch.sample.feeds import make_shop_feed
 from mmsearch.search.engine import NEAR_DUPLICATE_PHOTO, SearchEngine
 from mmsearch.search.recommendations import (
     LexicalScorer,
@@ -96,6 +98,50 @@ def twins_home(tmp_path_factory) -> Path:
     run_cli(home, "ingest", str(drop))
     cli_json(home, "run")
     return home
+
+
+@pytest.fixture(scope="module")
+def feed_home(tmp_path_factory) -> Path:
+    """A home built through the CLI from a 12-product Merchant Center feed: variants grouped by
+    item_group_id, 3 images a product (extra images in each product's gallery)."""
+    server = FeedServer()
+    generated = make_shop_feed(12, server.base, images_per_product=3, seed=5)
+    for path, data in generated.images.items():
+        server.image(path, data)
+    home = tmp_path_factory.mktemp("feed_home")
+    feed = home.parent / "shop.tsv"
+    feed.write_bytes(generated.merchant_tsv)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MM_FETCH_ALLOW_HOSTS", f"127.0.0.1:{server.port}")
+    try:
+        cli_json(home, "ingest", str(feed))
+        cli_json(home, "run")
+    finally:
+        patch.undo()
+        server.close()
+    return home
+
+
+@pytest.mark.slow
+def test_batched_lists_of_a_feed_with_variants_and_galleries_are_those_of_similar(feed_home):
+    engine = _engine(feed_home)
+    assert engine.catalog.grouped and engine.gallery_index.ntotal > 0
+    ids = engine.products["product_id"].tolist()
+    batched = recommend(engine, ids, 3)
+    reference = recommend_one_by_one(engine, ids, 3)
+    columns = ["product_id", "rank", "neighbour_id"]
+    pd.testing.assert_frame_equal(
+        batched.sort_values(columns)[columns].reset_index(drop=True),
+        reference.sort_values(columns)[columns].reset_index(drop=True),
+    )
+    assert np.allclose(
+        batched.sort_values(columns)["score"], reference.sort_values(columns)["score"], atol=1e-4
+    )
+    groups = engine.catalog.groups[[engine.row_of_product(p) for p in ids]]
+    group_of = dict(zip(ids, groups, strict=True))
+    for pid, neighbours in _lists(batched).items():
+        seen = [group_of[n] for n in neighbours]
+        assert group_of[pid] not in seen and len(set(seen)) == len(seen), pid
 
 
 @pytest.mark.slow

@@ -48,6 +48,8 @@ DEFAULT_K = 10
 CHUNK = 256
 # Candidate pairs whose vectors are gathered at once for their dot products.
 PAIR_BLOCK = 4_096
+# (title, document) pairs whose BM25 is looked up at once: a few MB for titles of ~10 words.
+LOOKUP_BLOCK = 65_536
 # Distinct candidates whose vectors are read at once: 20 MB of 1,280-d image features.
 ROW_BLOCK = 4_096
 # A matrix product of a chunk's queries with all its distinct candidates is worth it up to this
@@ -76,8 +78,20 @@ class _Pairs:
     row: np.ndarray
 
 
-def _content(products: pd.DataFrame) -> pd.Series:
-    return products["text_sha"].astype(str) + ":" + products["image_sha"].fillna("").astype(str)
+def _content(engine) -> pd.Series:
+    """What a product's list and its place in others' lists depend on: its text and photo, and
+    (when it has them) its variant group and being out of stock, so that a change of either
+    recomputes the lists that name it."""
+    products, catalog = engine.products, engine.catalog
+    labels = np.array([*catalog.group_ids, *[""] * (len(products) + 1)], dtype=object)
+    group = pd.Series(labels[catalog.groups], index=products.index).astype(str)
+    return (
+        products["text_sha"].astype(str)
+        + ":"
+        + products["image_sha"].fillna("").astype(str)
+        + np.where(group != "", ":group=" + group, "")
+        + np.where(catalog.available, "", ":unavailable")
+    )
 
 
 class _PhotoHashes:
@@ -186,8 +200,8 @@ class LexicalScorer:
         texts = int(max(text.max(), query.max())) + 1
         counts = np.bincount(text, minlength=texts)
         starts = np.cumsum(counts) - counts
-        for begin in range(0, len(query), PAIR_BLOCK * 16):
-            block = slice(begin, begin + PAIR_BLOCK * 16)
+        for begin in range(0, len(query), LOOKUP_BLOCK):
+            block = slice(begin, begin + LOOKUP_BLOCK)
             repeat = counts[query[block]]
             pair = np.repeat(np.arange(len(repeat)), repeat)
             slot = np.repeat(starts[query[block]] - np.cumsum(repeat) + repeat, repeat)
@@ -267,6 +281,18 @@ class _Batch:
             found_row.append(hit_rows[query, column])
         return _Pairs(np.concatenate(found_query), np.concatenate(found_row))
 
+    def _gallery_recall(self, queries: np.ndarray, rows: np.ndarray) -> _Pairs:
+        """Each query photo's products (allowed for its row) whose gallery holds one of its
+        `CANDIDATES` nearest extra images, as `SearchEngine._gallery_recall` finds them."""
+        index = getattr(self.engine, "gallery_index", None)
+        if index is None or not index.ntotal or not len(rows):
+            return _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        _, hits = index.search(np.ascontiguousarray(queries), min(CANDIDATES, index.ntotal))
+        owners = np.where(hits >= 0, self.engine._gallery_rows[np.maximum(hits, 0)], -1)
+        keep = (owners >= 0) & self._allowed(rows[:, None], np.maximum(owners, 0))
+        query, column = np.nonzero(keep)
+        return _Pairs(query, owners[query, column])
+
     def _dots(self, pairs: _Pairs, queries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each candidate's vector of each set (`queries`: set name -> the chunk's query
         vectors) dotted with its query's. Each distinct candidate's vectors are read (decoded
@@ -305,12 +331,14 @@ class _Batch:
         image = self._vectors("image", rows[with_image])
         image_rows = np.flatnonzero(with_image)
         image_pool = self._recall(engine.retriever_indexes["image"], image, rows[with_image])
+        gallery_pool = self._gallery_recall(image, rows[with_image])
         title, word, coverage = self.lexical.words([self.titles[r] for r in rows])
         pools = [
             self._recall(engine.index, fused, rows),
             self._recall(engine.retriever_indexes["text"], text, rows),
             self._lexical_pool(rows, title, word),
             _Pairs(image_rows[image_pool.query], image_pool.row),
+            _Pairs(image_rows[gallery_pool.query], gallery_pool.row),
         ]
         keys = _distinct(
             np.concatenate([p.query * self.size + p.row for p in pools]).astype(np.int64)
@@ -328,11 +356,22 @@ class _Batch:
         }
         seen = with_image[pairs.query]
         image_pairs = _Pairs(image_of[pairs.query[seen]], pairs.row[seen])
-        features[RAW_IMAGE][seen] = np.where(
+        raw_image = np.where(
             engine._has_image[image_pairs.row],
             self._dots(image_pairs, {"image": image})["image"],
             0.0,
         )
+        # As `candidates` does: a product is as close to the photo as the closest of its images.
+        entries, owner = engine._gallery_of(image_pairs.row)
+        for start in range(0, len(entries), PAIR_BLOCK):
+            some = slice(start, start + PAIR_BLOCK)
+            gallery = np.asarray(engine.gallery_vectors[entries[some]], dtype=np.float32)
+            np.maximum.at(
+                raw_image,
+                owner[some],
+                np.einsum("ij,ij->i", gallery, image[image_pairs.query[owner[some]]]),
+            )
+        features[RAW_IMAGE][seen] = raw_image
         lexical = self.lexical.pair_scores(title, word, pairs.query, pairs.row)
         # As `candidates` does, BM25 becomes a share of the best candidate's score (before the
         # near-duplicates go) times the query's known-word coverage.
@@ -425,7 +464,7 @@ def recommend(
     batch = _Batch(engine)
     row_of = pd.Series(np.arange(batch.size), index=batch.ids)
     rows = row_of.loc[list(product_ids)].to_numpy(dtype=np.int64)
-    content = _content(engine.products).to_numpy()
+    content = _content(engine).to_numpy()
     frames = []
     for start in range(0, len(rows), chunk):
         chunk_rows = rows[start : start + chunk]
@@ -452,7 +491,7 @@ def recommend(
 def recommend_one_by_one(engine, product_ids: list[str], k: int = DEFAULT_K) -> pd.DataFrame:
     """The same table from one `engine.similar` request per product: the reference the batched
     lists are checked and benchmarked against."""
-    content = dict(zip(engine.products["product_id"], _content(engine.products), strict=True))
+    content = dict(zip(engine.products["product_id"], _content(engine), strict=True))
     rows = [
         {
             "model_version": engine.model_version,
@@ -473,7 +512,7 @@ def update_recommendations(
 ) -> RecommendationUpdate:
     """Recommendations for every live product of `engine`, reusing the lists in `previous` (the
     stored table) that cannot have changed."""
-    live = dict(zip(engine.products["product_id"], _content(engine.products), strict=True))
+    live = dict(zip(engine.products["product_id"], _content(engine), strict=True))
     same_model = not previous.empty and set(previous["model_version"]) == {engine.model_version}
     if not same_model:
         return RecommendationUpdate(recommend(engine, list(live), k), len(live), 0, 0, "full")
