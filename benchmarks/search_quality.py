@@ -14,7 +14,8 @@ through `mmsearch evaluate --json`, the commands a user runs:
    queries (do labels help?).
 Then, on homes 1 and 2, in-process through `SearchEngine.search` (what `mmsearch search` runs):
 a product's own catalog photo and a re-shot copy of it (recompressed, resized, cropped) as
-image queries: the share found at rank 1.
+image queries: the share found at rank 1; and every query scored with and without the ranker's
+`change` feature (`benchmarks/composed_queries.py`: "this, but in red").
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def main() -> None:
     parser.add_argument("--skip-independent", action="store_true")
     parser.add_argument("--own-photo-products", type=int, default=2000)
     args = parser.parse_args()
+    from composed_queries import compare as compare_change
+
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     report = []
@@ -171,6 +174,7 @@ def main() -> None:
         )
         photos = own_photo_ranks(home, catalog / "catalog", args.own_photo_products)
         report.append(f"own photos, independent catalog: {json.dumps(photos)}")
+        report.append(compare_change(home, catalog / "queries.jsonl"))
 
     from mmsearch.sample import write_sample_catalog
 
@@ -196,6 +200,7 @@ def main() -> None:
     )
     photos = own_photo_ranks(home, unlabeled, args.own_photo_products)
     report.append(f"own photos, sample catalog: {json.dumps(photos)}")
+    report.append(compare_change(home, queries))
 
     test_file = work / "sample-queries" / "held-out-splits.jsonl"
     held_out_split_file(queries, test_file)
