@@ -229,10 +229,15 @@ def test_shopify_csv_gives_one_row_per_variant_with_the_handles_images(server):
     assert (blue.columns["color"], blue.columns["size"]) == ("Blue", "M")
     assert blue.columns["group_id"] == "classic-tee" and blue.columns["brand"] == "Loom"
     assert blue.columns["category"] == "T-Shirts" and blue.columns["price"] == "22.00"
-    # The variant's own image first, then the product's images in position order.
+    # The variant's own image first, then the product's images in position order, without
+    # the red tee's own picture.
     assert [u.rsplit("/", 1)[1] for u in blue.image_urls] == [
         "blue.png",
-        "red.png",
+        "red-side.png",
+        "red-top.png",
+        "green.png",
+    ]
+    assert [u.rsplit("/", 1)[1] for u in by_id["TEE-RED-L"].image_urls] == [
         "red-side.png",
         "red-top.png",
         "green.png",

@@ -335,7 +335,8 @@ def _shopify_groups(records: list[dict]) -> Iterator[tuple[str, list[tuple[int, 
 def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
     """One row per variant of Shopify's product CSV export: the product's fields from the
     handle's first row, each variant's options, SKU, price and stock from its own row, and
-    the images of all the handle's rows (the variant's own image first)."""
+    the images of the handle's rows (the variant's own image first) but the other variants'
+    own images."""
     reader = csv.DictReader(io.StringIO(_text_of(feed, data)))
     if not reader.fieldnames:
         raise FeedRejected(feed, "the file is empty")
@@ -363,6 +364,8 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
             for n, r in members
             if any(r.get(c, "").strip() for c in ("variant_sku", "variant_price", "option1_value"))
         ] or members[:1]
+        # Another variant's own picture shows that variant, not this one.
+        own_images = {r.get("variant_image", "").strip() for _, r in variants} - {""}
         for number, record in variants:
             options = {
                 _option_name(name): record.get(f"option{i}_value", "").strip()
@@ -398,7 +401,8 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
                 "tags": first.get("tags", "").strip() or None,
                 **{name: value for name, value in options.items() if name != "title"},
             }
-            urls = list(dict.fromkeys([u for u in [own_image, *gallery] if u]))
+            shared = [u for u in gallery if u not in own_images or u == own_image]
+            urls = list(dict.fromkeys([u for u in [own_image, *shared] if u])) or gallery
             rows.append(FeedRow(number, columns, urls[: MAX_ADDITIONAL_IMAGES + 1]))
     return rows
 
