@@ -245,3 +245,12 @@ def test_the_fused_image_side_is_the_gallery_mean_and_products_without_one_keep_
     assert np.array_equal(mean[[0, 2]], features[[0, 2]])
     expected = features[1] + extra[0] + extra[1]
     assert np.allclose(mean[1], expected / np.linalg.norm(expected), atol=1e-6)
+
+
+def test_a_catalog_without_galleries_counts_no_extra_images_and_keeps_its_features():
+    empty = ProductGallery(np.zeros(0, np.int64), [], [], np.zeros((0, 8), np.float32))
+    assert empty.counts(np.array([0, 3, 5])).tolist() == [0, 0, 0]
+    features = np.eye(3, 8, dtype=np.float32)
+    assert gallery_mean_features(features, np.array([0, 3, 5]), empty) is features
+    some = ProductGallery(np.array([3, 3, 9]), ["a", "b", "c"], [None] * 3, np.eye(3, 8))
+    assert some.counts(np.array([0, 3, 5, 9, 12])).tolist() == [0, 2, 0, 1, 0]
