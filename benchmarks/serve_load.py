@@ -89,7 +89,9 @@ def start_server(
     home: Path, options: list[str], log: Path, settings: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, str]:
     """`mmsearch serve --port 0 OPTIONS` (with `settings` in its environment) and the URL it
-    printed, once it answers."""
+    printed, once it answers and every worker process has loaded and warmed up its engine (each
+    logs `serving <release>`): a worker still loading would bill its start to the first
+    measurement."""
     environment = {**os.environ, "MM_HOME": str(home), **(settings or {})}
     server = subprocess.Popen(
         [MMSEARCH, "serve", "--port", "0", *options],
@@ -99,18 +101,22 @@ def start_server(
         text=True,
         start_new_session=True,
     )
-    found = re.search(r"http://127\.0\.0\.1:\d+", server.stdout.readline())
+    announced = server.stdout.readline()
+    found = re.search(r"http://127\.0\.0\.1:\d+", announced)
     if not found:
         server.kill()
         raise SystemExit(f"mmsearch serve printed no URL; see {log}")
     url = found.group(0)
+    counted = re.search(r"(\d+) worker process", announced)
+    workers = int(counted.group(1)) if counted else 1
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/api/health", timeout=5).status_code == 200:
-                return server, url
+            answering = httpx.get(f"{url}/api/health", timeout=5).status_code == 200
         except httpx.HTTPError:
-            pass
+            answering = False
+        if answering and log.read_text().count(" serving index-") >= workers:
+            return server, url
         time.sleep(0.5)
     stop_server(server)
     raise SystemExit("mmsearch serve did not answer within 600 s")
