@@ -122,13 +122,15 @@ def shopper_view_images(con, config: TrainingConfig = TrainingConfig()) -> set[s
     `config.view_products` images first by content hash (a sample that does not depend on the
     order of drops, and mostly keeps its members as the catalog grows, so their encodings stay
     useful), plus those of the held-out products scored on pseudo-queries
-    (`mmsearch.queries.query_sets.held_out_products`)."""
+    (`mmsearch.queries.query_sets.held_out_products`). `view_products` None: every image."""
     catalog = load_catalog_features(con, "", "", with_features=False)
     shas = catalog.products["image_sha"].fillna("").astype(str).to_numpy()
+    if config.view_products is None:
+        return set(shas) - {""}
     buckets = catalog.buckets()
     train = np.unique(shas[(buckets == TRAIN) & (shas != "")])
     # The shas are sha256 digests already: their order is a uniform, content-fixed sample.
-    chosen = set(train if config.view_products is None else train[: config.view_products])
+    chosen = set(train[: config.view_products])
     for split in (GATE, TEST):
         chosen.update(shas[held_out_products(catalog, split)])
     chosen.discard("")
