@@ -11,6 +11,11 @@ pass, the uncapped hold-out). Both models are scored on the same queries, the pr
 held-out `test` split (`mmsearch.evaluation.scoring.held_out_queries`), by fused retrieval over
 the whole catalog (the model alone, no ranker), with a paired randomization test on the
 per-query reciprocal ranks. Prints both from this run.
+
+`--view-products N` adds a third training, the step budget with shopper views of only the
+sample `mmsearch.model.training.shopper_view_images` picks for N train products (what a catalog
+of more than N train products encodes), against the step budget with views of every product;
+`--skip-full-epochs` leaves out the full-epochs training.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from mmsearch.model.fusion import (
     embed_query_batch,
     train_fusion_model,
 )
-from mmsearch.model.training import query_pairs
+from mmsearch.model.training import query_pairs, shopper_view_images
 from mmsearch.queries.splits import TRAIN
 from mmsearch.sample import write_sample_catalog
 from mmsearch.warehouse import connect, query_records
@@ -76,6 +81,8 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=10_000)
     parser.add_argument("--home", type=Path, default=None, help="reused when already built")
     parser.add_argument("--max-steps", type=int, default=TrainingConfig.max_steps)
+    parser.add_argument("--view-products", type=int, default=None)
+    parser.add_argument("--skip-full-epochs", action="store_true")
     args = parser.parse_args()
     home = (args.home or Path(tempfile.mkdtemp(prefix="mm_budget_")) / "home").resolve()
     if not (home / "warehouse.duckdb").exists():
@@ -100,6 +107,11 @@ def main() -> None:
         catalog = load_catalog_features(con, image_id, text_id, views=True, pseudo=True)
         training_queries = load_query_split(con, "train", catalog, image_id, text_id)
         source, test_queries = held_out_queries(con, catalog, "test", image_id, text_id)
+        sampled = (
+            shopper_view_images(con, TrainingConfig(view_products=args.view_products))
+            if args.view_products is not None
+            else None
+        )
     pairs = query_pairs(training_queries, catalog.products["product_id"])
     trainable = catalog.buckets() == TRAIN
     budget = TrainingConfig(max_steps=args.max_steps)
@@ -114,8 +126,15 @@ def main() -> None:
         f"{len(catalog.products)} products ({int(trainable.sum())} trainable), "
         f"{len(training_queries)} training queries; scored on {len(test_queries)} {source}"
     )
+    trainings = [("step budget", budget, catalog.has_view)]
+    if sampled is not None:
+        in_sample = catalog.products["image_sha"].isin(sampled).to_numpy() & catalog.has_view
+        trainings.append((f"views of {args.view_products} products", budget, in_sample))
+        print(f"shopper views: {int(catalog.has_view.sum())} products, sample {in_sample.sum()}")
+    if not args.skip_full_epochs:
+        trainings.append(("full epochs", full, catalog.has_view))
     rows, reciprocal = [], {}
-    for name, config in (("step budget", budget), ("full epochs", full)):
+    for name, config, has_view in trainings:
         started = time.perf_counter()
         result = train_fusion_model(
             catalog.image_features,
@@ -127,6 +146,7 @@ def main() -> None:
             pseudo_features=catalog.pseudo_features,
             has_pseudo=catalog.has_pseudo,
             trainable=trainable,
+            has_view=has_view,
         )
         seconds = time.perf_counter() - started
         metrics, reciprocal[name] = fused_scores(result.model, catalog, test_queries)
@@ -143,9 +163,10 @@ def main() -> None:
             f"{1000 * seconds / len(catalog.products):.2f} | {metrics['mrr']:.4f} | "
             f"{metrics['recall@1']:.4f} | {metrics['recall@10']:.4f} | {metrics['ndcg@10']:.4f} |"
         )
-    p_value = paired_p_value(reciprocal["step budget"], reciprocal["full epochs"])
-    difference = reciprocal["step budget"].mean() - reciprocal["full epochs"].mean()
-    print(f"MRR@10 step budget - full epochs: {difference:+.4f} (paired p = {p_value:.3f})")
+    for name, *_ in trainings[1:]:
+        p_value = paired_p_value(reciprocal["step budget"], reciprocal[name])
+        difference = reciprocal["step budget"].mean() - reciprocal[name].mean()
+        print(f"MRR@10 step budget - {name}: {difference:+.4f} (paired p = {p_value:.3f})")
 
 
 if __name__ == "__main__":
