@@ -4,6 +4,10 @@ real pipeline, searched through the engine, the command line and the HTTP API.""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
@@ -11,11 +15,85 @@ from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, write_drop
 from mmsearch.index.registry import registry_for
 from mmsearch.search.engine import SearchEngine
-from mmsearch.search.variants import UnknownFilter
+from mmsearch.search.variants import CatalogAttributes, UnknownFilter, query_words
 from mmsearch.server import LiveSearch, create_app
 from mmsearch.settings import HomeLayout
 
-pytestmark = pytest.mark.slow
+# A shirt in four colourways and two shades of a tee, each a variant group, and a scarf alone.
+SHIRTS = [
+    ("shirt-navy", {"group_id": "SHIRT", "colour": "Navy"}),
+    ("shirt-red", {"group_id": "SHIRT", "colour": "Red"}),
+    ("shirt-cobalt", {"group_id": "SHIRT", "colour": "cobalt"}),
+    ("shirt-green", {"group_id": "SHIRT", "colour": "Green", "size": "XL"}),
+    ("tee-blue", {"group_id": "TEE", "color": "Blue"}),
+    ("tee-light-blue", {"group_id": "TEE", "color": "light-blue"}),
+    ("scarf", {"color": "Crimson"}),
+]
+
+
+@pytest.fixture(scope="module")
+def shirts() -> CatalogAttributes:
+    return CatalogAttributes(
+        pd.DataFrame(
+            {
+                "product_id": [pid for pid, _ in SHIRTS],
+                "attributes": [json.dumps(extra) for _, extra in SHIRTS],
+                "price": [20.0] * len(SHIRTS),
+            }
+        )
+    )
+
+
+def shown(catalog: CatalogAttributes, text: str, ranked, allowed=None) -> list[tuple]:
+    """(product id, score, other variants' ids) per group for a query over ranked rows."""
+    named = catalog.named(query_words(text))
+    return [
+        (str(catalog.product_ids[row]), score, sorted(catalog.product_ids[others]))
+        for row, score, others in catalog.one_per_group(ranked, 10, allowed, named)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "variant"),
+    [
+        ("red shirt", "shirt-red"),
+        ("Crimson shirt", "shirt-red"),  # another spelling of the colour family
+        ("shirt in navy", "shirt-navy"),
+        ("cobalt shirt", "shirt-cobalt"),  # the shop's own spelling before its family (blue)
+        ("blue shirt", "shirt-navy"),  # two blue variants: the better ranked one
+        ("green shirt xl", "shirt-green"),
+        ("shirt", "shirt-navy"),  # no value named: the best-ranked variant, as before
+        ("purple shirt", "shirt-navy"),
+    ],
+)
+def test_a_group_is_shown_by_the_variant_whose_values_the_query_names(shirts, text, variant):
+    ranked = [(0, 0.9), (6, 0.8), (2, 0.7), (1, 0.5)]  # navy, scarf, cobalt, red
+    groups = shown(shirts, text, ranked)
+    # The group keeps its best position and score; the chosen variant is not among the others.
+    assert [(pid, score) for pid, score, _ in groups] == [(variant, 0.9), ("scarf", 0.8)]
+    others = {"shirt-navy", "shirt-red", "shirt-cobalt", "shirt-green"} - {variant}
+    assert groups[0][2] == sorted(others)
+
+
+def test_the_named_variant_is_chosen_among_allowed_rows_ranked_or_not(shirts):
+    ranked = [(0, 0.9), (2, 0.7)]  # the green shirt is not among the ranked rows
+    assert shown(shirts, "green shirt", ranked)[0][:2] == ("shirt-green", 0.9)
+    # A filter (or stock) that leaves out the named variant leaves the best-ranked one.
+    allowed = np.array([True, True, True, False, True, True, True])
+    assert shown(shirts, "green shirt", ranked, allowed)[0] == (
+        "shirt-navy",
+        0.9,
+        ["shirt-cobalt", "shirt-red"],
+    )
+
+
+def test_a_multiword_value_wins_over_the_value_inside_it(shirts):
+    ranked = [(4, 0.6), (5, 0.5)]  # blue, light blue
+    assert shown(shirts, "light blue tee", ranked)[0][:2] == ("tee-light-blue", 0.6)
+    assert shown(shirts, "tee light-blue", ranked)[0][:2] == ("tee-light-blue", 0.6)
+    assert shown(shirts, "blue tee", ranked)[0][:2] == ("tee-blue", 0.6)
+    assert shown(shirts, "blue tee", ranked[::-1])[0][:2] == ("tee-blue", 0.5)
+
 
 RED, BLUE, GREEN, GREY = (200, 30, 30), (30, 40, 200), (30, 170, 40), (128, 128, 128)
 # product_id, title, colour of the picture, price, extra columns
@@ -106,6 +184,7 @@ def ids(results: list[dict]) -> list[str]:
     return [hit["product_id"] for hit in results]
 
 
+@pytest.mark.slow
 def test_one_result_per_group_is_the_variant_the_query_names(engine):
     red = engine.search("red stoneware coffee mug", k=5)
     assert red[0]["product_id"] == "mug-red" and red[0]["group_id"] == "MUG"
@@ -124,12 +203,20 @@ def test_one_result_per_group_is_the_variant_the_query_names(engine):
     blue = engine.search("blue stoneware coffee mug", k=5)
     assert blue[0]["product_id"] == "mug-blue"
     assert [v["product_id"] for v in blue[0]["variants"]] == ["mug-red"]
+    # Another spelling of a colour names it too ("azure" is blue; no title says it), and the
+    # variant shown is the one in that colour whatever its rank within the group (here the red
+    # mug ranks first); its score is the group's best.
+    azure = engine.search("azure coffee mug", k=5)
+    assert azure[0]["product_id"] == "mug-blue"
+    ungrouped = engine.search("azure coffee mug", k=5, group=False)
+    assert azure[0]["score"] == max(h["score"] for h in ungrouped if h["group_id"] == "MUG")
     # k groups come back although each group holds several of the best-ranked products.
     assert len(engine.search("cotton t-shirt", k=4)) == 4
     tee = engine.search("cotton t-shirt", k=4)[0]
     assert tee["group_id"] == "TEE" and len(tee["variants"]) == 2
 
 
+@pytest.mark.slow
 def test_without_grouping_variants_come_one_by_one(engine):
     found = ids(engine.search("stoneware coffee mug", k=4, group=False))
     assert {"mug-red", "mug-blue"} <= set(found[:2])
@@ -137,6 +224,7 @@ def test_without_grouping_variants_come_one_by_one(engine):
     assert all("variants" not in hit for hit in engine.search("mug", k=3, group=False))
 
 
+@pytest.mark.slow
 def test_attribute_filters_match_normalised_values_and_facets_count_exactly(engine):
     everything = engine.answer("wool", k=20, group=False)
     # Candidates are every available product here (fewer than a retriever's depth).
@@ -157,6 +245,7 @@ def test_attribute_filters_match_normalised_values_and_facets_count_exactly(engi
     assert ids(both) == ["tee-red-m"] and both[0]["variants"] == []
 
 
+@pytest.mark.slow
 def test_out_of_stock_products_are_left_out_unless_asked_for(engine):
     shown = engine.answer("lamp", k=20, group=False)
     assert "lamp" not in ids(shown["results"]) and "mug-green" not in ids(shown["results"])
@@ -174,6 +263,7 @@ def test_out_of_stock_products_are_left_out_unless_asked_for(engine):
     assert listed == {"mug-red", "mug-blue", "mug-green"}
 
 
+@pytest.mark.slow
 def test_the_sale_price_is_the_price_that_filters_and_shows_with_the_list_price(engine):
     cheap = engine.answer("stoneware coffee mug", k=5, max_price=13, group=False)
     assert ids(cheap["results"])[0] == "mug-red" and "mug-blue" not in ids(cheap["results"])
@@ -184,6 +274,7 @@ def test_the_sale_price_is_the_price_that_filters_and_shows_with_the_list_price(
     assert vase["facets"]["price"]["max"] <= 40
 
 
+@pytest.mark.slow
 def test_unknown_filters_are_refused_naming_what_exists(engine):
     with pytest.raises(
         UnknownFilter, match=r"no live product has color 'purple'.*: red, Blue, Grey, Green$"
@@ -193,6 +284,7 @@ def test_unknown_filters_are_refused_naming_what_exists(engine):
         engine.search("mug", filters=[("fabric", "silk")])
 
 
+@pytest.mark.slow
 def test_similar_leaves_out_the_products_own_variants(engine):
     similar = ids(engine.similar("mug-red", k=10))
     assert similar and not {"mug-red", "mug-blue", "mug-green"} & set(similar)
@@ -200,6 +292,7 @@ def test_similar_leaves_out_the_products_own_variants(engine):
     assert len(tees) == 1  # one result for the t-shirt group
 
 
+@pytest.mark.slow
 def test_command_line_filters_grouping_and_availability(home):
     grouped = cli_json(home, "search", "--text", "red stoneware coffee mug", "--k", "3")
     assert grouped["results"][0]["product_id"] == "mug-red"
@@ -222,6 +315,7 @@ def test_command_line_filters_grouping_and_availability(home):
     assert "mug-red" in text and "12.00 (was 15.00)" in text and "+1 variant" in text
 
 
+@pytest.mark.slow
 def test_command_line_refuses_unknown_and_malformed_filters(home):
     unknown = run_cli(home, "search", "--text", "mug", "--filter", "color=purple", check=False)
     assert unknown.returncode == 1
@@ -233,6 +327,7 @@ def test_command_line_refuses_unknown_and_malformed_filters(home):
     assert malformed.returncode == 2 and "NAME=VALUE" in malformed.stderr
 
 
+@pytest.mark.slow
 def test_http_api_takes_filters_grouping_and_availability(home):
     with TestClient(create_app(LiveSearch(HomeLayout(home)))) as client:
         grouped = client.get("/api/search", params={"text": "red stoneware coffee mug", "k": 3})

@@ -54,7 +54,7 @@ from mmsearch.search.ranking import (
     Ranker,
     query_kind,
 )
-from mmsearch.search.variants import CatalogAttributes
+from mmsearch.search.variants import CatalogAttributes, query_words
 
 # Products each retriever contributes to the second stage.
 CANDIDATES = 100
@@ -403,8 +403,9 @@ class SearchEngine:
         """`{"results": [...], "facets": {...}}` for a query: the ranked products and the
         categories, price range and attribute values of the candidates the ranker chose from
         (after the filters). `filters`: (attribute, value) pairs; out-of-stock products only
-        with `include_unavailable`; with `group`, one result per variant group (its best-ranked
-        variant, the others under `variants`). An unknown category, attribute or value is
+        with `include_unavailable`; with `group`, one result per variant group at its
+        best-ranked variant's place (shown as the variant whose attribute values the text names,
+        else that one; the others under `variants`). An unknown category, attribute or value is
         refused (UnknownCategory, UnknownFilter) naming the known ones."""
         text = clean_text(text) if text else ""
         picture = load_query_image(image) if isinstance(image, (str, Path)) else image
@@ -425,20 +426,30 @@ class SearchEngine:
         )
         kind = query_kind(bool(text), picture is not None)
         words = set(words_of(text))
+        # The variant a group shows is the one whose values the words name ("red" or "crimson").
+        named = self.catalog.named(query_words(text)) if group else {}
         results = [
             hit | {"matched": matched_attributes(self.product_fields(hit["row"]), words)}
-            for hit in self._results(kind, candidates, k, group, allowed)
+            for hit in self._results(kind, candidates, k, group, allowed, named)
         ]
         for hit in results:
             del hit["row"]
         return {"results": results, "facets": self.facets(candidates.rows)}
 
     def _results(
-        self, kind: str, candidates: Candidates, k: int, group: bool, allowed: np.ndarray | None
+        self,
+        kind: str,
+        candidates: Candidates,
+        k: int,
+        group: bool,
+        allowed: np.ndarray | None,
+        named: dict | None = None,
     ) -> list[dict]:
         """The top-k results (with their `row`) and each one's offer (group, price paid, list
         price, availability); with `group`, one per variant group, ranked `GROUP_DEPTH` times
-        deeper so that k groups come back, the group's other allowed variants listed."""
+        deeper so that k groups come back, shown by the variant matching the query's `named`
+        attribute values (`CatalogAttributes.one_per_group`), its other allowed variants
+        listed."""
         if not (group and self.catalog.grouped):
             alone = {"variants": []} if group else {}  # grouped, each product is its own group
             return [
@@ -450,7 +461,7 @@ class SearchEngine:
             self.describe(row, score)
             | self.catalog.offer(row)
             | {"variants": [self.catalog.variant(row, other) for other in others], "row": row}
-            for row, score, others in self.catalog.one_per_group(ranked, k, allowed)
+            for row, score, others in self.catalog.one_per_group(ranked, k, allowed, named)
         ]
 
     def candidates_for(self, queries) -> list[Candidates]:

@@ -9,9 +9,11 @@ list.
 
 Values are matched normalised (case, whitespace, `_` and `-`, common colour synonyms: a filter
 for `red` also finds `Crimson`) and shown as the shop wrote them (a facet shows the spelling most
-products use). Products without a `group_id` are their own group; products without
-`availability` are available; a `sale_price` attribute below the price is the price (the price
-then shows as `list_price`), as feeds already write it.
+products use). A grouped answer shows each group as the variant whose values the query's words
+name ("red" or "crimson" picks the red one), else as its best-ranked variant. Products without a
+`group_id` are their own group; products without `availability` are available; a `sale_price`
+attribute below the price is the price (the price then shows as `list_price`), as feeds already
+write it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from mmsearch.queries.pseudo import words_of
 
 # The attributes a search filters on and counts facets for, by their feed names (`brand` is the
 # product's own column).
@@ -58,6 +62,8 @@ COLOUR_SYNONYMS = {
 READ = frozenset({*FILTERABLE, "group_id", "availability", "list_price", "sale_price"})
 # Values a refusal lists at most.
 LISTED = 30
+# Longest run of query words read as one value's other spelling ("burnt orange", "navy blue").
+PHRASE_WORDS = 3
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
 
@@ -158,6 +164,63 @@ class Attribute:
     def shown(self, row: int) -> str | None:
         raw = int(self.raw[row])
         return self.raw_values[raw] if raw >= 0 else None
+
+    @functools.cached_property
+    def _words(self) -> tuple[list[frozenset[str]], dict[str, list[int]]]:
+        """Each normalised value's words, and word -> the values that have it."""
+        return _word_index(list(self.lookup))
+
+    @functools.cached_property
+    def _raw_words(self) -> tuple[list[frozenset[str]], dict[str, list[int]]]:
+        """As `_words`, for the shop's own spellings."""
+        return _word_index(self.raw_values)
+
+    def named_by(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Which values the query's `words` (`query_words`) name: per normalised value and per
+        shop spelling, True when all of the value's words are among them, or a run of them is
+        another spelling of it ("crimson" names red). A value whose words are part of another
+        named one ("blue" beside "light blue") is left out."""
+        present = set(words)
+        value_words, having = self._words
+        named = {
+            code
+            for word in present
+            for code in having.get(word, ())
+            if value_words[code] <= present
+        }
+        for length in range(1, PHRASE_WORDS + 1):
+            for start in range(len(words) - length + 1):
+                phrase = " ".join(words[start : start + length])
+                code = self.lookup.get(normalised_value(self.name, phrase))
+                if code is not None:
+                    named.add(code)
+        family = np.zeros(len(self.labels) + 1, dtype=bool)  # the last: no value
+        family[[c for c in named if not any(value_words[c] < value_words[o] for o in named)]] = True
+        raw_words, raw_having = self._raw_words
+        spelled = {c for w in present for c in raw_having.get(w, ()) if raw_words[c] <= present}
+        exact = np.zeros(len(self.raw_values) + 1, dtype=bool)
+        exact[[c for c in spelled if not any(raw_words[c] < raw_words[o] for o in spelled)]] = True
+        return family, exact
+
+
+def _value_words(value: str) -> list[str]:
+    """A value's or a query's words as values are matched: casefolded, `-` and `_` splitting."""
+    return words_of(_SEPARATORS.sub(" ", str(value).casefold()))
+
+
+def _word_index(values: Sequence[str]) -> tuple[list[frozenset[str]], dict[str, list[int]]]:
+    """Each value's words, and word -> the positions of the values that have it."""
+    words = [frozenset(_value_words(value)) for value in values]
+    having: dict[str, list[int]] = {}
+    for code, value_words in enumerate(words):
+        for word in value_words:
+            having.setdefault(word, []).append(code)
+    return words, having
+
+
+def query_words(text: str) -> list[str]:
+    """The words of a query text, in order, as `Attribute.named_by` reads them."""
+    return _value_words(text) if text else []
 
 
 def _codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -269,22 +332,57 @@ class CatalogAttributes:
         group = int(self.groups[row])
         return self._order[self._starts[group] : self._starts[group + 1]]
 
+    def named(self, words: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per attribute whose values the query's `words` (`query_words`) name, which ones
+        (`Attribute.named_by`: per normalised value, per shop spelling); {} when none."""
+        if not words:
+            return {}
+        named = {}
+        for name, attribute in self.attributes.items():
+            family, exact = attribute.named_by(words)
+            if family.any() or exact.any():
+                named[name] = (family, exact)
+        return named
+
+    def naming(
+        self, rows: np.ndarray, named: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        """Per row, how well its values match the `named` ones: 2 per attribute whose value
+        the query names (any spelling of it), 1 more where it is the shop's own spelling (a
+        query for "navy" prefers Navy to Cobalt, both blue)."""
+        strength = np.zeros(len(rows), dtype=np.int64)
+        for name, (family, exact) in named.items():
+            attribute = self.attributes[name]
+            strength += 2 * family[attribute.codes[rows]] + exact[attribute.raw[rows]]
+        return strength
+
     def one_per_group(
-        self, ranked: list[tuple[int, float]], k: int, allowed: np.ndarray | None
+        self,
+        ranked: list[tuple[int, float]],
+        k: int,
+        allowed: np.ndarray | None,
+        named: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> list[tuple[int, float, np.ndarray]]:
-        """The first `k` groups of a ranked list, best first: each group's best-ranked row, its
-        score, and the group's other rows that pass `allowed`."""
+        """The first `k` groups of a ranked list, best first: each group's variant, its score
+        (the group's best) and the group's other rows that pass `allowed`. The variant is the
+        group's best-ranked row unless a row passing `allowed` matches the query's `named`
+        values (`named`, `naming`) better: then the best-ranked (else first) of the best."""
+        position = {row: at for at, (row, _) in enumerate(ranked)} if named else {}
         chosen, seen = [], set()
         for row, score in ranked:
             group = int(self.groups[row])
             if group in seen:
                 continue
             seen.add(group)
-            others = self.members(row)
-            others = others[others != row]
+            members = self.members(row)
             if allowed is not None:
-                others = others[allowed[others]]
-            chosen.append((row, score, others))
+                members = members[allowed[members] | (members == row)]
+            if named and len(members) > 1:
+                strength = self.naming(members, named)
+                best = members[strength == strength.max()]
+                if row not in best:
+                    row = min(best.tolist(), key=lambda r: (position.get(r, len(ranked)), r))
+            chosen.append((row, score, members[members != row]))
             if len(chosen) == k:
                 break
         return chosen
