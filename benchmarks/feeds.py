@@ -166,13 +166,14 @@ def search_figures(home: Path, generated, rnd: random.Random) -> dict:
 
 def colour_figures(engine, generated, rnd: random.Random) -> dict:
     """Per variant group with a colour each, a sibling's title without its colour words and a
-    target variant's colour as a text query: the share of groups whose target comes first in
-    the default (grouped) answer, and, from the same ranking, in the answer without grouping
-    (the group's best-ranked variant, what grouping showed before it read the query's words)."""
+    target variant's colour as a text query (groups whose target is out of stock counted apart):
+    the share of groups whose target comes first in the default (grouped) answer, and, from the
+    same ranking, in the answer without grouping (the group's best-ranked variant, what grouping
+    showed before it read the query's words)."""
     groups: dict[str, list] = {}
     for p in generated.products:
         groups.setdefault(generated.group_of(p), []).append(p)
-    colour_hits, group_hits, ranked_hits = [], [], []
+    colour_hits, group_hits, ranked_hits, unavailable = [], [], [], 0
     for members in groups.values():
         colours = {p.color for p in members}
         if len(members) < 2 or len(colours) < len(members):
@@ -180,6 +181,9 @@ def colour_figures(engine, generated, rnd: random.Random) -> dict:
         # A sibling's title with its colour words taken out and the target's colour put in:
         # the product a shopper names, in the colour they want.
         target, sibling = rnd.sample(members, 2)
+        if target.product_id in generated.out_of_stock:
+            unavailable += 1  # by default the answer leaves it out: no variant is right
+            continue
         text_query = f"{target.color} {_without_colours(sibling.title)}"
         results = engine.answer(text=text_query, k=1)["results"]
         top = results[0]["product_id"] if results else None
@@ -190,6 +194,7 @@ def colour_figures(engine, generated, rnd: random.Random) -> dict:
     share = lambda hits: float(np.mean(hits)) if hits else float("nan")  # noqa: E731
     return {
         "colour_groups": len(colour_hits),
+        "colour_targets_out_of_stock": unavailable,
         "colour_first": share(colour_hits),
         "colour_first_by_rank": share(ranked_hits),
         "group_first": share(group_hits),
@@ -261,7 +266,8 @@ def main() -> None:
             f"colour queries, right variant first: {search['colour_first']:.1%} of "
             f"{search['colour_groups']} groups (goal >= 90%) vs {search['colour_first_by_rank']:.1%}"
             f" by rank alone (the group's best-ranked variant); a product of the right group "
-            f"first: {search['group_first']:.1%}"
+            f"first: {search['group_first']:.1%}; {search['colour_targets_out_of_stock']} groups "
+            "left out (the colour asked for is out of stock)"
         )
 
 
