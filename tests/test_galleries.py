@@ -10,6 +10,7 @@ import duckdb
 import numpy as np
 import pytest
 from test_feeds import FeedServer
+from test_server import CHROMIUM, RunningServer
 
 from conftest import cli_json
 from helpers import picture, png_bytes, write_drop
@@ -195,6 +196,29 @@ def test_similar_and_the_api_show_the_main_image_and_how_many_images(gallery_hom
     shots = [np.asarray(decoded(generated.images[p]), np.float32) for p in generated.gallery[other]]
     differences = [float(np.abs(served - shot).mean()) for shot in shots]
     assert differences.index(min(differences)) == 0 and differences[0] < 5
+
+
+@pytest.mark.slow
+def test_the_search_page_shows_the_main_image_and_the_photo_count(gallery_home):
+    from playwright.sync_api import expect, sync_playwright
+
+    home, generated, broken, _, _ = gallery_home
+    wanted = generated.products[1]
+    with RunningServer(home) as running, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(running.url)
+        page.fill("#text", wanted.title)
+        page.click("button[type=submit]")
+        first = page.locator(".card").first
+        expect(first).to_be_visible()
+        assert first.get_attribute("data-product-id") == wanted.product_id
+        expect(first.locator(".photos")).to_have_text("3 photos")
+        page.wait_for_function(
+            "() => { const i = document.querySelector('.card img');"
+            " return i.complete && i.naturalWidth > 0; }"
+        )
+        browser.close()
 
 
 @pytest.mark.slow
