@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from mmsearch.features.encoders import (
 
 ENGINE_IN_PROCESS = "in_process"
 ENGINE_RAY = "ray"
+# Tries to connect before giving up: a first connection can fail transiently (see `_connect`).
+CONNECT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -181,16 +184,26 @@ class RayEncoding:
                 "pip install 'mmsearch[ray]', or unset MM_RAY_ADDRESS to encode in this process"
             ) from error
         if not ray.is_initialized():
-            try:
-                # Workers' output is not echoed: `mmsearch ... --json` owns stdout.
-                ray.init(
-                    address=self.cluster.address, log_to_driver=False, logging_level=logging.WARNING
-                )
-            except ConnectionError as error:
-                raise RuntimeError(
-                    f"cannot reach the Ray cluster at {self.cluster.address} (MM_RAY_ADDRESS): "
-                    f"{error}; start it (`ray start --head`) or unset MM_RAY_ADDRESS"
-                ) from error
+            for attempt in range(CONNECT_ATTEMPTS):
+                try:
+                    # Workers' output is not echoed: `mmsearch ... --json` owns stdout.
+                    ray.init(
+                        address=self.cluster.address,
+                        log_to_driver=False,
+                        logging_level=logging.WARNING,
+                    )
+                    break
+                except ConnectionError as error:
+                    # A Ray Client proxy sometimes loses the server it starts for a new client
+                    # ("Initialization failure from server"); a fresh connection gets a new one.
+                    ray.shutdown()
+                    if attempt + 1 == CONNECT_ATTEMPTS:
+                        raise RuntimeError(
+                            f"cannot reach the Ray cluster at {self.cluster.address} "
+                            f"(MM_RAY_ADDRESS): {error}; start it (`ray start --head`) or unset "
+                            "MM_RAY_ADDRESS"
+                        ) from error
+                    time.sleep(2.0 * (attempt + 1))
             self._connected = True
         return ray
 
