@@ -337,9 +337,16 @@ class SearchEngine:
         if text_feature is not None:
             features[RAW_TEXT] = self.vectors["text"][rows] @ text_feature
             features[LEXICAL] = scores[LEXICAL][rows]
+        if LEXICAL in features and features[LEXICAL].max(initial=0) > 0:
+            features[LEXICAL] = coverage * features[LEXICAL] / features[LEXICAL].max()
         if image_feature is not None:
             features[RAW_IMAGE] = np.where(
                 self._has_image[rows], self.vectors["image"][rows] @ image_feature, 0.0
+            )
+            features[PHOTO_MATCH] = (
+                photo_similarity(photo_hash, self._photo_hashes[rows])
+                if photo_hash
+                else np.zeros(len(rows))
             )
             # A product is as close to the photo as the closest of its images.
             entries, owner = self._gallery_of(rows)
@@ -347,21 +354,12 @@ class SearchEngine:
                 np.maximum.at(
                     features[RAW_IMAGE], owner, self.gallery_vectors[entries] @ image_feature
                 )
-        if LEXICAL in features and features[LEXICAL].max(initial=0) > 0:
-            features[LEXICAL] = coverage * features[LEXICAL] / features[LEXICAL].max()
-        if image_feature is not None:
-            features[PHOTO_MATCH] = (
-                photo_similarity(photo_hash, self._photo_hashes[rows])
-                if photo_hash
-                else np.zeros(len(rows))
-            )
-            entries, owner = self._gallery_of(rows)
-            if photo_hash and len(entries):
-                np.maximum.at(
-                    features[PHOTO_MATCH],
-                    owner,
-                    photo_similarity(photo_hash, self._gallery_hashes[entries]),
-                )
+                if photo_hash:
+                    np.maximum.at(
+                        features[PHOTO_MATCH],
+                        owner,
+                        photo_similarity(photo_hash, self._gallery_hashes[entries]),
+                    )
         return Candidates(rows, features, text)
 
     def rank(self, kind: str, candidates: Candidates, k: int) -> list[tuple[int, float]]:
