@@ -1,12 +1,13 @@
 """Exact search against the index the project chooses, at a million products.
 
-    .venv/bin/python benchmarks/index_scale.py [--vectors 1000000] [--dim 256] [--budget-mb 2048]
+    .venv/bin/python benchmarks/index_scale.py [--vectors 1000000] [--dim 256] [--budget-mb MB]
 
 Vectors are synthetic unit 256-d embeddings drawn around 2,000 cluster centres (product
 embeddings cluster by category, colour and style; uniform random vectors would have no
 neighbourhoods to find). Queries are 1,000 fresh draws from the same mixture, not in the index.
 For each index: build seconds, serialized size (memory), recall@10 against exact search, and
 single-query QPS (one query per call, the way a shop's search server calls it).
+`--budget-mb` defaults to the pipeline's index memory budget (`DEFAULT_MEMORY_BUDGET_MB`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import time
 import faiss
 import numpy as np
 
-from mmsearch.index.indexing import IndexPlan, build_index, choose_index, index_type, recall_at_k
+from mmsearch.index.indexing import (
+    DEFAULT_MEMORY_BUDGET_MB,
+    IndexPlan,
+    build_index,
+    choose_index,
+    index_type,
+    recall_at_k,
+)
 
 
 def mixture(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -42,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--budget-mb", type=int, default=2048)
+    parser.add_argument("--budget-mb", type=int, default=DEFAULT_MEMORY_BUDGET_MB)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1 / np.sqrt(args.dim), (2000, args.dim)).astype(np.float32) * 4

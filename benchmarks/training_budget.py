@@ -9,8 +9,9 @@ the same seed and the same held-out split (`mmsearch.queries.splits`): once with
 `TrainingConfig` (the step budget) and once with full epochs (no step cap, validation after each
 pass, the uncapped hold-out). Both models are scored on the same queries, the project's
 held-out `test` split (`mmsearch.evaluation.scoring.held_out_queries`), by fused retrieval over
-the whole catalog (the model alone, no ranker), with a paired randomization test on the
-per-query reciprocal ranks. Prints both from this run.
+the whole catalog (the model alone, no ranker), the scores handed to
+`mmsearch.evaluation.metrics.score_query` (its tie rule, as evaluation and the gate), with a
+paired randomization test on the per-query reciprocal ranks. Prints both from this run.
 
 `--view-products N` adds a third training, the step budget with shopper views of only the
 sample `mmsearch.model.training.shopper_view_images` picks for N train products (what a catalog
@@ -67,12 +68,15 @@ def fused_scores(model, catalog, queries) -> tuple[dict, np.ndarray]:
         model, queries.image_features, queries.text_features, queries.has_image, queries.has_text
     )
     scores = embedded @ products.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :DEPTH]
+    # The metric ranks by score under its tie rule; only products scored at least as high as a
+    # query's DEPTH-th best can reach its top DEPTH, so the rest are left out of the call.
+    reach = min(DEPTH, scores.shape[1])
+    floor = np.partition(scores, -reach, axis=1)[:, -reach]
     ids = catalog.products["product_id"].to_numpy()
-    per_query = [
-        score_query(list(ids[row]), graded)
-        for row, graded in zip(top, queries.relevance, strict=True)
-    ]
+    per_query = []
+    for row, graded, lowest in zip(scores, queries.relevance, floor, strict=True):
+        kept = np.flatnonzero(row >= lowest)
+        per_query.append(score_query(list(ids[kept]), graded, row[kept], depth=DEPTH))
     return aggregate(per_query), np.array([q["mrr"] for q in per_query])
 
 

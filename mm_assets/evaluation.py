@@ -14,10 +14,10 @@ from dagster import (
 from mm_assets.indexing import product_index
 from mm_assets.metadata import table as metadata_table
 from mmsearch.evaluation.consistency import image_text_mismatches
+from mmsearch.evaluation.metrics import SIGNIFICANCE_LEVEL
 from mmsearch.evaluation.scoring import RANKER, markdown_table
 from mmsearch.features.catalog_features import load_catalog_features
 from mmsearch.publishing.assessment import evaluate_release
-from mmsearch.search.ranking import SIGNIFICANCE_LEVEL
 from mmsearch.warehouse import query_df, replace_rows
 from resources import ReleaseRegistryResource, WarehouseResource
 

@@ -82,25 +82,32 @@ def test_padding_and_queries_without_a_ranked_target_score_zero():
 def _tied_examples(queries: int = 12, products: int = 8, seed: int = 3):
     """Text queries whose candidates tie: scores rounded to one decimal, and the target's
     features copied onto one or two other products (duplicates every weighting ties). Each
-    query has one target (grade 2) and one partial match (grade 1)."""
+    query has a target (grade 2), every third a second one (also grade 2), and a partial match
+    (grade 1). The fitting examples' relevant masks come from `target_products`, as
+    `publishing.build.ranker_examples` makes them."""
     rng = np.random.default_rng(seed)
+    ids = [f"p{i}" for i in range(products)]
     examples, relevance = [], []
     for q in range(queries):
         features = {name: rng.integers(0, 10, products) / 10 for name in FEATURES[TEXT]}
-        target, partial = rng.choice(products, 2, replace=False)
-        copies = [p for p in range(products) if p not in (target, partial)][: 1 + q % 2]
+        target, partial, second = rng.choice(products, 3, replace=False)
+        copies = [p for p in range(products) if p not in (target, partial, second)][: 1 + q % 2]
         for name in features:
             features[name][copies] = features[name][target]
-        relevant = np.zeros(products, dtype=bool)
-        relevant[target] = True
+        graded = {ids[target]: 2.0, ids[partial]: 1.0}
+        if q % 3 == 0:
+            graded[ids[second]] = 2.0
+        relevant = np.isin(ids, list(target_products(graded)))
         examples.append((Candidates(np.arange(products), features), relevant))
-        relevance.append({f"p{target}": 2.0, f"p{partial}": 1.0})
+        relevance.append(graded)
     return examples, relevance
 
 
 def test_fitting_evaluation_and_the_gate_agree_on_ties():
     examples, relevance = _tied_examples()
     ids = [f"p{i}" for i in range(len(examples[0][0].rows))]
+    # Fitting's targets are the metric's: both top-grade products where a query has two.
+    assert [int(relevant.sum()) for _, relevant in examples] == [2, 1, 1] * 4
     ranker = Ranker.default()
     _, report = fit_weights(examples, TEXT)
     per_query = [

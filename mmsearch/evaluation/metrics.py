@@ -21,6 +21,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 METRIC_NAMES = ("n", "recall@1", "recall@10", "mrr", "ndcg@10")
+# Below this paired-test p-value (`paired_p_value`) a difference counts: ranker fitting, the
+# promotion gate and the ranker-vs-retriever check all read it here.
+SIGNIFICANCE_LEVEL = 0.05
 
 
 def target_products(relevance: dict[str, float]) -> set[str]:

@@ -22,6 +22,7 @@ import pandas as pd
 from mmsearch.catalog.columns import RELEASE_COLUMNS
 from mmsearch.catalog.galleries import gallery_keys
 from mmsearch.clock import new_version, utc_now
+from mmsearch.evaluation.metrics import target_products
 from mmsearch.features.catalog_features import (
     CatalogFeatures,
     ProductGallery,
@@ -167,9 +168,7 @@ def ranker_examples(engine: SearchEngine, queries: QuerySet) -> dict[str, list]:
     ids = engine.products["product_id"].to_numpy()
     examples: dict[str, list] = {}
     for i, candidates in enumerate(engine.candidates_for(queries)):
-        graded = queries.relevance[i]
-        top = max(graded.values())
-        targets = {pid for pid, grade in graded.items() if grade >= top}
+        targets = target_products(queries.relevance[i])
         relevant = np.isin(ids[candidates.rows], list(targets))
         kind = query_kind(bool(queries.has_text[i]), bool(queries.has_image[i]))
         examples.setdefault(kind, []).append((candidates, relevant))

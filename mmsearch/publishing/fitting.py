@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmsearch.evaluation.metrics import paired_p_value, reciprocal_ranks
+from mmsearch.evaluation.metrics import SIGNIFICANCE_LEVEL, paired_p_value, reciprocal_ranks
 from mmsearch.queries.query_sets import MIN_LABELED
 from mmsearch.search.ranking import (
     CHANGE,
@@ -22,7 +22,6 @@ from mmsearch.search.ranking import (
     LEXICAL,
     PRIOR,
     RETRIEVERS,
-    SIGNIFICANCE_LEVEL,
     Candidates,
     Ranker,
 )

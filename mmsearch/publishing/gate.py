@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmsearch.evaluation.metrics import paired_p_value
+from mmsearch.evaluation.metrics import SIGNIFICANCE_LEVEL, paired_p_value
 from mmsearch.evaluation.scoring import RANKER, evaluate_engine, held_out_queries
 from mmsearch.features.catalog_features import load_catalog_features
 from mmsearch.index import artifacts
 from mmsearch.index.artifacts import DamagedRelease
 from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.search.engine import SearchEngine
-from mmsearch.search.ranking import SIGNIFICANCE_LEVEL
 
 # A candidate whose gate MRR is lower than the live release's by more than this is refused; the
 # default of `PipelineSettings.promotion_tolerance` (`MM_PROMOTION_TOLERANCE`).

@@ -18,9 +18,10 @@ labeled queries when a kind has at least `MIN_LABELED` of them, else pseudo-quer
 of its validation products (`mmsearch.evaluation.scoring.pseudo_query_set`). The prior (every retriever
 the kind reads at equal weight, BM25 at half, a matching photo first) is kept unless it is worse
 than the best single retriever on those queries or the fitted weights are significantly better
-there (paired test, p < 0.05). Fitted weights come from coordinate ascent on MRR starting from
-the best single retriever, which is itself one of the weight vectors searched, so either way
-the ranker is never worse than the best retriever alone on its fitting queries.
+there (paired test, p < `mmsearch.evaluation.metrics.SIGNIFICANCE_LEVEL`). Fitted weights come
+from coordinate ascent on MRR starting from the best single retriever, which is itself one of the
+weight vectors searched, so either way the ranker is never worse than the best retriever alone
+on its fitting queries.
 Pseudo-queries are made of the product's own words, so BM25 finds their product by construction:
 on them BM25 is left out of the fitting and the comparison, and joins the chosen weights at its
 prior share of the total. `change` is computed at ranking time from the catalog's attributes and
@@ -62,8 +63,6 @@ PRIOR = {
         CHANGE: 1.0,
     },
 }
-# Below this paired-test p-value a difference counts (ranker fitting and the promotion gate).
-SIGNIFICANCE_LEVEL = 0.05
 
 
 def retrievers_for(kind: str) -> tuple[str, ...]:
