@@ -6,6 +6,12 @@ assets after them take those as inputs, so the asset graph shows the real hand-o
 manager keeps them where the registry keeps the candidate (`CANDIDATE.json`, also on the remote):
 a run that does not rematerialize `fusion_model` loads the version it chose last, a rollback
 proposes the rolled-back versions, and the registry stays the one owner of what is live.
+
+The assets depend only on the value they are given, never on this store: `candidate_release`
+records its candidate in the registry itself (`mmsearch.publishing.build.make_candidate`), so a
+run under `materialize_to_memory`, which puts an in-memory IO manager in this one's place, hands
+the versions over within the run and still leaves the registry's candidate right
+(tests/test_assets_in_memory.py). What this IO manager adds is the hand-over between runs.
 """
 
 from pathlib import Path

@@ -1,15 +1,20 @@
-"""Each stage's assets materialized in this process (`materialize`, an ephemeral instance), one
-stage after another, with the real resources pointed at a temporary MM_HOME, on a small generated
-catalog. (`materialize_to_memory` would replace every IO manager with one that forgets between
-runs; here the versions IO manager hands fusion_model's and candidate_release's versions from one
-stage's run to the next through the temporary home's release registry.)
+"""Each stage's assets materialized in memory (`materialize_to_memory`), one stage after another,
+with the real resources pointed at a temporary MM_HOME, on a small generated catalog.
+
+`materialize_to_memory` puts an in-memory IO manager under every IO manager key (it refuses one
+passed in), so the versions IO manager's registry is left out: fusion_model hands its
+`{model_version}` to candidate_release, and candidate_release its `{model_version,
+index_version}` to the promotion gate and product_index, in memory. Memory lasts one run, so
+training and indexing are one run here; every other stage hands over through the warehouse and
+the release registry and runs on its own. The last test runs indexing again with `materialize`
+and the real versions IO manager, as production does: a run that skips fusion_model loads the
+versions the registry holds.
 
 Two drops: a 40-product generated catalog with labeled queries, and a small hand-written drop
 whose rows each land somewhere known (a replacement, new products, four unusable rows). Each
-test asks for its stage; the stages before it run first, once, in the asset graph's order, each
-its own run recorded in one ephemeral instance. With 40 products and 20 training
-epochs the whole file takes under a minute on 2 cores (most of it the encoders' first load), so
-it stays in the fast tier.
+test asks for its stage; the runs before it happen first, once, in the asset graph's order, each
+recorded in one ephemeral instance. With 40 products and 20 training epochs the whole file takes
+under a minute on 2 cores (most of it the encoders' first load), so it stays in the fast tier.
 """
 
 from __future__ import annotations
@@ -18,7 +23,17 @@ import csv
 
 import numpy as np
 import pytest
-from dagster import AssetKey, AssetSelection, DagsterInstance, materialize
+from dagster import (
+    AssetCheckKey,
+    AssetCheckSeverity,
+    AssetKey,
+    AssetSelection,
+    ConfigurableIOManagerFactory,
+    DagsterInstance,
+    IOManagerDefinition,
+    materialize,
+    materialize_to_memory,
+)
 
 from helpers import picture, png_bytes, write_drop
 from mm_assets.definitions import build_definitions
@@ -30,17 +45,19 @@ from mmsearch.index.registry import registry_for
 from mmsearch.sample import write_sample_catalog
 from mmsearch.search.engine import SearchEngine
 from mmsearch.settings import HomeLayout
+from resources import VERSIONS_IO_MANAGER
 
-# The asset groups in the graph's order (the SQL models sit between cleaning and features).
-STAGES = [
-    "ingestion",
-    "cleaning",
-    "sql_models",
-    "features",
-    "training",
-    "indexing",
-    "evaluation",
-    "recommendations",
+# The in-memory runs in the graph's order, each the asset groups it materializes (the SQL models
+# sit between cleaning and features). Ingestion runs once per drop partition; training and
+# indexing share a run, as the versions they hand over live in that run's memory.
+RUNS = [
+    ("ingestion",),
+    ("cleaning",),
+    ("sql_models",),
+    ("features",),
+    ("training", "indexing"),
+    ("evaluation",),
+    ("recommendations",),
 ]
 CATALOG_PRODUCTS = 40
 # The hand-written drop: product_id -> the reason its row is quarantined (None: it goes live).
@@ -99,33 +116,39 @@ def _first_product_id(drop) -> str:
         return next(csv.DictReader(handle))["product_id"]
 
 
-def _materialize(pipeline, group: str, partition_key: str | None = None):
-    """One in-process run of the assets (and their checks) of one group."""
+def _in_memory(pipeline, groups: tuple[str, ...], partition_key: str | None = None):
+    """One in-memory run of the assets (and their checks) of `groups`, with every resource of
+    the Definitions except the IO managers (`materialize_to_memory` brings its own)."""
     definitions = pipeline["definitions"]
-    result = materialize(
+    resources = {
+        key: resource
+        for key, resource in definitions.resources.items()
+        if not isinstance(resource, ConfigurableIOManagerFactory | IOManagerDefinition)
+    }
+    return materialize_to_memory(
         [*definitions.assets, *definitions.asset_checks],
         instance=pipeline["instance"],
-        resources=definitions.resources,
+        resources=resources,
         partition_key=partition_key,
-        selection=AssetSelection.groups(group),
+        selection=AssetSelection.groups(*groups),
     )
-    assert result.success
-    return result
 
 
 def _through(pipeline, stage: str):
-    """The run(s) of `stage`, after every earlier stage (each stage runs once)."""
+    """The in-memory run(s) of the asset group `stage`, after every earlier run (each runs once):
+    a list of results for ingestion (one per drop), else one result."""
     results = pipeline["results"]
-    for name in STAGES[: STAGES.index(stage) + 1]:
-        if name in results:
-            continue
-        if name == "ingestion":
-            results[name] = [
-                _materialize(pipeline, name, partition_key=drop) for drop in pipeline["drops"]
-            ]
-        else:
-            results[name] = _materialize(pipeline, name)
-    return results[stage]
+    for groups in RUNS:
+        if groups not in results:
+            if groups == ("ingestion",):
+                results[groups] = [
+                    _in_memory(pipeline, groups, partition_key=drop) for drop in pipeline["drops"]
+                ]
+            else:
+                results[groups] = _in_memory(pipeline, groups)
+        if stage in groups:
+            return results[groups]
+    raise KeyError(f"no in-memory run materializes the asset group {stage!r}")
 
 
 def _model_version(pipeline) -> str:
@@ -240,34 +263,32 @@ def test_indexing_publishes_a_release_where_a_products_photo_or_title_ranks_it_f
     assert found[0]["product_id"] == "late-new"
 
 
-def test_versions_are_handed_over_as_outputs_and_loaded_from_the_registry(pipeline):
+def test_versions_are_handed_over_in_memory_and_the_candidate_reaches_the_registry(pipeline):
     result = _through(pipeline, "indexing")
-    definitions, instance = pipeline["definitions"], pipeline["instance"]
-    graph = definitions.resolve_asset_graph()
+    graph = pipeline["definitions"].resolve_asset_graph()
     assert graph.get(AssetKey("candidate_release")).parent_keys == {AssetKey("fusion_model")}
     assert graph.get(AssetKey("product_index")).parent_keys == {AssetKey("candidate_release")}
-    # The indexing run did not rematerialize fusion_model: it loaded the version the training
-    # run handed over, through the versions IO manager, as did the gate and product_index.
+    # What each asset was given is what the one before it returned in this run.
     loaded = {
-        (e.step_key, e.event_specific_data.input_name, e.event_specific_data.manager_key)
+        (e.step_key, e.event_specific_data.input_name, e.event_specific_data.upstream_step_key)
         for e in result.all_events
         if e.event_type_value == "LOADED_INPUT"
     }
     assert loaded == {
-        ("candidate_release", "chosen_model", "versions_io_manager"),
-        ("candidate_release_promotion_gate", "candidate_release", "versions_io_manager"),
-        ("product_index", "handed_over", "versions_io_manager"),
+        ("candidate_release", "chosen_model", "fusion_model"),
+        ("candidate_release_promotion_gate", "candidate_release", "candidate_release"),
+        ("product_index", "handed_over", "candidate_release"),
     }
-    live = registry_for(pipeline["layout"]).live()
-    built = result.asset_materializations_for_node("candidate_release")[0].metadata
-    assert built["index_version"].value == live.index_version
-    handed = definitions.load_asset_value("candidate_release", instance=instance)
-    assert handed == {
-        "model_version": _model_version(pipeline),
-        "index_version": live.index_version,
-    }
-    chosen = definitions.load_asset_value("fusion_model", instance=instance)
-    assert chosen["model_version"] == _model_version(pipeline)
+    chosen, built = (
+        result.output_for_node("fusion_model"),
+        result.output_for_node("candidate_release"),
+    )
+    registry = registry_for(pipeline["layout"])
+    live = registry.live()
+    assert chosen == {"model_version": _model_version(pipeline)}
+    assert built == {"model_version": chosen["model_version"], "index_version": live.index_version}
+    # The registry, the one owner of what is live, records the candidate without the IO manager.
+    assert registry.candidate() == built
 
 
 def test_evaluation_scores_the_ranker_and_each_retriever(pipeline):
@@ -302,3 +323,53 @@ def test_recommendations_list_other_products_for_every_live_product(pipeline):
     for product, count, distinct, itself, first, last in lists:
         assert not itself, f"{product} recommends itself"
         assert count == distinct and (first, last) == (1, count) and 1 <= count <= 10
+
+
+def test_every_asset_and_check_of_the_definitions_is_materialized_in_memory(pipeline):
+    """What the in-memory runs above materialized, against everything the Definitions hold: a new
+    asset (or group) fails here until an in-memory run covers it."""
+    graph = pipeline["definitions"].resolve_asset_graph()
+    runs = [_through(pipeline, groups[0]) for groups in RUNS]
+    results = [r for run in runs for r in (run if isinstance(run, list) else [run])]
+    materialized = {e.asset_key for r in results for e in r.get_asset_materialization_events()}
+    assert materialized == set(graph.get_all_asset_keys())
+    evaluated = {
+        AssetCheckKey(e.asset_key, e.check_name): e
+        for r in results
+        for e in r.get_asset_check_evaluations()
+    }
+    assert set(evaluated) == set(graph.asset_check_keys)
+    # Every check that would stop the pipeline passes; 40 products and 20 epochs are too few for
+    # the quality warnings (ranker against its retrievers, images against their text) to mean much.
+    failed = {key.name: e.severity for key, e in evaluated.items() if not e.passed}
+    assert set(failed.values()) <= {AssetCheckSeverity.WARN}, failed
+
+
+def test_a_run_without_fusion_model_loads_the_versions_the_registry_holds(pipeline):
+    """Production's hand-over across runs: the versions IO manager over the release registry."""
+    in_memory = _through(pipeline, "indexing")
+    _through(pipeline, RUNS[-1][0])
+    definitions = pipeline["definitions"]
+    result = materialize(
+        [*definitions.assets, *definitions.asset_checks],
+        instance=pipeline["instance"],
+        resources=definitions.resources,
+        selection=AssetSelection.groups("indexing"),
+    )
+    loaded = {
+        (e.step_key, e.event_specific_data.input_name, e.event_specific_data.manager_key)
+        for e in result.all_events
+        if e.event_type_value == "LOADED_INPUT"
+    }
+    assert loaded == {
+        ("candidate_release", "chosen_model", VERSIONS_IO_MANAGER),
+        ("candidate_release_promotion_gate", "candidate_release", VERSIONS_IO_MANAGER),
+        ("product_index", "handed_over", VERSIONS_IO_MANAGER),
+    }
+    # The model the in-memory run chose, and nothing changed since: the live release stays.
+    built = result.asset_materializations_for_node("candidate_release")[0].metadata
+    assert built["mode"].value == "unchanged"
+    assert built["model_version"].value == _model_version(pipeline)
+    handed = definitions.load_asset_value("candidate_release", instance=pipeline["instance"])
+    assert handed == in_memory.output_for_node("candidate_release")
+    assert registry_for(pipeline["layout"]).live().index_version == handed["index_version"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dagster import (
+    AssetMaterialization,
     SkipReason,
     build_schedule_context,
     build_sensor_context,
@@ -82,10 +83,29 @@ def test_nightly_retrain_at_two_retrains_and_republishes_without_reingesting(tmp
     }
     with instance_for_test() as instance:
         # No model trained yet: the first night asks for one.
-        [request] = nightly_retrain.evaluate_tick(
-            build_schedule_context(instance=instance)
-        ).run_requests
-    assert request.run_key is None
+        [first] = _nightly_requests(instance)
+        # The live model, and nothing changed since it was trained: the night is skipped.
+        _record_model(instance, "m1", changed_since_model=0)
+        quiet = nightly_retrain.evaluate_tick(build_schedule_context(instance=instance))
+        # Products changed since: the next night retrains again.
+        _record_model(instance, "m1", changed_since_model=3)
+        [after_changes] = _nightly_requests(instance)
+    assert first.run_key is None and after_changes.run_key is None
+    assert not quiet.run_requests and "nothing changed since m1" in quiet.skip_message
+
+
+def _nightly_requests(instance) -> list:
+    return nightly_retrain.evaluate_tick(build_schedule_context(instance=instance)).run_requests
+
+
+def _record_model(instance, version: str, changed_since_model: int) -> None:
+    """A fusion_model materialization as the asset records it (the schedule reads its metadata)."""
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            "fusion_model",
+            metadata={"model_version": version, "changed_since_model": changed_since_model},
+        )
+    )
 
 
 def test_a_changed_sql_model_is_requested_again_with_nothing_else(tmp_path, monkeypatch):
