@@ -34,12 +34,8 @@ import numpy as np
 from mmsearch.evaluation.metrics import aggregate, paired_p_value, score_query
 from mmsearch.evaluation.scoring import held_out_queries
 from mmsearch.features.catalog_features import load_catalog_features, load_query_split
-from mmsearch.model.fusion import (
-    TrainingConfig,
-    embed_products,
-    embed_query_batch,
-    train_fusion_model,
-)
+from mmsearch.model.fusion import embed_products, embed_query_batch
+from mmsearch.model.trainer import TrainingConfig, train_fusion_model
 from mmsearch.model.training import query_pairs, shopper_view_images
 from mmsearch.queries.splits import TRAIN
 from mmsearch.sample import write_sample_catalog

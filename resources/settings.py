@@ -13,7 +13,7 @@ from dagster import ConfigurableResource, EnvVar
 from mmsearch.catalog.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 from mmsearch.features.distributed import RayCluster
 from mmsearch.index.indexing import DEFAULT_MEMORY_BUDGET_MB
-from mmsearch.model.fusion import TrainingConfig
+from mmsearch.model.trainer import TrainingConfig
 from mmsearch.publishing.gate import PROMOTION_TOLERANCE
 
 

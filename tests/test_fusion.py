@@ -7,17 +7,10 @@ import pytest
 import torch
 
 from mmsearch.features.encoders import load_image_encoder, load_text_encoder
-from mmsearch.model.fusion import (
-    EMBED_DIM,
-    QueryPairs,
-    SparseRelevance,
-    TrainingConfig,
-    _query_candidates,
-    clip_loss,
-    embed_products,
-    embed_query_batch,
-    train_fusion_model,
-)
+from mmsearch.model.fusion import EMBED_DIM, embed_products, embed_query_batch
+from mmsearch.model.losses import clip_loss
+from mmsearch.model.sampling import QueryPairs, SparseRelevance, query_candidates
+from mmsearch.model.trainer import TrainingConfig, train_fusion_model
 
 
 def test_clip_loss_prefers_matching_pairs():
@@ -137,7 +130,7 @@ def test_a_large_catalog_trains_the_same_steps_as_a_smaller_one_on_a_capped_vali
 def test_sampled_candidates_hold_every_relevant_product_and_no_more_than_the_limit():
     *_, queries = _generated_catalog(20_000, n_queries=50)
     rows = np.arange(10)
-    candidates = _query_candidates(queries, rows, 256, np.random.default_rng(0))
+    candidates = query_candidates(queries, rows, 256, np.random.default_rng(0))
     relevant = np.flatnonzero(queries.relevance.dense(rows).sum(axis=0))
     assert len(candidates) == 256 and len(np.unique(candidates)) == 256
     assert np.isin(relevant, candidates).all()

@@ -16,13 +16,8 @@ from mmsearch.catalog.images import decode_image, encoder_picture, save_clean_im
 from mmsearch.evaluation.metrics import paired_p_value
 from mmsearch.features.encoders import load_image_encoder
 from mmsearch.index.registry import registry_for
-from mmsearch.model.fusion import (
-    FusionConfig,
-    FusionModel,
-    TrainingConfig,
-    parameter_groups,
-    train_fusion_model,
-)
+from mmsearch.model.fusion import FusionConfig, FusionModel
+from mmsearch.model.trainer import TrainingConfig, parameter_groups, train_fusion_model
 from mmsearch.publishing.fitting import fit_ranker, fit_weights
 from mmsearch.queries.pseudo import STYLES, pseudo_queries
 from mmsearch.queries.query_sets import MIN_LABELED

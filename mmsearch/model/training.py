@@ -10,13 +10,9 @@ import pandas as pd
 from mmsearch.clock import new_version, utc_now
 from mmsearch.features.catalog_features import load_catalog_features, load_query_split
 from mmsearch.features.extraction import extract_shopper_views
-from mmsearch.model.fusion import (
-    QueryPairs,
-    SparseRelevance,
-    TrainingConfig,
-    train_fusion_model,
-)
+from mmsearch.model.sampling import QueryPairs, SparseRelevance
 from mmsearch.model.store import save_model
+from mmsearch.model.trainer import TrainingConfig, train_fusion_model
 from mmsearch.queries.labeled import query_content_key
 from mmsearch.queries.query_sets import held_out_products
 from mmsearch.queries.splits import GATE, TEST, TRAIN
