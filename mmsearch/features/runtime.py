@@ -1,6 +1,6 @@
 """The encoders as a serving process runs them: ONNX Runtime and `tokenizers`, no torch.
 
-The pipeline (`mmsearch.features.encoders`) exports each encoder to ONNX once, checks the
+The pipeline (`mmsearch.features.onnx_export`) exports each encoder to ONNX once, checks the
 export against the eager model, and keeps it in the encoder cache named after its encoder id.
 This module finds those files and runs them: the text model behind the fast tokenizer with mean
 pooling, the image CNN behind the one image preprocessing below. It imports neither torch nor
