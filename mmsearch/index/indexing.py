@@ -21,6 +21,8 @@ Product ids are strings; the index stores stable positions and the release maps 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +42,9 @@ SQ8_MIN_NEAREST_AGREEMENT = 0.9
 TUNING_QUERIES = 500
 RECALL_K = 10
 TRAINING_PER_LIST = 50
+# Vectors converted to float32 at a time while an index is built or searched exactly: the input
+# may be float16 or memory-mapped, and a million 1,280-d vectors as one float32 copy take 5 GB.
+CHUNK_ROWS = 65_536
 
 
 # Scalar-quantizer codes by name: FAISS's quantizer type (fp16: 2 bytes a dimension, sq8: 1).
@@ -92,13 +97,14 @@ def choose_index(n: int, dim: int, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET
     return IndexPlan("ivf_pq", nlist, pq_bytes)
 
 
-def _empty_index(plan: IndexPlan, dim: int) -> faiss.Index:
+def _empty_index(plan: IndexPlan, dim: int, quantizer: faiss.Index | None = None) -> faiss.Index:
     if plan.kind == "exact":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if plan.kind == "flat":
         coded = faiss.IndexScalarQuantizer(dim, CODES[plan.codes], faiss.METRIC_INNER_PRODUCT)
         return faiss.IndexIDMap2(coded)
-    quantizer = faiss.IndexFlatIP(dim)
+    # A trained coarse quantizer passed in is kept: FAISS does not run k-means again for it.
+    quantizer = faiss.IndexFlatIP(dim) if quantizer is None else quantizer
     if plan.kind == "ivf_sq":
         index = faiss.IndexIVFScalarQuantizer(
             quantizer, dim, plan.nlist, CODES[plan.codes], faiss.METRIC_INNER_PRODUCT
@@ -118,6 +124,33 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = RECALL_K) -> floa
     """Mean share of the true top-k found in the approximate top-k."""
     hits = [len(set(f[:k]) & set(t[:k])) for f, t in zip(found, truth, strict=True)]
     return float(np.mean(hits)) / k if hits else 1.0
+
+
+def _float32(vectors: np.ndarray, rows) -> np.ndarray:
+    """`vectors[rows]` (a slice or an index array) as a contiguous float32 array."""
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def _add_in_chunks(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        chunk = slice(start, start + CHUNK_ROWS)
+        index.add_with_ids(_float32(vectors, chunk), ids[chunk])
+
+
+def exact_neighbours(
+    vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the exact top-k inner products of each query among `vectors` (any
+    float dtype, memory-mapped alike), best first; rows are -1 past `len(vectors)`. The
+    vectors are scanned `CHUNK_ROWS` at a time, never copied whole."""
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    best = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        chunk = _float32(vectors, slice(start, start + CHUNK_ROWS))
+        scores, rows = faiss.knn(queries, chunk, min(k, len(chunk)), faiss.METRIC_INNER_PRODUCT)
+        best.add_result(scores, np.where(rows >= 0, rows + start, -1))
+    best.finalize()
+    return best.D, best.I
 
 
 def _without_self(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -143,11 +176,9 @@ def tune_nprobe(
     """
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(vectors), size=min(TUNING_QUERIES, len(vectors)), replace=False)
-    queries = np.ascontiguousarray(vectors[rows])
+    queries = _float32(vectors, rows)
     ids = np.arange(len(vectors), dtype=np.int64) if ids is None else ids
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    truth = _without_self(ids[exact.search(queries, RECALL_K + 1)[1]], ids[rows])
+    truth = _without_self(ids[exact_neighbours(vectors, queries, RECALL_K + 1)[1]], ids[rows])
     nprobe, recall = 1, 0.0
     while True:
         index.nprobe = nprobe
@@ -164,28 +195,34 @@ def build_index(
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
     plan: IndexPlan | None = None,
     ids: np.ndarray | None = None,
+    quantizer: faiss.Index | None = None,
 ) -> tuple[faiss.Index, IndexReport]:
     """An inner-product index over `embeddings` (ids: `ids`, default the row positions) and
-    what was chosen."""
-    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
-    n, dim = vectors.shape
+    what was chosen. `embeddings` may be float16 or memory-mapped: they are read
+    `CHUNK_ROWS` at a time, never copied whole as float32. `quantizer`: the trained coarse
+    quantizer of an inverted file over the same vectors, reused instead of trained again."""
+    n, dim = embeddings.shape
     plan = plan or choose_index(n, dim, memory_budget_mb)
-    index = _empty_index(plan, dim)
+    index = _empty_index(plan, dim, quantizer)
     ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, np.int64)
     rng = np.random.default_rng(0)
     if plan.kind in ("exact", "flat"):
         if plan.codes:
-            index.index.train(vectors[rng.choice(n, size=min(n, 100_000), replace=False)])
-        index.add_with_ids(vectors, ids)
+            sample = rng.choice(n, size=min(n, 100_000), replace=False)
+            index.index.train(_float32(embeddings, sample))
+        _add_in_chunks(index, embeddings, ids)
         return index, IndexReport(plan, 0, 1.0, 0)
-    sample = vectors[rng.choice(n, size=min(n, TRAINING_PER_LIST * plan.nlist), replace=False)]
-    index.train(sample)
-    index.add_with_ids(vectors, ids)
+    sample = rng.choice(n, size=min(n, TRAINING_PER_LIST * plan.nlist), replace=False)
+    index.train(_float32(embeddings, sample))
+    _add_in_chunks(index, embeddings, ids)
     target = TARGET_RECALL + TUNING_MARGIN
-    nprobe, recall, agreement, queries = tune_nprobe(index, vectors, target, ids=ids)
+    nprobe, recall, agreement, queries = tune_nprobe(index, embeddings, target, ids=ids)
     if plan.codes == "sq8" and (recall < target or agreement < SQ8_MIN_NEAREST_AGREEMENT):
-        # 8-bit codes lose the order of close neighbours here: keep float16 codes instead.
-        return build_index(vectors, plan=IndexPlan(plan.kind, plan.nlist, codes="fp16"), ids=ids)
+        # 8-bit codes lose the order of close neighbours here: keep float16 codes instead, in
+        # the same lists (k-means over a million 1,280-d vectors is most of a build's time).
+        fp16 = IndexPlan(plan.kind, plan.nlist, codes="fp16")
+        trained = faiss.clone_index(index.quantizer)  # owned: outlives the 8-bit index
+        return build_index(embeddings, plan=fp16, ids=ids, quantizer=trained)
     index.nprobe = nprobe
     return index, IndexReport(plan, nprobe, round(recall, 4), queries, round(agreement, 4))
 
@@ -267,6 +304,21 @@ def search_index(
     else:
         params = faiss.SearchParameters(sel=selector)
     return index.search(vectors, k, params=params)
+
+
+@contextmanager
+def one_search_thread() -> Iterator[None]:
+    """FAISS searches inside run on one thread (as a serving process's do), then as before.
+
+    For queries searched one at a time, as the ranker's fitting queries are, a parallel region
+    per query costs more than the search itself below ~100,000 products, and far more when other
+    work shares the cores: its threads wait on each other at every query."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def save_index(index: faiss.Index, path: Path) -> None:
