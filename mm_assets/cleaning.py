@@ -52,7 +52,7 @@ def clean_products(
     context: AssetExecutionContext, warehouse: WarehouseResource, settings: PipelineSettings
 ) -> MaterializeResult:
     with warehouse.connect() as con:
-        accounting = clean_warehouse(con, warehouse.layout, settings.image_limits())
+        accounting, images = clean_warehouse(con, warehouse.layout, settings.image_limits())
         galleries = clean_galleries(con, warehouse.layout, settings.image_limits())
         refused_images = quarantined_images(con)
         reasons = query_df(
@@ -75,6 +75,8 @@ def clean_products(
             "quarantine_reasons": MetadataValue.md(
                 reasons.to_markdown(index=False) if len(reasons) else "none"
             ),
+            # Image files decoded now, and those whose bytes were cleaned before (not decoded).
+            **images,
             # Extra images of live products: a bad one is refused alone, the product stays.
             **galleries,
             "quarantined_image_reasons": MetadataValue.md(

@@ -22,8 +22,9 @@ import pandas as pd
 from mmsearch.catalog.images import (
     ImageLimits,
     ImageRejected,
+    decode_image,
+    image_file_sha,
     perceptual_hash,
-    read_image_file,
     resolve_inside,
     save_clean_image,
 )
@@ -44,6 +45,8 @@ class CleanCatalog:
     quarantine: pd.DataFrame  # drop_name, row_number, product_id, reason_code, reason
     outcomes: pd.DataFrame  # drop_name, row_number, product_id, outcome
     validations: dict = field(default_factory=dict)  # (drop, row) -> validation result
+    images_decoded: int = 0  # image files decoded (or refused while decoding) by this cleaning
+    images_reused: int = 0  # image files whose bytes were cleaned before: not decoded again
 
 
 class RowRejected(ValueError):
@@ -86,15 +89,40 @@ def is_deletion(value: object) -> bool:
     return str(value or "").strip().lower() in TRUE_WORDS
 
 
+@dataclass
+class _KnownImages:
+    """Clean images by the sha256 of their source bytes: (clean file, perceptual hash) of bytes
+    already cleaned under the current rules, from earlier runs and from this one. The same bytes
+    clean to the same picture, so a feed that sends its whole catalog again, or one photo under
+    many rows, costs a read and a hash per row, not a decode and an encode."""
+
+    by_sha: dict[str, tuple[str, str]] = field(default_factory=dict)
+    decoded: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+
 def _clean_image(
-    drop_dir: Path, image_path: str, clean_images_dir: Path, limits: ImageLimits
-) -> tuple[str, str]:
+    drop_dir: Path,
+    image_path: str,
+    clean_images_dir: Path,
+    limits: ImageLimits,
+    known: _KnownImages,
+) -> tuple[str, str, str]:
     """(clean image file, source sha256, perceptual hash) for a row's image, or RowRejected."""
     try:
         source = resolve_inside(drop_dir, image_path)
-        picture, image_sha = read_image_file(source, limits)
-        stored = save_clean_image(picture, clean_images_dir, image_sha)
-        return str(stored), image_sha, perceptual_hash(picture)
+        data = source.read_bytes()
+        image_sha = image_file_sha(data)
+        if image_sha in known.by_sha:
+            known.reused.append(image_sha)
+            image_file, image_phash = known.by_sha[image_sha]
+            return image_file, image_sha, image_phash
+        known.decoded.append(image_sha)
+        picture = decode_image(data, limits)
+        stored = str(save_clean_image(picture, clean_images_dir, image_sha))
+        image_phash = perceptual_hash(picture)
+        known.by_sha[image_sha] = (stored, image_phash)
+        return stored, image_sha, image_phash
     except ImageRejected as rejected:
         raise RowRejected(
             rejected.code, f"{rejected.message} (image_path {image_path!r})"
@@ -105,7 +133,9 @@ def _clean_image(
         ) from None
 
 
-def _validate_row(row: dict, drop_dir: Path, clean_images_dir: Path, limits: ImageLimits) -> dict:
+def _validate_row(
+    row: dict, drop_dir: Path, clean_images_dir: Path, limits: ImageLimits, known: _KnownImages
+) -> dict:
     """The cleaned fields of one raw row, or RowRejected."""
     if row.get("read_error"):
         raise RowRejected("unreadable_row", row["read_error"])
@@ -122,7 +152,7 @@ def _validate_row(row: dict, drop_dir: Path, clean_images_dir: Path, limits: Ima
     image_file = image_sha = image_phash = None
     if row.get("image_path") and str(row["image_path"]).strip():
         image_file, image_sha, image_phash = _clean_image(
-            drop_dir, str(row["image_path"]), clean_images_dir, limits
+            drop_dir, str(row["image_path"]), clean_images_dir, limits, known
         )
     return {
         "product_id": product_id,
@@ -146,13 +176,16 @@ def clean_catalog(
     limits: ImageLimits = ImageLimits(),
     workers: int = 4,
     cached: dict[tuple[str, int], dict] | None = None,
+    known_images: dict[str, tuple[str, str]] | None = None,
 ) -> CleanCatalog:
     """Clean every raw row of the accepted drops and resolve product_ids, latest drop winning.
 
     `raw` holds raw_products rows (dicts) plus `drop_seq` (drop registration order); rows are
     resolved in (drop_seq, row_number) order, so a later drop (or a later row) replaces earlier
     versions of a product. `cached` holds earlier validation results by (drop, row) that are
-    reused instead of validating (and decoding) again.
+    reused instead of validating (and decoding) again; `known_images` the (clean file, perceptual
+    hash) of image bytes cleaned before under the same rules, by their sha256, which rows
+    validated now take instead of decoding the same bytes again.
     """
     keys = pd.DataFrame(raw, columns=["drop_seq", "row_number", "drop_name"])
     order = np.lexsort((keys["row_number"].to_numpy(), keys["drop_seq"].to_numpy()))
@@ -160,10 +193,11 @@ def clean_catalog(
     row_numbers = keys["row_number"].to_numpy(dtype=np.int64)[order]
     row_keys = list(zip(drop_names.tolist(), row_numbers.tolist(), strict=True))
     cached = cached or {}
+    known = _KnownImages(dict(known_images or {}))
 
     def validate(row: dict) -> dict:
         try:
-            return _validate_row(row, drop_dirs[row["drop_name"]], clean_images_dir, limits)
+            return _validate_row(row, drop_dirs[row["drop_name"]], clean_images_dir, limits, known)
         except RowRejected as rejected:
             return {"rejected": rejected}
 
@@ -230,7 +264,12 @@ def clean_catalog(
     if products.empty:
         products = _table({}, [*product_columns, "drop_name", "row_number"])
     return CleanCatalog(
-        products, quarantine_frame, outcome_frame, dict(zip(row_keys, validated, strict=True))
+        products,
+        quarantine_frame,
+        outcome_frame,
+        dict(zip(row_keys, validated, strict=True)),
+        len(known.decoded),
+        len(known.reused),
     )
 
 
@@ -310,10 +349,13 @@ def _cached_validations(con, rules: str) -> dict[tuple[str, int], dict]:
     }
 
 
-def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.DataFrame:
+def clean_warehouse(
+    con, layout, limits: ImageLimits = ImageLimits()
+) -> tuple[pd.DataFrame, dict[str, int]]:
     """Rebuild clean_products, quarantine and row_outcomes from the accepted drops' raw rows.
 
-    Returns the per-drop accounting table (see `accounting_by_drop`).
+    Returns the per-drop accounting table (see `accounting_by_drop`) and how many image files
+    were decoded and how many reused by content (`images_decoded`, `images_reused`).
     """
     from mmsearch.warehouse import query_df, query_records, replace_rows
 
@@ -328,7 +370,14 @@ def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.Data
     drop_dirs = {name: layout.drop_dir(name) for name in drops["name"]}
     rules = _rules_key(limits)
     cached = _cached_validations(con, rules)
-    catalog = clean_catalog(raw, drop_dirs, layout.clean_images, limits, cached=cached)
+    known_images = {
+        result["image_sha"]: (result["image_file"], result["image_phash"])
+        for result in cached.values()
+        if result.get("image_file") and result.get("image_sha") and result.get("image_phash")
+    }
+    catalog = clean_catalog(
+        raw, drop_dirs, layout.clean_images, limits, cached=cached, known_images=known_images
+    )
     fresh = [
         {"drop_name": key[0], "row_number": key[1], "rules": rules, "result": _to_json(result)}
         for key, result in catalog.validations.items()
@@ -344,6 +393,10 @@ def clean_warehouse(con, layout, limits: ImageLimits = ImageLimits()) -> pd.Data
     replace_rows(con, "clean_products", catalog.products)
     replace_rows(con, "quarantine", catalog.quarantine)
     replace_rows(con, "row_outcomes", catalog.outcomes)
-    return accounting_by_drop(
+    accounting = accounting_by_drop(
         catalog.outcomes, dict(zip(drops["name"], drops["rows_read"], strict=True))
     )
+    return accounting, {
+        "images_decoded": catalog.images_decoded,
+        "images_reused": catalog.images_reused,
+    }

@@ -7,8 +7,11 @@ query photo is normalised exactly like a catalog photo.
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import io
+import os
+import stat
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -44,6 +47,10 @@ class ImageLimits:
     min_side: int = DEFAULT_MIN_SIDE
 
 
+# What `Path.exists` reads as "not there" (a dangling or looping symlink too).
+_NO_SUCH_FILE = {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP}
+
+
 def resolve_inside(base_dir: Path, relative_path: str) -> Path:
     """The file `relative_path` names inside `base_dir`, refusing any path that leaves it.
 
@@ -61,18 +68,25 @@ def resolve_inside(base_dir: Path, relative_path: str) -> Path:
         raise ImageRejected(
             "image_outside_drop", f"image_path {relative_path!r} leaves the drop directory"
         )
-    base = base_dir.resolve()
-    resolved = (base / candidate).resolve()
-    if not resolved.is_relative_to(base):
+    # os.path rather than pathlib, and one stat: every catalog row pays for this check.
+    base = os.path.realpath(base_dir)
+    resolved = os.path.realpath(os.path.join(base, candidate))
+    if resolved != base and not resolved.startswith(os.path.join(base, "")):
         raise ImageRejected(
             "image_outside_drop",
             f"image_path {relative_path!r} resolves outside the drop directory (symlink)",
         )
-    if not resolved.exists():
-        raise ImageRejected("image_missing", f"image file {relative_path!r} does not exist")
-    if not resolved.is_file():
+    try:
+        is_file = stat.S_ISREG(os.stat(resolved).st_mode)
+    except OSError as error:
+        if error.errno not in _NO_SUCH_FILE:
+            raise
+        raise ImageRejected(
+            "image_missing", f"image file {relative_path!r} does not exist"
+        ) from None
+    if not is_file:
         raise ImageRejected("image_missing", f"image_path {relative_path!r} is not a file")
-    return resolved
+    return Path(resolved)
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -146,7 +160,8 @@ def to_rgb(picture: Image.Image, limits: ImageLimits = ImageLimits()) -> Image.I
         background = Image.new("RGBA", picture.size, (255, 255, 255, 255))
         background.alpha_composite(picture.convert("RGBA"))
         picture = background
-    picture = picture.convert("RGB")
+    if picture.mode != "RGB":  # exif_transpose already made a copy of an RGB one
+        picture = picture.convert("RGB")
     if min(picture.size) < limits.min_side:
         raise ImageRejected(
             "image_too_small",
@@ -164,17 +179,30 @@ def colour_spread(picture: Image.Image) -> float:
     per-pixel computation at a fraction of its cost, which every catalog image pays twice
     (when a feed fetches it and when it is cleaned)."""
     counts = np.asarray(picture.histogram(), dtype=np.float64).reshape(3, 256)
-    levels = np.arange(256, dtype=np.float64)
     pixels = counts.sum(axis=1)
-    mean = counts @ levels / pixels
-    variance = counts @ (levels**2) / pixels - mean**2
+    mean = counts @ _LEVELS / pixels
+    variance = counts @ _SQUARED_LEVELS / pixels - mean**2
     return float(np.sqrt(np.maximum(variance, 0.0)).max())
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+_SQUARED_LEVELS = _LEVELS**2
+
+
+def image_file_sha(data: bytes) -> str:
+    """The content key of an image file: the sha256 of its bytes, which names its clean file."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_image_file(path: Path, limits: ImageLimits = ImageLimits()) -> tuple[Image.Image, str]:
     """Decode an image file; returns the RGB picture and the sha256 of the file's bytes."""
     data = Path(path).read_bytes()
-    return decode_image(data, limits), hashlib.sha256(data).hexdigest()
+    return decode_image(data, limits), image_file_sha(data)
+
+
+def clean_image_path(out_dir: Path, image_sha: str) -> Path:
+    """Where the clean form of the image file with this sha256 is stored."""
+    return out_dir / image_sha[:2] / f"{image_sha}.jpg"
 
 
 def encoder_image_bytes(picture: Image.Image) -> bytes:
@@ -200,13 +228,17 @@ def encoder_picture(picture: Image.Image) -> Image.Image:
 
 def save_clean_image(picture: Image.Image, out_dir: Path, image_sha: str) -> Path:
     """Store a clean picture in its encoder form, named by its source bytes' hash."""
-    target = out_dir / image_sha[:2] / f"{image_sha}.jpg"
+    target = clean_image_path(out_dir, image_sha)
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    data = encoder_image_bytes(picture)
     # A unique partial name: two rows sharing one image may be cleaned at the same moment.
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-    partial.write_bytes(encoder_image_bytes(picture))
+    try:
+        partial.write_bytes(data)
+    except FileNotFoundError:  # the first image of its folder: made then, not checked each time
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
     partial.replace(target)
     return target
 
@@ -225,11 +257,12 @@ def perceptual_hash(picture: Image.Image) -> str:
     """
     grey = picture.convert("L").resize((PHASH_SIDE + 1, PHASH_SIDE), Image.Resampling.BILINEAR)
     small = np.asarray(grey, dtype=np.int16)
-    structure = int("".join("1" if b else "0" for b in (small[:, 1:] > small[:, :-1]).flat), 2)
+    # Bits packed first bit highest, as the hex of the 256-bit number they spell.
+    structure = np.packbits(small[:, 1:] > small[:, :-1]).tobytes().hex()
     grid = (PHASH_COLOUR_GRID, PHASH_COLOUR_GRID)
     colours = np.asarray(picture.resize(grid, Image.Resampling.BOX), dtype=np.uint8) >> 5
-    colour_code = "".join(str(int(c)) for c in colours.flat)
-    return f"{structure:064x}{colour_code}"
+    colour_code = (colours.reshape(-1) + ord("0")).astype(np.uint8).tobytes().decode()
+    return f"{structure}{colour_code}"
 
 
 def _hash_parts(phash: str) -> tuple[np.ndarray, np.ndarray]:
