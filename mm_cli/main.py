@@ -36,27 +36,6 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 READING_COMMANDS = ("search", "similar", "evaluate", "status", "quarantine", "rollback", "rebuild")
 
 
-def _rows_summary(con) -> dict:
-    counts = dict(con.execute("SELECT outcome, count(*) FROM row_outcomes GROUP BY 1").fetchall())
-    read = con.execute(
-        "SELECT coalesce(sum(rows_read), 0) FROM drops WHERE status = 'accepted'"
-    ).fetchone()[0]
-    return {
-        "read": int(read),
-        "live": int(counts.get("live", 0)),
-        "replaced": int(counts.get("replaced", 0)),
-        "quarantined": int(counts.get("quarantined", 0)),
-        "deleted": int(counts.get("deleted", 0)),
-    }
-
-
-def _rejected_drops(con) -> list[dict]:
-    rows = con.execute(
-        "SELECT name, message FROM drops WHERE status = 'rejected' ORDER BY seq"
-    ).fetchall()
-    return [{"name": name, "message": message} for name, message in rows]
-
-
 def command_run(
     layout: HomeLayout, force: bool = False, retrain: bool = False, before=None
 ) -> dict:
@@ -64,7 +43,7 @@ def command_run(
     place of the check that the warehouse opens (see `command_rebuild`)."""
     from mm_assets.definitions import build_definitions
     from mm_assets.runner import run_pipeline
-    from mmsearch import warehouse
+    from mmsearch.catalog.reports import rows_and_rejected_drops
     from mmsearch.index.registry import registry_for
 
     if before is None:
@@ -82,8 +61,7 @@ def command_run(
     )
     registry = registry_for(layout)
     release = registry.live()
-    with warehouse.connect(layout.warehouse) as con:
-        rows, rejected = _rows_summary(con), _rejected_drops(con)
+    rows, rejected = rows_and_rejected_drops(layout.warehouse)
     ingested_now = set(summary.ingested)
     for drop in rejected:
         if drop["name"] in ingested_now:  # earlier runs already said so
@@ -115,11 +93,9 @@ def command_run(
 def _check_warehouse(layout: HomeLayout) -> None:
     """WarehouseDamaged (naming the file and `mmsearch rebuild`) before a run starts on a
     warehouse that cannot be read."""
-    from mmsearch import warehouse
+    from mmsearch.catalog.reports import check_readable
 
-    if layout.warehouse.exists():
-        with warehouse.connect(layout.warehouse, read_only=True) as con:
-            con.execute("SELECT count(*) FROM drops").fetchone()
+    check_readable(layout.warehouse)
 
 
 def command_ingest(layout: HomeLayout, source: str) -> dict:
@@ -238,17 +214,11 @@ def _sample_searches(layout: HomeLayout, drop: Path) -> list[dict]:
 
 
 def _evaluation_for(layout: HomeLayout, model_version: str | None) -> list[dict]:
-    from mmsearch import warehouse
+    from mmsearch.evaluation.results import stored_evaluation
 
     if not model_version:
         return []
-    with warehouse.connect(layout.warehouse) as con:
-        return warehouse.query_records(
-            con,
-            "SELECT source, method, kind, n, recall_at_1, recall_at_10, mrr, ndcg_at_10, p_value "
-            "FROM evaluation_results WHERE model_version = ? ORDER BY method, kind",
-            [model_version],
-        )
+    return stored_evaluation(layout.warehouse, model_version)
 
 
 def _live_engine(layout: HomeLayout):
@@ -394,17 +364,15 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
 
 
 def command_status(layout: HomeLayout) -> dict:
-    from mmsearch import warehouse
+    from mmsearch.catalog.reports import catalog_status
     from mmsearch.index.registry import registry_for
 
     registry = registry_for(layout)
     release = registry.live()
     if registry.pointer_warning:
         print(f"warning: {registry.pointer_warning}", file=sys.stderr)
-    status = {
-        "products": 0,
-        "quarantined": 0,
-        "drops": [],
+    return {
+        **catalog_status(layout.warehouse),
         "model_version": release.model_version if release else None,
         "index": {
             "type": release.manifest["index_type"] if release else None,
@@ -414,55 +382,15 @@ def command_status(layout: HomeLayout) -> dict:
             "tuning": (release.manifest.get("index") if release else None),
         },
     }
-    if not layout.warehouse.exists():
-        return status
-    with warehouse.connect(layout.warehouse, read_only=True) as con:
-        status["products"] = con.execute("SELECT count(*) FROM clean_products").fetchone()[0]
-        status["quarantined"] = con.execute("SELECT count(*) FROM quarantine").fetchone()[0]
-        drops = con.execute(
-            "SELECT d.name, d.status, d.message, d.rows_read, "
-            "count(*) FILTER (WHERE o.outcome = 'live'), count(*) FILTER (WHERE o.outcome = 'replaced'), "
-            "count(*) FILTER (WHERE o.outcome = 'quarantined'), count(*) FILTER (WHERE o.outcome = 'deleted') "
-            "FROM drops d LEFT JOIN row_outcomes o ON o.drop_name = d.name "
-            "GROUP BY d.name, d.status, d.message, d.rows_read, d.seq ORDER BY d.seq"
-        ).fetchall()
-    status["drops"] = [
-        {
-            "name": name,
-            "rows": rows,
-            "live": live,
-            "replaced": replaced,
-            "quarantined": quarantined,
-            "deleted": deleted,
-            "status": state,
-            "message": message,
-        }
-        for name, state, message, rows, live, replaced, quarantined, deleted in drops
-    ]
-    return status
 
 
 def command_quarantine(layout: HomeLayout, drop: str | None) -> dict:
-    from mmsearch import warehouse
+    from mmsearch.catalog.reports import UnknownDrop, quarantined_rows
 
-    if not layout.warehouse.exists():
-        return {"rows": []}
-    with warehouse.connect(layout.warehouse, read_only=True) as con:
-        drops = [name for (name,) in con.execute("SELECT name FROM drops ORDER BY seq").fetchall()]
-        if drop is not None and drop not in drops:
-            raise UserError(f"no drop is named {drop!r}; drops: {', '.join(drops) or 'none yet'}")
-        rows = con.execute(
-            "SELECT q.drop_name, q.row_number, q.product_id, q.reason_code, q.reason FROM quarantine q "
-            "JOIN drops d ON d.name = q.drop_name WHERE ? IS NULL OR q.drop_name = ? "
-            "ORDER BY d.seq, q.row_number",
-            [drop, drop],
-        ).fetchall()
-    return {
-        "rows": [
-            {"drop": d, "row": r, "product_id": p, "reason_code": code, "reason": reason}
-            for d, r, p, code, reason in rows
-        ]
-    }
+    try:
+        return {"rows": quarantined_rows(layout.warehouse, drop)}
+    except UnknownDrop as unknown:
+        raise UserError(str(unknown)) from None
 
 
 def command_rollback(layout: HomeLayout, version: str | None) -> dict:
