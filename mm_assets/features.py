@@ -20,6 +20,20 @@ from resources import (
     WarehouseResource,
 )
 
+# On Kubernetes with the per-step executor (docs/production.md), an encoding step's pod asks for a
+# GPU node; elsewhere the tag is ignored and the encoders use CUDA when the machine has it.
+GPU_STEP_TAGS = {
+    "dagster-k8s/config": {
+        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+        "pod_spec_config": {
+            "node_selector": {"nvidia.com/gpu.present": "true"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        },
+    }
+}
+
 
 @asset(
     deps=["training_pairs", "stg_labeled_queries"],
@@ -28,24 +42,13 @@ from resources import (
     group_name="features",
     pool="warehouse",
     kinds={"pytorch", "duckdb"},
-    # On Kubernetes with the per-step executor (docs/production.md), this step's pod asks for a
-    # GPU node; elsewhere the tag is ignored and the encoders use CUDA when the machine has it.
-    op_tags={
-        "dagster-k8s/config": {
-            "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
-            "pod_spec_config": {
-                "node_selector": {"nvidia.com/gpu.present": "true"},
-                "tolerations": [
-                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-                ],
-            },
-        }
-    },
+    op_tags=GPU_STEP_TAGS,
     description="Image (CNN) and text (MiniLM) embeddings of products (every image of a "
     "gallery) and labeled queries, "
     "stored by content hash and encoder id; only content not yet encoded is encoded; also each "
     "product's pseudo-queries (training, ranker fitting and label-free evaluation read them). "
-    "(Shopper-view embeddings, a training input, are encoded by fusion_model when it trains.)",
+    "(Shopper-view embeddings, a training input, are encoded by shopper_views when a model "
+    "trains.)",
 )
 def encoder_features(
     context: AssetExecutionContext,

@@ -4,7 +4,7 @@ from dagster import AssetSelection, define_asset_job
 
 from mm_assets.ingestion import raw_products
 from mm_assets.partitions import catalog_drops
-from mm_assets.training import RETRAIN_TAG, fusion_model
+from mm_assets.training import RETRAIN_TAG, shopper_views
 
 INGEST_JOB, REFRESH_JOB, RETRAIN_JOB = "ingest_drop", "refresh_catalog", "retrain_model"
 
@@ -23,7 +23,8 @@ refresh_catalog_job = define_asset_job(
 )
 retrain_model_job = define_asset_job(
     RETRAIN_JOB,
-    selection=AssetSelection.assets(fusion_model).downstream(),
+    # The shopper views first (only those not encoded yet), then the model and what follows it.
+    selection=AssetSelection.assets(shopper_views).downstream(),
     tags={RETRAIN_TAG: "true"},
     description="Retrain the fusion model on the current features, rebuild the index, publish "
     "it if it passes the promotion gate, and evaluate.",

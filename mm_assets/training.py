@@ -14,8 +14,9 @@ from dagster import (
     asset,
 )
 
-from mm_assets.features import encoder_features
+from mm_assets.features import GPU_STEP_TAGS, encoder_features
 from mm_assets.metadata import latest_metadata, table
+from mmsearch.features.distributed import encoding_on
 from mmsearch.model.training import changes_since_model, encode_shopper_views, train_and_save
 from resources import (
     VERSIONS_IO_MANAGER,
@@ -40,6 +41,66 @@ def _reusable_model(registry, release, encoders: dict) -> tuple[str | None, dict
     trained_with = config.get("encoders", {})
     same = all(trained_with.get(k) == encoders[k] for k in ("text_encoder_id", "image_encoder_id"))
     return (release.model_version, config) if same else (None, {})
+
+
+def _encoders(text_encoder: TextEncoderResource, image_encoder: ImageEncoderResource) -> dict:
+    """Which encoders make the features: their ids and the settings to reload them."""
+    text_model, image_model = text_encoder.load(), image_encoder.load()
+    return {
+        "text_encoder_id": text_model.encoder_id,
+        "image_encoder_id": image_model.encoder_id,
+        **text_encoder.settings(),
+        **image_encoder.settings(),
+    }
+
+
+def _model_plan(context: AssetExecutionContext, releases, encoders: dict):
+    """What this run does with the model: (the live model it keeps or None when it trains, that
+    model's config, why, the live release)."""
+    live = releases.live()
+    if context.run.tags.get(RETRAIN_TAG) == "true":
+        return None, {}, "retrain requested", live
+    reusable, config = _reusable_model(releases, live, encoders)
+    if reusable is None:
+        return None, {}, "no live model for these encoders", live
+    return reusable, config, "kept the live model: not enough of the catalog changed", live
+
+
+@asset(
+    deps=[encoder_features],
+    group_name="training",
+    pool="warehouse",
+    kinds={"pytorch", "duckdb"},
+    op_tags=GPU_STEP_TAGS,
+    description="Shopper-style re-shoots of the train products' images (another crop, tilt, "
+    "mirror, background and lighting), encoded by the CNN: fusion_model learns from them that a "
+    "shopper's photo is the product. Stored by content hash like every feature, and encoded only "
+    "when this run trains a model, so adding products to the live index does not pay for them; "
+    "on the Ray cluster's workers with MM_RAY_ADDRESS, as encoder_features.",
+)
+def shopper_views(
+    context: AssetExecutionContext,
+    warehouse: WarehouseResource,
+    registry: ReleaseRegistryResource,
+    text_encoder: TextEncoderResource,
+    image_encoder: ImageEncoderResource,
+    settings: PipelineSettings,
+) -> MaterializeResult:
+    kept, _, reason, _ = _model_plan(
+        context, registry.registry, _encoders(text_encoder, image_encoder)
+    )
+    encoded, engine = 0, {}
+    if kept is None:
+        with encoding_on(settings.ray_cluster()) as encoding, warehouse.connect() as con:
+            views = encoding.view_encoder(image_encoder.load(), image_encoder.load_kwargs())
+            encoded = encode_shopper_views(
+                con, views, settings.training_config(), image_encoder.batch_size
+            )
+            # Where the views were encoded: "in_process" or "ray", and on how many workers.
+            engine = encoding.report()
+    return MaterializeResult(
+        metadata={"views_encoded": encoded, "trains": kept is None, "reason": reason, **engine}
+    )
 
 
 def _figures(config: dict) -> dict:
@@ -74,7 +135,7 @@ def _figures(config: dict) -> dict:
 
 
 @asset(
-    deps=[encoder_features, "training_pairs", "training_queries"],
+    deps=[shopper_views, "training_pairs", "training_queries"],
     group_name="training",
     pool="warehouse",
     kinds={"pytorch"},
@@ -93,32 +154,18 @@ def fusion_model(
     image_encoder: ImageEncoderResource,
     settings: PipelineSettings,
 ) -> MaterializeResult[dict]:
-    text_model, image_model = text_encoder.load(), image_encoder.load()
-    encoders = {
-        "text_encoder_id": text_model.encoder_id,
-        "image_encoder_id": image_model.encoder_id,
-        **text_encoder.settings(),
-        **image_encoder.settings(),
-    }
-    forced = context.run.tags.get(RETRAIN_TAG) == "true"
+    encoders = _encoders(text_encoder, image_encoder)
     releases = registry.registry
-    live = releases.live()
-    reusable, config = _reusable_model(releases, live, encoders)
+    reusable, config, reason, live = _model_plan(context, releases, encoders)
     metadata = {}
     with warehouse.connect() as con:
-        if forced or reusable is None:
-            training = settings.training_config()
-            views = encode_shopper_views(con, image_model, training, image_encoder.batch_size)
-            version, _ = train_and_save(con, warehouse.layout, encoders, training)
+        if reusable is None:
+            version, _ = train_and_save(con, warehouse.layout, encoders, settings.training_config())
             releases.push_model(version)
             config = releases.model_config(version)
-            reason = "retrain requested" if forced else "no live model for these encoders"
-            metadata.update(
-                shopper_views_encoded=views,
-                training_queries=config["summary"]["training_queries"],
-            )
+            metadata["training_queries"] = config["summary"]["training_queries"]
         else:
-            version, reason = reusable, "kept the live model: not enough of the catalog changed"
+            version = reusable
         products = con.execute("SELECT count(*) FROM training_pairs").fetchone()[0]
         changed = changes_since_model(con, version)
     due = settings.retrain_due(changed, products)

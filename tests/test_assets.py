@@ -43,6 +43,7 @@ PYTHON_ASSETS = {
     "labeled_queries",
     "near_duplicates",
     "encoder_features",
+    "shopper_views",
     "fusion_model",
     "candidate_release",
     "product_index",

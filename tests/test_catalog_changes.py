@@ -174,6 +174,8 @@ def test_only_new_and_changed_content_is_encoded(changed_home):
     assert features["texts_encoded"] == NEW + RETITLED
     # Shopper views are a training input: without a retrain, the update encodes none.
     assert _stored_views(home) == _stored_views(home, before_update=True)
+    views = _metadata(instance, "shopper_views")
+    assert views["views_encoded"] == 0 and views["trains"] is False
     index = _metadata(instance, "candidate_release")
     assert index["mode"] == "incremental"
     assert index["products_added"] == NEW + RETITLED + REIMAGED
@@ -261,9 +263,7 @@ def test_a_worse_model_is_not_promoted(changed_home, monkeypatch, capsys):
     }
     assert "candidate_release" in materialized and "product_index" not in materialized
     # The retrain encodes the shopper views of the images the update added.
-    assert (
-        _metadata(_home_instance(home), "fusion_model")["shopper_views_encoded"] == NEW + REIMAGED
-    )
+    assert _metadata(_home_instance(home), "shopper_views")["views_encoded"] == NEW + REIMAGED
     assert _stored_views(home) == _stored_views(home, before_update=True) + NEW + REIMAGED
     figures = {k: v.value for k, v in gate.metadata.items()}
     assert not gate.passed and gate.severity.value == "ERROR", gate.description

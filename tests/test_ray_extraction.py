@@ -4,6 +4,7 @@ Without an address the pipeline encodes in process and imports no Ray."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -21,7 +22,12 @@ from mmsearch import warehouse
 from mmsearch.catalog.drops import copy_drop
 from mmsearch.features.distributed import RayCluster, RayEncoding
 from mmsearch.features.encoders import load_image_encoder, load_text_encoder
-from mmsearch.features.extraction import catalog_images, catalog_texts, pseudo_query_texts
+from mmsearch.features.extraction import (
+    LocalViewEncoder,
+    catalog_images,
+    catalog_texts,
+    pseudo_query_texts,
+)
 from mmsearch.settings import HomeLayout
 from resources import ImageEncoderResource, PipelineSettings
 
@@ -214,6 +220,27 @@ def test_a_ray_node_address_encodes_too(ray_cluster):
     assert (vectors * local.encode(texts)).sum(axis=1).min() >= 0.999
     assert sum(report["rows_by_worker"].values()) == len(texts)
     assert report["workers"] == 2
+
+
+def test_ray_workers_make_and_encode_the_shopper_views_made_here(ray_cluster, tmp_path):
+    """The shopper views a retrain reads, made and encoded on the workers (`shopper_views` with
+    MM_RAY_ADDRESS), are the ones this process makes: same seeds, same encoder."""
+    local = load_image_encoder()
+    shas, files = [], []
+    for number in range(6):
+        path = tmp_path / f"p{number}.png"
+        path.write_bytes(png_bytes(picture(list(COLOURS.values())[number % 3], seed=number)))
+        shas.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        files.append(str(path))
+    with RayEncoding(RayCluster(ray_cluster.address, cpus_per_worker=1)) as encoding:
+        remote = encoding.view_encoder(local, {}).encode_views(shas, files, BATCH_SIZE)
+        report = encoding.report()
+    here = LocalViewEncoder(local).encode_views(shas, files, BATCH_SIZE)
+    assert (remote * here).sum(axis=1).min() >= 0.999
+    # Views, not the pictures themselves: another crop, tilt and background.
+    assert (here * local.encode_files(files)).sum(axis=1).max() < 0.99
+    view_rows = {w: n for w, n in report["rows_by_worker"].items() if w.startswith("view/")}
+    assert sum(view_rows.values()) == len(files) and report["workers"] == 2
 
 
 def test_the_in_process_default_imports_no_ray(tmp_path):

@@ -72,8 +72,10 @@ def test_nightly_retrain_at_two_retrains_and_republishes_without_reingesting(tmp
     assert nightly_retrain.cron_schedule == "0 2 * * *"
     job = build_definitions(str(tmp_path / "home")).resolve_job_def(nightly_retrain.job_name)
     assert job.name == RETRAIN_JOB and job.tags[RETRAIN_TAG] == "true"
-    # The model and what follows it, never the drops, the cleaning or the encoders again.
+    # The model, its views and what follows it, never the drops, the cleaning or the catalog's
+    # encoding again.
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
+        "shopper_views",
         "fusion_model",
         "candidate_release",
         "product_index",

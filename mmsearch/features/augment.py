@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from mmsearch.catalog.images import encoder_picture
+
 
 def shopper_view(picture: Image.Image, seed: int) -> Image.Image:
     """A deterministic random re-shoot of `picture` (RGB in, RGB out)."""
@@ -21,7 +23,7 @@ def shopper_view(picture: Image.Image, seed: int) -> Image.Image:
     product = picture.convert("RGBA")
     # Treat near-white studio background as transparent so the new background shows through.
     array = np.asarray(product).copy()
-    studio = array[..., :3].astype(int).min(axis=-1) > 235
+    studio = np.minimum(np.minimum(array[..., 0], array[..., 1]), array[..., 2]) > 235
     array[studio, 3] = 0
     product = Image.fromarray(array, "RGBA")
     if rng.random() < 0.5:
@@ -55,3 +57,10 @@ def view_key(image_sha: str) -> str:
 def view_seed(image_sha: str) -> int:
     """A seed fixed by the image's content, so a view never changes between runs."""
     return int(image_sha[:8], 16)
+
+
+def shopper_view_of_file(image_sha: str, image_file: str) -> Image.Image:
+    """The shopper view of a clean catalog image file, prepared as a shopper's uploaded photo
+    would be (`encoder_picture`)."""
+    with Image.open(image_file) as picture:
+        return encoder_picture(shopper_view(picture.convert("RGB"), view_seed(image_sha)))

@@ -1,9 +1,10 @@
 """Feature extraction on a Ray cluster: the frozen encoders as Ray Data actor pools.
 
-Each encoder is a callable class (`ImageBatchEncoder`, `TextBatchEncoder`) that loads its model
-once per actor and encodes one batch per call, run by `Dataset.map_batches` on as many actors as
-the cluster holds (one per GPU when it has GPUs). `RayEncoding` connects to the cluster and hands
-out stand-ins for the in-process encoders (same `encoder_id`, same `encode` / `encode_files`), so
+Each encoder is a callable class (`ImageBatchEncoder`, `TextBatchEncoder`, and
+`ViewBatchEncoder` for the shopper views training reads) that loads its model once per actor and
+encodes one batch per call, run by `Dataset.map_batches` on as many actors as the cluster holds
+(one per GPU when it has GPUs). `RayEncoding` connects to the cluster and hands out stand-ins for
+the in-process encoders (same `encoder_id`, same `encode` / `encode_files` / `encode_views`), so
 `mmsearch.features.extraction` and its content-hash cache are the same on both engines;
 `encoding_on` picks one of the two.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsearch.features.augment import shopper_view_of_file
 from mmsearch.features.encoders import (
     CUDA_MIN_BATCH,
     ImageEncoder,
@@ -32,9 +34,12 @@ from mmsearch.features.encoders import (
     load_image_encoder,
     load_text_encoder,
 )
+from mmsearch.features.extraction import LocalViewEncoder
 
 ENGINE_IN_PROCESS = "in_process"
 ENGINE_RAY = "ray"
+# Between an image's content hash and its path in a view item (neither holds it).
+VIEW_ITEM_SEPARATOR = "\x1f"
 # Tries to connect before giving up: a first connection can fail transiently (see `_connect`).
 CONNECT_ATTEMPTS = 3
 
@@ -70,6 +75,10 @@ class InProcessEncoding:
 
     def text_encoder(self, local: TextEncoder, load_kwargs: dict) -> TextEncoder:
         return local
+
+    def view_encoder(self, local: ImageEncoder, load_kwargs: dict) -> LocalViewEncoder:
+        self.on_gpu = local.device.type == "cuda"
+        return LocalViewEncoder(local)
 
     def report(self) -> dict:
         """The keys of `RayEncoding.report` but `rows_by_worker`: one worker, this process."""
@@ -118,6 +127,19 @@ class ImageBatchEncoder(_BatchEncoder):
         return self.encoder.encode_files(paths, self.batch_size)
 
 
+class ViewBatchEncoder(_BatchEncoder):
+    """Makes and encodes the shopper views of a batch of image files (`item`: the image's
+    content hash and absolute path, joined by VIEW_ITEM_SEPARATOR)."""
+
+    kind = "view"
+    load = staticmethod(load_image_encoder)
+
+    def encode(self, items: list[str]) -> np.ndarray:
+        pairs = [item.split(VIEW_ITEM_SEPARATOR, 1) for item in items]
+        pictures = [shopper_view_of_file(sha, path) for sha, path in pairs]
+        return self.encoder.encode_pictures(pictures, self.batch_size)
+
+
 class TextBatchEncoder(_BatchEncoder):
     """Encodes a batch of texts (`item`)."""
 
@@ -161,9 +183,13 @@ class RayEncoding:
         """A stand-in for `local` whose `encode` runs on the cluster (`load_text_encoder`)."""
         return RayTextEncoder(self, local, load_kwargs)
 
+    def view_encoder(self, local: ImageEncoder, load_kwargs: dict) -> RayViewEncoder:
+        """A stand-in for `LocalViewEncoder(local)`: the workers make the views and encode them."""
+        return RayViewEncoder(self, local, load_kwargs)
+
     def report(self) -> dict:
         """`engine`; `workers`, the encoder actors started, and `worker_gpus`, the GPUs they
-        held (of the larger pool: the image and text pools run one after the other; 0 when
+        held (of the largest pool: the image, text and view pools run one after another; 0 when
         nothing was new); `worker_nodes`, the nodes whose actors encoded; `rows_by_worker`,
         how many items each actor (`kind/node/pid`) encoded."""
         nodes = {worker.split("/")[1] for worker in self.rows_by_worker}
@@ -324,4 +350,23 @@ class RayTextEncoder:
         texts = [text or "" for text in texts]
         return self.encoding.encode(
             TextBatchEncoder, self.local, self.load_kwargs, texts, batch_size
+        )
+
+
+class RayViewEncoder:
+    """Stands in for a `LocalViewEncoder`: `encode_views` on the cluster."""
+
+    def __init__(self, encoding: RayEncoding, local: ImageEncoder, load_kwargs: dict):
+        self.encoding, self.local, self.load_kwargs = encoding, local, load_kwargs
+        self.encoder_id, self.dim = local.encoder_id, local.dim
+
+    def encode_views(
+        self, image_shas: Sequence[str], image_files: Sequence[str], batch_size: int = 64
+    ) -> np.ndarray:
+        items = [
+            f"{sha}{VIEW_ITEM_SEPARATOR}{Path(path).resolve()}"
+            for sha, path in zip(image_shas, image_files, strict=True)
+        ]
+        return self.encoding.encode(
+            ViewBatchEncoder, self.local, self.load_kwargs, items, batch_size
         )

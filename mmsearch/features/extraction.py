@@ -9,14 +9,15 @@ trained, so adding products to the live index does not pay for them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from PIL import Image
+import numpy as np
 
 from mmsearch.catalog.galleries import gallery_images
-from mmsearch.catalog.images import encoder_picture
 from mmsearch.catalog.text import text_key
-from mmsearch.features.augment import shopper_view, view_key, view_seed
+from mmsearch.features.augment import shopper_view_of_file, view_key
 from mmsearch.queries.pseudo import pseudo_queries
 from mmsearch.warehouse import missing_keys, query_df, store_vectors
 
@@ -35,12 +36,6 @@ class FeatureReport:
 # Items per encoder call: vectors are stored after each, so a failure keeps what was encoded and
 # the driver never holds more than this many vectors.
 ENCODE_CHUNK = 65_536
-
-
-def _shopper_view_of(image_sha: str, image_file: str) -> Image.Image:
-    with Image.open(image_file) as picture:
-        # Prepared as a shopper's uploaded photo would be.
-        return encoder_picture(shopper_view(picture.convert("RGB"), view_seed(image_sha)))
 
 
 def catalog_images(con) -> dict[str, str]:
@@ -149,12 +144,41 @@ def extract_features(con, text_encoder, image_encoder, batch_size: int = 64) -> 
     )
 
 
-def extract_shopper_views(
-    con, image_encoder, batch_size: int = 64, chunk: int = 256, image_shas=None
-) -> int:
+class LocalViewEncoder:
+    """Shopper views made and encoded in this process: worker threads make the next chunk's
+    views (PIL works outside the GIL) while the encoder runs on the current one."""
+
+    def __init__(self, image_encoder, chunk: int = 256):
+        self.image_encoder, self.chunk = image_encoder, chunk
+        self.encoder_id, self.dim = image_encoder.encoder_id, image_encoder.dim
+
+    def encode_views(
+        self, image_shas: Sequence[str], image_files: Sequence[str], batch_size: int = 64
+    ) -> np.ndarray:
+        """(n, dim) unit vectors: the shopper view of each (image sha, clean image file)."""
+        out = np.zeros((len(image_shas), self.dim), dtype=np.float32)
+        starts = range(0, len(image_shas), self.chunk)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+
+            def views(start: int):
+                end = start + self.chunk
+                return pool.map(shopper_view_of_file, image_shas[start:end], image_files[start:end])
+
+            pending = views(0) if starts else None
+            for start in starts:
+                pictures = list(pending)
+                if start + self.chunk < len(image_shas):
+                    pending = views(start + self.chunk)
+                out[start : start + len(pictures)] = self.image_encoder.encode_pictures(
+                    pictures, batch_size
+                )
+        return out
+
+
+def extract_shopper_views(con, view_encoder, batch_size: int = 64, image_shas=None) -> int:
     """Encode one shopper-style re-shoot of each live product image not yet encoded (only of
-    `image_shas` when given); returns how many were encoded. Training uses them to teach
-    viewpoint invariance."""
+    `image_shas` when given) with `view_encoder` (`LocalViewEncoder`, or its stand-in on a Ray
+    cluster); returns how many were encoded. Training uses them to teach viewpoint invariance."""
     products = query_df(con, "SELECT DISTINCT image_sha, image_file FROM training_pairs")
     view_files = {
         view_key(sha): (sha, file)
@@ -162,13 +186,14 @@ def extract_shopper_views(
         if isinstance(sha, str) and sha and (image_shas is None or sha in image_shas)
     }
     new_views = missing_keys(
-        con, "image_features", "image_sha", list(view_files), image_encoder.encoder_id
+        con, "image_features", "image_sha", list(view_files), view_encoder.encoder_id
     )
-    for start in range(0, len(new_views), chunk):
-        keys = new_views[start : start + chunk]
-        pictures = [_shopper_view_of(*view_files[key]) for key in keys]
-        vectors = image_encoder.encode_pictures(pictures, batch_size)
-        store_vectors(con, "image_features", "image_sha", keys, vectors, image_encoder.encoder_id)
+    # Stored after each chunk, so a failure keeps what was encoded.
+    for start in range(0, len(new_views), ENCODE_CHUNK):
+        keys = new_views[start : start + ENCODE_CHUNK]
+        shas, files = zip(*(view_files[key] for key in keys), strict=True)
+        vectors = view_encoder.encode_views(list(shas), list(files), batch_size)
+        store_vectors(con, "image_features", "image_sha", keys, vectors, view_encoder.encoder_id)
     return len(new_views)
 
 

@@ -134,11 +134,12 @@ def shopper_view_images(con, config: TrainingConfig = TrainingConfig()) -> set[s
 
 
 def encode_shopper_views(
-    con, image_encoder, config: TrainingConfig = TrainingConfig(), batch_size: int = 64
+    con, view_encoder, config: TrainingConfig = TrainingConfig(), batch_size: int = 64
 ) -> int:
-    """Encode the missing shopper views of `shopper_view_images`; returns how many."""
+    """Encode the missing shopper views of `shopper_view_images` with `view_encoder`
+    (`mmsearch.features.extraction.LocalViewEncoder` or its Ray stand-in); returns how many."""
     return extract_shopper_views(
-        con, image_encoder, batch_size, image_shas=shopper_view_images(con, config)
+        con, view_encoder, batch_size, image_shas=shopper_view_images(con, config)
     )
 
 
