@@ -134,8 +134,8 @@ def _ingest_text(result: dict) -> str:
         )
     if result["rows_without_image"]:
         lines.append(
-            f"{result['rows_without_image']} row(s) got no usable image and will be quarantined "
-            "(`mmsearch run`, then `mmsearch quarantine`)"
+            f"{result['rows_without_image']} row(s) got no usable image and will be live "
+            "text-only (`mmsearch run`, then `mmsearch quarantine` lists the refused images)"
         )
     return "\n".join(lines)
 
@@ -385,12 +385,20 @@ def command_status(layout: HomeLayout) -> dict:
 
 
 def command_quarantine(layout: HomeLayout, drop: str | None) -> dict:
+    from mmsearch.catalog.galleries import refused_images
     from mmsearch.catalog.reports import UnknownDrop, quarantined_rows
 
+    if not layout.warehouse.exists():
+        return {"rows": [], "images": []}
     try:
-        return {"rows": quarantined_rows(layout.warehouse, drop)}
+        rows = quarantined_rows(layout.warehouse, drop)
     except UnknownDrop as unknown:
         raise UserError(str(unknown)) from None
+    return {
+        "rows": rows,
+        # Images refused on their own: the product is live with its other images, or text-only.
+        "images": refused_images(layout.warehouse, drop),
+    }
 
 
 def command_rollback(layout: HomeLayout, version: str | None) -> dict:
@@ -520,6 +528,13 @@ def _print_human(command: str, result: dict) -> None:
             print("no quarantined rows")
         else:
             print(_table(result["rows"], ["drop", "row", "product_id", "reason_code", "reason"]))
+        if result["images"]:
+            print(
+                f"\n{len(result['images'])} image(s) refused; their products are live with "
+                "their other images, or text-only:"
+            )
+            images = [dict(i, image=i["url"] or i["image_path"]) for i in result["images"]]
+            print(_table(images, ["drop", "row", "product_id", "image", "reason_code", "reason"]))
     else:
         print(json.dumps(result, indent=2, default=str))
 

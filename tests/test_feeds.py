@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from conftest import cli_json, run_cli
@@ -41,6 +42,7 @@ from mmsearch.catalog.fetch import (
     fetch_image,
     non_public_reason,
 )
+from mmsearch.catalog.galleries import clean_gallery_images
 from mmsearch.catalog.images import ImageLimits
 from mmsearch.settings import HomeLayout
 from resources import PipelineSettings, WarehouseResource
@@ -431,17 +433,31 @@ def test_a_merchant_feed_lands_as_a_drop_and_bad_rows_are_quarantined_with_row_a
     assert again["drop"] == "merchant" and again["images"]["downloaded"] == 0
 
 
-def test_a_row_whose_every_image_failed_is_quarantined_naming_the_url_and_cause(
+def test_a_row_whose_every_image_failed_is_kept_text_only_and_its_image_refused_with_the_cause(
     server, fetcher, tmp_path
 ):
+    # As a drop row without image_path is kept: the product stays searchable by its text, and
+    # the image it lacks is refused on its own, naming the URL and the cause.
     data = _fixture("merchant.xml", server).replace(b"/img/blue.png", b"/img/blue-gone.png")
     report = land_feed("woolworks.xml", data, tmp_path / "landing", fetcher)
-    catalog = _clean(tmp_path / "landing" / report["drop"], tmp_path)
-    (row,) = catalog.quarantine.to_dict("records")
-    assert row["product_id"] == "HAT-BLU" and row["row_number"] == 2
-    assert f"{server.base}/img/blue-gone.png" in row["reason"]
-    assert "image_fetch_failed" in row["reason"] and "HTTP 404" in row["reason"]
-    assert sorted(catalog.products["product_id"]) == ["MITT-RED", "SCARF-GRN"]
+    assert report["rows_without_image"] == 1
+    drop = tmp_path / "landing" / report["drop"]
+    catalog = _clean(drop, tmp_path)
+    assert catalog.quarantine.empty
+    live = catalog.products.set_index("product_id")
+    assert sorted(live.index) == ["HAT-BLU", "MITT-RED", "SCARF-GRN"]
+    assert pd.isna(live.loc["HAT-BLU", "image_file"]) and live.loc["HAT-BLU", "title"]
+    products = read_products(drop).set_index("product_id")
+    paths = products["image_path"].to_dict()
+    images = clean_gallery_images(
+        catalog.products.assign(image_path=catalog.products["product_id"].map(paths)),
+        {drop.name: drop},
+        tmp_path / "clean",
+    )
+    (refused,) = images[images["reason_code"].notna()].to_dict("records")
+    assert refused["product_id"] == "HAT-BLU" and refused["row_number"] == 2
+    assert refused["image_url"] == f"{server.base}/img/blue-gone.png"
+    assert refused["reason_code"] == "image_fetch_failed" and "HTTP 404" in refused["reason"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,26 +685,33 @@ def test_a_hostile_feed_quarantines_every_bad_row_and_image_with_its_cause_and_l
     home = tmp_path / "home"
     run_cli(home, "ingest", str(landing / report["drop"]))
     run = run_cli(home, "run", "--json")  # exits 0: the bad rows do not stop the run
+    # The rows whose only image failed are live text-only, as a drop row without an image is.
     assert json.loads(run.stdout)["rows"] == {
         "read": 19,
-        "live": 13,
+        "live": 16,
         "replaced": 0,
-        "quarantined": 6,
+        "quarantined": 3,
         "deleted": 0,
     }
-    rows_out = {r["product_id"]: r for r in cli_json(home, "quarantine")["rows"]}
+    quarantine = cli_json(home, "quarantine")
+    rows_out = {r["product_id"]: r for r in quarantine["rows"]}
     assert {pid: r["reason_code"] for pid, r in rows_out.items()} == {
-        "BAD-ALL-404": "unreadable_row",
-        "BAD-BOMB": "unreadable_row",
-        "BAD-LOOP": "unreadable_row",
         "BAD-NOTITLE": "missing_title",
         "BAD-PRICE": "bad_price",
         "BAD-FIELDS": "unreadable_row",
     }
-    assert "image_fetch_failed" in rows_out["BAD-ALL-404"]["reason"]
-    assert "decompression bomb" in rows_out["BAD-BOMB"]["reason"]
-    assert "127.0.0.2 is a loopback address" in rows_out["BAD-LOOP"]["reason"]
     assert "2 fields where the header has 6" in rows_out["BAD-FIELDS"]["reason"]
+    # `mmsearch quarantine` lists every refused image too, with its row, URL and cause.
+    images_out = {(i["product_id"], i["url"]): i for i in quarantine["images"]}
+    assert len(images_out) == len(quarantine["images"]) == 14
+    assert images_out["BAD-ALL-404", f"{base}/h/missing.png"]["reason_code"] == "image_fetch_failed"
+    assert "decompression bomb" in images_out["BAD-BOMB", f"{base}/h/bomb.png"]["reason"]
+    loop = images_out["BAD-LOOP", f"{elsewhere}/x.png"]
+    assert loop["reason_code"] == "image_url_refused" and loop["drop"] == report["drop"]
+    assert "127.0.0.2 is a loopback address" in loop["reason"] and loop["row"] == 8
+    listed = run_cli(home, "quarantine").stdout
+    assert "14 image(s) refused" in listed
+    assert f"{base}/h/missing.png" in listed and "missing_title" in listed
 
     import duckdb
 
@@ -709,6 +732,7 @@ def test_a_hostile_feed_quarantines_every_bad_row_and_image_with_its_cause_and_l
             reason,
         )
         for pid, url, code, reason in refused_images
+        if not pid.startswith("BAD-")
     }
     assert {key: code for key, (code, _) in causes.items()} == {
         ("GOOD-404", "gone.png"): "image_fetch_failed",
@@ -736,3 +760,5 @@ def test_a_hostile_feed_quarantines_every_bad_row_and_image_with_its_cause_and_l
     assert description == "Warm wool hat." and "script" not in description
     found = cli_json(home, "search", "--text", "wool hat", "--k", "1")["results"][0]
     assert found["product_id"] == "GOOD-SCRIPT" and found["images"] == 2
+    vase = cli_json(home, "search", "--text", "vase", "--k", "1")["results"][0]
+    assert vase["product_id"] == "BAD-ALL-404" and vase["images"] == 0

@@ -12,7 +12,7 @@ import pytest
 from test_feeds import FeedServer
 from test_server import CHROMIUM, RunningServer
 
-from conftest import cli_json
+from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, write_drop
 from mmsearch.catalog.cleaning import clean_catalog
 from mmsearch.catalog.drops import READ_ERROR, read_products
@@ -170,6 +170,21 @@ def test_every_gallery_image_as_the_query_finds_its_product_first(gallery_home):
         for _, path in queries
     ]
     assert firsts == [product_id for product_id, _ in queries]
+
+
+@pytest.mark.slow
+def test_quarantine_lists_a_refused_gallery_image_with_its_row_url_and_cause(gallery_home):
+    home, generated, broken, ingested, _ = gallery_home
+    listed = cli_json(home, "quarantine")
+    assert listed["rows"] == []
+    (image,) = listed["images"]
+    assert image["product_id"] == broken and image["drop"] == ingested["drop"]
+    assert image["row"] == 1 and image["url"].endswith(generated.gallery[broken][2])
+    assert image["reason_code"] == "image_fetch_failed" and "HTTP 404" in image["reason"]
+    assert cli_json(home, "quarantine", "--drop", ingested["drop"])["images"] == [image]
+    text = run_cli(home, "quarantine").stdout
+    assert "no quarantined rows" in text and "1 image(s) refused" in text
+    assert image["url"] in text and "image_fetch_failed" in text
 
 
 @pytest.mark.slow

@@ -7,7 +7,10 @@ http(s) addresses, limits, retries, a per-URL cache), and the result is written 
 drop folder (products.csv + images/) that lands through `copy_drop`, so ingestion, cleaning
 and the quarantine treat it like any other drop. Every feed row becomes one drop row (a
 Shopify variant is a row); a row that cannot be used keeps its place and the cleaning stage
-quarantines it with its row and cause.
+quarantines it with its row and cause. An image that could not be fetched or decoded is
+refused on its own (`catalog.galleries` lists it, with its URL and cause, beside the
+quarantined rows); a row left with no image at all is kept text-only, as a drop row without
+an `image_path` is.
 """
 
 from __future__ import annotations
@@ -468,8 +471,10 @@ def write_feed_drop(
 
     A row keeps the images that fetched and decoded (the first is its `image_path`; all are in
     `image_paths`, every URL in `image_urls`) and lists the others in `image_failures` with the
-    URL and the cause. A row that had image URLs and got none is written with the failure as
-    its read error, so the cleaning stage quarantines it naming the URL and the cause.
+    URL and the cause. A row that had image URLs and got none is written without an image
+    (`rows_without_image`): a text-only product, as a drop row without `image_path` is, whose
+    refused images the quarantine lists (`catalog.galleries.quarantined_images`); a shop's image
+    host failing for a while does not take its products out of search.
     """
     images_dir = drop_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -497,14 +502,7 @@ def write_feed_drop(
             if isinstance(f := fetched[u], FetchRefused)
         ]
         report.image_failures.extend(failures)
-        if row.image_urls and not paths:
-            report.rows_without_image += 1
-            first = failures[0]
-            cause = f"{first.reason_code}: image {first.url} could not be used: {first.reason}"
-            more = f" (and {len(failures) - 1} more image(s) failed)" if len(failures) > 1 else ""
-            columns[READ_ERROR] = (
-                columns.get(READ_ERROR) or f"feed row {row.feed_row}: {cause}{more}"
-            )
+        report.rows_without_image += bool(row.image_urls and not paths)
         columns["image_path"] = paths[0] if paths else None
         columns["image_urls"] = json.dumps(row.image_urls) if row.image_urls else None
         columns["image_paths"] = json.dumps(paths) if len(paths) > 1 else None
@@ -581,7 +579,8 @@ def land_feed(
     """Turn a feed's bytes into a drop and land it (`copy_drop`: the same content is a no-op, a
     changed feed lands as `<name>-v2`, ...). Returns what was done: `drop`, `format`, `rows`,
     `images` (`fetched`, `downloaded`, `failed`), `image_failures` (feed row, product id, URL,
-    reason code, reason) and `rows_without_image` (quarantined by the cleaning stage)."""
+    reason code, reason) and `rows_without_image` (kept text-only; their images' failures are
+    listed by the quarantine)."""
     feed_format, rows = parse_feed(source, data)
     landing.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".feed-", dir=landing.parent))

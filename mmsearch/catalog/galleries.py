@@ -6,7 +6,8 @@ with the row (`catalog.cleaning`); here each other image of a live product is cl
 way (`catalog.images`) and kept in `product_images` with its position in the gallery. A bad extra
 image is quarantined on its own, with its reason code and cause, and the product keeps the rest;
 an image a feed could not fetch (the `image_failures` attribute) is listed there too, so every
-refused image of a product is in one place. Products without a gallery are not touched.
+refused image of a product is in one place (`mmsearch quarantine` lists them beside the
+quarantined rows). Products without a gallery are not touched.
 """
 
 from __future__ import annotations
@@ -253,3 +254,30 @@ def quarantined_images(con) -> pd.DataFrame:
         f"SELECT {', '.join(columns)}, reason_code, reason FROM {GALLERY_TABLE} "
         "WHERE reason_code IS NOT NULL ORDER BY drop_name, row_number, position",
     )
+
+
+def refused_images(warehouse_path: Path, drop: str | None = None) -> list[dict]:
+    """The images of live products refused on their own, as `mmsearch quarantine` lists them
+    beside the quarantined rows: `drop`, `row`, `product_id`, `image_path` (in the drop; None for
+    one a feed could not fetch), `url` (None in a drop folder), `reason_code`, `reason`; only
+    those of the drop named `drop` when given; none before the warehouse exists."""
+    from mmsearch import warehouse
+
+    if not warehouse_path.exists():
+        return []
+    with warehouse.connect(warehouse_path, read_only=True) as con:
+        table = quarantined_images(con)
+    if drop is not None:
+        table = table[table["drop_name"] == drop]
+    return [
+        {
+            "drop": image["drop_name"],
+            "row": int(image["row_number"]),
+            "product_id": image["product_id"],
+            "image_path": image["image_path"],
+            "url": image["image_url"],
+            "reason_code": image["reason_code"],
+            "reason": image["reason"],
+        }
+        for image in table.astype(object).where(table.notna(), None).to_dict("records")
+    ]
