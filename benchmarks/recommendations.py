@@ -1,33 +1,36 @@
 """How good and how fast "more like this" is: batched lists beside one `similar` per product.
 
     .venv/bin/python benchmarks/recommendations.py [--home /tmp/mm_recs] [--products N]
-        [--grow 2000 8000]
+        [--grow 5000 20000] [--approximate-min N]
 
 A catalog is built through the real command line (`mmsearch demo`, or with `--products` a
 generated catalog of that size through `mmsearch ingest` and `mmsearch run`), or an existing
 home is reused. In the same run, 10 recommendations are computed from the live release batched
-for every live product (`recommend`, what the pipeline stores) and with one
-`SearchEngine.similar` request per product for a sample of `--baseline` products
-(`recommend_one_by_one`, the baseline). Printed: milliseconds per product (seconds per 1,000
-products) of each, wall and CPU; the mean overlap@10 of the two lists on the sample; and on
-the sample's products with a photo, for each list and for the nearest neighbours by raw CNN
-image features and by raw MiniLM text features (the product itself and products with the same
-text left out), the share of the 10 that are the same design in another colour (same
-category, brand, pattern and material; another colour) and the share in the same category.
+for every live product (`recommend`, what the pipeline stores: neighbours searched in inverted
+files built for the batch over each exhaustive index of at least `--approximate-min` vectors,
+default `APPROXIMATE_MIN`), batched with the release's own indexes (exact scans below
+`EXACT_MAX`: the path before those inverted files) and with one `SearchEngine.similar` request
+per product for a sample of `--baseline` products (`recommend_one_by_one`, the reference).
+Printed: milliseconds per product (seconds per 1,000 products) of each, wall and CPU; the mean
+overlap@10 of each batched path's lists with the reference on the sample; and on the sample's
+products with a photo, for each list and for the nearest neighbours by raw CNN image features
+and by raw MiniLM text features (the product itself and products with the same text left out),
+the share of the 10 that are the same design in another colour (same category, brand, pattern
+and material; another colour) and the share in the same category.
 
 With `--grow`, the cost's growth: the live release is also grown to each of the given sizes
 (`query_latency.grow_release`: its products copied under new ids, vectors jittered, BM25 rebuilt
 over the copies, so every word's document frequency grows with the catalog) and, on each, every
-list is computed batched and a sample of `--grow-baseline` one `similar` at a time; printed are
-seconds and ms per product of both, overlap@10, and the batched path's growth exponent between
-the sizes (1 is linear), also split into its FAISS searches (timed alone: an exact index, as
-the project builds up to `EXACT_MAX` products, scans the whole catalog per product) and the
-rest.
+list is computed by both batched paths and a sample of `--grow-baseline` one `similar` at a
+time; printed are CPU seconds and ms per product of each, overlap@10 with the reference, the
+neighbour searches of the inverted files timed alone (building them, then searching) and each
+batched path's growth exponent between the sizes (1 is linear).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -100,12 +103,21 @@ def mean_overlap(reference: pd.DataFrame, batched: pd.DataFrame) -> float:
     return float(np.mean([len(set(first[p][:K]) & set(second.get(p, [])[:K])) / K for p in first]))
 
 
-def exact_scans(engine) -> float:
-    """CPU seconds of searching each of the release's FAISS indexes (fused, raw text, raw image)
-    once per product, as many at a time as `recommend` does: the part of the batched lists that
-    an exact index (up to `EXACT_MAX` products) makes grow with the catalog per product."""
+def exact_recommend(engine, ids: list[str], k: int) -> pd.DataFrame:
+    """`recommend` searching the release's own indexes (exact scans below `EXACT_MAX`), never
+    an inverted file built for the batch: the path before `batch_index`, the baseline."""
+    from mmsearch.search.recommendations import recommend
+
+    return recommend(engine, ids, k, approximate_min=sys.maxsize)
+
+
+def neighbour_searches(engine, approximate_min: int) -> tuple[float, float]:
+    """CPU seconds of (building, searching) the indexes a batch of every list searches
+    (`batch_index` of the fused, raw text and raw image indexes), each product's vectors
+    searched once, `CHUNK` at a time: the part of the lists that grows faster than the catalog
+    when the index scans every vector."""
     from mmsearch.search.engine import CANDIDATES
-    from mmsearch.search.recommendations import CHUNK
+    from mmsearch.search.recommendations import CHUNK, batch_index
 
     rows = np.arange(len(engine.products))
     searched = [
@@ -114,16 +126,19 @@ def exact_scans(engine) -> float:
         (engine.retriever_indexes["image"], "image", rows[engine._has_image]),
     ]
     cpu = time.process_time()
-    for index, name, chosen in searched:
+    indexes = [batch_index(index, approximate_min) for index, *_ in searched]
+    built = time.process_time() - cpu
+    for index, (_, name, chosen) in zip(indexes, searched, strict=True):
         for start in range(0, len(chosen), CHUNK):
             queries = np.asarray(engine.vectors[name][chosen[start : start + CHUNK]], np.float32)
             index.search(queries, min(CANDIDATES + 1, index.ntotal))
-    return time.process_time() - cpu
+    return built, time.process_time() - cpu - built
 
 
-def growth(layout, sizes: list[int], baseline: int) -> None:
-    """Batched and one-by-one lists on releases grown to each of `sizes`, and the growth
-    exponent of the batched path's seconds between consecutive sizes."""
+def growth(layout, sizes: list[int], baseline: int, approximate_min: int) -> None:
+    """Batched lists (inverted files from `approximate_min` vectors, and exact scans) and one
+    `similar` per product on releases grown to each of `sizes`, and the growth exponent of the
+    batched paths' CPU seconds between consecutive sizes."""
     from mmsearch.index.registry import registry_for
     from mmsearch.search.engine import SearchEngine
     from mmsearch.search.recommendations import recommend, recommend_one_by_one
@@ -135,47 +150,45 @@ def growth(layout, sizes: list[int], baseline: int) -> None:
         ids = engine.products["product_id"].tolist()
         picks = np.random.default_rng(0).choice(len(ids), min(baseline, len(ids)), False)
         sample = [ids[i] for i in sorted(picks)]
-        reference, one_seconds, one_cpu = timed(recommend_one_by_one, engine, sample, K)
-        batched, seconds, cpu = timed(recommend, engine, ids, K)
-        scans = exact_scans(engine)
+        reference, _, one_cpu = timed(recommend_one_by_one, engine, sample, K)
+        approximate = functools.partial(recommend, approximate_min=approximate_min)
+        batched, seconds, cpu = timed(approximate, engine, ids, K)
+        exact, exact_seconds, exact_cpu = timed(exact_recommend, engine, ids, K)
+        build, search = neighbour_searches(engine, approximate_min)
         rows.append(
-            (
-                len(ids),
-                seconds,
-                cpu,
-                scans,
-                cpu - scans,
-                1000 * seconds / len(ids),
-                1000 * cpu / len(ids),
-                1000 * one_seconds / len(sample),
-                1000 * one_cpu / len(sample),
-                mean_overlap(reference, batched[batched["product_id"].isin(sample)]),
-            )
+            {
+                "products": len(ids),
+                "CPU s": cpu,
+                "exact CPU s": exact_cpu,
+                "CPU ms/product": 1000 * cpu / len(ids),
+                "exact CPU ms/product": 1000 * exact_cpu / len(ids),
+                "wall ms/product": 1000 * seconds / len(ids),
+                "exact wall ms/product": 1000 * exact_seconds / len(ids),
+                "one `similar` CPU ms": 1000 * one_cpu / len(sample),
+                "overlap@10": mean_overlap(reference, batched[batched["product_id"].isin(sample)]),
+                "exact overlap@10": mean_overlap(
+                    reference, exact[exact["product_id"].isin(sample)]
+                ),
+                "index build CPU s": build,
+                "searches CPU s": search,
+            }
         )
-    table = pd.DataFrame(
-        rows,
-        columns=[
-            "products",
-            "batched seconds",
-            "batched CPU seconds",
-            "of which FAISS searches",
-            "the rest",
-            "batched ms per product",
-            "batched CPU ms per product",
-            "one `similar` ms per product",
-            "one `similar` CPU ms per product",
-            "overlap@10",
-        ],
+    table = pd.DataFrame(rows)
+    print(
+        f"\ngrown releases: batched with inverted files from {approximate_min:,} vectors, and "
+        f"exact (the release's indexes); one `similar` per product on {baseline} of each\n"
     )
-    table["products"] = table["products"].map("{:,}".format)
-    print(f"\ngrown releases (one `similar` per product on {baseline} of each)\n")
     print(table.to_markdown(index=False, floatfmt=".3f"))
-    for (n1, t1, c1, f1, r1, *_), (n2, t2, c2, f2, r2, *_) in itertools.pairwise(rows):
-        sizes = np.log(n2 / n1)
+    for first, second in itertools.pairwise(rows):
+        sizes = np.log(second["products"] / first["products"])
+
+        def exponent(column: str, first=first, second=second, sizes=sizes) -> str:
+            return f"{np.log(second[column] / first[column]) / sizes:.2f}"
+
         print(
-            f"growth exponent {n1:,} -> {n2:,}: {np.log(t2 / t1) / sizes:.2f} "
-            f"(CPU {np.log(c2 / c1) / sizes:.2f}; FAISS searches {np.log(f2 / f1) / sizes:.2f}, "
-            f"the rest {np.log(r2 / r1) / sizes:.2f})"
+            f"growth exponent of CPU {first['products']:,} -> {second['products']:,}: "
+            f"batched {exponent('CPU s')} (its searches {exponent('searches CPU s')}), "
+            f"exact {exponent('exact CPU s')}"
         )
 
 
@@ -197,22 +210,31 @@ def main() -> None:
     parser.add_argument(
         "--skip-live", action="store_true", help="only the grown releases (with --grow)"
     )
+    parser.add_argument(
+        "--approximate-min",
+        type=int,
+        default=None,
+        help="inverted files from this many vectors (default: the pipeline's APPROXIMATE_MIN)",
+    )
     args = parser.parse_args()
     os.environ["MM_HOME"] = str(args.home)
     os.environ.pop("DAGSTER_HOME", None)
     build(args.home, args.products)
 
+    from mmsearch.search.recommendations import APPROXIMATE_MIN
     from mmsearch.settings import HomeLayout
 
     layout = HomeLayout(args.home)
+    approximate_min = APPROXIMATE_MIN if args.approximate_min is None else args.approximate_min
     if not args.skip_live:
-        live(layout, args.baseline)
+        live(layout, args.baseline, approximate_min)
     if args.grow:
-        growth(layout, args.grow, args.grow_baseline)
+        growth(layout, args.grow, args.grow_baseline, approximate_min)
 
 
-def live(layout, baseline: int) -> None:
-    """Batched and one-by-one lists of the live release, their overlap and their quality."""
+def live(layout, baseline: int, approximate_min: int) -> None:
+    """Batched (inverted files from `approximate_min` vectors, and exact scans) and one-by-one
+    lists of the live release, their overlap and their quality."""
     from mmsearch.index.indexing import index_type
     from mmsearch.index.registry import registry_for
     from mmsearch.search.engine import SearchEngine
@@ -226,9 +248,12 @@ def live(layout, baseline: int) -> None:
     one_by_one, *one_by_one_seconds = timed(
         recommend_one_by_one, engine, [ids[i] for i in sample], K
     )
-    batched, *batched_seconds = timed(recommend, engine, ids, K)
-    reference, ours = lists_of(one_by_one), lists_of(batched)
+    approximate = functools.partial(recommend, approximate_min=approximate_min)
+    batched, *batched_seconds = timed(approximate, engine, ids, K)
+    exact, *exact_seconds = timed(exact_recommend, engine, ids, K)
+    reference, ours, exact_lists = lists_of(one_by_one), lists_of(batched), lists_of(exact)
     overlap = mean_overlap(one_by_one, batched)
+    exact_overlap = mean_overlap(one_by_one, exact)
 
     row_of = {pid: i for i, pid in enumerate(ids)}
     records = products.to_dict("records")
@@ -261,6 +286,7 @@ def live(layout, baseline: int) -> None:
     quality = pd.DataFrame(
         [
             ("batched recommendations (stored)", *shares(as_rows(ours))),
+            ("batched, exact scans", *shares(as_rows(exact_lists))),
             ("one `similar` per product (baseline)", *shares(as_rows(reference))),
             ("raw image neighbours", *shares({r: list(by_image[r]) for r in rows})),
             ("raw text neighbours", *shares({r: list(by_text[r]) for r in rows})),
@@ -270,6 +296,7 @@ def live(layout, baseline: int) -> None:
     speed = pd.DataFrame(
         [
             ("batched `recommend`", len(ids), *batched_seconds),
+            ("batched, exact scans", len(ids), *exact_seconds),
             ("one `similar` per product", len(sample), *one_by_one_seconds),
         ],
         columns=["lists", "products", "seconds", "CPU seconds"],
@@ -277,11 +304,17 @@ def live(layout, baseline: int) -> None:
     speed["ms per product (= s per 1,000)"] = 1000 * speed["seconds"] / speed["products"]
     speed["CPU ms per product"] = 1000 * speed["CPU seconds"] / speed["products"]
     print(f"{len(ids):,} live products; model {engine.model_version}")
-    print(f"fused index {index_type(engine.index)}, {engine.index.ntotal:,} vectors\n")
+    print(
+        f"fused index {index_type(engine.index)}, {engine.index.ntotal:,} vectors; inverted "
+        f"files for the batch from {approximate_min:,} vectors\n"
+    )
     print(speed.to_markdown(index=False, floatfmt=".2f"))
     wall, cpu = speed["ms per product (= s per 1,000)"], speed["CPU ms per product"]
-    speedup = f"{wall.iloc[1] / wall.iloc[0]:.1f}x (CPU {cpu.iloc[1] / cpu.iloc[0]:.1f}x)"
-    print(f"\nspeed-up {speedup}; overlap@10 {overlap:.3f} on the {len(sample)} products\n")
+    speedup = f"{wall.iloc[2] / wall.iloc[0]:.1f}x (CPU {cpu.iloc[2] / cpu.iloc[0]:.1f}x)"
+    print(
+        f"\nspeed-up {speedup}; overlap@10 with one `similar` per product on the {len(sample)} "
+        f"products: batched {overlap:.3f}, exact scans {exact_overlap:.3f}\n"
+    )
     print(quality.to_markdown(index=False, floatfmt=".3f"))
 
 

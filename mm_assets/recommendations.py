@@ -6,7 +6,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from mm_assets.indexing import product_index
 from mmsearch.search.engine import SearchEngine
-from mmsearch.search.recommendations import COLUMNS, update_recommendations
+from mmsearch.search.recommendations import APPROXIMATE_MIN, COLUMNS, update_recommendations
 from mmsearch.warehouse import query_df, replace_rows
 from resources import ReleaseRegistryResource, WarehouseResource
 
@@ -19,8 +19,9 @@ from resources import ReleaseRegistryResource, WarehouseResource
     description="The 10 most similar products of every live product (the lists of the live "
     "release's `similar`, computed in batches: the product itself, its near-duplicates, its own "
     "variants and out-of-stock products left out, one product per variant group; BM25 work per "
-    "list bounded whatever the catalog's size), recomputed only for new or changed products "
-    "and for lists that name a removed or changed one.",
+    f"list bounded whatever the catalog's size; from {APPROXIMATE_MIN:,} products, neighbours "
+    "searched in inverted files built for the batch instead of exact scans), recomputed only "
+    "for new or changed products and for lists that name a removed or changed one.",
 )
 def product_recommendations(
     context: AssetExecutionContext, warehouse: WarehouseResource, registry: ReleaseRegistryResource

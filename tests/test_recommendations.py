@@ -1,6 +1,7 @@
 """Batched recommendations: the same lists as one `similar` request per product, the exclusions
 of `similar` (itself, same-text duplicates, near-duplicate photos) and a product's own variants,
-lexical work bounded per product, and incremental updates."""
+lexical work bounded per product, neighbours searched in an inverted file built for the batch,
+and incremental updates."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from test_feeds import FeedServer
 
 from conftest import cli_json, run_cli
 from mmsearch.catalog.images import photo_similarity
+from mmsearch.index.indexing import TARGET_RECALL, build_index
 from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import registry_for
 from mmsearch.sample import write_sample_catalog
 from mmsearch.sample.feeds import make_shop_feed
-from mmsearch.search.engine import NEAR_DUPLICATE_PHOTO, SearchEngine
+from mmsearch.search.engine import CANDIDATES, NEAR_DUPLICATE_PHOTO, SearchEngine
 from mmsearch.search.recommendations import (
     LexicalScorer,
+    batch_index,
     recommend,
     recommend_one_by_one,
     update_recommendations,
@@ -218,6 +221,46 @@ def test_no_product_recommends_its_own_variant(twins_home):
     for pid, neighbours in lists.items():
         assert len(set(neighbours) & set(grouped)) <= 1, pid
     assert set(grouped) & set(table.loc[~table["product_id"].isin(grouped), "neighbour_id"])
+
+
+def test_batch_index_is_an_inverted_file_finding_the_exact_neighbours_in_a_share_of_the_lists():
+    # 4,000 unit vectors around 40 centres, under ids with gaps (an updated release's positions),
+    # in the exhaustive float16 index a release builds below EXACT_MAX.
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 64))
+    vectors = (centres[rng.integers(0, 40, 4_000)] + rng.normal(0, 0.6, (4_000, 64))).astype(
+        np.float32
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(4_000, dtype=np.int64) * 3 + 7
+    exact, _ = build_index(vectors, ids=ids)
+    assert not hasattr(exact, "nlist")
+    assert batch_index(exact, minimum=5_000) is exact
+
+    approximate = batch_index(exact, minimum=1_000)
+
+    assert approximate.ntotal == exact.ntotal and approximate.nprobe <= approximate.nlist // 4
+    queries = vectors[rng.choice(4_000, 300, replace=False)]
+    _, truth = exact.search(queries, CANDIDATES)
+    _, found = approximate.search(queries, CANDIDATES)
+    assert set(np.unique(found[found >= 0])) <= set(ids)
+    recall = np.mean([len(set(f) & set(t)) / CANDIDATES for f, t in zip(found, truth, strict=True)])
+    assert recall >= TARGET_RECALL
+
+
+@pytest.mark.slow
+def test_lists_from_inverted_files_built_for_the_batch_are_those_of_the_exact_scans(
+    sample_engine,
+):
+    ids = sample_engine.products["product_id"].tolist()
+    assert hasattr(batch_index(sample_engine.index, minimum=1), "nlist")
+    exact = recommend(sample_engine, ids, K)
+    approximate = recommend(sample_engine, ids, K, approximate_min=1)
+    assert set(approximate["product_id"]) == set(ids)
+    assert (approximate.groupby("product_id").size() == K).all()
+    assert _mean_overlap(_lists(exact), _lists(approximate)) >= 0.9
+    reference = recommend_one_by_one(sample_engine, ids, K)
+    assert _mean_overlap(_lists(reference), _lists(approximate)) >= 0.9
 
 
 def _synthetic_titles(n: int, seed: int) -> list[str]:
