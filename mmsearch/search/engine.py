@@ -37,7 +37,7 @@ from mmsearch.catalog.text import clean_text
 from mmsearch.features.runtime import load_image_runtime, load_text_runtime
 from mmsearch.index import artifacts
 from mmsearch.index.artifacts import DamagedRelease
-from mmsearch.index.indexing import search_index
+from mmsearch.index.indexing import one_search_thread, search_index
 from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.model import store
 from mmsearch.model.heads import QueryHeads
@@ -463,23 +463,26 @@ class SearchEngine:
         ]
 
     def candidates_for(self, queries) -> list[Candidates]:
-        """First stage for every query of a QuerySet (`mmsearch.evaluation.scoring`)."""
+        """First stage for every query of a QuerySet (`mmsearch.evaluation.scoring`: the
+        evaluation, the promotion gate). One query at a time, so each FAISS search runs on one
+        thread, as in the server (`one_search_thread`)."""
         fused = self.model.embed_query_batch(
             queries.image_features,
             queries.text_features,
             queries.has_image,
             queries.has_text,
         )
-        return [
-            self.candidates(
-                queries.text_features[i] if queries.has_text[i] else None,
-                queries.image_features[i] if queries.has_image[i] else None,
-                queries.texts[i] if queries.has_text[i] else "",
-                fused_query=fused[i],
-                photo_hash=queries.image_phashes[i],
-            )
-            for i in range(len(queries))
-        ]
+        with one_search_thread():
+            return [
+                self.candidates(
+                    queries.text_features[i] if queries.has_text[i] else None,
+                    queries.image_features[i] if queries.has_image[i] else None,
+                    queries.texts[i] if queries.has_text[i] else "",
+                    fused_query=fused[i],
+                    photo_hash=queries.image_phashes[i],
+                )
+                for i in range(len(queries))
+            ]
 
     def categories(self) -> dict[str, int]:
         """Live products per category (as written in the catalog), most first."""
