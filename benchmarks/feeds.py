@@ -1,7 +1,7 @@
 """A shop's own feed with product galleries: ingest + clean speed, and what a gallery buys search.
 
     .venv/bin/python benchmarks/feeds.py [--products 2000] [--images 3] [--latency-ms 20]
-                                         [--no-search | --colour-only]
+                                         [--no-search | --colour-only] [--show-misses]
 
 A generated feed (`mmsearch.sample.feeds`: `--products` products with `--images` images each,
 colour variants of one design grouped by item_group_id / Shopify handle, 5% out of stock) is
@@ -21,7 +21,10 @@ Then, for the Merchant feed, the pipeline is run (`mmsearch ingest` + `mmsearch 
 - colour queries: per variant group, one variant's colour and a sibling's title without its
   colour words (text only, the engine's default answer); the share of groups whose right
   variant comes first, vs the group's best-ranked variant from the same ranking (grouping by
-  rank alone). `--colour-only` measures only this (the Merchant feed and its release).
+  rank alone); for each path of `benchmarks/attribute_search.py` (before attribute values
+  were searched, BM25 with them, and with the ranker's `attribute_match` too, as now), from
+  the same release. `--colour-only` measures only this (the Merchant feed
+  and its release); `--show-misses` prints each query whose right variant did not come first.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import argparse
 import os
 import random
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -39,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from attribute_search import PATHS, release_documents, search_path  # noqa: E402
 from feed_fetch import _serve  # noqa: E402
 from incremental_update import mmsearch  # noqa: E402
 
@@ -54,7 +59,7 @@ from mmsearch.sample.vocabulary import COLOR_SYNONYMS  # noqa: E402
 def ingest_and_clean(feed: bytes, name: str, port: int, work: Path) -> dict:
     """Land a feed as a drop and clean it (rows and galleries), timed."""
     policy = AddressPolicy(frozenset({f"127.0.0.1:{port}"}))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with Fetcher(policy) as fetcher:
         report = land_feed(f"{name}.feed", feed, work / name / "landing", fetcher)
     landed = time.perf_counter() - started
@@ -79,6 +84,7 @@ def ingest_and_clean(feed: bytes, name: str, port: int, work: Path) -> dict:
         "land_s": landed,
         "clean_s": seconds - landed,
         "images_per_s": images / seconds,
+        "cpu_s": time.process_time() - cpu,
         "drop": drop,
     }
 
@@ -109,7 +115,7 @@ def _live_engine(home: Path):
     return SearchEngine.live(ReleaseRegistry(HomeLayout(home)))
 
 
-def search_figures(home: Path, generated, rnd: random.Random) -> dict:
+def search_figures(home: Path, generated) -> dict:
     from mmsearch.index.registry import ReleaseRegistry
     from mmsearch.model.fusion import embed_products
     from mmsearch.settings import HomeLayout
@@ -160,45 +166,91 @@ def search_figures(home: Path, generated, rnd: random.Random) -> dict:
         "first_with_gallery": float(with_gallery),
         "first_main_only": float(main_only),
         "fused_rank1": fused_rank1,
-        **colour_figures(engine, generated, rnd),
     }
 
 
-def colour_figures(engine, generated, rnd: random.Random) -> dict:
-    """Per variant group with a colour each, a sibling's title without its colour words and a
-    target variant's colour as a text query (groups whose target is out of stock counted apart):
-    the share of groups whose target comes first in the default (grouped) answer, and, from the
-    same ranking, in the answer without grouping (the group's best-ranked variant, what grouping
-    showed before it read the query's words)."""
+def colour_queries(generated, rnd: random.Random) -> tuple[list[tuple], int]:
+    """Per variant group with a colour each, (target, the group's products, query text): a
+    sibling's title with its colour words taken out and a target variant's colour put in, the
+    product a shopper names in the colour they want; and how many groups were left out because
+    their target is out of stock (a default answer rightly never shows it)."""
     groups: dict[str, list] = {}
     for p in generated.products:
         groups.setdefault(generated.group_of(p), []).append(p)
-    colour_hits, group_hits, ranked_hits, unavailable = [], [], [], 0
+    queries, unavailable = [], 0
     for members in groups.values():
         colours = {p.color for p in members}
         if len(members) < 2 or len(colours) < len(members):
             continue
-        # A sibling's title with its colour words taken out and the target's colour put in:
-        # the product a shopper names, in the colour they want.
         target, sibling = rnd.sample(members, 2)
         if target.product_id in generated.out_of_stock:
-            unavailable += 1  # by default the answer leaves it out: no variant is right
+            unavailable += 1
             continue
-        text_query = f"{target.color} {_without_colours(sibling.title)}"
+        queries.append((target, members, f"{target.color} {_without_colours(sibling.title)}"))
+    return queries, unavailable
+
+
+def _miss(engine, generated, target, members: list, text_query: str) -> str:
+    """What came first instead of the target, and where the target and its group ranked."""
+    listed = [r["product_id"] for r in engine.answer(text=text_query, k=50, group=False)["results"]]
+    own = [at for at, pid in enumerate(listed) if pid in {p.product_id for p in members}]
+    first = next((p for p in generated.products if listed and p.product_id == listed[0]), None)
+    where = listed.index(target.product_id) + 1 if target.product_id in listed else ">50"
+    shown = (
+        f"{first.product_id} (group {generated.group_of(first)}, {first.color}: " if first else "("
+    )
+    return (
+        f"first {shown}{first.title if first else 'nothing'!r}); target {target.product_id} "
+        f"({target.title!r}) at rank {where}, its group at {own[0] + 1 if own else '>50'}"
+    )
+
+
+def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = False) -> dict:
+    """The share of `colour_queries` whose target comes first in the default (grouped) answer,
+    and, from the same ranking, in the answer without grouping (the group's best-ranked variant,
+    what grouping showed before it read the query's words); with `show_misses`, each miss
+    printed: the query, the first result's group and colour, the target's and its group's rank."""
+    colour_hits, group_hits, ranked_hits = [], [], []
+    started = time.process_time()
+    for target, members, text_query in queries:
         results = engine.answer(text=text_query, k=1)["results"]
         top = results[0]["product_id"] if results else None
         colour_hits.append(top == target.product_id)
         group_hits.append(top in {p.product_id for p in members})
         ranked = engine.answer(text=text_query, k=1, group=False)["results"]
         ranked_hits.append(bool(ranked) and ranked[0]["product_id"] == target.product_id)
+        if show_misses and not colour_hits[-1]:
+            print(f"  miss {text_query!r}: {_miss(engine, generated, target, members, text_query)}")
     share = lambda hits: float(np.mean(hits)) if hits else float("nan")  # noqa: E731
     return {
         "colour_groups": len(colour_hits),
-        "colour_targets_out_of_stock": unavailable,
         "colour_first": share(colour_hits),
         "colour_first_by_rank": share(ranked_hits),
         "group_first": share(group_hits),
+        "cpu_s": time.process_time() - started,
     }
+
+
+def colour_paths(home: Path, generated, show_misses: bool) -> None:
+    """The colour figures of `home`'s release on every search path of
+    `benchmarks/attribute_search.py`, from the same release and queries."""
+    engine = _live_engine(home)
+    queries, unavailable = colour_queries(generated, random.Random(3))
+    documents = release_documents(home, engine)
+    for path in PATHS:
+        with search_path(engine, documents, path):
+            if show_misses:
+                print(f"colour query misses, {path}:")
+            colour = colour_figures(engine, generated, queries, show_misses)
+        print(
+            f"colour queries, {path}: right variant first {colour['colour_first']:.1%} of "
+            f"{colour['colour_groups']} groups (goal >= 90%) vs "
+            f"{colour['colour_first_by_rank']:.1%} by rank alone (the group's best-ranked "
+            f"variant); a product of the right group first: {colour['group_first']:.1%}; "
+            f"{colour['cpu_s']:.1f} CPU s",
+            flush=True,
+        )
+    print(f"{unavailable} groups left out (the colour asked for is out of stock)")
 
 
 def main() -> None:
@@ -208,11 +260,25 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--no-search", action="store_true", help="ingest + clean figures only")
     parser.add_argument(
+        "--show-misses", action="store_true", help="print each colour query whose variant missed"
+    )
+    parser.add_argument(
         "--colour-only",
         action="store_true",
         help="the Merchant feed's release and the colour queries only (no Shopify, no galleries)",
     )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="with --colour-only: the colour queries on this home, built by an earlier run of "
+        "this script with the same --products and --images (its feed is generated again, "
+        "without images)",
+    )
     args = parser.parse_args()
+    if args.home:
+        generated = make_shop_feed(args.products, "http://127.0.0.1", args.images, render=False)
+        colour_paths(args.home, generated, args.show_misses)
+        return
 
     with tempfile.TemporaryDirectory(prefix="feeds-bench-") as folder:
         work = Path(folder)
@@ -238,6 +304,7 @@ def main() -> None:
                 f"{name:9s} ingest + clean: {f['rows']:,} rows ({f['live']:,} live), "
                 f"{f['images']:,} images ({f['gallery_images']:,} in galleries) in "
                 f"{f['land_s']:.1f} s + {f['clean_s']:.1f} s = {f['images_per_s']:.1f} images/s "
+                f"({f['cpu_s']:.1f} CPU s) "
                 "(goal >= 40)"
             )
         server.shutdown()
@@ -245,12 +312,16 @@ def main() -> None:
             return
         home = work / "home"
         mmsearch(home, "ingest", str(figures["merchant"]["drop"]))
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         run, run_s = mmsearch(home, "run")
-        print(f"mmsearch run: {run['rows']['live']:,} live products in {run_s:.0f} s")
-        if args.colour_only:
-            search = colour_figures(_live_engine(home), generated, random.Random(3))
-        else:
-            search = search_figures(home, generated, random.Random(3))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        print(
+            f"mmsearch run: {run['rows']['live']:,} live products in {run_s:.0f} s "
+            f"({run_cpu:.0f} CPU s)"
+        )
+        if not args.colour_only:
+            search = search_figures(home, generated)
             print(
                 f"gallery image as the query, product first: {search['first_with_gallery']:.1%} "
                 f"with galleries vs {search['first_main_only']:.1%} main image only "
@@ -262,13 +333,7 @@ def main() -> None:
                     f"from the main image {rank1['main']:.1%} vs from the gallery mean "
                     f"{rank1['gallery_mean']:.1%}"
                 )
-        print(
-            f"colour queries, right variant first: {search['colour_first']:.1%} of "
-            f"{search['colour_groups']} groups (goal >= 90%) vs {search['colour_first_by_rank']:.1%}"
-            f" by rank alone (the group's best-ranked variant); a product of the right group "
-            f"first: {search['group_first']:.1%}; {search['colour_targets_out_of_stock']} groups "
-            "left out (the colour asked for is out of stock)"
-        )
+        colour_paths(home, generated, args.show_misses)
 
 
 if __name__ == "__main__":

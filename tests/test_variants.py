@@ -13,8 +13,11 @@ from fastapi.testclient import TestClient
 
 from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, write_drop
+from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import registry_for
+from mmsearch.search.composed import ComposedQueries
 from mmsearch.search.engine import SearchEngine
+from mmsearch.search.ranking import ATTRIBUTE_MATCH, FEATURES, IMAGE, TEXT, Candidates, Ranker
 from mmsearch.search.variants import CatalogAttributes, UnknownFilter, query_words
 from mmsearch.server import LiveSearch, create_app
 from mmsearch.settings import HomeLayout
@@ -93,6 +96,60 @@ def test_a_multiword_value_wins_over_the_value_inside_it(shirts):
     assert shown(shirts, "tee light-blue", ranked)[0][:2] == ("tee-light-blue", 0.6)
     assert shown(shirts, "blue tee", ranked)[0][:2] == ("tee-blue", 0.6)
     assert shown(shirts, "blue tee", ranked[::-1])[0][:2] == ("tee-blue", 0.5)
+
+
+def test_bm25_finds_a_product_by_the_attribute_values_its_text_does_not_say():
+    documents = ["Stoneware coffee mug. Mugs", "Stoneware coffee mug. Mugs", "Red enamel pot"]
+    attributes = [
+        json.dumps({"Colour": "Crimson", "size": "350 ml", "gtin": "4006381333931"}),
+        json.dumps({"color": "Navy", "group_id": "mugvariants7"}),
+        "{}",
+    ]
+    index = LexicalIndex.build(documents, attributes)
+    scores, coverage = index.scores("red coffee mug")
+    assert np.argmax(scores) == 0 and scores[0] > scores[2] > 0 and coverage == 1.0
+    # A colour by another name of its family, on either side: "scarlet" asks for red (which the
+    # Crimson mug's document has), "blue" finds the Navy one.
+    scores, coverage = index.scores("scarlet mug")
+    assert np.argmax(scores) == 0 and scores[1] > 0 and coverage == pytest.approx(2 / 3)
+    assert np.argmax(index.scores("blue mug")[0]) == 1
+    sized, _ = index.scores("350 ml")
+    assert sized[0] > 0 and sized[1] == sized[2] == 0
+    # Values a shopper does not type (codes, groups) stay out of the documents.
+    assert index.scores("4006381333931 mugvariants7")[1] == 0.0
+    # The documents alone: the two mugs cannot be told apart.
+    plain = LexicalIndex.build(documents)
+    tied, _ = plain.scores("red coffee mug")
+    assert tied[0] == tied[1]
+
+
+def test_attribute_match_is_the_share_of_named_values_a_product_has_and_the_ranker_adds_it():
+    products = pd.DataFrame(
+        {
+            "product_id": ["sofa-linen-camel", "sofa-leather-brown", "sofa-linen-grey", "chair"],
+            "title": ["Camel settee", "Brown leather sofa", "Sofa", "Chair"],
+            "brand": ["Copperleaf", "Copperleaf", "Copperleaf", "Oakum"],
+            "attributes": [
+                json.dumps({"color": "Camel", "material": "linen"}),
+                json.dumps({"color": "Brown", "material": "leather"}),
+                json.dumps({"color": "Charcoal", "material": "linen"}),
+                json.dumps({"color": "Tan", "material": "oak"}),
+            ],
+        }
+    )
+    composed = ComposedQueries(products)
+    rows = np.arange(4)
+    equal = {name: np.full(4, 0.5) for name in FEATURES[TEXT]}
+    text = "brown linen sofa by copperleaf"
+    scored = composed.with_change(TEXT, Candidates(rows, equal, text))
+    # Named: a brown (camel, tan: the brown family), linen, Copperleaf.
+    assert scored.features[ATTRIBUTE_MATCH].tolist() == [1.0, 2 / 3, 2 / 3, 1 / 3]
+    scores = Ranker.default().score(TEXT, scored)
+    assert np.argmax(scores) == 0 and scores[0] - scores[1] == pytest.approx(1 / 3)
+    # Words naming no attribute value change nothing; nor does a photo query.
+    plain = composed.with_change(TEXT, Candidates(rows, equal, "comfortable sofa"))
+    assert not plain.features[ATTRIBUTE_MATCH].any()
+    assert ATTRIBUTE_MATCH not in composed.with_change(IMAGE, Candidates(rows, equal, "")).features
 
 
 RED, BLUE, GREEN, GREY = (200, 30, 30), (30, 40, 200), (30, 170, 40), (128, 128, 128)
@@ -214,6 +271,16 @@ def test_one_result_per_group_is_the_variant_the_query_names(engine):
     assert len(engine.search("cotton t-shirt", k=4)) == 4
     tee = engine.search("cotton t-shirt", k=4)[0]
     assert tee["group_id"] == "TEE" and len(tee["variants"]) == 2
+
+
+@pytest.mark.slow
+def test_a_release_finds_products_by_attribute_values_their_text_does_not_say(engine):
+    # The mugs' size is an attribute only; the pipeline's lexical index holds it.
+    scores, coverage = engine.lexical.scores("350 ml")
+    product_ids = engine.products["product_id"].to_numpy()
+    assert coverage == 1.0
+    assert set(product_ids[scores > 0]) == {"mug-red", "mug-blue", "mug-green"}
+    assert set(ids(engine.search("350 ml", k=2, group=False))) == {"mug-red", "mug-blue"}
 
 
 @pytest.mark.slow

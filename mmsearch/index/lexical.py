@@ -1,14 +1,24 @@
 """The lexical retriever: BM25 over the product documents (bm25s), the keyword baseline every
-shop knows and the one that catches exact words (brands, model numbers) embeddings blur."""
+shop knows and the one that catches exact words (brands, model numbers) embeddings blur.
+
+A product's lexical document is its embedded document plus the attribute values a shopper types
+(colour, size, material, pattern, gender, age group, product type: `catalog.attributes`), so
+"red" finds the red variant whose title does not say it. Colours match by family on both sides:
+a colour value gains its family's name in the document ("Crimson" -> also "red") and a query's
+colour word does in the query ("scarlet dress" also asks for "red").
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import bm25s
 import numpy as np
 import Stemmer
+
+from mmsearch.catalog.attributes import colour_families, lexical_terms
 
 STOPWORDS = "en"
 # English Snowball stemming: "shirts" finds "shirt", "striped" finds "stripes".
@@ -18,10 +28,27 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 def word_tokens(texts: list[str]) -> list[list[str]]:
-    """Each text's words as BM25 indexes and queries them: stop words out, English-stemmed."""
+    """Each query text's words as BM25 reads them: stop words out, English-stemmed, and the
+    family of each colour word the text names only by another name ("crimson" -> also "red")."""
+    expanded = [" ".join([text, *colour_families(text)]) for text in texts]
     return bm25s.tokenize(
-        texts, stopwords=STOPWORDS, stemmer=_STEMMER, return_ids=False, show_progress=False
+        expanded, stopwords=STOPWORDS, stemmer=_STEMMER, return_ids=False, show_progress=False
     )
+
+
+def lexical_documents(
+    documents: Sequence[str], attributes: Sequence[str | None] | None = None
+) -> list[str]:
+    """The texts BM25 indexes: each product's document followed by its attribute values
+    (`catalog.attributes.lexical_terms` of its attributes JSON, in the same order)."""
+    if attributes is None:
+        return list(documents)
+    return [
+        " ".join(
+            part for part in (document, lexical_terms(extra)) if isinstance(part, str) and part
+        )
+        for document, extra in zip(documents, attributes, strict=True)
+    ]
 
 
 class LexicalIndex:
@@ -32,7 +59,12 @@ class LexicalIndex:
         self.size = size
 
     @classmethod
-    def build(cls, documents: list[str]) -> LexicalIndex:
+    def build(
+        cls, documents: Sequence[str], attributes: Sequence[str | None] | None = None
+    ) -> LexicalIndex:
+        """BM25 over the products' `lexical_documents` (documents and, when given, their
+        attributes JSON texts, in product order)."""
+        documents = lexical_documents(documents, attributes)
         retriever = bm25s.BM25()
         # An empty corpus or one without a single word still gets a (useless) index.
         corpus = [d if isinstance(d, str) and d.strip() else "-" for d in documents] or ["-"]

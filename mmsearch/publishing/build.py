@@ -139,7 +139,7 @@ def _save(
     gallery=None,
 ) -> artifacts.Release:
     index_version = new_version("index", fingerprint)
-    lexical = LexicalIndex.build(list(documents))
+    lexical = LexicalIndex.build(list(documents), products["attributes"].tolist())
     release = artifacts.save_release(
         registry.layout,
         index_version,

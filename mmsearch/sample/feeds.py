@@ -63,9 +63,11 @@ def make_shop_feed(
     images_per_product: int = 3,
     seed: int = 11,
     out_of_stock_share: float = 0.05,
+    render: bool = True,
 ) -> GeneratedFeed:
     """`n_products` sample products with `images_per_product` images each, as both feeds
-    (image URLs under `base_url`); deterministic for a seed."""
+    (image URLs under `base_url`); deterministic for a seed. Without `render` the images are
+    left out (the products, feeds and URLs are the same)."""
     rnd = random.Random(seed)
     products = make_products(make_designs(n_products, rnd, seed), rnd, seed)[:n_products]
     for p in products:
@@ -75,7 +77,7 @@ def make_shop_feed(
     for p in products:
         paths = [f"/img/{p.product_id}-{n}.png" for n in range(images_per_product)]
         generated.gallery[p.product_id] = paths
-        for n, path in enumerate(paths):
+        for n, path in enumerate(paths if render else []):
             generated.images[path] = _shot(p, n, seed)
     generated.merchant_tsv = _merchant_tsv(generated, base_url)
     generated.shopify_csv = _shopify_csv(generated, base_url)

@@ -11,6 +11,10 @@ for that value only ("crimson" where only red products' titles say crimson). A c
 has a requested value: 0 for the anchor and its duplicates, 1 for the colourway asked for. For a
 query that asks for no change (no attribute value in its words, or only the anchor's own) it is
 0 for every candidate, so the ranking is exactly the one without this step.
+
+A text query's candidates get `attribute_match` the same way: the share of the attribute values
+its words name that the candidate has ("brown linen sofa": a brown one in linen has both), so
+that a product the words describe is not outranked by one that only reads like them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,15 @@ import numpy as np
 import pandas as pd
 
 from mmsearch.queries.pseudo import attributes_of, words_of
-from mmsearch.search.ranking import CHANGE, FEATURES, RAW_IMAGE, Candidates
+from mmsearch.search.ranking import (
+    ATTRIBUTE_MATCH,
+    CHANGE,
+    FEATURES,
+    RANKING_TIME,
+    RAW_IMAGE,
+    Candidates,
+)
+from mmsearch.search.variants import CatalogAttributes, query_words
 
 # A title word names an attribute value when at least `NAMING_TITLES` titles have it and at
 # least `NAMING_SHARE` of their products have that value.
@@ -133,10 +145,27 @@ class ComposedQueries:
             shares += np.isin(self.values[name][candidates.rows], list(values))
         return shares / max(len(changed), 1)
 
+    @cached_property
+    def catalog(self) -> CatalogAttributes:
+        """The products' attributes as `mmsearch.search.variants` matches them."""
+        return CatalogAttributes(self._products)
+
+    def attribute_match(self, candidates: Candidates, text: str) -> np.ndarray:
+        """Per candidate, the share of the attributes whose values the text names ("crimson
+        linen sofa": a colour of the red family, linen) on which it has a named value; zeros
+        when the text names none."""
+        named = self.catalog.named(query_words(text))
+        return self.catalog.named_share(candidates.rows, named)
+
     def with_change(self, kind: str, candidates: Candidates) -> Candidates:
-        """The candidates with their `change` feature when the query kind has one (image+text),
-        else as they are."""
-        if CHANGE not in FEATURES[kind]:
+        """The candidates with the features read at ranking time from the catalog's attributes:
+        `change` when the query kind has one (image+text), `attribute_match` for a text query
+        (`RANKING_TIME`); as they are otherwise."""
+        features = dict(candidates.features)
+        if CHANGE in FEATURES[kind]:
+            features[CHANGE] = self.change(candidates, candidates.text)
+        if ATTRIBUTE_MATCH in RANKING_TIME.get(kind, {}) and candidates.text:
+            features[ATTRIBUTE_MATCH] = self.attribute_match(candidates, candidates.text)
+        if len(features) == len(candidates.features):
             return candidates
-        features = candidates.features | {CHANGE: self.change(candidates, candidates.text)}
         return Candidates(candidates.rows, features, candidates.text)

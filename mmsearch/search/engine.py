@@ -540,6 +540,9 @@ class SearchEngine:
             candidates = Candidates(
                 candidates.rows[keep], {n: v[keep] for n, v in candidates.features.items()}
             )
+        # The title found the candidates but, with or without a photo, its words do not rank
+        # them: a product's neighbours are no shopper's query (no change, no attribute match).
+        candidates.text = ""
         kind = query_kind(True, image_feature is not None)
         results = self._results(kind, candidates, k, group, allowed)
         for hit in results:

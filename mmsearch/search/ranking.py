@@ -39,10 +39,11 @@ from mmsearch.queries.query_sets import IMAGE, IMAGE_TEXT, KINDS, TEXT, query_ki
 FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL = "fused", "text", "image", "lexical"
 PHOTO_MATCH = "photo_match"
 CHANGE = "change"
+ATTRIBUTE_MATCH = "attribute_match"
 # Features already in [0, 1] whose size means something across queries (how much of the query
 # BM25 matched, how alike two photos are, how much of a requested change a product has): never
 # rescaled per query.
-BOUNDED = (LEXICAL, PHOTO_MATCH, CHANGE)
+BOUNDED = (LEXICAL, PHOTO_MATCH, CHANGE, ATTRIBUTE_MATCH)
 RETRIEVERS = (FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL)
 FEATURES = {
     TEXT: (FUSED, RAW_TEXT, LEXICAL),
@@ -63,6 +64,14 @@ PRIOR = {
         CHANGE: 1.0,
     },
 }
+
+
+# Features a search query's candidates get at ranking time from the catalog's attributes
+# (`mmsearch.search.composed`), with their weights: never among the fitting examples' features
+# nor a ranker's stored weights, they weigh in at these whatever the fitting chose.
+# `attribute_match`: the share of the attribute values a text query's words name (colour by
+# family, material, pattern, brand, ...) that the candidate has, as much as a dense retriever.
+RANKING_TIME = {TEXT: {ATTRIBUTE_MATCH: 1.0}}
 
 
 def retrievers_for(kind: str) -> tuple[str, ...]:
@@ -121,9 +130,15 @@ class Ranker:
         return cls({kind: dict(weights) for kind, weights in PRIOR.items()})
 
     def score(self, kind: str, candidates: Candidates) -> np.ndarray:
+        """The candidates' scores: the weighted sum of `FEATURES[kind]`, plus the
+        `RANKING_TIME` features the candidates were given, at their weights."""
         names = FEATURES[kind]
         weights = np.array([self.weights[kind][n] for n in names])
-        return candidates.matrix(names) @ weights
+        scores = candidates.matrix(names) @ weights
+        for name, weight in RANKING_TIME.get(kind, {}).items():
+            if name in candidates.features:
+                scores = scores + weight * candidates.features[name]
+        return scores
 
     def score_many(
         self, kind: str, features: dict[str, np.ndarray], query: np.ndarray, queries: int

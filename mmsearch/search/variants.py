@@ -20,51 +20,27 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from mmsearch.catalog.attributes import (
+    FILTERABLE,
+    SEPARATORS,
+    attribute_name,
+    normalised_value,
+)
 from mmsearch.queries.pseudo import words_of
 
-# The attributes a search filters on and counts facets for, by their feed names (`brand` is the
-# product's own column).
-FILTERABLE = (
-    "color",
-    "size",
-    "material",
-    "pattern",
-    "gender",
-    "age_group",
-    "brand",
-    "product_type",
-)
-# Other spellings of those names in drop folders' columns.
-NAME_ALIASES = {"colour": "color", "agegroup": "age_group", "age": "age_group"}
 # Availability values that leave a product out unless unavailable ones are asked for.
 UNAVAILABLE = frozenset({"out_of_stock", "sold_out", "discontinued"})
-# Colour words that name the same colour family for matching (the value shown is the shop's).
-COLOUR_SYNONYMS = {
-    **dict.fromkeys(("crimson", "scarlet", "cherry", "burgundy", "maroon"), "red"),
-    **dict.fromkeys(("navy", "navy blue", "cobalt", "azure", "royal blue"), "blue"),
-    **dict.fromkeys(("emerald", "olive", "forest green", "khaki"), "green"),
-    **dict.fromkeys(("mustard", "lemon", "gold"), "yellow"),
-    **dict.fromkeys(("jet black", "ebony", "onyx"), "black"),
-    **dict.fromkeys(("ivory", "off white", "cream", "snow"), "white"),
-    **dict.fromkeys(("rose", "blush", "fuchsia", "magenta"), "pink"),
-    **dict.fromkeys(("violet", "plum", "lavender", "lilac"), "purple"),
-    **dict.fromkeys(("tangerine", "burnt orange", "apricot"), "orange"),
-    **dict.fromkeys(("chocolate", "tan", "camel"), "brown"),
-    **dict.fromkeys(("gray", "charcoal", "slate"), "grey"),
-}
 # Every attribute search reads.
 READ = frozenset({*FILTERABLE, "group_id", "availability", "list_price", "sale_price"})
 # Values a refusal lists at most.
 LISTED = 30
 # Longest run of query words read as one value's other spelling ("burnt orange", "navy blue").
 PHRASE_WORDS = 3
-_SEPARATORS = re.compile(r"[\s_\-]+")
 
 
 class UnknownFilter(ValueError):
@@ -79,20 +55,6 @@ def parse_filter(text: str, separator: str = "=") -> tuple[str, str]:
     if not found or not name.strip() or not value.strip():
         raise ValueError(f"filter {text!r} is not NAME{separator}VALUE (e.g. color{separator}red)")
     return name.strip(), value.strip()
-
-
-@functools.lru_cache(maxsize=4096)
-def attribute_name(name: str) -> str:
-    """The attribute's feed name: `Colour` -> `color`, `Age Group` -> `age_group`."""
-    folded = _SEPARATORS.sub("_", str(name).strip().casefold())
-    return NAME_ALIASES.get(folded.replace("_", ""), NAME_ALIASES.get(folded, folded))
-
-
-def normalised_value(name: str, value: str) -> str:
-    """The form values are matched in: casefolded, `_`/`-`/whitespace as one space, and a colour
-    by its family (`Crimson` -> `red`)."""
-    folded = _SEPARATORS.sub(" ", str(value).casefold()).strip()
-    return COLOUR_SYNONYMS.get(folded, folded) if name == "color" else folded
 
 
 def _text(values: pd.Series) -> pd.Series:
@@ -205,7 +167,7 @@ class Attribute:
 
 def _value_words(value: str) -> list[str]:
     """A value's or a query's words as values are matched: casefolded, `-` and `_` splitting."""
-    return words_of(_SEPARATORS.sub(" ", str(value).casefold()))
+    return words_of(SEPARATORS.sub(" ", str(value).casefold()))
 
 
 def _word_index(values: Sequence[str]) -> tuple[list[frozenset[str]], dict[str, list[int]]]:
@@ -355,6 +317,17 @@ class CatalogAttributes:
             attribute = self.attributes[name]
             strength += 2 * family[attribute.codes[rows]] + exact[attribute.raw[rows]]
         return strength
+
+    def named_share(
+        self, rows: np.ndarray, named: dict[str, tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        """Per row, the share of the attributes whose values the query names (`named`) on which
+        it has a named value (any spelling: Crimson has the red a query names); zeros when
+        the query names none."""
+        share = np.zeros(len(rows))
+        for name, (family, _) in named.items():
+            share += family[self.attributes[name].codes[rows]]
+        return share / max(len(named), 1)
 
     def one_per_group(
         self,
