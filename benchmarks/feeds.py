@@ -1,7 +1,8 @@
 """A shop's own feed with product galleries: ingest + clean speed, and what a gallery buys search.
 
     .venv/bin/python benchmarks/feeds.py [--products 2000] [--images 3] [--latency-ms 20]
-                                         [--no-search | --colour-only] [--show-misses]
+                                         [--no-search | --colour-only [--home HOME]]
+                                         [--show-misses]
 
 A generated feed (`mmsearch.sample.feeds`: `--products` products with `--images` images each,
 colour variants of one design grouped by item_group_id / Shopify handle, 5% out of stock) is
