@@ -13,7 +13,7 @@ import functools
 import json
 import re
 
-from mmsearch.queries.pseudo import words_of
+from mmsearch.catalog.text import words_of
 
 # The attributes a search filters on and counts facets for, by their feed names (`brand` is the
 # product's own column).

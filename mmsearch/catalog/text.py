@@ -16,6 +16,7 @@ _BLOCK_TAG = re.compile(r"<\s*/?\s*(br|p|div|li|ul|ol|tr|h[1-6])\b[^>]*>", re.IG
 _ANY_TAG = re.compile(r"<[^>]*>")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\ufeff]")
 _WHITESPACE = re.compile(r"\s+")
+_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*", re.UNICODE)
 
 
 def clean_text(value: object, max_chars: int = MAX_DESCRIPTION_CHARS) -> str:
@@ -51,3 +52,8 @@ def truncate(text: str, max_chars: int) -> str:
 def text_key(text: str) -> str:
     """The content key of a text: its sha256, used to store and find its embedding."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def words_of(text: object) -> list[str]:
+    """The casefolded words of a text (none for a non-string or empty one)."""
+    return _WORD.findall(str(text).casefold()) if isinstance(text, str) and text else []

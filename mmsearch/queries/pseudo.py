@@ -19,16 +19,12 @@ import random
 import re
 from collections.abc import Mapping
 
+from mmsearch.catalog.text import words_of
+
 STYLES = ("title", "attributes", "description")
 PSEUDO_QUERY_RULES = "pseudo-queries-1"
-_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 MAX_ATTRIBUTE_WORDS = 3
-
-
-def words_of(text: object) -> list[str]:
-    """The casefolded words of a text (none for a non-string or empty one)."""
-    return _WORD.findall(str(text).casefold()) if isinstance(text, str) and text else []
 
 
 def _rng(product_id: str, style: str) -> random.Random:

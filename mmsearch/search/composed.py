@@ -24,7 +24,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from mmsearch.queries.pseudo import attributes_of, words_of
+from mmsearch.catalog.text import words_of
+from mmsearch.queries.pseudo import attributes_of
 from mmsearch.search.ranking import (
     ATTRIBUTE_MATCH,
     CHANGE,

@@ -33,7 +33,7 @@ from mmsearch.catalog.images import (
     perceptual_hash,
     photo_similarity,
 )
-from mmsearch.catalog.text import clean_text
+from mmsearch.catalog.text import clean_text, words_of
 from mmsearch.features.runtime import load_image_runtime, load_text_runtime
 from mmsearch.index import artifacts
 from mmsearch.index.artifacts import DamagedRelease
@@ -42,7 +42,7 @@ from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.model import store
 from mmsearch.model.heads import QueryHeads
 from mmsearch.model.store import DamagedModel
-from mmsearch.queries.pseudo import attributes_of, words_of
+from mmsearch.queries.pseudo import attributes_of
 from mmsearch.search.composed import ComposedQueries
 from mmsearch.search.ranking import (
     FUSED,

@@ -31,7 +31,7 @@ from mmsearch.catalog.attributes import (
     attribute_name,
     normalised_value,
 )
-from mmsearch.queries.pseudo import words_of
+from mmsearch.catalog.text import words_of
 
 # Availability values that leave a product out unless unavailable ones are asked for.
 UNAVAILABLE = frozenset({"out_of_stock", "sold_out", "discontinued"})
