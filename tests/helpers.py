@@ -28,6 +28,21 @@ def png_bytes(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
     return buffer.getvalue()
 
 
+def raw_rows(drop_name: str, seq: int, rows: list[dict]) -> list[dict]:
+    """`rows` as `raw_products` holds them: drop name and sequence, row numbers from 1."""
+    return [
+        {
+            "drop_name": drop_name,
+            "drop_seq": seq,
+            "row_number": i,
+            "read_error": None,
+            "attributes": "{}",
+            **row,
+        }
+        for i, row in enumerate(rows, start=1)
+    ]
+
+
 def write_drop(folder: Path, rows: list[dict], images: dict[str, bytes] | None = None) -> Path:
     """A catalog drop with products.csv holding `rows` and the given image files."""
     folder.mkdir(parents=True, exist_ok=True)

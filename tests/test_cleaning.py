@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import picture, png_bytes, write_drop
+from helpers import picture, png_bytes, raw_rows, write_drop
 from mmsearch.catalog.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
 from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
 from mmsearch.catalog.text import clean_text
@@ -91,20 +91,6 @@ def test_unusable_images_are_rejected_with_reason(data, code):
     assert caught.value.code == code
 
 
-def _raw_rows(drop_name: str, seq: int, rows: list[dict]) -> list[dict]:
-    return [
-        {
-            "drop_name": drop_name,
-            "drop_seq": seq,
-            "row_number": i,
-            "read_error": None,
-            "attributes": "{}",
-            **row,
-        }
-        for i, row in enumerate(rows, start=1)
-    ]
-
-
 def test_bad_rows_are_quarantined_with_reasons_and_never_open_outside_files(tmp_path):
     secret = tmp_path / "secret.png"
     secret.write_bytes(png_bytes(picture()))
@@ -128,7 +114,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_never_open_outside_files(tmp_
         {"product_id": "gone", "title": "Missing", "image_path": "images/none.png"},
         {"product_id": "x" * 300, "title": "Long id"},
     ]
-    catalog = clean_catalog(_raw_rows("d1", 1, rows), {"d1": drop}, tmp_path / "clean")
+    catalog = clean_catalog(raw_rows("d1", 1, rows), {"d1": drop}, tmp_path / "clean")
     reasons = dict(
         zip(catalog.quarantine["row_number"], catalog.quarantine["reason_code"], strict=True)
     )
@@ -149,7 +135,7 @@ def test_bad_rows_are_quarantined_with_reasons_and_never_open_outside_files(tmp_
 def test_latest_drop_wins_and_every_row_is_accounted_for(tmp_path):
     first = write_drop(tmp_path / "a", [])
     second = write_drop(tmp_path / "b", [])
-    raw = _raw_rows(
+    raw = raw_rows(
         "a",
         1,
         [
@@ -157,7 +143,7 @@ def test_latest_drop_wins_and_every_row_is_accounted_for(tmp_path):
             {"product_id": "p2", "title": "Keep me"},
             {"product_id": "p3", "title": "Will be deleted"},
         ],
-    ) + _raw_rows(
+    ) + raw_rows(
         "b",
         2,
         [
@@ -178,7 +164,7 @@ def test_latest_drop_wins_and_every_row_is_accounted_for(tmp_path):
 def test_products_without_image_stay_live_as_text_only(tmp_path):
     drop = write_drop(tmp_path / "d", [])
     catalog = clean_catalog(
-        _raw_rows("d", 1, [{"product_id": "p", "title": "Plain"}]), {"d": drop}, tmp_path / "c"
+        raw_rows("d", 1, [{"product_id": "p", "title": "Plain"}]), {"d": drop}, tmp_path / "c"
     )
     assert catalog.products["image_sha"].isna().all()
     assert len(catalog.products) == 1
@@ -187,7 +173,7 @@ def test_products_without_image_stay_live_as_text_only(tmp_path):
 def test_clean_images_are_stored_by_content_hash(tmp_path):
     image = png_bytes(picture())
     drop = write_drop(tmp_path / "d", [], {"a.png": image, "b.png": image})
-    raw = _raw_rows(
+    raw = raw_rows(
         "d",
         1,
         [

@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-from helpers import picture, png_bytes, write_drop
+from helpers import picture, png_bytes, raw_rows, write_drop
 from mmsearch.catalog.cleaning import clean_catalog
-
-
-def _raw_rows(drop_name: str, seq: int, rows: list[dict]) -> list[dict]:
-    return [
-        {
-            "drop_name": drop_name,
-            "drop_seq": seq,
-            "row_number": i,
-            "read_error": None,
-            "attributes": "{}",
-            **row,
-        }
-        for i, row in enumerate(rows, start=1)
-    ]
 
 
 def _known_images(catalog) -> dict[str, tuple[str, str]]:
@@ -41,7 +27,7 @@ def test_one_photo_under_many_rows_is_decoded_once_and_each_row_gets_its_clean_i
         {"product_id": f"p{i}", "title": f"Mug {i}", "image_path": path}
         for i, path in enumerate(["a.png", "b.png", "a.png", "c.png"])
     ]
-    catalog = clean_catalog(_raw_rows("d", 1, rows), {"d": drop}, tmp_path / "clean", workers=1)
+    catalog = clean_catalog(raw_rows("d", 1, rows), {"d": drop}, tmp_path / "clean", workers=1)
     products = catalog.products.set_index("product_id")
     assert (catalog.images_decoded, catalog.images_reused) == (2, 2)
     assert products.loc[["p0", "p1", "p2"], "image_sha"].nunique() == 1
@@ -58,7 +44,7 @@ def test_a_drop_resending_cleaned_images_reuses_them_and_new_or_damaged_bytes_ar
         {"product_id": "red", "title": "Red mug", "image_path": "red.png"},
         {"product_id": "blue", "title": "Blue mug", "image_path": "blue.png"},
     ]
-    before = clean_catalog(_raw_rows("first", 1, first_rows), {"first": first}, tmp_path / "clean")
+    before = clean_catalog(raw_rows("first", 1, first_rows), {"first": first}, tmp_path / "clean")
     assert (before.images_decoded, before.images_reused) == (2, 0)
 
     # The whole catalog sent again under other file names, one photo replaced, one damaged.
@@ -79,7 +65,7 @@ def test_a_drop_resending_cleaned_images_reuses_them_and_new_or_damaged_bytes_ar
         {"product_id": "green", "title": "Green mug", "image_path": "g.png"},
         {"product_id": "bad", "title": "Damaged", "image_path": "bad.png"},
     ]
-    raw = _raw_rows("first", 1, first_rows) + _raw_rows("second", 2, second_rows)
+    raw = raw_rows("first", 1, first_rows) + raw_rows("second", 2, second_rows)
     after = clean_catalog(
         raw,
         {"first": first, "second": second},
