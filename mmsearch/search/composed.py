@@ -13,7 +13,8 @@ query that asks for no change (no attribute value in its words, or only the anch
 0 for every candidate, so the ranking is exactly the one without this step.
 
 A text query's candidates get `attribute_match` the same way: the share of the attribute values
-its words name that the candidate has ("brown linen sofa": a brown one in linen has both), so
+its words name that the candidate has ("brown linen sofa": a brown one in linen has both), the
+category counted among them when the words name it too ("red t-shirt": a red sofa has half), so
 that a product the words describe is not outranked by one that only reads like them.
 """
 
@@ -151,12 +152,29 @@ class ComposedQueries:
         """The products' attributes as `mmsearch.search.variants` matches them."""
         return CatalogAttributes(self._products)
 
+    @cached_property
+    def categories(self) -> tuple[np.ndarray, list[frozenset[str]]]:
+        """Each product's category as a code, and each category's words."""
+        column = self._products.get("category", pd.Series([""] * len(self._products)))
+        codes, values = pd.factorize(column.fillna("").astype(str).map(words_of).map(" ".join))
+        return np.asarray(codes), [frozenset(value.split()) for value in values]
+
     def attribute_match(self, candidates: Candidates, text: str) -> np.ndarray:
         """Per candidate, the share of the attributes whose values the text names ("crimson
-        linen sofa": a colour of the red family, linen) on which it has a named value; zeros
-        when the text names none."""
+        linen sofa": a colour of the red family, linen), and of the category when the text
+        names that too ("red t-shirt": red, and the t-shirt category), on which it has a named
+        value; zeros when the text names no attribute value (a category alone is the text
+        retrievers' to find)."""
         named = self.catalog.named(query_words(text))
-        return self.catalog.named_share(candidates.rows, named)
+        share = self.catalog.named_share(candidates.rows, named)
+        if not named:
+            return share
+        codes, categories = self.categories
+        words = set(words_of(text))
+        asked = np.array([bool(c) and c <= words for c in categories], dtype=bool)
+        if not asked.any():
+            return share
+        return (share * len(named) + asked[codes[candidates.rows]]) / (len(named) + 1)
 
     def with_change(self, kind: str, candidates: Candidates) -> Candidates:
         """The candidates with the features read at ranking time from the catalog's attributes:
