@@ -37,6 +37,7 @@ from mmsearch.index.indexing import (
     TARGET_RECALL,
     TRAINING_PER_LIST,
     TUNING_MARGIN,
+    exact_neighbours,
     index_ids,
     stored_vectors,
 )
@@ -535,9 +536,7 @@ def _tuned_nprobe(ivf, vectors: np.ndarray, ids: np.ndarray, rng) -> int:
     (or every list)."""
     queries = vectors[rng.choice(len(vectors), min(TUNING_QUERIES, len(vectors)), replace=False)]
     depth = min(CANDIDATES, len(vectors))
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    truth = ids[exact.search(queries, depth)[1]]
+    truth = ids[exact_neighbours(vectors, queries, depth)[1]]
     span = int(ids.max()) + 1
     truth_keys = (np.arange(len(queries))[:, None] * span + truth).ravel()
     nprobe = 1
