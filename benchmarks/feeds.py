@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/feeds.py [--products 2000] [--images 3] [--latency-ms 20]
                                          [--no-search | --colour-only [--home HOME]]
-                                         [--show-misses]
+                                         [--show-misses] [--work DIR]
 
 A generated feed (`mmsearch.sample.feeds`: `--products` products with `--images` images each,
 colour variants of one design grouped by item_group_id / Shopify handle, 5% out of stock) is
@@ -275,6 +275,12 @@ def main() -> None:
         "this script with the same --products and --images (its feed is generated again, "
         "without images)",
     )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep the feeds, drops and the built home (WORK/home, for --home) here (default: a "
+        "temporary folder, removed)",
+    )
     args = parser.parse_args()
     if args.home:
         generated = make_shop_feed(args.products, "http://127.0.0.1", args.images, render=False)
@@ -282,7 +288,8 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="feeds-bench-") as folder:
-        work = Path(folder)
+        work = args.work or Path(folder)
+        work.mkdir(parents=True, exist_ok=True)
         served: dict[str, bytes] = {}
         server = _serve(served, args.latency_ms / 1000)
         port = server.server_address[1]
