@@ -75,8 +75,9 @@ LEXICAL_POOL = 1_000
 # batch searches an inverted file built over them instead (`batch_index`): every list's
 # neighbours then cost a bounded share of the catalog, not all of it. Below, the exact scans
 # cost less than building and tuning the inverted file (grown releases, CPU ms per product,
-# inverted files vs exact: 1.57 vs 1.21 at 2,000 products, 1.73 vs 2.93 at 8,000).
-APPROXIMATE_MIN = 5_000
+# inverted files vs exact: 1.57 vs 1.21 at 2,000 products, 1.73 vs 2.93 at 8,000; the two
+# power laws through those points cross near 3,200 products).
+APPROXIMATE_MIN = 3_000
 # Inverted lists of a batch's index per square root of its vectors: each search scans about
 # sqrt(n) * (LISTS_PER_ROOT + nprobe / LISTS_PER_ROOT) vectors, and training (k-means on
 # `TRAINING_PER_LIST` vectors a list) costs LISTS_PER_ROOT**2 * n. At 19,467 products 1 and 2
