@@ -152,6 +152,51 @@ def test_attribute_match_is_the_share_of_named_values_a_product_has_and_the_rank
     assert ATTRIBUTE_MATCH not in composed.with_change(IMAGE, Candidates(rows, equal, "")).features
 
 
+def test_a_word_the_catalog_uses_for_one_value_names_it_when_several_groups_say_it():
+    # Three zigzag designs (groups) whose documents say "chevron", a striped one, and two
+    # handbag designs called "tote" (two groups: too few to say what "tote" means).
+    rows = [
+        ("lamp-a-red", "A", "Chevron lamp", {"pattern": "zigzag", "color": "red"}),
+        ("lamp-a-blue", "A", "Chevron lamp", {"pattern": "zigzag", "color": "blue"}),
+        ("lamp-b", "B", "Chevron table lamp", {"pattern": "zigzag", "color": "red"}),
+        ("rug-c", "C", "Chevron rug", {"pattern": "zigzag", "color": "green"}),
+        ("rug-d", "D", "Striped rug", {"pattern": "striped", "color": "green"}),
+        ("bag-e", "E", "Canvas tote", {"product_type": "handbag", "color": "red"}),
+        ("bag-f", "F", "Leather tote", {"product_type": "handbag", "color": "blue"}),
+    ]
+    products = pd.DataFrame(
+        {
+            "product_id": [pid for pid, *_ in rows],
+            "title": [title for _, _, title, _ in rows],
+            "attributes": [json.dumps({"group_id": g, **extra}) for _, g, _, extra in rows],
+        }
+    )
+    catalog = CatalogAttributes(products)
+    lexical = LexicalIndex.build(products["title"].tolist(), products["attributes"].tolist())
+
+    def named_values(text: str) -> dict[str, list[str]]:
+        named = catalog.named(query_words(text), lexical.documents_with)
+        return {
+            name: sorted(catalog.attributes[name].labels[c] for c in np.flatnonzero(family[:-1]))
+            for name, (family, _) in named.items()
+        }
+
+    # "chevron": three groups, all zigzag (stemmed as BM25 reads it: "chevrons" too); their
+    # colours differ, so no colour is named.
+    assert named_values("red chevron lamp") == {"color": ["red"], "pattern": ["zigzag"]}
+    assert named_values("chevrons") == {"pattern": ["zigzag"]}
+    # "tote": two groups only; without the lexical index no word names anything beyond values.
+    assert named_values("red tote") == {"color": ["red"]}
+    assert catalog.named(query_words("chevron"), None) == {}
+    # "rug": two groups, zigzag and striped: no value is named.
+    assert named_values("rug") == {}
+    # The text query's attribute_match counts the value the word names.
+    composed = ComposedQueries(products, catalog, lexical.documents_with)
+    equal = {name: np.full(len(rows), 0.5) for name in FEATURES[TEXT]}
+    scored = composed.with_change(TEXT, Candidates(np.arange(len(rows)), equal, "green chevron"))
+    assert scored.features[ATTRIBUTE_MATCH].tolist() == [0.5, 0.5, 0.5, 1.0, 0.5, 0.0, 0.0]
+
+
 RED, BLUE, GREEN, GREY = (200, 30, 30), (30, 40, 200), (30, 170, 40), (128, 128, 128)
 # product_id, title, colour of the picture, price, extra columns
 PRODUCTS = [

@@ -84,6 +84,18 @@ class LexicalIndex:
         scores = np.asarray(self.retriever.get_scores(known), dtype=np.float32)[: self.size]
         return scores, len(known) / len(words)
 
+    def documents_with(self, word: str) -> np.ndarray:
+        """The documents (in document order) that have `word` as BM25 reads it (stemmed:
+        "stripe" finds the documents that say "striped"); none for a stop word or a word no
+        document has. A read of the word's postings: its cost is the documents that have it."""
+        token = self.retriever.vocab_dict.get(_STEMMER.stemWord(word.casefold()))
+        if token is None or not self.size:
+            return np.empty(0, dtype=np.int64)
+        postings = self.retriever.scores
+        start, end = postings["indptr"][token], postings["indptr"][token + 1]
+        rows = np.asarray(postings["indices"][start:end], dtype=np.int64)
+        return rows[rows < self.size]
+
     def save(self, folder: Path) -> None:
         self.retriever.save(str(folder))
         (folder / "size.txt").write_text(str(self.size))

@@ -20,6 +20,7 @@ that a product the words describe is not outranked by one that only reads like t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
@@ -47,8 +48,18 @@ class ComposedQueries:
     """The attribute values of a release's products (rows of its product table), read once on
     the first composed query so that loading a release stays as fast as before."""
 
-    def __init__(self, products: pd.DataFrame):
+    def __init__(
+        self,
+        products: pd.DataFrame,
+        catalog: CatalogAttributes | None = None,
+        documents_with: Callable[[str], np.ndarray] | None = None,
+    ):
+        """`catalog`: the products' `CatalogAttributes` when the caller has them (else parsed
+        on first use); `documents_with`: the lexical index's word -> rows, for the values a
+        query word names through the products that have it (`CatalogAttributes.named`)."""
         self._products = products
+        self._catalog = catalog
+        self._documents_with = documents_with
         # Title words already read (`named_by_titles`): at most one entry per catalog title word.
         self._named: dict[str, dict[str, str]] = {}
 
@@ -150,7 +161,7 @@ class ComposedQueries:
     @cached_property
     def catalog(self) -> CatalogAttributes:
         """The products' attributes as `mmsearch.search.variants` matches them."""
-        return CatalogAttributes(self._products)
+        return self._catalog or CatalogAttributes(self._products)
 
     @cached_property
     def categories(self) -> tuple[np.ndarray, list[frozenset[str]]]:
@@ -165,7 +176,7 @@ class ComposedQueries:
         names that too ("red t-shirt": red, and the t-shirt category), on which it has a named
         value; zeros when the text names no attribute value (a category alone is the text
         retrievers' to find)."""
-        named = self.catalog.named(query_words(text))
+        named = self.catalog.named(query_words(text), self._documents_with)
         share = self.catalog.named_share(candidates.rows, named)
         if not named:
             return share

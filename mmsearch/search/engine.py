@@ -144,7 +144,6 @@ class SearchEngine:
             for name in artifacts.RETRIEVER_INDEX_FILES
         }
         self.lexical = release.load_lexical()
-        self.composed = ComposedQueries(self.products)
         stored = release.load_ranker()
         self.ranker = Ranker.from_dict(stored) if stored else Ranker.default()
         self._has_image = self.products["image_sha"].fillna("").astype(str).ne("").to_numpy()
@@ -176,6 +175,7 @@ class SearchEngine:
         self._categories = self.products["category"].fillna("").str.casefold().to_numpy()
         # Attributes, variant groups, availability and sale prices, parsed once.
         self.catalog = CatalogAttributes(self.products)
+        self.composed = ComposedQueries(self.products, self.catalog, self.lexical.documents_with)
         self._prices = self.catalog.prices  # the price a shopper pays: a sale price when on sale
 
     def _load_gallery(self, release: artifacts.Release) -> None:
@@ -425,7 +425,7 @@ class SearchEngine:
         kind = query_kind(bool(text), picture is not None)
         words = set(words_of(text))
         # The variant a group shows is the one whose values the words name ("red" or "crimson").
-        named = self.catalog.named(query_words(text)) if group else {}
+        named = self.catalog.named(query_words(text), self.lexical.documents_with) if group else {}
         results = [
             hit | {"matched": matched_attributes(self.product_fields(hit["row"]), words)}
             for hit in self._results(kind, candidates, k, group, allowed, named)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,15 @@ READ = frozenset({*FILTERABLE, "group_id", "availability", "list_price", "sale_p
 LISTED = 30
 # Longest run of query words read as one value's other spelling ("burnt orange", "navy blue").
 PHRASE_WORDS = 3
+# A query word that is no value's word names a value when the products whose documents have it
+# span at least `NAMING_GROUPS` variant groups and at least `NAMING_SHARE` of those groups have
+# that value: the catalog's own other word for it ("chevron" where only zigzag products say it,
+# "tote" where only handbags do, "sunflower" where only yellow ones do). Groups, not products,
+# so that one design's own words do not name all of its values.
+NAMING_GROUPS = 3
+NAMING_SHARE = 0.9
+# Query words whose document-named values are remembered (`CatalogAttributes.named`).
+NAMING_CACHE = 65_536
 
 
 class UnknownFilter(ValueError):
@@ -232,6 +241,8 @@ class CatalogAttributes:
             self.groups[self._order], np.arange(int(self.groups.max(initial=-1)) + 2)
         )
         self.grouped = len(self.group_ids) < int((~alone).sum())
+        # Query word -> the values its documents name (`_named_by_word`).
+        self._by_word: dict[str, dict[str, int]] = {}
 
         codes, written = per_row("availability")
         states = [normalised_value("availability", v).replace(" ", "_") for v in written]
@@ -294,9 +305,16 @@ class CatalogAttributes:
         group = int(self.groups[row])
         return self._order[self._starts[group] : self._starts[group + 1]]
 
-    def named(self, words: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def named(
+        self,
+        words: Sequence[str],
+        documents_with: Callable[[str], np.ndarray] | None = None,
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per attribute whose values the query's `words` (`query_words`) name, which ones
-        (`Attribute.named_by`: per normalised value, per shop spelling); {} when none."""
+        (`Attribute.named_by`: per normalised value, per shop spelling); {} when none. With
+        `documents_with` (a word -> the rows whose documents have it: the lexical index), a
+        word that is no value's word also names the value its products have
+        (`named_by_documents`)."""
         if not words:
             return {}
         named = {}
@@ -304,6 +322,56 @@ class CatalogAttributes:
             family, exact = attribute.named_by(words)
             if family.any() or exact.any():
                 named[name] = (family, exact)
+        if documents_with is None:
+            return named
+        for word in dict.fromkeys(words):
+            if word in self._value_words:
+                continue
+            for name, code in self._named_by_word(word, documents_with).items():
+                attribute = self.attributes[name]
+                family, exact = named.get(name) or (
+                    np.zeros(len(attribute.labels) + 1, dtype=bool),
+                    np.zeros(len(attribute.raw_values) + 1, dtype=bool),
+                )
+                family = family.copy()
+                family[code] = True
+                named[name] = (family, exact)
+        return named
+
+    @functools.cached_property
+    def _value_words(self) -> frozenset[str]:
+        """Every word of every attribute value, normalised or as the shop spelled it."""
+        return frozenset(
+            word
+            for attribute in self.attributes.values()
+            for index in (attribute._words, attribute._raw_words)
+            for word in index[1]
+        )
+
+    def _named_by_word(self, word: str, documents_with: Callable[[str], np.ndarray]) -> dict:
+        """`named_by_documents` of the rows whose documents have `word`, remembered."""
+        if word not in self._by_word:
+            if len(self._by_word) >= NAMING_CACHE:
+                self._by_word.clear()
+            self._by_word[word] = self.named_by_documents(documents_with(word))
+        return self._by_word[word]
+
+    def named_by_documents(self, rows: np.ndarray) -> dict[str, int]:
+        """Attribute name -> the value (normalised code) that at least `NAMING_SHARE` of the
+        variant groups among `rows` have, when they are at least `NAMING_GROUPS` groups."""
+        groups = self.groups[rows]
+        distinct = np.unique(groups)
+        if len(distinct) < NAMING_GROUPS:
+            return {}
+        named = {}
+        for name, attribute in self.attributes.items():
+            span = len(attribute.labels) + 1
+            pairs = np.unique(groups * span + attribute.codes[rows] + 1)
+            codes = pairs % span - 1
+            counts = np.bincount(codes[codes >= 0], minlength=len(attribute.labels))
+            top = int(np.argmax(counts)) if len(counts) else 0
+            if len(counts) and counts[top] >= NAMING_SHARE * len(distinct):
+                named[name] = top
         return named
 
     def naming(
