@@ -197,6 +197,38 @@ def test_a_word_the_catalog_uses_for_one_value_names_it_when_several_groups_say_
     assert scored.features[ATTRIBUTE_MATCH].tolist() == [0.5, 0.5, 0.5, 1.0, 0.5, 0.0, 0.0]
 
 
+def test_a_grouped_answer_matches_the_values_a_candidates_group_offers():
+    # The midi dress comes in blue and orange (the orange one's title says less); another
+    # dress only in orange; a third design's orange variant is out of stock.
+    rows = [
+        ("midi-blue", "MIDI", "Solano midi dress", {"color": "blue"}),
+        ("midi-orange", "MIDI", "Dress", {"color": "orange"}),
+        ("wrap-orange", "WRAP", "Solano wrap dress", {"color": "orange"}),
+        ("maxi-green", "MAXI", "Solano maxi dress", {"color": "green"}),
+        ("maxi-orange", "MAXI", "Solano maxi dress", {"color": "orange"}),
+    ]
+    products = pd.DataFrame(
+        {
+            "product_id": [pid for pid, *_ in rows],
+            "title": [title for _, _, title, _ in rows],
+            "attributes": [json.dumps({"group_id": g, **extra}) for _, g, _, extra in rows],
+        }
+    )
+    composed = ComposedQueries(products)
+    candidates = Candidates(
+        np.array([0, 2, 3]), {name: np.full(3, 0.5) for name in FEATURES[TEXT]}, "orange dress"
+    )
+    # One by one, a row has what its own values say; grouped, what its group's allowed
+    # variants offer: the blue midi dress's group has an orange one, the maxi's is not offered.
+    alone = composed.with_change(TEXT, candidates).features[ATTRIBUTE_MATCH]
+    offered = np.array([True, True, True, True, False])
+    grouped = composed.with_change(TEXT, candidates, offered).features[ATTRIBUTE_MATCH]
+    assert alone.tolist() == [0.0, 1.0, 0.0]
+    assert grouped.tolist() == [1.0, 1.0, 0.0]
+    everything = composed.with_change(TEXT, candidates, np.ones(5, dtype=bool))
+    assert everything.features[ATTRIBUTE_MATCH].tolist() == [1.0, 1.0, 1.0]
+
+
 RED, BLUE, GREEN, GREY = (200, 30, 30), (30, 40, 200), (30, 170, 40), (128, 128, 128)
 # product_id, title, colour of the picture, price, extra columns
 PRODUCTS = [

@@ -170,14 +170,20 @@ class ComposedQueries:
         codes, values = pd.factorize(column.fillna("").astype(str).map(words_of).map(" ".join))
         return np.asarray(codes), [frozenset(value.split()) for value in values]
 
-    def attribute_match(self, candidates: Candidates, text: str) -> np.ndarray:
+    def attribute_match(
+        self, candidates: Candidates, text: str, offered: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per candidate, the share of the attributes whose values the text names ("crimson
         linen sofa": a colour of the red family, linen), and of the category when the text
         names that too ("red t-shirt": red, and the t-shirt category), on which it has a named
         value; zeros when the text names no attribute value (a category alone is the text
         retrievers' to find)."""
         named = self.catalog.named(query_words(text), self._documents_with)
-        share = self.catalog.named_share(candidates.rows, named)
+        share = (
+            self.catalog.named_share(candidates.rows, named)
+            if offered is None
+            else self.catalog.offered_share(candidates.rows, named, offered)
+        )
         if not named:
             return share
         codes, categories = self.categories
@@ -187,15 +193,18 @@ class ComposedQueries:
             return share
         return (share * len(named) + asked[codes[candidates.rows]]) / (len(named) + 1)
 
-    def with_change(self, kind: str, candidates: Candidates) -> Candidates:
+    def with_change(
+        self, kind: str, candidates: Candidates, offered: np.ndarray | None = None
+    ) -> Candidates:
         """The candidates with the features read at ranking time from the catalog's attributes:
         `change` when the query kind has one (image+text), `attribute_match` for a text query
-        (`RANKING_TIME`); as they are otherwise."""
+        (`RANKING_TIME`; with `offered`, the answer's allowed rows, for an answer of one result
+        per variant group: what each candidate's group offers); as they are otherwise."""
         features = dict(candidates.features)
         if CHANGE in FEATURES[kind]:
             features[CHANGE] = self.change(candidates, candidates.text)
         if ATTRIBUTE_MATCH in RANKING_TIME.get(kind, {}) and candidates.text:
-            features[ATTRIBUTE_MATCH] = self.attribute_match(candidates, candidates.text)
+            features[ATTRIBUTE_MATCH] = self.attribute_match(candidates, candidates.text, offered)
         if len(features) == len(candidates.features):
             return candidates
         return Candidates(candidates.rows, features, candidates.text)

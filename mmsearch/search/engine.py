@@ -362,11 +362,15 @@ class SearchEngine:
                     )
         return Candidates(rows, features, text)
 
-    def rank(self, kind: str, candidates: Candidates, k: int) -> list[tuple[int, float]]:
-        """Second stage: the top-k (product row, score) by the ranker, best first."""
+    def rank(
+        self, kind: str, candidates: Candidates, k: int, offered: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
+        """Second stage: the top-k (product row, score) by the ranker, best first. `offered`
+        (the answer's allowed rows) ranks for one result per variant group: a candidate has
+        the attribute values the words name when a variant of its group does."""
         if not len(candidates.rows):
             return []
-        candidates = self.composed.with_change(kind, candidates)
+        candidates = self.composed.with_change(kind, candidates, offered)
         scores = self.ranker.score(kind, candidates)
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(candidates.rows[i]), float(scores[i])) for i in order]
@@ -454,7 +458,8 @@ class SearchEngine:
                 self.describe(row, score) | self.catalog.offer(row) | alone | {"row": row}
                 for row, score in self.rank(kind, candidates, k)
             ]
-        ranked = self.rank(kind, candidates, k * GROUP_DEPTH)
+        offered = np.ones(len(self.products), dtype=bool) if allowed is None else allowed
+        ranked = self.rank(kind, candidates, k * GROUP_DEPTH, offered)
         return [
             self.describe(row, score)
             | self.catalog.offer(row)

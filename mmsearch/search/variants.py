@@ -397,6 +397,34 @@ class CatalogAttributes:
             share += family[self.attributes[name].codes[rows]]
         return share / max(len(named), 1)
 
+    def offered_share(
+        self,
+        rows: np.ndarray,
+        named: dict[str, tuple[np.ndarray, np.ndarray]],
+        offered: np.ndarray,
+    ) -> np.ndarray:
+        """As `named_share`, per row's variant group: the share of the named attributes on which
+        some variant of its group that passes `offered` (a mask over all rows: the filters and
+        availability of the answer) has a named value. "orange midi dress" asks whether the
+        midi dress comes in orange, which its blue variant's row answers as well as the orange
+        one's."""
+        if not named or not len(rows):
+            return self.named_share(rows, named)
+        groups, inverse = np.unique(self.groups[rows], return_inverse=True)
+        starts, ends = self._starts[groups], self._starts[groups + 1]
+        lengths = ends - starts
+        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        members = self._order[np.repeat(starts, lengths) + offsets]
+        owner = np.repeat(np.arange(len(groups)), lengths)
+        kept = offered[members] | np.isin(members, rows)
+        members, owner = members[kept], owner[kept]
+        share = np.zeros(len(groups))
+        for name, (family, _) in named.items():
+            has = np.zeros(len(groups), dtype=bool)
+            np.logical_or.at(has, owner, family[self.attributes[name].codes[members]])
+            share += has
+        return (share / len(named))[inverse]
+
     def one_per_group(
         self,
         ranked: list[tuple[int, float]],
