@@ -12,21 +12,18 @@ import math
 import os
 import re
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mmsearch.catalog.image_batches import ImageBatch
 from mmsearch.catalog.images import (
     ImageLimits,
     ImageRejected,
-    decode_image,
     image_file_sha,
-    perceptual_hash,
     resolve_inside,
-    save_clean_image,
 )
 from mmsearch.catalog.text import MAX_TITLE_CHARS, clean_text
 
@@ -45,8 +42,8 @@ class CleanCatalog:
     quarantine: pd.DataFrame  # drop_name, row_number, product_id, reason_code, reason
     outcomes: pd.DataFrame  # drop_name, row_number, product_id, outcome
     validations: dict = field(default_factory=dict)  # (drop, row) -> validation result
-    images_decoded: int = 0  # image files decoded (or refused while decoding) by this cleaning
-    images_reused: int = 0  # image files whose bytes were cleaned before: not decoded again
+    images_decoded: int = 0  # distinct image contents decoded (or refused while decoding) now
+    images_reused: int = 0  # row images whose bytes were cleaned or refused before: not decoded
 
 
 class RowRejected(ValueError):
@@ -90,53 +87,47 @@ def is_deletion(value: object) -> bool:
 
 
 @dataclass
-class _KnownImages:
-    """Clean images by the sha256 of their source bytes: (clean file, perceptual hash) of bytes
-    already cleaned under the current rules, from earlier runs and from this one. The same bytes
-    clean to the same picture, so a feed that sends its whole catalog again, or one photo under
-    many rows, costs a read and a hash per row, not a decode and an encode."""
+class _RowImages:
+    """The image files of the rows being validated, by the sha256 of their bytes.
 
-    by_sha: dict[str, tuple[str, str]] = field(default_factory=dict)
-    decoded: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
+    `known` holds (clean file, perceptual hash) of bytes already cleaned under the current
+    rules in earlier runs; other bytes go to `batch` once, however many rows send them. The same
+    bytes clean to the same picture, so a feed that sends its whole catalog again, or one photo
+    under many rows, costs a read and a hash per row, not a decode and an encode."""
 
+    known: dict[str, tuple[str, str]]
+    batch: ImageBatch
+    rows: int = 0  # rows whose image file was read and hashed
 
-def _clean_image(
-    drop_dir: Path,
-    image_path: str,
-    clean_images_dir: Path,
-    limits: ImageLimits,
-    known: _KnownImages,
-) -> tuple[str, str, str]:
-    """(clean image file, source sha256, perceptual hash) for a row's image, or RowRejected."""
-    try:
-        source = resolve_inside(drop_dir, image_path)
-        data = source.read_bytes()
+    def read(self, drop_dir: Path, image_path: str) -> str:
+        """The sha256 of a row's image file, queued for cleaning unless known; or RowRejected."""
+        try:
+            data = resolve_inside(drop_dir, image_path).read_bytes()
+        except (ImageRejected, OSError) as error:
+            raise _image_rejection(error, image_path) from None
         image_sha = image_file_sha(data)
-        if image_sha in known.by_sha:
-            known.reused.append(image_sha)
-            image_file, image_phash = known.by_sha[image_sha]
-            return image_file, image_sha, image_phash
-        known.decoded.append(image_sha)
-        picture = decode_image(data, limits)
-        stored = str(save_clean_image(picture, clean_images_dir, image_sha))
-        image_phash = perceptual_hash(picture)
-        known.by_sha[image_sha] = (stored, image_phash)
-        return stored, image_sha, image_phash
-    except ImageRejected as rejected:
-        raise RowRejected(
-            rejected.code, f"{rejected.message} (image_path {image_path!r})"
-        ) from None
-    except OSError as error:
-        raise RowRejected(
-            "image_unreadable", f"cannot read image {image_path!r}: {error}"
-        ) from None
+        self.rows += 1
+        if image_sha not in self.known:
+            self.batch.add(image_sha, data)
+        return image_sha
+
+    def clean(self, image_sha: str, image_path: str) -> tuple[str, str]:
+        """(clean image file, perceptual hash) of a read row image, or RowRejected."""
+        outcome = self.known.get(image_sha) or self.batch.outcomes()[image_sha]
+        if isinstance(outcome, Exception):
+            raise _image_rejection(outcome, image_path)
+        return outcome
 
 
-def _validate_row(
-    row: dict, drop_dir: Path, clean_images_dir: Path, limits: ImageLimits, known: _KnownImages
-) -> dict:
-    """The cleaned fields of one raw row, or RowRejected."""
+def _image_rejection(error: ImageRejected | OSError, image_path: str) -> RowRejected:
+    if isinstance(error, ImageRejected):
+        return RowRejected(error.code, f"{error.message} (image_path {image_path!r})")
+    return RowRejected("image_unreadable", f"cannot read image {image_path!r}: {error}")
+
+
+def _validate_row(row: dict, drop_dir: Path, images: _RowImages) -> dict:
+    """The cleaned fields of one raw row, or RowRejected; a row's image is read and hashed here
+    and cleaned later, with the others (`_with_clean_image`)."""
     if row.get("read_error"):
         raise RowRejected("unreadable_row", row["read_error"])
     product_id = clean_product_id(row.get("product_id"))
@@ -149,11 +140,9 @@ def _validate_row(
     description = clean_text(row.get("description"))
     category = clean_text(row.get("category"), 100)
     brand = clean_text(row.get("brand"), 100)
-    image_file = image_sha = image_phash = None
+    image_sha = None
     if row.get("image_path") and str(row["image_path"]).strip():
-        image_file, image_sha, image_phash = _clean_image(
-            drop_dir, str(row["image_path"]), clean_images_dir, limits, known
-        )
+        image_sha = images.read(drop_dir, str(row["image_path"]))
     return {
         "product_id": product_id,
         "deleted": False,
@@ -162,11 +151,22 @@ def _validate_row(
         "category": category or None,
         "brand": brand or None,
         "price": price,
-        "image_file": image_file,
+        "image_file": None,
         "image_sha": image_sha,
-        "image_phash": image_phash,
+        "image_phash": None,
         "attributes": row.get("attributes") or "{}",
     }
+
+
+def _with_clean_image(result: dict, row: dict, images: _RowImages) -> dict:
+    """A validated row with its clean image file and perceptual hash filled in, or rejected."""
+    if not result.get("image_sha"):
+        return result
+    try:
+        image_file, image_phash = images.clean(result["image_sha"], str(row["image_path"]))
+    except RowRejected as rejected:
+        return {"rejected": rejected}
+    return {**result, "image_file": image_file, "image_phash": image_phash}
 
 
 def clean_catalog(
@@ -177,6 +177,7 @@ def clean_catalog(
     workers: int = 4,
     cached: dict[tuple[str, int], dict] | None = None,
     known_images: dict[str, tuple[str, str]] | None = None,
+    processes: int | None = None,
 ) -> CleanCatalog:
     """Clean every raw row of the accepted drops and resolve product_ids, latest drop winning.
 
@@ -185,7 +186,9 @@ def clean_catalog(
     versions of a product. `cached` holds earlier validation results by (drop, row) that are
     reused instead of validating (and decoding) again; `known_images` the (clean file, perceptual
     hash) of image bytes cleaned before under the same rules, by their sha256, which rows
-    validated now take instead of decoding the same bytes again.
+    validated now take instead of decoding the same bytes again. Images are cleaned in `workers`
+    threads, or in `processes` worker processes (default: the cores available) once there are
+    `PROCESS_POOL_MIN_IMAGES` of them (`catalog.image_batches`).
     """
     keys = pd.DataFrame(raw, columns=["drop_seq", "row_number", "drop_name"])
     order = np.lexsort((keys["row_number"].to_numpy(), keys["drop_seq"].to_numpy()))
@@ -193,20 +196,25 @@ def clean_catalog(
     row_numbers = keys["row_number"].to_numpy(dtype=np.int64)[order]
     row_keys = list(zip(drop_names.tolist(), row_numbers.tolist(), strict=True))
     cached = cached or {}
-    known = _KnownImages(dict(known_images or {}))
 
-    def validate(row: dict) -> dict:
+    def validate(row: dict, images: _RowImages) -> dict:
         try:
-            return _validate_row(row, drop_dirs[row["drop_name"]], clean_images_dir, limits, known)
+            return _validate_row(row, drop_dirs[row["drop_name"]], images)
         except RowRejected as rejected:
             return {"rejected": rejected}
 
     validated = np.empty(len(raw), dtype=object)
     validated[:] = list(map(cached.get, row_keys))
-    fresh = order[np.equal(validated, None)]
-    # Image decoding dominates; Pillow releases the GIL while decoding.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        validated[np.equal(validated, None)] = list(pool.map(validate, [raw[i] for i in fresh]))
+    fresh_rows = [raw[i] for i in order[np.equal(validated, None)]]
+    # Rows are read here while the batch cleans the images queued so far (in worker processes
+    # for a large batch), then each row takes its image's outcome.
+    with ImageBatch(clean_images_dir, limits, threads=workers, processes=processes) as batch:
+        images = _RowImages(dict(known_images or {}), batch)
+        results = [validate(row, images) for row in fresh_rows]
+        validated[np.equal(validated, None)] = [
+            _with_clean_image(result, row, images)
+            for result, row in zip(results, fresh_rows, strict=True)
+        ]
 
     results = pd.DataFrame(list(validated), columns=["product_id", "deleted", "rejected"])
     rejected = results["rejected"].notna().to_numpy()
@@ -268,8 +276,8 @@ def clean_catalog(
         quarantine_frame,
         outcome_frame,
         dict(zip(row_keys, validated, strict=True)),
-        len(known.decoded),
-        len(known.reused),
+        len(batch),
+        images.rows - len(batch),
     )
 
 

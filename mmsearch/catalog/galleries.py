@@ -15,19 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
+from mmsearch.catalog.image_batches import ImageBatch, ImageOutcome
 from mmsearch.catalog.images import (
     ImageLimits,
     ImageRejected,
-    perceptual_hash,
-    read_image_file,
+    image_file_sha,
     resolve_inside,
-    save_clean_image,
 )
 
 GALLERY_TABLE = "product_images"
@@ -104,20 +102,31 @@ def gallery_paths(image_path: str | None, attributes: dict) -> list[str]:
     return [p for p in dict.fromkeys(paths) if p != main]
 
 
-def _clean_one(drop_dir: Path, path: str, clean_images_dir: Path, limits: ImageLimits) -> dict:
+def _refusal(error: ImageRejected | OSError, path: str) -> dict:
+    if isinstance(error, ImageRejected):
+        return {"reason_code": error.code, "reason": f"{error.message} (image {path!r})"}
+    return {"reason_code": "image_unreadable", "reason": f"cannot read image {path!r}: {error}"}
+
+
+def _read_one(drop_dir: Path, path: str, batch: ImageBatch) -> str | dict:
+    """The sha256 of a gallery image file, its bytes queued in `batch`; or why it is refused."""
     try:
-        source = resolve_inside(drop_dir, path)
-        picture, image_sha = read_image_file(source, limits)
-        stored = save_clean_image(picture, clean_images_dir, image_sha)
-        return {
-            "image_file": str(stored),
-            "image_sha": image_sha,
-            "image_phash": perceptual_hash(picture),
-        }
-    except ImageRejected as rejected:
-        return {"reason_code": rejected.code, "reason": f"{rejected.message} (image {path!r})"}
-    except OSError as error:
-        return {"reason_code": "image_unreadable", "reason": f"cannot read image {path!r}: {error}"}
+        data = resolve_inside(drop_dir, path).read_bytes()
+    except (ImageRejected, OSError) as error:
+        return _refusal(error, path)
+    image_sha = image_file_sha(data)
+    batch.add(image_sha, data)
+    return image_sha
+
+
+def _cleaned(read: str | dict, path: str, outcomes: dict[str, ImageOutcome]) -> dict:
+    if isinstance(read, dict):
+        return read
+    outcome = outcomes[read]
+    if isinstance(outcome, Exception):
+        return _refusal(outcome, path)
+    image_file, image_phash = outcome
+    return {"image_file": image_file, "image_sha": read, "image_phash": image_phash}
 
 
 def clean_gallery_images(
@@ -127,6 +136,7 @@ def clean_gallery_images(
     limits: ImageLimits = ImageLimits(),
     kept: pd.DataFrame | None = None,
     workers: int = 4,
+    processes: int | None = None,
 ) -> pd.DataFrame:
     """The `product_images` rows of live products.
 
@@ -134,6 +144,8 @@ def clean_gallery_images(
     (the clean main image's) and attributes (JSON). `kept`: earlier rows under the same rules
     (a drop row never changes under its key), reused instead of decoding again when their clean
     file is still there. An extra image that is the main image's bytes again is left out.
+    Images are cleaned in `workers` threads, or in `processes` worker processes (default: the
+    cores available) when there are many (`catalog.image_batches`).
     """
     rules = json.dumps({"gallery": GALLERY_RULES_VERSION, **asdict(limits)}, sort_keys=True)
     reuse: dict[tuple, dict] = {}
@@ -178,17 +190,15 @@ def clean_gallery_images(
                         f"{failure.get('reason')}",
                     }
                 )
-    # One decode per file: a Shopify product's images are every variant's gallery.
+    # One decode per file, and per content: a Shopify product's images are every variant's
+    # gallery. Files are read here while the batch cleans those queued so far.
     files = list(dict.fromkeys((drop_dir, path) for _, drop_dir, path in fresh))
-    # Decoding dominates; Pillow releases the GIL while decoding.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        cleaned = dict(
-            zip(
-                files,
-                pool.map(lambda file: _clean_one(*file, clean_images_dir, limits), files),
-                strict=True,
-            )
-        )
+    with ImageBatch(clean_images_dir, limits, threads=workers, processes=processes) as batch:
+        read = [_read_one(drop_dir, path, batch) for drop_dir, path in files]
+        outcomes = batch.outcomes()
+    cleaned = {
+        file: _cleaned(result, file[1], outcomes) for file, result in zip(files, read, strict=True)
+    }
     for record, drop_dir, path in fresh:
         record.update(cleaned[drop_dir, path])
     frame = pd.DataFrame(records, columns=[*GALLERY_COLUMNS, "main_sha"])

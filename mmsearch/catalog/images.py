@@ -40,6 +40,10 @@ class ImageRejected(ValueError):
         self.code = code
         self.message = message
 
+    def __reduce__(self):
+        # Picklable with its code, so a worker process can hand a refusal back.
+        return type(self), (self.code, self.message)
+
 
 @dataclass(frozen=True)
 class ImageLimits:
