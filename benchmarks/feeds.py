@@ -55,6 +55,7 @@ from mmsearch.catalog.fetch import AddressPolicy, Fetcher  # noqa: E402
 from mmsearch.catalog.galleries import clean_gallery_images  # noqa: E402
 from mmsearch.sample.feeds import decoded, make_shop_feed  # noqa: E402
 from mmsearch.sample.vocabulary import COLOR_SYNONYMS  # noqa: E402
+from mmsearch.search.ranking import Candidates  # noqa: E402
 
 
 def ingest_and_clean(feed: bytes, name: str, port: int, work: Path) -> dict:
@@ -206,18 +207,32 @@ def _miss(engine, generated, target, members: list, text_query: str) -> str:
     )
 
 
+def _tied(engine, text_query: str, first: str, target: str) -> bool:
+    """Whether the first result's variant group offers every attribute value (and the
+    category) the words name as fully as the target's group: words that cannot tell the two
+    apart (`attribute_match` as a grouped answer computes it)."""
+    rows = np.array([engine.row_of_product(first), engine.row_of_product(target)])
+    allowed = engine.allowed_rows(None, None, (), False)
+    share = engine.composed.attribute_match(Candidates(rows, {}), text_query, allowed)
+    return bool(share[0] >= share[1])
+
+
 def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = False) -> dict:
     """The share of `colour_queries` whose target comes first in the default (grouped) answer,
     and, from the same ranking, in the answer without grouping (the group's best-ranked variant,
-    what grouping showed before it read the query's words); with `show_misses`, each miss
-    printed: the query, the first result's group and colour, the target's and its group's rank."""
-    colour_hits, group_hits, ranked_hits = [], [], []
+    what grouping showed before it read the query's words); how many misses put first a group
+    that offers every value the words name as fully as the target's (`_tied`); with
+    `show_misses`, each miss printed: the query, the first result's group and colour, the
+    target's and its group's rank."""
+    colour_hits, group_hits, ranked_hits, tied = [], [], [], 0
     started = time.process_time()
     for target, members, text_query in queries:
         results = engine.answer(text=text_query, k=1)["results"]
         top = results[0]["product_id"] if results else None
         colour_hits.append(top == target.product_id)
         group_hits.append(top in {p.product_id for p in members})
+        if top is not None and not colour_hits[-1]:
+            tied += _tied(engine, text_query, top, target.product_id)
         ranked = engine.answer(text=text_query, k=1, group=False)["results"]
         ranked_hits.append(bool(ranked) and ranked[0]["product_id"] == target.product_id)
         if show_misses and not colour_hits[-1]:
@@ -228,6 +243,7 @@ def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = 
         "colour_first": share(colour_hits),
         "colour_first_by_rank": share(ranked_hits),
         "group_first": share(group_hits),
+        "misses_tied": tied,
         "cpu_s": time.process_time() - started,
     }
 
@@ -248,7 +264,9 @@ def colour_paths(home: Path, generated, show_misses: bool) -> None:
             f"{colour['colour_groups']} groups (goal >= 90%) vs "
             f"{colour['colour_first_by_rank']:.1%} by rank alone (the group's best-ranked "
             f"variant); a product of the right group first: {colour['group_first']:.1%}; "
-            f"{colour['cpu_s']:.1f} CPU s",
+            f"{colour['misses_tied']} of the misses put first a group offering every value the "
+            f"words name (the words cannot tell it from the target's); {colour['cpu_s']:.1f} "
+            "CPU s",
             flush=True,
         )
     print(f"{unavailable} groups left out (the colour asked for is out of stock)")
