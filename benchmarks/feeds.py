@@ -18,7 +18,8 @@ Then, for the Merchant feed, the pipeline is run (`mmsearch ingest` + `mmsearch 
   product comes first, with the product galleries in the release and without them (the
   baseline: main images only, as before galleries), from the same release;
 - the fused product vector: rank-1 of the same queries by the fused index alone, with product
-  vectors from the main image (what releases use) vs from the mean of the gallery's features;
+  vectors from the main image (as before galleries) vs from the mean of the gallery's features
+  (what releases use);
 - colour queries: per variant group, one variant's colour and a sibling's title without its
   colour words (text only, the engine's default answer); the share of groups whose right
   variant comes first, vs the group's best-ranked variant from the same ranking (grouping by
