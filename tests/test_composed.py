@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import SMALL_CATALOG, run_cli
+from mmsearch.index.lexical import LexicalIndex
 from mmsearch.publishing.fitting import fit_ranker
 from mmsearch.sample import write_sample_catalog
 from mmsearch.search.composed import ComposedQueries
@@ -60,21 +61,28 @@ def test_a_requested_colour_is_a_change_only_for_products_that_have_it():
     assert light.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
 
 
-def test_a_word_the_titles_use_for_one_colour_names_that_colour():
+def _with_lexical(products: pd.DataFrame) -> ComposedQueries:
+    lexical = LexicalIndex.build(products["title"].tolist(), products["attributes"].tolist())
+    return ComposedQueries(products, documents_with=lexical.documents_with)
+
+
+def test_a_word_the_catalog_uses_for_one_colour_names_that_colour():
     products = _products()
     extra = [
-        {"product_id": f"tote-{i}", "title": f"Crimson tote {i}", "brand": "Acme", "attributes": a}
+        {"product_id": f"tote-{i}", "title": f"Sunset tote {i}", "brand": "Acme", "attributes": a}
         for i, a in enumerate(['{"color": "red"}'] * 3 + ['{"color": "blue"}'])
     ]
-    composed = ComposedQueries(pd.concat([products, pd.DataFrame(extra)], ignore_index=True))
-    candidates = _candidates("like this but crimson")
-    change = composed.with_change(IMAGE_TEXT, candidates).features[CHANGE]
-    # Three of the four "crimson" titles are red: not enough to say crimson means red.
-    assert not change.any()
+    candidates = _candidates("like this but sunset")
+    composed = _with_lexical(pd.concat([products, pd.DataFrame(extra)], ignore_index=True))
+    # Three of the four products that say "sunset" are red: not enough to say it means red.
+    assert not composed.with_change(IMAGE_TEXT, candidates).features[CHANGE].any()
     extra[-1]["attributes"] = '{"color": "red"}'
-    composed = ComposedQueries(pd.concat([products, pd.DataFrame(extra)], ignore_index=True))
+    composed = _with_lexical(pd.concat([products, pd.DataFrame(extra)], ignore_index=True))
     change = composed.with_change(IMAGE_TEXT, candidates).features[CHANGE]
     assert change.tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
+    # Another spelling of a colour family needs no catalog evidence: crimson is red.
+    crimson = ComposedQueries(products).with_change(IMAGE_TEXT, _candidates("but crimson"))
+    assert crimson.features[CHANGE].tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
 
 
 def test_words_the_photo_already_has_or_no_attribute_names_ask_for_no_change():

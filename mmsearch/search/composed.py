@@ -4,13 +4,14 @@ Words added to a photo either describe it ("striped") or ask for a change ("but 
 change is what crowds out: the photo's own product and its near-duplicates look the most like
 the photo, so every image retriever puts them first although they are exactly what the shopper
 does not want. What counts as a change is read from the catalog, never from a word list: the
-attribute values (colour, material, brand, ...; `attributes_of`) the query text names, and that
-the anchor, the candidate that looks most like the photo (raw image score), does not have. The
-text names a value with all of the value's words, or with a word that the catalog's titles use
-for that value only ("crimson" where only red products' titles say crimson). A candidate's `change` feature is the share of the changed attributes on which it
-has a requested value: 0 for the anchor and its duplicates, 1 for the colourway asked for. For a
-query that asks for no change (no attribute value in its words, or only the anchor's own) it is
-0 for every candidate, so the ranking is exactly the one without this step.
+attribute values (colour, material, pattern, brand, ...) the query text names
+(`CatalogAttributes.named`: all of a value's words, another spelling of it, or a word the
+catalog uses for that value only: "sunset" where only orange products say it), and that the
+anchor, the candidate that looks most like the photo (raw image score), does not have. A
+candidate's `change` feature is the share of the changed attributes on which it has a requested
+value: 0 for the anchor and its duplicates, 1 for the colourway asked for. For a query that asks
+for no change (no attribute value in its words, or only the anchor's own) it is 0 for every
+candidate, so the ranking is exactly the one without this step.
 
 A text query's candidates get `attribute_match` the same way: the share of the attribute values
 its words name that the candidate has ("brown linen sofa": a brown one in linen has both), the
@@ -27,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from mmsearch.catalog.text import words_of
-from mmsearch.queries.pseudo import attributes_of
 from mmsearch.search.ranking import (
     ATTRIBUTE_MATCH,
     CHANGE,
@@ -38,15 +38,10 @@ from mmsearch.search.ranking import (
 )
 from mmsearch.search.variants import CatalogAttributes, query_words
 
-# A title word names an attribute value when at least `NAMING_TITLES` titles have it and at
-# least `NAMING_SHARE` of their products have that value.
-NAMING_TITLES = 3
-NAMING_SHARE = 0.9
-
 
 class ComposedQueries:
-    """The attribute values of a release's products (rows of its product table), read once on
-    the first composed query so that loading a release stays as fast as before."""
+    """The ranking-time features a release's products (rows of its product table) get from
+    their attributes and the query's words."""
 
     def __init__(
         self,
@@ -60,86 +55,6 @@ class ComposedQueries:
         self._products = products
         self._catalog = catalog
         self._documents_with = documents_with
-        # Title words already read (`named_by_titles`): at most one entry per catalog title word.
-        self._named: dict[str, dict[str, str]] = {}
-
-    @cached_property
-    def values(self) -> dict[str, np.ndarray]:
-        """Attribute name -> each product's value (casefolded words; "" when it has none)."""
-        blank = pd.Series([""] * len(self._products), index=self._products.index)
-        columns = [
-            self._products[c].fillna("").astype(str) if c in self._products else blank
-            for c in ("attributes", "brand")
-        ]
-        # One parse per distinct (attributes, brand): variants repeat them.
-        inverse, distinct = pd.factorize(columns[0] + "\x1f" + columns[1])
-        parsed = [
-            attributes_of(dict(zip(("attributes", "brand"), key.split("\x1f"), strict=True)))
-            for key in distinct
-        ]
-        names = sorted({name for values in parsed for name in values})
-        return {
-            name: np.array([values.get(name, "") for values in parsed], dtype=object)[inverse]
-            for name in names
-        }
-
-    @cached_property
-    def codes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Attribute name -> (each product's value as a code, -1 for none; the values)."""
-        return {
-            name: pd.factorize(np.where(column == "", None, column))
-            for name, column in self.values.items()
-        }
-
-    @cached_property
-    def vocabulary(self) -> list[tuple[str, str, frozenset[str]]]:
-        """Every (attribute name, value, the value's words) some product has."""
-        return [
-            (name, value, frozenset(value.split()))
-            for name, column in self.values.items()
-            for value in sorted(set(column) - {""})
-        ]
-
-    @cached_property
-    def title_rows(self) -> dict[str, np.ndarray]:
-        """Each word of at least `NAMING_TITLES` titles -> the rows whose title has it."""
-        rows: dict[str, list[int]] = {}
-        for row, title in enumerate(self._products["title"].tolist()):
-            for word in set(words_of(title)):
-                rows.setdefault(word, []).append(row)
-        return {word: np.array(r) for word, r in rows.items() if len(r) >= NAMING_TITLES}
-
-    def named_by_titles(self, word: str) -> dict[str, str]:
-        """Attribute name -> the value nearly every product whose title has `word` has."""
-        rows = self.title_rows.get(word)
-        if rows is None:
-            return {}
-        if word in self._named:
-            return self._named[word]
-        named = {}
-        for name, (codes, values) in self.codes.items():
-            counts = np.bincount(codes[rows] + 1, minlength=len(values) + 1)[1:]
-            top = int(np.argmax(counts))
-            if counts[top] >= NAMING_SHARE * len(rows):
-                named[name] = str(values[top])
-        self._named[word] = named
-        return named
-
-    def requested(self, words: set[str]) -> dict[str, set[str]]:
-        """Attribute name -> the values the words name (all of a value's words, or a title word
-        used for that value only); a value whose words are part of another named value of that
-        attribute ("blue" in "light blue") is left out."""
-        named: dict[str, set[str]] = {}
-        for name, value, value_words in self.vocabulary:
-            if value_words <= words:
-                named.setdefault(name, set()).add(value)
-        for word in words:
-            for name, value in self.named_by_titles(word).items():
-                named.setdefault(name, set()).add(value)
-        return {
-            name: {v for v in values if not any(set(v.split()) < set(o.split()) for o in values)}
-            for name, values in named.items()
-        }
 
     def change(self, candidates: Candidates, text: str) -> np.ndarray:
         """Per candidate, the share of the attributes the text asks to change (from the anchor's
@@ -149,13 +64,14 @@ class ComposedQueries:
         if image is None or not len(candidates.rows) or not words_of(text):
             return shares
         anchor = candidates.rows[int(np.argmax(image))]
-        changed = {
-            name: values
-            for name, values in self.requested(set(words_of(text))).items()
-            if self.values[name][anchor] not in values
-        }
-        for name, values in changed.items():
-            shares += np.isin(self.values[name][candidates.rows], list(values))
+        named = self.catalog.named(query_words(text), self._documents_with)
+        changed = [
+            (codes, family)
+            for name, (family, _) in named.items()
+            if not family[(codes := self.catalog.attributes[name].codes)[anchor]]
+        ]
+        for codes, family in changed:
+            shares += family[codes[candidates.rows]]
         return shares / max(len(changed), 1)
 
     @cached_property
