@@ -221,3 +221,23 @@ def test_shopper_views_are_encoded_for_a_content_sample_and_the_held_out_product
     assert everything == set(shas) - {""}
     assert sample == (set(train[:25]) | held_out) - {""}
     assert len(sample & set(train)) >= 25 and len(sample) < len(everything)
+
+
+def test_openmp_workers_wait_passively_unless_told_otherwise():
+    # Spinning OpenMP workers tripled the training's CPU time on a shared 2-core machine; the
+    # setting must be in place before torch loads, so it comes with the package's import.
+    import os
+    import subprocess
+    import sys
+
+    script = "import mmsearch, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+    def policy(extra: dict) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", script], env=env | extra, capture_output=True, text=True
+        )
+        return result.stdout.strip()
+
+    assert policy({}) == "PASSIVE"
+    assert policy({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mmsearch.evaluation.metrics import aggregate, paired_p_value, score_query
-from mmsearch.features.catalog_features import load_query_split
+from mmsearch.features.catalog_features import load_query_split, with_views_and_pseudo
 from mmsearch.queries.query_sets import (
     MIN_LABELED,
     QuerySet,
@@ -180,12 +180,13 @@ def held_out_queries(
 ) -> tuple[str, QuerySet]:
     """The queries of one held-out split (`gate` or `test`): the labeled queries of that split
     when there are at least `MIN_LABELED`, else (or with `both`) together with pseudo-queries of
-    that split's products. Returns (source, queries); `catalog` must be loaded with views and
-    pseudo-queries."""
+    that split's products. Returns (source, queries); the shopper views and pseudo-query
+    features of those products are read when `catalog` was loaded without them."""
     labeled = load_query_split(con, split, catalog, image_id, text_id)
     if len(labeled) >= MIN_LABELED and not both:
         return f"labeled queries ({split} split)", labeled
-    pseudo = pseudo_query_set(catalog, held_out_products(catalog, split))
+    rows = held_out_products(catalog, split)
+    pseudo = pseudo_query_set(with_views_and_pseudo(con, catalog, rows, image_id, text_id), rows)
     if not len(labeled):
         return f"pseudo-queries of {split} products", pseudo
     return f"labeled queries and pseudo-queries ({split} split)", concatenate(labeled, pseudo)

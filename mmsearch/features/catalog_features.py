@@ -3,7 +3,7 @@ with shopper views and pseudo-queries when asked, and the labeled queries of one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -102,6 +102,43 @@ def load_catalog_features(
             con, catalog.pseudo_texts, text_encoder_id, text_features.shape[1]
         )
     return catalog
+
+
+def with_views_and_pseudo(
+    con, catalog: CatalogFeatures, rows: np.ndarray, image_encoder_id: str, text_encoder_id: str
+) -> CatalogFeatures:
+    """`catalog` with the shopper views and pseudo-query features of the products at `rows`
+    (sorted), the only ones the caller reads (the ranker's fitting products, an evaluation's
+    held-out products): loading every product's costs a pass of per-row Python and as many
+    vectors again as the catalog has, for a few hundred products.
+    Every other product's are left empty; a catalog that has them already is returned as is."""
+    if catalog.pseudo_features is not None and catalog.view_features is not None:
+        return catalog
+    ids = catalog.products["product_id"].to_numpy()[rows]
+    some = load_catalog_features(
+        con, image_encoder_id, text_encoder_id, only=set(ids), views=True, pseudo=True
+    )
+    # Both are in product_id order, so row j of `some` is the product at rows[j].
+    if not np.array_equal(some.products["product_id"].to_numpy(), ids):
+        raise RuntimeError("the catalog's products changed while it was read: run again")
+    n, styles = len(catalog.products), len(STYLES)
+    view_features = np.zeros((n, catalog.image_features.shape[1]), dtype=np.float32)
+    pseudo_features = np.zeros((n, styles, catalog.text_features.shape[1]), dtype=np.float32)
+    has_view, has_pseudo = np.zeros(n, dtype=bool), np.zeros((n, styles), dtype=bool)
+    pseudo_texts: list[dict[str, str]] = [{} for _ in range(n)]
+    if len(rows):
+        view_features[rows], has_view[rows] = some.view_features, some.has_view
+        pseudo_features[rows], has_pseudo[rows] = some.pseudo_features, some.has_pseudo
+        for row, texts in zip(rows, some.pseudo_texts, strict=True):
+            pseudo_texts[row] = texts
+    return replace(
+        catalog,
+        view_features=view_features,
+        has_view=has_view,
+        pseudo_features=pseudo_features,
+        has_pseudo=has_pseudo,
+        pseudo_texts=pseudo_texts,
+    )
 
 
 @dataclass

@@ -15,7 +15,8 @@ def evaluate_release(con, registry, release, k: int = 10) -> tuple[str, Evaluati
     engine = SearchEngine.of(registry, release)
     encoders = engine.model_config["encoders"]
     image_id, text_id = encoders["image_encoder_id"], encoders["text_encoder_id"]
-    catalog = load_catalog_features(con, image_id, text_id, views=True, pseudo=True)
+    # The held-out products' views and pseudo-queries alone are read (`held_out_queries`).
+    catalog = load_catalog_features(con, image_id, text_id)
     source, queries = held_out_queries(con, catalog, "test", image_id, text_id)
     evaluation = evaluate_engine(engine, queries, k)
     table = evaluation.table(release.model_version, source).assign(evaluated_at=utc_now())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from mmsearch.features.catalog_features import (
     load_catalog_features,
     load_gallery,
     load_query_split,
+    with_views_and_pseudo,
 )
 from mmsearch.index import artifacts
 from mmsearch.index.indexing import (
@@ -42,7 +43,6 @@ from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.model.fusion import embed_products
 from mmsearch.publishing.fitting import fit_ranker
-from mmsearch.queries.pseudo import STYLES
 from mmsearch.queries.query_sets import QuerySet, pseudo_query_set
 from mmsearch.search.engine import SearchEngine
 from mmsearch.search.ranking import Ranker, query_kind
@@ -192,52 +192,16 @@ def fitting_queries(con, catalog: CatalogFeatures, model_config: dict) -> tuple[
         digests = np.array([hashlib.sha256(str(pid).encode()).digest() for pid in ids])
         rows = np.sort(rows[np.argsort(digests, kind="stable")[:MAX_FITTING_PRODUCTS]])
     encoders = model_config["encoders"]
-    pseudo = pseudo_query_set(_with_views_and_pseudo(con, catalog, rows, encoders), rows, True)
+    with_pseudo = with_views_and_pseudo(
+        con, catalog, rows, encoders["image_encoder_id"], encoders["text_encoder_id"]
+    )
+    pseudo = pseudo_query_set(with_pseudo, rows, True)
     labeled = load_query_split(
         con, "train", catalog, encoders["image_encoder_id"], encoders["text_encoder_id"]
     )
     wanted = set(summary.get("validation_query_ids", []))
     labeled = labeled.subset([i for i, qid in enumerate(labeled.query_ids) if qid in wanted])
     return labeled, pseudo
-
-
-def _with_views_and_pseudo(con, catalog: CatalogFeatures, rows: np.ndarray, encoders: dict):
-    """`catalog` with the shopper views and pseudo-query features of the products at `rows`
-    (sorted), the only ones the fitting reads: loading every product's made a full build pay a
-    pass of per-row Python and as many vectors again as the catalog has, for 250 products.
-    Every other product's are left empty; a catalog that has them already is returned as is."""
-    if catalog.pseudo_features is not None and catalog.view_features is not None:
-        return catalog
-    ids = catalog.products["product_id"].to_numpy()[rows]
-    some = load_catalog_features(
-        con,
-        encoders["image_encoder_id"],
-        encoders["text_encoder_id"],
-        only=set(ids),
-        views=True,
-        pseudo=True,
-    )
-    # Both are in product_id order, so row j of `some` is the product at rows[j].
-    if not np.array_equal(some.products["product_id"].to_numpy(), ids):
-        raise RuntimeError("the fitting products changed while the release was built: run again")
-    n, styles = len(catalog.products), len(STYLES)
-    view_features = np.zeros((n, catalog.image_features.shape[1]), dtype=np.float32)
-    pseudo_features = np.zeros((n, styles, catalog.text_features.shape[1]), dtype=np.float32)
-    has_view, has_pseudo = np.zeros(n, dtype=bool), np.zeros((n, styles), dtype=bool)
-    pseudo_texts: list[dict[str, str]] = [{} for _ in range(n)]
-    if len(rows):
-        view_features[rows], has_view[rows] = some.view_features, some.has_view
-        pseudo_features[rows], has_pseudo[rows] = some.pseudo_features, some.has_pseudo
-        for row, texts in zip(rows, some.pseudo_texts, strict=True):
-            pseudo_texts[row] = texts
-    return replace(
-        catalog,
-        view_features=view_features,
-        has_view=has_view,
-        pseudo_features=pseudo_features,
-        has_pseudo=has_pseudo,
-        pseudo_texts=pseudo_texts,
-    )
 
 
 def build_release(

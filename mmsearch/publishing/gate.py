@@ -93,9 +93,8 @@ def promotion_gate(
     live_encoders = live_engine.model_config.get("encoders", {})
     if any(live_encoders.get(k) != encoders[k] for k in ("image_encoder_id", "text_encoder_id")):
         return GateDecision(False, "not compared: the live release was built with other encoders")
-    catalog = load_catalog_features(
-        con, encoders["image_encoder_id"], encoders["text_encoder_id"], views=True, pseudo=True
-    )
+    # The gate products' views and pseudo-queries alone are read (`held_out_queries`).
+    catalog = load_catalog_features(con, encoders["image_encoder_id"], encoders["text_encoder_id"])
     source, queries = held_out_queries(
         con, catalog, "gate", encoders["image_encoder_id"], encoders["text_encoder_id"], both=True
     )
