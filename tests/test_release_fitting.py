@@ -4,6 +4,8 @@ the promotion gate likewise read them for the held-out products they score."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -15,10 +17,10 @@ from mmsearch.publishing.build import fitting_queries
 from mmsearch.settings import HomeLayout
 
 
-@pytest.mark.slow
-def test_fitting_queries_from_the_fitting_products_views_alone_equal_those_from_every_product(
-    built_home,
-):
+@contextmanager
+def _catalogs(built_home):
+    """(warehouse connection, the live model's config, the catalog features with every
+    product's views and pseudo-queries, the plain catalog features)."""
     home, _ = built_home
     layout = HomeLayout(home)
     registry = registry_for(layout)
@@ -28,6 +30,14 @@ def test_fitting_queries_from_the_fitting_products_views_alone_equal_those_from_
     with warehouse.connect(layout.warehouse, read_only=True) as con:
         every = load_catalog_features(con, image_id, text_id, views=True, pseudo=True)
         plain = load_catalog_features(con, image_id, text_id)
+        yield con, config, every, plain
+
+
+@pytest.mark.slow
+def test_fitting_queries_from_the_fitting_products_views_alone_equal_those_from_every_product(
+    built_home,
+):
+    with _catalogs(built_home) as (con, config, every, plain):
         labeled_every, pseudo_every = fitting_queries(con, every, config)
         labeled_plain, pseudo_plain = fitting_queries(con, plain, config)
 
@@ -56,15 +66,9 @@ def _assert_same_queries(plain, every) -> None:
 def test_held_out_queries_from_the_held_out_products_views_alone_equal_those_from_every_product(
     built_home,
 ):
-    home, _ = built_home
-    layout = HomeLayout(home)
-    registry = registry_for(layout)
-    _, config = registry.load_model(registry.live().model_version)
-    encoders = config["encoders"]
-    image_id, text_id = encoders["image_encoder_id"], encoders["text_encoder_id"]
-    with warehouse.connect(layout.warehouse, read_only=True) as con:
-        every = load_catalog_features(con, image_id, text_id, views=True, pseudo=True)
-        plain = load_catalog_features(con, image_id, text_id)
+    with _catalogs(built_home) as (con, config, every, plain):
+        encoders = config["encoders"]
+        image_id, text_id = encoders["image_encoder_id"], encoders["text_encoder_id"]
         for split, both in (("test", False), ("gate", True)):
             source_every, queries_every = held_out_queries(
                 con, every, split, image_id, text_id, both
