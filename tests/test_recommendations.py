@@ -20,7 +20,6 @@ from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import registry_for
 from mmsearch.sample import write_sample_catalog
 from mmsearch.sample.feeds import make_shop_feed
-from mmsearch.search import recommendations
 from mmsearch.search.engine import CANDIDATES, NEAR_DUPLICATE_PHOTO, SearchEngine
 from mmsearch.search.recommendations import (
     LexicalScorer,
@@ -262,26 +261,6 @@ def test_lists_from_inverted_files_built_for_the_batch_are_those_of_the_exact_sc
     assert _mean_overlap(_lists(exact), _lists(approximate)) >= 0.9
     reference = recommend_one_by_one(sample_engine, ids, K)
     assert _mean_overlap(_lists(reference), _lists(approximate)) >= 0.9
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("budget_share", [0.75, 0.0])
-def test_vectors_too_large_for_the_budget_are_held_as_float16_with_the_same_lists(
-    sample_engine, monkeypatch, budget_share
-):
-    # Decoded once as float32 (the budget holds them), then with a budget of 3/4 of their
-    # float32 size (float16 in memory) and of nothing (a memory-mapped scratch file): the
-    # release's float16 codes lose nothing in float16, so the lists are the same.
-    ids = sample_engine.products["product_id"].tolist()
-    held = recommend(sample_engine, ids, K, approximate_min=1)
-    width = sum(sample_engine.vectors[name].shape[1] for name in ("fused", "text", "image"))
-    budget_mb = budget_share * len(ids) * width * 4 / 2**20
-    monkeypatch.setattr(recommendations, "VECTOR_MEMORY_MB", budget_mb)
-    batch = recommendations._Batch(sample_engine, approximate_min=1)
-    assert {m.dtype for m in batch.held.values()} == {np.dtype(np.float16)}
-    assert all(isinstance(m, np.memmap) == (budget_share == 0) for m in batch.held.values())
-    smaller = recommend(sample_engine, ids, K, approximate_min=1)
-    pd.testing.assert_frame_equal(smaller, held)
 
 
 def _synthetic_titles(n: int, seed: int) -> list[str]:

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -88,14 +86,9 @@ LISTS_PER_ROOT = 1
 # Lists to compute, per indexed vector, for the inverted file to pay for itself: an update of
 # a few lists scans exactly.
 APPROXIMATE_MIN_SHARE = 0.1
-# The catalog's vectors (fused, raw text, raw image) a batch of many lists decodes once rather
-# than decoding each chunk's candidates from the release again (a grown 100,000-product release
-# decoding per chunk: 5.4 CPU ms per list against 2.2 at 20,000 decoded once). Held in memory
-# as float32 up to this size; beyond, as float16 (the precision of the release's float16
-# codes) in memory up to it, else in a memory-mapped scratch file.
+# The catalog's vectors (fused, raw text, raw image) a batch of many lists keeps decoded in
+# memory, float32, rather than decoding each chunk's candidates from the release again.
 VECTOR_MEMORY_MB = 512
-# Rows decoded from the release at a time while the vectors are decoded once.
-DECODE_BLOCK = 65_536
 # Vectors sampled as queries to tune a batch inverted file's nprobe against the exact scan.
 TUNING_QUERIES = 256
 _HASH_STRUCTURE_CHARS = 64
@@ -297,34 +290,10 @@ class _Batch:
         self.lexical = LexicalScorer(engine.lexical, LEXICAL_POOL)
         self.titles = products["title"].astype(str).tolist()
         self.ids = products["product_id"].to_numpy()
-        if approximate_min is not None:
-            self.held = self._decoded(("fused", "text", "image"))
-
-    def _decoded(self, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """Every product's vectors of `names`, decoded once from the release
-        (`VECTOR_MEMORY_MB`: float32 when they fit, else float16 in memory or, larger still, in
-        a memory-mapped scratch file removed with the batch)."""
-        widths = {name: self.engine.vectors[name].shape[1] for name in names}
-        budget = VECTOR_MEMORY_MB * 2**20
-        if self.size * sum(widths.values()) * 4 <= budget:
-            return {name: self._vectors(name, np.arange(self.size)) for name in names}
-        on_disk = self.size * sum(widths.values()) * 2 > budget
-        if on_disk:
-            self._scratch = tempfile.TemporaryDirectory(prefix="mm_recommendations_")
-        held = {}
-        for name, width in widths.items():
-            shape = (self.size, width)
-            held[name] = (
-                np.lib.format.open_memmap(
-                    Path(self._scratch.name) / f"{name}.npy", "w+", np.float16, shape
-                )
-                if on_disk
-                else np.empty(shape, dtype=np.float16)
-            )
-            for start in range(0, self.size, DECODE_BLOCK):
-                rows = np.arange(start, min(start + DECODE_BLOCK, self.size))
-                held[name][rows] = self.engine.vectors[name][rows]
-        return held
+        held = ("fused", "text", "image")
+        memory = self.size * sum(engine.vectors[name].shape[1] for name in held) * 4
+        if approximate_min is not None and memory <= VECTOR_MEMORY_MB * 2**20:
+            self.held = {name: self._vectors(name, np.arange(self.size)) for name in held}
 
     def _allowed(self, query_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Whether `rows` may be recommended to `query_rows` (broadcast): in stock, not the
@@ -337,7 +306,7 @@ class _Batch:
 
     def _vectors(self, name: str, rows: np.ndarray) -> np.ndarray:
         if name in self.held:
-            return np.asarray(self.held[name][rows], dtype=np.float32)
+            return self.held[name][rows]
         return np.asarray(self.engine.vectors[name][rows], dtype=np.float32)
 
     def _recall(self, name: str, queries: np.ndarray, rows: np.ndarray) -> _Pairs:
