@@ -349,12 +349,15 @@ class CatalogAttributes:
         )
 
     def _named_by_word(self, word: str, documents_with: Callable[[str], np.ndarray]) -> dict:
-        """`named_by_documents` of the rows whose documents have `word`, remembered."""
-        if word not in self._by_word:
+        """`named_by_documents` of the rows whose documents have `word`, remembered (safe for
+        the server's threads: a lookup never depends on an entry another may clear)."""
+        named = self._by_word.get(word)
+        if named is None:
+            named = self.named_by_documents(documents_with(word))
             if len(self._by_word) >= NAMING_CACHE:
                 self._by_word.clear()
-            self._by_word[word] = self.named_by_documents(documents_with(word))
-        return self._by_word[word]
+            self._by_word[word] = named
+        return named
 
     def named_by_documents(self, rows: np.ndarray) -> dict[str, int]:
         """Attribute name -> the value (normalised code) that at least `NAMING_SHARE` of the
