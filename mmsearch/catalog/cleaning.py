@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmsearch.catalog.image_batches import ImageBatch
+from mmsearch.catalog.image_batches import ImageBatch, refusal
 from mmsearch.catalog.images import (
     ImageLimits,
     ImageRejected,
@@ -120,9 +120,7 @@ class _RowImages:
 
 
 def _image_rejection(error: ImageRejected | OSError, image_path: str) -> RowRejected:
-    if isinstance(error, ImageRejected):
-        return RowRejected(error.code, f"{error.message} (image_path {image_path!r})")
-    return RowRejected("image_unreadable", f"cannot read image {image_path!r}: {error}")
+    return RowRejected(*refusal(error, image_path, "image_path"))
 
 
 def _validate_row(row: dict, drop_dir: Path, images: _RowImages) -> dict:

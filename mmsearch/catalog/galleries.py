@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmsearch.catalog.image_batches import ImageBatch, ImageOutcome
+from mmsearch.catalog.image_batches import ImageBatch, ImageOutcome, refusal
 from mmsearch.catalog.images import (
     ImageLimits,
     ImageRejected,
@@ -103,9 +103,8 @@ def gallery_paths(image_path: str | None, attributes: dict) -> list[str]:
 
 
 def _refusal(error: ImageRejected | OSError, path: str) -> dict:
-    if isinstance(error, ImageRejected):
-        return {"reason_code": error.code, "reason": f"{error.message} (image {path!r})"}
-    return {"reason_code": "image_unreadable", "reason": f"cannot read image {path!r}: {error}"}
+    code, reason = refusal(error, path)
+    return {"reason_code": code, "reason": reason}
 
 
 def _read_one(drop_dir: Path, path: str, batch: ImageBatch) -> str | dict:

@@ -62,6 +62,14 @@ def clean_image_bytes(
         return refused.with_traceback(None)
 
 
+def refusal(error: ImageRejected | OSError, path: str, named: str = "image") -> tuple[str, str]:
+    """(reason code, reason) of an image file refused while read or cleaned, naming it as
+    `named` ("image", or the drop column "image_path")."""
+    if isinstance(error, ImageRejected):
+        return error.code, f"{error.message} ({named} {path!r})"
+    return "image_unreadable", f"cannot read image {path!r}: {error}"
+
+
 def _clean_chunk(
     chunk: list[tuple[str, bytes]], out_dir: Path, limits: ImageLimits
 ) -> list[ImageOutcome]:
