@@ -8,9 +8,12 @@ import numpy as np
 
 from mmsearch.index.indexing import (
     EXACT_MAX,
+    TARGET_RECALL,
+    TUNING_MARGIN,
     IndexPlan,
     build_index,
     choose_index,
+    exact_neighbours,
     holds_vectors,
     index_ids,
     index_type,
@@ -144,3 +147,58 @@ def test_vectors_read_on_demand_are_written_as_float16_chunk_by_chunk(tmp_path, 
     assert max(reads) == 128 and sum(reads) == 1_000
     artifacts._save_float16(tmp_path / "empty.npy", np.zeros((0, 8), np.float32))
     assert np.load(tmp_path / "empty.npy").shape == (0, 8)
+
+
+def far_queries(vectors: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` unit vectors each near a product, as far from it as a shopper's text query lands from
+    its product (cosine about 0.5), much farther than products lie from each other."""
+    rng = np.random.default_rng(seed)
+    picked = vectors[rng.choice(len(vectors), n, replace=False)]
+    moved = picked + rng.normal(0, 1.5 / np.sqrt(vectors.shape[1]), picked.shape)
+    return (moved / np.linalg.norm(moved, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_far_queries_raise_nprobe_until_their_measured_recall_meets_the_target():
+    vectors = clustered(4000, dim=32, clusters=40)
+    plan = IndexPlan("ivf_flat", 64)
+    queries = far_queries(vectors, 300, seed=1)
+    _, plain = build_index(vectors, plan=plan)
+    index, tuned = build_index(vectors, plan=plan, queries=queries)
+    assert plain.query_recall is None and plain.query_tuning_queries == 0
+    # The products' own neighbours are met with few lists; the far queries need more.
+    assert tuned.nprobe > plain.nprobe
+    assert tuned.recall_at_10 >= TARGET_RECALL + TUNING_MARGIN
+    assert tuned.query_recall >= TARGET_RECALL + TUNING_MARGIN
+    assert tuned.query_tuning_queries == 300
+    assert tuned.to_dict()["query_recall"] == tuned.query_recall
+    # The recall reported is the index's on those queries against exact search...
+    _, truth = exact_neighbours(vectors, queries, 10)
+    assert round(recall_at_k(search_index(index, queries, 10)[1], truth), 4) == tuned.query_recall
+    # ...and fresh queries drawn the same way meet the target too, where the plain nprobe misses.
+    fresh = far_queries(vectors, 300, seed=2)
+    _, truth = exact_neighbours(vectors, fresh, 10)
+    assert recall_at_k(search_index(index, fresh, 10)[1], truth) >= TARGET_RECALL
+    index.nprobe = plain.nprobe
+    assert recall_at_k(search_index(index, fresh, 10)[1], truth) < TARGET_RECALL
+
+
+def test_no_query_like_vectors_tune_on_the_products_alone():
+    vectors = clustered(4000, dim=32, clusters=40)
+    plan = IndexPlan("ivf_flat", 64)
+    _, plain = build_index(vectors, plan=plan)
+    _, empty = build_index(vectors, plan=plan, queries=np.zeros((0, 32), np.float32))
+    assert empty == plain
+    assert plain.to_dict()["query_recall"] is None
+
+
+def test_near_identical_variants_tuned_on_queries_keep_float16_codes_and_the_query_tuning():
+    rng = np.random.default_rng(4)
+    groups = clustered(1600, dim=64)
+    vectors = np.repeat(groups, 5, axis=0) + rng.normal(0, 0.01, (8000, 64)).astype(np.float32)
+    faiss.normalize_L2(vectors)
+    queries = far_queries(vectors, 200, seed=5)
+    index, report = build_index(vectors, plan=IndexPlan("ivf_sq", 64, codes="sq8"), queries=queries)
+    assert report.plan.codes == "fp16" and index_type(index) == "IVF64,SQfp16(IP)"
+    assert report.nearest_agreement >= 0.9
+    assert report.query_tuning_queries == 200
+    assert report.query_recall >= TARGET_RECALL + TUNING_MARGIN

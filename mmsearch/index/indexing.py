@@ -8,10 +8,12 @@ The index type follows the catalog's size and a memory budget, in the spirit of 
   reach the recall target and find the same nearest product as exact search (a catalog of
   near-identical variants needs finer codes), float16 codes when SQ8 does not, product-quantized codes
   (`IVF,PQ`) when not even SQ8 fits the budget;
-- `nprobe` (lists visited per query) is tuned on a sample of the catalog's own vectors to the
-  smallest value reaching recall@10 >= `TARGET_RECALL` (plus a margin for the sample's error)
-  against exact float32 search; the chosen
-  type, nprobe and measured recall are returned so the release records them.
+- `nprobe` (lists visited per query) is tuned to the smallest value reaching recall@10 >=
+  `TARGET_RECALL` (plus a margin for the sample's error) against exact float32 search, on a
+  sample of the catalog's own vectors ("similar products" queries) and, when the build has
+  them, on query-like vectors (the shoppers' queries in the index's space, which land much
+  farther from their products than products from each other); the chosen type, nprobe and
+  measured recalls are returned so the release records them.
 Scalar-quantized indexes are also where a release keeps its vectors (`holds_vectors`): their
 codes decode to the vectors the ranker re-scores, so no second copy is stored.
 Every type supports `add_with_ids` and `remove_ids`, so a release can be updated in place.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -63,24 +65,42 @@ class IndexPlan:
 
 
 @dataclass(frozen=True)
-class IndexReport:
-    """What was built: the plan, its search setting and its measured recall@10 (1.0 if exact)."""
+class Tuning:
+    """An index's search setting and what it measured: recall@10 of "similar products" queries
+    (1.0 if exact), and of query-like vectors when it was tuned on them (None when not)."""
 
-    plan: IndexPlan
     nprobe: int
     recall_at_10: float
     tuning_queries: int
     # Share of tuning queries whose nearest other product is the exact search's.
     nearest_agreement: float = 1.0
+    query_recall: float | None = None
+    query_tuning_queries: int = 0
+
+    def meets(self, target: float) -> bool:
+        """Whether every recall measured reaches `target`."""
+        queries_met = self.query_recall is None or self.query_recall >= target
+        return self.recall_at_10 >= target and queries_met
+
+    def rounded(self) -> Tuning:
+        """The same with its measures to 4 decimals, as a release records them."""
+        return replace(
+            self,
+            recall_at_10=round(self.recall_at_10, 4),
+            nearest_agreement=round(self.nearest_agreement, 4),
+            query_recall=None if self.query_recall is None else round(self.query_recall, 4),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexReport(Tuning):
+    """What was built: the plan and its tuning."""
+
+    plan: IndexPlan
 
     def to_dict(self) -> dict:
-        return {
-            **asdict(self.plan),
-            "nprobe": self.nprobe,
-            "recall_at_10": self.recall_at_10,
-            "tuning_queries": self.tuning_queries,
-            "nearest_agreement": self.nearest_agreement,
-        }
+        tuning = {name: value for name, value in asdict(self).items() if name != "plan"}
+        return {**asdict(self.plan), **tuning}
 
 
 def choose_index(n: int, dim: int, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB) -> IndexPlan:
@@ -160,34 +180,90 @@ def _without_self(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     )
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """Queries with their exact top `RECALL_K` ids, to measure an index's recall at its nprobe.
+    `own`: the product each query is, left out of its exact and found results ("similar
+    products" queries), or None (query-like vectors)."""
+
+    queries: np.ndarray
+    truth: np.ndarray
+    own: np.ndarray | None
+
+    def found(self, index: faiss.Index) -> np.ndarray:
+        if self.own is None:
+            return index.search(self.queries, RECALL_K)[1]
+        return _without_self(index.search(self.queries, RECALL_K + 1)[1], self.own)
+
+
+def _neighbour_probe(vectors: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> _Probe:
+    """A sample of the indexed products, each searching for its nearest other products."""
+    rows = rng.choice(len(vectors), size=min(TUNING_QUERIES, len(vectors)), replace=False)
+    queries = _float32(vectors, rows)
+    truth = _without_self(ids[exact_neighbours(vectors, queries, RECALL_K + 1)[1]], ids[rows])
+    return _Probe(queries, truth, ids[rows])
+
+
+def _query_probe(
+    vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray | None, rng: np.random.Generator
+) -> _Probe | None:
+    """A sample of the query-like vectors, each searching for its nearest products (None
+    without any).
+
+    Measured at recall@10, not at the depth the ranker reads (`CANDIDATES`, 100): the product
+    a query wants is in the exact top 10 of most queries. On benchmarks/release_size.py's
+    100,000 products (1,024 lists), recall@10 >= 0.96 of 500 noised queries takes nprobe 64 / 8
+    / 1 (fused / text / image) and brings the ranker's MRR within 0.005 of exact float32 search
+    (0.8324 / 0.7162 against 0.8319 / 0.7194, image+text / text); recall@100 >= 0.96 takes 512
+    of the 1,024 lists of each (a fused search already 3x slower at 256 lists than at 64) for
+    at most 0.003 MRR more."""
+    if queries is None or not len(queries):
+        return None
+    rows = rng.choice(len(queries), size=min(TUNING_QUERIES, len(queries)), replace=False)
+    sample = _float32(queries, np.sort(rows))
+    return _Probe(sample, ids[exact_neighbours(vectors, sample, RECALL_K)[1]], None)
+
+
 def tune_nprobe(
     index: faiss.Index,
     vectors: np.ndarray,
     target: float = TARGET_RECALL,
     seed: int = 0,
     ids: np.ndarray | None = None,
-) -> tuple[int, float, int]:
-    """The smallest nprobe reaching `target` recall@10 on "similar products" queries.
+    queries: np.ndarray | None = None,
+) -> Tuning:
+    """The smallest nprobe (a power of two, or every list) reaching `target` recall@10 on
+    "similar products" queries and, when `queries` (query-like vectors, e.g. the shoppers'
+    queries embedded in the index's space) are given, on a sample of those too.
 
     A sample of indexed products is each searched for its 10 nearest other products, exactly
-    and through `index`; recall@10 is the share of the exact neighbours found.
-    Returns (nprobe, recall, nearest agreement (the share of queries whose first result is the
-    exact nearest), queries).
+    and through `index`; recall@10 is the share of the exact neighbours found. The nearest
+    agreement is the share of those searches whose first result is the exact nearest.
     """
     rng = np.random.default_rng(seed)
-    rows = rng.choice(len(vectors), size=min(TUNING_QUERIES, len(vectors)), replace=False)
-    queries = _float32(vectors, rows)
     ids = np.arange(len(vectors), dtype=np.int64) if ids is None else ids
-    truth = _without_self(ids[exact_neighbours(vectors, queries, RECALL_K + 1)[1]], ids[rows])
-    nprobe, recall = 1, 0.0
+    neighbours = _neighbour_probe(vectors, ids, rng)
+    asked = _query_probe(vectors, ids, queries, rng)
+    nprobe = 1
     while True:
         index.nprobe = nprobe
-        found = _without_self(index.search(queries, RECALL_K + 1)[1], ids[rows])
-        recall = recall_at_k(found, truth)
-        if recall >= target or nprobe >= index.nlist:
-            agreement = float(np.mean(found[:, 0] == truth[:, 0])) if len(rows) else 1.0
-            return nprobe, recall, agreement, len(rows)
+        found = neighbours.found(index)
+        tuning = Tuning(
+            nprobe,
+            recall_at_k(found, neighbours.truth),
+            len(neighbours.queries),
+            _nearest_agreement(found, neighbours.truth),
+            query_recall=None if asked is None else recall_at_k(asked.found(index), asked.truth),
+            query_tuning_queries=0 if asked is None else len(asked.queries),
+        )
+        if tuning.meets(target) or nprobe >= index.nlist:
+            return tuning
         nprobe = min(nprobe * 2, index.nlist)
+
+
+def _nearest_agreement(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of searches whose first result is the exact nearest."""
+    return float(np.mean(found[:, 0] == truth[:, 0])) if len(found) else 1.0
 
 
 def build_index(
@@ -196,11 +272,14 @@ def build_index(
     plan: IndexPlan | None = None,
     ids: np.ndarray | None = None,
     quantizer: faiss.Index | None = None,
+    queries: np.ndarray | None = None,
 ) -> tuple[faiss.Index, IndexReport]:
     """An inner-product index over `embeddings` (ids: `ids`, default the row positions) and
     what was chosen. `embeddings` may be float16 or memory-mapped: they are read
     `CHUNK_ROWS` at a time, never copied whole as float32. `quantizer`: the trained coarse
-    quantizer of an inverted file over the same vectors, reused instead of trained again."""
+    quantizer of an inverted file over the same vectors, reused instead of trained again.
+    `queries`: query-like vectors in the same space an inverted file's nprobe is tuned on too
+    (`tune_nprobe`); an exhaustive index ignores them."""
     n, dim = embeddings.shape
     plan = plan or choose_index(n, dim, memory_budget_mb)
     index = _empty_index(plan, dim, quantizer)
@@ -211,20 +290,22 @@ def build_index(
             sample = rng.choice(n, size=min(n, 100_000), replace=False)
             index.index.train(_float32(embeddings, sample))
         _add_in_chunks(index, embeddings, ids)
-        return index, IndexReport(plan, 0, 1.0, 0)
+        return index, IndexReport(nprobe=0, recall_at_10=1.0, tuning_queries=0, plan=plan)
     sample = rng.choice(n, size=min(n, TRAINING_PER_LIST * plan.nlist), replace=False)
     index.train(_float32(embeddings, sample))
     _add_in_chunks(index, embeddings, ids)
     target = TARGET_RECALL + TUNING_MARGIN
-    nprobe, recall, agreement, queries = tune_nprobe(index, embeddings, target, ids=ids)
-    if plan.codes == "sq8" and (recall < target or agreement < SQ8_MIN_NEAREST_AGREEMENT):
+    tuning = tune_nprobe(index, embeddings, target, ids=ids, queries=queries)
+    if plan.codes == "sq8" and (
+        not tuning.meets(target) or tuning.nearest_agreement < SQ8_MIN_NEAREST_AGREEMENT
+    ):
         # 8-bit codes lose the order of close neighbours here: keep float16 codes instead, in
         # the same lists (k-means over a million 1,280-d vectors is most of a build's time).
         fp16 = IndexPlan(plan.kind, plan.nlist, codes="fp16")
         trained = faiss.clone_index(index.quantizer)  # owned: outlives the 8-bit index
-        return build_index(embeddings, plan=fp16, ids=ids, quantizer=trained)
-    index.nprobe = nprobe
-    return index, IndexReport(plan, nprobe, round(recall, 4), queries, round(agreement, 4))
+        return build_index(embeddings, plan=fp16, ids=ids, quantizer=trained, queries=queries)
+    index.nprobe = tuning.nprobe
+    return index, IndexReport(**asdict(tuning.rounded()), plan=plan)
 
 
 def holds_vectors(index: faiss.Index) -> bool:
