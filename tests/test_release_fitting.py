@@ -1,9 +1,11 @@
 """A full release build reads shopper views and pseudo-query features for the products its ranker
 is fitted on only, and fits on the very queries it built from every product's; the evaluation and
-the promotion gate likewise read them for the held-out products they score."""
+the promotion gate likewise read them for the held-out products they score. The same queries
+tune an inverted file's nprobe, and a catalog too small for one computes nothing for it."""
 
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 
 import numpy as np
@@ -12,8 +14,11 @@ import pytest
 from mmsearch import warehouse
 from mmsearch.evaluation.scoring import held_out_queries
 from mmsearch.features.catalog_features import load_catalog_features
+from mmsearch.index import indexing
 from mmsearch.index.registry import registry_for
-from mmsearch.publishing.build import fitting_queries
+from mmsearch.publishing import build
+from mmsearch.publishing.build import build_release, fitting_queries
+from mmsearch.queries.query_sets import OWN_PHOTO, concatenate
 from mmsearch.settings import HomeLayout
 
 
@@ -79,3 +84,59 @@ def test_held_out_queries_from_the_held_out_products_views_alone_equal_those_fro
             assert source_plain == source_every
             assert "pseudo-queries" in source_every and len(queries_every.query_ids)
             _assert_same_queries(queries_plain, queries_every)
+
+
+def _home_copy(built_home, tmp_path) -> HomeLayout:
+    """A copy of the built MM_HOME, so a release built in a test leaves the shared one as it was."""
+    home = tmp_path / "home"
+    shutil.copytree(built_home[0], home, ignore=shutil.ignore_patterns("dagster"))
+    return HomeLayout(home)
+
+
+def _tuning(release) -> dict[str, dict]:
+    """Each index's recorded tuning, by set."""
+    return {"fused": release.manifest["index"], **release.manifest["retriever_indexes"]}
+
+
+@pytest.mark.slow
+def test_inverted_files_are_tuned_on_the_fitting_queries_in_each_index_space(
+    built_home, tmp_path, monkeypatch
+):
+    layout = _home_copy(built_home, tmp_path)
+    registry = registry_for(layout)
+    model_version = registry.live().model_version
+    _, config = registry.load_model(model_version)
+    # Inverted files from 50 vectors on: every set of the sample catalog gets one.
+    monkeypatch.setattr(indexing, "EXACT_MAX", 50)
+    with warehouse.connect(layout.warehouse) as con:
+        encoders = config["encoders"]
+        plain = load_catalog_features(
+            con, encoders["image_encoder_id"], encoders["text_encoder_id"]
+        )
+        queries = concatenate(*fitting_queries(con, plain, config))
+        release = build_release(con, registry, model_version)
+    shopper_photos = queries.has_image & (np.array(queries.kinds) != OWN_PHOTO)
+    asked = {"fused": len(queries), "text": queries.has_text.sum(), "image": shopper_photos.sum()}
+    assert asked["image"] < queries.has_image.sum()  # the products' own photos are left out
+    for name, tuning in _tuning(release).items():
+        assert tuning["kind"] == "ivf_sq", name
+        assert tuning["query_tuning_queries"] == min(indexing.TUNING_QUERIES, asked[name]), name
+        met = tuning["query_recall"] >= indexing.TARGET_RECALL + indexing.TUNING_MARGIN
+        assert met or tuning["nprobe"] == tuning["nlist"], name
+
+
+@pytest.mark.slow
+def test_a_catalog_without_inverted_files_computes_no_tuning_queries(
+    built_home, tmp_path, monkeypatch
+):
+    layout = _home_copy(built_home, tmp_path)
+    registry = registry_for(layout)
+
+    def refused(*_):
+        raise AssertionError("tuning queries computed for exhaustive indexes")
+
+    monkeypatch.setattr(build, "tuning_queries", refused)
+    with warehouse.connect(layout.warehouse) as con:
+        release = build_release(con, registry, registry.live().model_version)
+    for name, tuning in _tuning(release).items():
+        assert tuning["kind"] == "flat" and tuning["query_recall"] is None, name

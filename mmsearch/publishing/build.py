@@ -36,14 +36,15 @@ from mmsearch.index import artifacts
 from mmsearch.index.indexing import (
     DEFAULT_MEMORY_BUDGET_MB,
     build_index,
+    choose_index,
     index_type,
     one_search_thread,
 )
 from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import ReleaseRegistry
-from mmsearch.model.fusion import embed_products
+from mmsearch.model.fusion import embed_products, embed_query_batch
 from mmsearch.publishing.fitting import fit_ranker
-from mmsearch.queries.query_sets import QuerySet, pseudo_query_set
+from mmsearch.queries.query_sets import OWN_PHOTO, QuerySet, concatenate, pseudo_query_set
 from mmsearch.search.engine import SearchEngine
 from mmsearch.search.ranking import Ranker, query_kind
 
@@ -204,6 +205,25 @@ def fitting_queries(con, catalog: CatalogFeatures, model_config: dict) -> tuple[
     return labeled, pseudo
 
 
+def tuning_queries(model, queries: QuerySet) -> dict[str, np.ndarray]:
+    """Query-like vectors for each index of a release (`indexing.tune_nprobe`): `queries`
+    embedded by the fusion model (fused), the raw text features of those with a text (text),
+    the raw image features of those with a shopper's photo (image; a product's own photo is one
+    of the indexed vectors, already a "similar products" query).
+
+    A shopper's query lands much farther from its product than products from each other, so an
+    nprobe tuned on the catalog's own vectors alone is too small for searches."""
+    shopper_photos = queries.has_image & (np.array(queries.kinds) != OWN_PHOTO)
+    fused = embed_query_batch(
+        model, queries.image_features, queries.text_features, queries.has_image, queries.has_text
+    )
+    return {
+        "fused": fused,
+        "text": queries.text_features[queries.has_text],
+        "image": queries.image_features[shopper_photos],
+    }
+
+
 def build_release(
     con,
     registry: ReleaseRegistry,
@@ -214,8 +234,11 @@ def build_release(
     release (not yet live).
 
     The index type is chosen by catalog size and memory budget; the manifest records it with
-    its tuned nprobe and measured recall@10 (`mmsearch.index.indexing`), and the ranker's weights with
-    each retriever's score on the fitting queries.
+    its tuned nprobe and measured recall@10 (`mmsearch.index.indexing`), the raw encoders'
+    indexes' alike, and the ranker's weights with each retriever's score on the fitting queries.
+    An inverted file's nprobe is tuned on the fitting queries too (`tuning_queries`): they are
+    the model's validation queries and products, never in the test split, so tuning on them
+    leaks nothing into the evaluation.
     """
     model, config = registry.load_model(model_version)
     encoders = config["encoders"]
@@ -232,18 +255,33 @@ def build_release(
         catalog.image_features.shape[1],
     )
     fused = _embed(model, catalog, products["position"].to_numpy(), gallery)
-    index, report = build_index(fused, memory_budget_mb)
+    labeled, pseudo = fitting_queries(con, catalog, config)
+    # Only an inverted file is tuned: below its size every vector is scanned, nothing to tune.
+    inverted = choose_index(len(fused), fused.shape[1], memory_budget_mb).nlist > 0
+    asked = tuning_queries(model, concatenate(labeled, pseudo)) if inverted else {}
+    index, report = build_index(fused, memory_budget_mb, queries=asked.get("fused"))
     vectors = {"fused": fused, "text": catalog.text_features, "image": catalog.image_features}
     positions, with_image = products["position"].to_numpy(), catalog.has_image
     products, gallery = _with_gallery(products, gallery, memory_budget_mb)
-    retriever_indexes = {
-        "text": build_index(catalog.text_features, memory_budget_mb, ids=positions)[0],
+    built = {
+        "text": build_index(
+            catalog.text_features, memory_budget_mb, ids=positions, queries=asked.get("text")
+        ),
         "image": build_index(
-            catalog.image_features[with_image], memory_budget_mb, ids=positions[with_image]
-        )[0],
+            catalog.image_features[with_image],
+            memory_budget_mb,
+            ids=positions[with_image],
+            queries=asked.get("image"),
+        ),
     }
+    retriever_indexes = {name: retriever for name, (retriever, _) in built.items()}
     fingerprint = json.dumps([model_version, sorted(catalog.products["text_sha"])])
-    extra = {"mode": "full", "promoted": False, "index": report.to_dict()}
+    extra = {
+        "mode": "full",
+        "promoted": False,
+        "index": report.to_dict(),
+        "retriever_indexes": {name: tuned.to_dict() for name, (_, tuned) in built.items()},
+    }
     release = _save(
         registry,
         con,
@@ -259,7 +297,6 @@ def build_release(
         gallery,
     )
     engine = SearchEngine(release, model, config)
-    labeled, pseudo = fitting_queries(con, catalog, config)
     with one_search_thread():
         ranker = fit_ranker(ranker_examples(engine, labeled), ranker_examples(engine, pseudo))
     release.save_ranker(ranker.to_dict())
@@ -366,6 +403,7 @@ def update_release(con, registry: ReleaseRegistry, live: artifacts.Release) -> C
         "promoted": False,
         "base": live.index_version,
         "index": live.manifest.get("index"),
+        "retriever_indexes": live.manifest.get("retriever_indexes"),
         "ranker": live.manifest.get("ranker"),
     }
     release = _save(

@@ -18,6 +18,8 @@ from mmsearch.queries.pseudo import STYLES, attribute_pick, attributes_of
 
 TEXT, IMAGE, IMAGE_TEXT = "text", "image", "image+text"
 KINDS = (TEXT, IMAGE, IMAGE_TEXT)
+# A pseudo-query that is a product's own catalog photo (searched as an image query).
+OWN_PHOTO = "own photo"
 # Labeled held-out queries of a kind needed to fit or score on them rather than on pseudo-queries.
 MIN_LABELED = 30
 
@@ -88,7 +90,7 @@ def pseudo_query_set(catalog, rows: np.ndarray, own_photos: bool = False) -> Que
             if catalog.has_pseudo[row, attributes]:
                 records.append((f"{ids[row]}:view+text", IMAGE_TEXT, row, attributes, "view"))
         if own_photos and catalog.has_image[row]:
-            records.append((f"{ids[row]}:photo", "own photo", row, None, "own"))
+            records.append((f"{ids[row]}:photo", OWN_PHOTO, row, None, "own"))
     n = len(records)
     text_features = np.zeros((n, catalog.text_features.shape[1]), dtype=np.float32)
     image_features = np.zeros((n, catalog.image_features.shape[1]), dtype=np.float32)
