@@ -16,9 +16,13 @@ are written with the real release code (`artifacts.save_release`):
 - exact: the uncompressed baseline in the format before this change: exact float32 FAISS
   indexes for the fused, text and image sets plus every vector set again as float16 .npy;
 - before: what the code before this change chose at that size: IVF over float32 vectors
-  (`IVF,Flat`, nprobe tuned the same way) plus the float16 .npy files;
+  (`IVF,Flat`, nprobe tuned on the catalog's own vectors alone) plus the float16 .npy files;
 - lean: the indexes the project chooses for that size (`indexing.choose_index`), holding each
-  vector set once as codes (float16 up to 50,000 products, IVF over 8-bit codes above).
+  vector set once as codes (float16 up to 50,000 products, IVF over 8-bit codes above), an
+  inverted file's nprobe tuned on query-like vectors too (`indexing.tune_nprobe`): a separate
+  draw of `TUNING_QUERIES` noised products made as the evaluated queries are, none of them an
+  evaluated target (the stand-in for the pseudo-queries of held-out products a real build
+  tunes on).
 - exhaustive: the lean release searched with every inverted list visited (nprobe = nlist): an
   exact scan of its codes, so the ranker's MRR with exact candidates is measured without a
   float32 copy. Above `--float32-max` products the exact and before releases are skipped (at a
@@ -32,8 +36,11 @@ release's vectors, as the ranker reads them) against exact float32 search; and t
 (image+text and text queries: a product's vectors with noise, the product the target) on both
 releases. Recall is always against exact float32 search of the queries, computed by brute force
 over the stored vectors a chunk at a time (`indexing.exact_neighbours`). Build and search times
-are wall and CPU seconds of this process (FAISS's threads included). Goals: <= 4 KB per product,
-<= 4 GB resident at a million, recall@10 >= 0.95, MRR within 0.005 of the uncompressed release.
+are wall and CPU seconds of this process (FAISS's threads included); the table gives each
+release's nprobe per index (fused / text / image, "—" for an exhaustive one) and the CPU
+milliseconds per evaluated query (its image+text and text candidates and both rankings).
+Goals: <= 4 KB per product, <= 4 GB resident at a million, recall@10 >= 0.95, MRR within 0.005
+of the uncompressed release.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import pandas as pd
 from mmsearch.clock import new_version
 from mmsearch.index import artifacts
 from mmsearch.index.indexing import (
+    TUNING_QUERIES,
     IndexPlan,
     build_index,
     choose_index,
@@ -171,15 +179,21 @@ def catalog(n: int, rng: np.random.Generator, folder: Path):
     return vectors, photos, has_image, products
 
 
-def write_release(registry, model_version, vectors, photos, has_image, products, plan, lexical):
+def write_release(
+    registry, model_version, vectors, photos, has_image, products, plan, lexical, queries=None
+):
     """A release over the vectors with `plan` (None: the project's choice) for every set
-    (`photos`: the image vectors of the products with a photo); (wall, CPU) seconds to build."""
+    (`photos`: the image vectors of the products with a photo), an inverted file's nprobe tuned
+    on `queries` (query-like vectors by set) when given; (wall, CPU) seconds to build."""
     wall, cpu = time.perf_counter(), time.process_time()
     positions = products["position"].to_numpy()
-    index = build_index(vectors["fused"], plan=plan)[0]
+    queries = queries or {}
+    index = build_index(vectors["fused"], plan=plan, queries=queries.get("fused"))[0]
     retrievers = {
-        "text": build_index(vectors["text"], plan=plan)[0],
-        "image": build_index(photos, plan=plan, ids=positions[has_image])[0],
+        "text": build_index(vectors["text"], plan=plan, queries=queries.get("text"))[0],
+        "image": build_index(
+            photos, plan=plan, ids=positions[has_image], queries=queries.get("image")
+        )[0],
     }
     release = artifacts.save_release(
         registry.layout,
@@ -249,6 +263,13 @@ def visit_every_list(engine: SearchEngine) -> None:
             index.nprobe = index.nlist
 
 
+def nprobes(engine: SearchEngine) -> str:
+    """The lists each of the engine's indexes visits per query, fused / text / image ("—":
+    every vector scanned)."""
+    indexes = (engine.index, engine.retriever_indexes["text"], engine.retriever_indexes["image"])
+    return " / ".join(str(index.nprobe) if hasattr(index, "nlist") else "—" for index in indexes)
+
+
 def memory_available() -> int:
     """Bytes the kernel says are available (MemAvailable)."""
     meminfo = Path("/proc/meminfo").read_text()
@@ -295,6 +316,10 @@ def run_size(n: int, n_queries: int, root: Path, baselines: list[str], float32_m
 
     targets = rng.choice(np.flatnonzero(has_image), size=n_queries, replace=False)
     asked = {name: noisy(vectors[name][targets], rng) for name in DIMS}
+    # Drawn after the evaluated queries, so those stay the same with or without tuning queries.
+    others = np.setdiff1d(np.flatnonzero(has_image), targets)
+    tuned_on = rng.choice(others, size=min(TUNING_QUERIES, len(others)), replace=False)
+    tuning = {name: noisy(vectors[name][tuned_on], rng) for name in DIMS}
     queries = root / f"queries-{n}.npz"
     np.savez(queries, **asked)
 
@@ -323,10 +348,19 @@ def run_size(n: int, n_queries: int, root: Path, baselines: list[str], float32_m
         "exact": ("exact (float32 Flat + float16 .npy)", IndexPlan("exact")),
         "before": ("before (its choice + float16 .npy)", before),
     }
-    chosen = [plans[name] for name in baselines if name in plans] + [("lean", None)]
-    for label, plan in chosen:
+    chosen = [(*plans[name], None) for name in baselines if name in plans]
+    chosen.append(("lean", None, tuning))
+    for label, plan, tuning_queries in chosen:
         release, seconds = write_release(
-            registry, model_version, vectors, photos, has_image, products, plan, lexical
+            registry,
+            model_version,
+            vectors,
+            photos,
+            has_image,
+            products,
+            plan,
+            lexical,
+            tuning_queries,
         )
         releases[label] = (release, seconds)
         print("{}: built in {:.0f} s, {:.0f} CPU s".format(label, *seconds), flush=True)
@@ -341,12 +375,14 @@ def run_size(n: int, n_queries: int, root: Path, baselines: list[str], float32_m
             visit_every_list(engine)
         wall, cpu = time.perf_counter(), time.process_time()
         scores[label] = quality(engine, truth, targets, asked)
+        scored = seconds_since(wall, cpu)
+        scores[label] |= {"nprobe": nprobes(engine), "cpu_ms": 1000 * scored[1] / n_queries}
         recall, mrr = scores[label]["recall"], scores[label]["mrr"]
         print(
             "{}: {} queries scored in {:.0f} s, {:.0f} CPU s: recall@10 {}, MRR {}".format(
                 label,
                 n_queries,
-                *seconds_since(wall, cpu),
+                *scored,
                 " / ".join(f"{recall[f]:.3f}" for f in (FUSED, RAW_TEXT, RAW_IMAGE)),
                 " / ".join(f"{mrr[kind]:.4f}" for kind in (IMAGE_TEXT, TEXT)),
             ),
@@ -372,10 +408,12 @@ def run_size(n: int, n_queries: int, root: Path, baselines: list[str], float32_m
 
     print(f"\nimports only: {base / 2**20:.0f} MB resident")
     print(
-        "\n| release | index types | build s (CPU s) | bytes/product on disk | resident after load MB | "
-        f"after {n_queries} searches MB | recall@10 fused / text / image | MRR image+text / text |"
+        "\n| release | index types | nprobe fused / text / image | build s (CPU s) | "
+        "bytes/product on disk | resident after load MB | "
+        f"after {n_queries} searches MB | recall@10 fused / text / image | MRR image+text / text | "
+        "CPU ms per query |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for label, release, (seconds, cpu_seconds), per_product, memory, _ in rows:
         recall, mrr = scores[label]["recall"], scores[label]["mrr"]
         kinds = ", ".join(
@@ -390,10 +428,10 @@ def run_size(n: int, n_queries: int, root: Path, baselines: list[str], float32_m
             else ("—", "—")
         )
         print(
-            f"| {label} | {kinds} | {seconds:.0f} ({cpu_seconds:.0f}) | {per_product:,.0f} | "
-            f"{loaded} | {searched} | "
+            f"| {label} | {kinds} | {scores[label]['nprobe']} | {seconds:.0f} ({cpu_seconds:.0f}) | "
+            f"{per_product:,.0f} | {loaded} | {searched} | "
             f"{recall[FUSED]:.3f} / {recall[RAW_TEXT]:.3f} / {recall[RAW_IMAGE]:.3f} | "
-            f"{mrr[IMAGE_TEXT]:.4f} / {mrr[TEXT]:.4f} |"
+            f"{mrr[IMAGE_TEXT]:.4f} / {mrr[TEXT]:.4f} | {scores[label]['cpu_ms']:.1f} |"
         )
     for label, *_, per_file in rows:
         files = ", ".join(f"{name} {size:,.0f}" for name, size in sorted(per_file.items()))
