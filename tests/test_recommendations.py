@@ -23,6 +23,7 @@ from mmsearch.sample.feeds import make_shop_feed
 from mmsearch.search.engine import CANDIDATES, NEAR_DUPLICATE_PHOTO, SearchEngine
 from mmsearch.search.recommendations import (
     LexicalScorer,
+    _Batch,
     batch_index,
     recommend,
     recommend_one_by_one,
@@ -166,6 +167,27 @@ def test_chunk_size_does_not_change_the_lists(sample_engine):
     whole = recommend(sample_engine, ids, K)
     chunked = recommend(sample_engine, ids, K, chunk=7)
     pd.testing.assert_frame_equal(whole, chunked)
+
+
+@pytest.mark.slow
+def test_lists_computed_neighbours_first_come_back_in_the_order_asked(sample_engine):
+    ids = sample_engine.products["product_id"].tolist()
+    batch = _Batch(sample_engine, approximate_min=1)
+    # Over an inverted file, chunks take products list by list, not in the catalog's order.
+    order = batch.near_first(np.arange(len(ids)))
+    assert sorted(order) == list(range(len(ids)))
+    assert (order != np.arange(len(ids))).any()
+    whole = recommend(sample_engine, ids, K, approximate_min=1)
+    backwards = recommend(sample_engine, ids[::-1], K, chunk=7, approximate_min=1)
+    # Each product's list in the order its product was asked for, best first.
+    asked = backwards["product_id"].map({pid: at for at, pid in enumerate(ids[::-1])})
+    in_order = backwards.iloc[np.lexsort((backwards["rank"], asked))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(backwards, in_order)
+    by_product = ["product_id", "rank"]
+    pd.testing.assert_frame_equal(
+        whole.sort_values(by_product, ignore_index=True),
+        backwards.sort_values(by_product, ignore_index=True),
+    )
 
 
 @pytest.mark.slow

@@ -295,6 +295,18 @@ class _Batch:
         if approximate_min is not None and memory <= VECTOR_MEMORY_MB * 2**20:
             self.held = {name: self._vectors(name, np.arange(self.size)) for name in held}
 
+    def near_first(self, rows: np.ndarray) -> np.ndarray:
+        """An order of `rows` (positions into it) that puts products of one inverted list of the
+        fused index side by side: neighbours, whose lists draw on the same candidates. As
+        given when the fused index is exhaustive (a batch of few lists, or a small catalog)."""
+        index = self.indexes["fused"]
+        if index is None or not hasattr(index, "nlist"):
+            return np.arange(len(rows))
+        listed = self.engine._row_of[index_ids(index)]
+        place = np.full(self.size, self.size, dtype=np.int64)
+        place[listed[listed >= 0]] = np.arange(int((listed >= 0).sum()))
+        return np.argsort(place[rows], kind="stable")
+
     def _allowed(self, query_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Whether `rows` may be recommended to `query_rows` (broadcast): in stock, not the
         same text, not a variant of the same group."""
@@ -600,8 +612,11 @@ def recommend(
     batch = _Batch(engine, approximate_min if many else None)
     content = _content(engine).to_numpy()
     frames = []
+    # Chunks of neighbouring products share most of their candidates, so each chunk reads
+    # (decodes) fewer distinct vectors; the table keeps the order of `product_ids`.
+    asked = batch.near_first(rows)
     for start in range(0, len(rows), chunk):
-        chunk_rows = rows[start : start + chunk]
+        chunk_rows = rows[asked[start : start + chunk]]
         query, rank, neighbour, score = batch.lists(chunk_rows, k)
         own = chunk_rows[query]
         frames.append(
@@ -619,7 +634,11 @@ def recommend(
         )
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    # Back to the order asked for: each product's list in place, best first.
+    place = pd.Series(np.arange(len(rows)), index=batch.ids[rows])
+    order = np.lexsort((table["rank"].to_numpy(), place.loc[table["product_id"]].to_numpy()))
+    return table.iloc[order].reset_index(drop=True)
 
 
 def recommend_one_by_one(engine, product_ids: list[str], k: int = DEFAULT_K) -> pd.DataFrame:
