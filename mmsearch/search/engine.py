@@ -173,6 +173,10 @@ class SearchEngine:
         }
         self._load_gallery(release)
         self._categories = self.products["category"].fillna("").str.casefold().to_numpy()
+        # Each product's category as a code into the names as written, for facet counts.
+        self._category_codes, self._category_names = pd.factorize(
+            self.products["category"].fillna("").astype(str)
+        )
         # Attributes, variant groups, availability and sale prices, parsed once.
         self.catalog = CatalogAttributes(self.products)
         self.composed = ComposedQueries(self.products, self.catalog, self.lexical.documents_with)
@@ -557,11 +561,17 @@ class SearchEngine:
     def facets(self, rows: np.ndarray) -> dict:
         """Category counts, price range (the prices paid) and, per filterable attribute, value
         counts of products (rows), so a page offers filters that exist."""
-        categories = self.products["category"].iloc[rows].fillna("").value_counts()
+        counts = np.bincount(self._category_codes[rows], minlength=len(self._category_names))
+        # Most first, ties by name; counted on codes (a pandas count per search cost a millisecond).
+        shown = sorted(np.flatnonzero(counts), key=lambda c: (-counts[c], self._category_names[c]))
         prices = self._prices[rows]
         prices = prices[np.isfinite(prices)]
         return {
-            "categories": {str(c): int(n) for c, n in categories.items() if c},
+            "categories": {
+                str(self._category_names[c]): int(counts[c])
+                for c in shown
+                if self._category_names[c]
+            },
             "price": (
                 {"min": float(prices.min()), "max": float(prices.max())} if len(prices) else None
             ),
