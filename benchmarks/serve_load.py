@@ -7,7 +7,7 @@
    to `--products` products (`benchmarks/query_latency.py`; `--home` keeps and reuses that home),
    served by `mmsearch serve` on loopback in several configurations at once: the old one (one
    process, up to 40 searches at once in its thread pool) as the baseline, the default (one
-   process per core, one search at a time each) and the default with the 8-bit text encoder
+   process per core, two searches at a time each) and the default with the 8-bit text encoder
    (`--configurations` picks others: process/thread splits). `wrk` (Debian: `apt-get install wrk`) sends text searches, then photo
    searches, with 1, 4 and 16 connections for `--seconds` each; the configurations take turns
    for each measurement (`--reps` rounds), so a busy machine slows all of them alike. Prints
@@ -50,13 +50,14 @@ MMSEARCH = str(Path(sys.executable).with_name("mmsearch"))
 CONFIGURATIONS = {
     "old: 1 process x 40 threads": (["--workers", "1", "--threads", "40"], {}),
     "1 process x 2 threads": (["--workers", "1", "--threads", "2"], {}),
-    "2 processes x 2 threads": (["--workers", "2", "--threads", "2"], {}),
-    "2 processes x 1 thread (default)": ([], {}),
-    "2 processes x 1 thread, 8-bit text encoder": ([], {"MM_QUANTIZED_QUERIES": "on"}),
+    "2 processes x 1 thread": (["--workers", "2", "--threads", "1"], {}),
+    "4 processes x 1 thread": (["--workers", "4", "--threads", "1"], {}),
+    "2 processes x 2 threads (default)": ([], {}),
+    "2 processes x 2 threads, 8-bit text encoder": ([], {"MM_QUANTIZED_QUERIES": "on"}),
 }
 # What runs unless --configurations names others: the baseline, the default, and the default
 # with the 8-bit text encoder.
-DEFAULT_CONFIGURATIONS = [0, 3, 4]
+DEFAULT_CONFIGURATIONS = [0, 4, 5]
 BOUNDARY = "mmsearchbenchmarkboundary"
 # wrk: requests cycle through the prepared ones, one counter per wrk thread.
 WRK_SCRIPT = """
