@@ -764,7 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="server processes sharing the port (default: one per core)"
     )
     serve.add_argument(
-        "--threads", type=int, help="searches each process runs at once (default: cores/workers, at least 2)"
+        "--threads",
+        type=int,
+        help="searches each process runs at once (default: cores/workers, at least 2)",
     )
     serve.add_argument(
         "--currency", help="ISO 4217 code of the catalog's prices (default: $MM_CURRENCY, else USD)"
