@@ -87,14 +87,19 @@ class ComposedQueries:
         return np.asarray(codes), [frozenset(value.split()) for value in values]
 
     def attribute_match(
-        self, candidates: Candidates, text: str, offered: np.ndarray | None = None
+        self,
+        candidates: Candidates,
+        text: str,
+        offered: np.ndarray | None = None,
+        named: dict | None = None,
     ) -> np.ndarray:
         """Per candidate, the share of the attributes whose values the text names ("crimson
         linen sofa": a colour of the red family, linen), and of the category when the text
         names that too ("red t-shirt": red, and the t-shirt category), on which it has a named
         value; zeros when the text names no attribute value (a category alone is the text
-        retrievers' to find)."""
-        named = self.catalog.named(query_words(text), self._documents_with)
+        retrievers' to find). `named`: the text's named values, when the caller has them."""
+        if named is None:
+            named = self.catalog.named(query_words(text), self._documents_with)
         share = (
             self.catalog.named_share(candidates.rows, named)
             if offered is None
@@ -110,7 +115,11 @@ class ComposedQueries:
         return (share * len(named) + asked[codes[candidates.rows]]) / (len(named) + 1)
 
     def with_change(
-        self, kind: str, candidates: Candidates, offered: np.ndarray | None = None
+        self,
+        kind: str,
+        candidates: Candidates,
+        offered: np.ndarray | None = None,
+        named: dict | None = None,
     ) -> Candidates:
         """The candidates with the features read at ranking time from the catalog's attributes:
         `change` when the query kind has one (image+text), `attribute_match` for a text query
@@ -120,7 +129,9 @@ class ComposedQueries:
         if CHANGE in FEATURES[kind]:
             features[CHANGE] = self.change(candidates, candidates.text)
         if ATTRIBUTE_MATCH in RANKING_TIME.get(kind, {}) and candidates.text:
-            features[ATTRIBUTE_MATCH] = self.attribute_match(candidates, candidates.text, offered)
+            features[ATTRIBUTE_MATCH] = self.attribute_match(
+                candidates, candidates.text, offered, named
+            )
         if len(features) == len(candidates.features):
             return candidates
         return Candidates(candidates.rows, features, candidates.text)

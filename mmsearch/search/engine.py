@@ -367,14 +367,20 @@ class SearchEngine:
         return Candidates(rows, features, text)
 
     def rank(
-        self, kind: str, candidates: Candidates, k: int, offered: np.ndarray | None = None
+        self,
+        kind: str,
+        candidates: Candidates,
+        k: int,
+        offered: np.ndarray | None = None,
+        named: dict | None = None,
     ) -> list[tuple[int, float]]:
         """Second stage: the top-k (product row, score) by the ranker, best first. `offered`
         (the answer's allowed rows) ranks for one result per variant group: a candidate has
-        the attribute values the words name when a variant of its group does."""
+        the attribute values the words name when a variant of its group does. `named`: the
+        attribute values the query's words name, when the caller has read them already."""
         if not len(candidates.rows):
             return []
-        candidates = self.composed.with_change(kind, candidates, offered)
+        candidates = self.composed.with_change(kind, candidates, offered, named)
         scores = self.ranker.score(kind, candidates)
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(candidates.rows[i]), float(scores[i])) for i in order]
@@ -432,8 +438,9 @@ class SearchEngine:
         )
         kind = query_kind(bool(text), picture is not None)
         words = set(words_of(text))
-        # The variant a group shows is the one whose values the words name ("red" or "crimson").
-        named = self.catalog.named(query_words(text), self.lexical.documents_with) if group else {}
+        # Read once: they rank the candidates, and the variant a group shows is the one whose
+        # values the words name ("red" or "crimson").
+        named = self.catalog.named(query_words(text), self.lexical.documents_with)
         results = [
             hit | {"matched": matched_attributes(self.product_fields(hit["row"]), words)}
             for hit in self._results(kind, candidates, k, group, allowed, named)
@@ -460,10 +467,10 @@ class SearchEngine:
             alone = {"variants": []} if group else {}  # grouped, each product is its own group
             return [
                 self.describe(row, score) | self.catalog.offer(row) | alone | {"row": row}
-                for row, score in self.rank(kind, candidates, k)
+                for row, score in self.rank(kind, candidates, k, named=named)
             ]
         offered = np.ones(len(self.products), dtype=bool) if allowed is None else allowed
-        ranked = self.rank(kind, candidates, k * GROUP_DEPTH, offered)
+        ranked = self.rank(kind, candidates, k * GROUP_DEPTH, offered, named)
         return [
             self.describe(row, score)
             | self.catalog.offer(row)
