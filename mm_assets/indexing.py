@@ -83,6 +83,13 @@ def candidate_release(
             "products_removed": candidate.removed,
             "index_recall_at_10": index.get("recall_at_10", 1.0),
             "index_nprobe": index.get("nprobe", 0),
+            # An inverted file's recall@10 of the fitting queries at that nprobe.
+            **(
+                {"index_query_recall_at_10": index["query_recall"]}
+                if index.get("query_recall") is not None
+                else {}
+            ),
+            "retriever_tuning": MetadataValue.json(release.manifest.get("retriever_indexes") or {}),
             "files_checksummed": len(release.manifest.get("files", {})),
             "ranker_weights": MetadataValue.json(ranker.get("weights", {})),
         },

@@ -380,6 +380,8 @@ def command_status(layout: HomeLayout) -> dict:
             "version": release.index_version if release else None,
             # How the index type was chosen: nprobe and measured recall@10 against exact search.
             "tuning": (release.manifest.get("index") if release else None),
+            # The same for the raw text and image encoders' indexes (releases since it was kept).
+            "retriever_tuning": (release.manifest.get("retriever_indexes") if release else None),
         },
     }
 

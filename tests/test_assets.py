@@ -218,6 +218,13 @@ def test_runs_are_recorded_in_the_instance(materialized):
     assert published.run_id == refresh.run_id
     size = published.asset_materialization.metadata["size"].value
     assert size == registry_for(layout).live().size > 50
+    # The release's metadata says how each of its indexes was built (small: every vector scanned).
+    built = instance.get_latest_materialization_event(AssetKey("candidate_release"))
+    retrievers = built.asset_materialization.metadata["retriever_tuning"].value
+    assert {name: tuning["kind"] for name, tuning in retrievers.items()} == {
+        "text": "flat",
+        "image": "flat",
+    }
 
 
 @pytest.mark.slow

@@ -174,6 +174,10 @@ def test_status_and_quarantine_account_for_every_row(built_home):
     assert drop["rows"] == drop["live"] + drop["replaced"] + drop["quarantined"] + drop["deleted"]
     assert status["quarantined"] == run["rows"]["quarantined"]
     assert status["index"]["size"] == run["index_size"]
+    # Each index of the release says how it was built: a small catalog scans every vector.
+    retrievers = status["index"]["retriever_tuning"]
+    assert set(retrievers) == {"text", "image"}
+    assert all(tuning["kind"] == "flat" and tuning["nprobe"] == 0 for tuning in retrievers.values())
     rows = cli_json(home, "quarantine", "--drop", drop["name"])["rows"]
     assert len(rows) == status["quarantined"]
     assert all({"drop", "row", "product_id", "reason"} <= set(r) and r["reason"] for r in rows)
