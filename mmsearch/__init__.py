@@ -1,6 +1,7 @@
 """Multimodal product search: the plain logic the pipeline, the command line and the server share."""
 
 import os
+import warnings
 
 # OpenMP workers (torch's intra-op threads, FAISS: libgomp) spin only briefly before they sleep
 # between parallel regions. On 2 cores shared with other work, spinning workers take the cores
@@ -11,3 +12,9 @@ import os
 # explicit OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+
+# urllib3 warns, when its SOCKS module is imported, that SOCKS proxies would need PySocks.
+# requests silences that warning, but only when requests is imported first; with another import
+# order (Dagster, Ray, worker processes) it reached the top of `mmsearch run`'s output. Nothing
+# here uses a SOCKS proxy. Matched by message, so this import of the package loads no urllib3.
+warnings.filterwarnings("ignore", message="SOCKS support in urllib3", category=Warning)
