@@ -20,6 +20,7 @@ from mmsearch.index.lexical import LexicalIndex
 from mmsearch.index.registry import registry_for
 from mmsearch.sample import write_sample_catalog
 from mmsearch.sample.feeds import make_shop_feed
+from mmsearch.search import recommendations
 from mmsearch.search.engine import CANDIDATES, NEAR_DUPLICATE_PHOTO, SearchEngine
 from mmsearch.search.recommendations import (
     LexicalScorer,
@@ -188,6 +189,31 @@ def test_lists_computed_neighbours_first_come_back_in_the_order_asked(sample_eng
         whole.sort_values(by_product, ignore_index=True),
         backwards.sort_values(by_product, ignore_index=True),
     )
+
+
+@pytest.mark.slow
+def test_lists_are_the_same_whichever_vector_sets_the_memory_budget_holds(
+    sample_engine, monkeypatch
+):
+    ids = sample_engine.products["product_id"].tolist()
+    size = len(ids)
+    width = {name: sample_engine.vectors[name].shape[1] for name in ("fused", "text", "image")}
+    # The narrowest sets first: fused and raw text fit, the raw image does not.
+    budget_mb = size * (width["fused"] + width["text"]) * 4 / 2**20
+    lists = {}
+    for held, megabytes in (("none", 0), ("some", budget_mb * 1.01), ("all", 10_000)):
+        monkeypatch.setattr(recommendations, "VECTOR_MEMORY_MB", megabytes)
+        assert (
+            set(_Batch(sample_engine, approximate_min=1).held)
+            == {
+                "none": set(),
+                "some": {"fused", "text"},
+                "all": {"fused", "text", "image"},
+            }[held]
+        )
+        lists[held] = recommend(sample_engine, ids, K, approximate_min=1)
+    for held in ("none", "some"):
+        pd.testing.assert_frame_equal(lists[held], lists["all"], check_exact=False, atol=1e-5)
 
 
 @pytest.mark.slow
