@@ -310,8 +310,9 @@ def load(url: str, queries: list[dict], clients: int, seconds: float) -> dict:
     }
 
 
-def new_drop(folder: Path, source: Path, count: int = 20) -> list[dict]:
-    """`count` products of `source` under new ids and new titles, with their images."""
+def new_drop(folder: Path, source: Path, prefix: str, count: int = 20) -> list[dict]:
+    """`count` products of `source` under new ids (`prefix` and a number) and new titles, with
+    their images."""
     with (source / "products.csv").open(newline="", encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r["image_path"] and r["title"]]
     folder.mkdir(parents=True)
@@ -323,7 +324,7 @@ def new_drop(folder: Path, source: Path, count: int = 20) -> list[dict]:
         target = f"images/new-{number}{image.suffix}"
         (folder / "images").mkdir(exist_ok=True)
         shutil.copy(image, folder / target)
-        row = {**row, "product_id": f"fresh-{number:03d}", "image_path": target}
+        row = {**row, "product_id": f"{prefix}{number:03d}", "image_path": target}
         row["title"] = f"Quokkavale limited edition {row['title']}"
         products.append(row)
     with (folder / "products.csv").open("w", newline="", encoding="utf-8") as handle:
@@ -333,8 +334,9 @@ def new_drop(folder: Path, source: Path, count: int = 20) -> list[dict]:
     return products
 
 
-def freshness(home: Path, url: str, drop: Path, clients: int) -> dict:
-    """Text load while a new drop goes through the pipeline; failures and time to be served."""
+def freshness(home: Path, url: str, drop: Path, prefix: str, clients: int) -> dict:
+    """Text load while a new drop goes through the pipeline; failures and time until a product
+    whose id starts with `prefix` is served."""
     environment = {**os.environ, "MM_HOME": str(home)}
     queries = [{"text": q} for q in ("blue", "striped t-shirt", "leather bag", "wool hat")]
     result: dict = {}
@@ -355,7 +357,7 @@ def freshness(home: Path, url: str, drop: Path, clients: int) -> dict:
         while time.perf_counter() - landed < 230:
             answer = client.get("/api/search", params={"text": "Quokkavale limited edition"})
             hits = [r["product_id"] for r in answer.json().get("results", [])]
-            if any(h.startswith("fresh-") for h in hits):
+            if any(h.startswith(prefix) for h in hits):
                 served = time.perf_counter() - landed
                 break
             time.sleep(0.5)
@@ -493,17 +495,21 @@ def main() -> None:
         )
         if args.no_freshness:
             return
-        default = "2 processes x 1 thread (default)"
+        default = "2 processes x 2 threads (default)"
         _, url = servers[default if default in servers else chosen[-1]]
         registry_for(layout).publish(small)
         time.sleep(5)  # every worker swaps back to the 300-product release
         fresh = home / "fresh-drop"
         shutil.rmtree(fresh, ignore_errors=True)
-        new_drop(fresh, drop)
-        result = freshness(home, url, fresh, 4)
+        # Ids new to this run: products a kept home's catalog has from an earlier run would
+        # change nothing, and the pipeline would publish nothing.
+        prefix = f"fresh-{int(time.time())}-"
+        new_drop(fresh, drop, prefix)
+        result = freshness(home, url, fresh, prefix, 4)
+        seconds = lambda value: "never" if value is None else f"{value:.1f} s"  # noqa: E731
         print(
-            f"\nfreshness: a 20-product drop served {result['served_after_s']:.1f} s after it "
-            f"landed (pipeline done after {result['pipeline_s']:.1f} s); "
+            f"\nfreshness: a 20-product drop served {seconds(result['served_after_s'])} after it "
+            f"landed (pipeline done after {seconds(result['pipeline_s'])}); "
             f"{result['failed']} failed of {result['requests']} requests during the swap"
         )
     finally:
