@@ -218,6 +218,21 @@ def _tied(engine, text_query: str, first: str, target: str) -> bool:
     return bool(share[0] >= share[1])
 
 
+def _singles_out(engine, text_query: str, target: str) -> bool:
+    """Whether the words name values (and the category) that the target's variant group offers
+    more fully than every other group among the default answer's allowed products: a query a
+    shopper could only mean one design by. Otherwise at least one other group is as good a
+    reading of the words and the right one comes first by chance or by words outside the
+    attribute values."""
+    allowed = engine.allowed_rows(None, None, (), False)
+    rows = np.arange(len(engine.products)) if allowed is None else np.flatnonzero(allowed)
+    share = engine.composed.attribute_match(Candidates(rows, {}), text_query, allowed)
+    own = engine.row_of_product(target)
+    groups = np.asarray(engine.catalog.groups)
+    rivals = (groups[rows] != groups[own]) & (share >= share[np.searchsorted(rows, own)])
+    return not rivals.any()
+
+
 def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = False) -> dict:
     """The share of `colour_queries` whose target comes first in the default (grouped) answer,
     and, from the same ranking, in the answer without grouping (the group's best-ranked variant,
@@ -225,12 +240,13 @@ def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = 
     that offers every value the words name as fully as the target's (`_tied`); with
     `show_misses`, each miss printed: the query, the first result's group and colour, the
     target's and its group's rank."""
-    colour_hits, group_hits, ranked_hits, tied = [], [], [], 0
+    colour_hits, group_hits, ranked_hits, tied, single = [], [], [], 0, []
     started = time.process_time()
     for target, members, text_query in queries:
         results = engine.answer(text=text_query, k=1)["results"]
         top = results[0]["product_id"] if results else None
         colour_hits.append(top == target.product_id)
+        single.append(_singles_out(engine, text_query, target.product_id))
         group_hits.append(top in {p.product_id for p in members})
         if top is not None and not colour_hits[-1]:
             tied += _tied(engine, text_query, top, target.product_id)
@@ -245,6 +261,10 @@ def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = 
         "colour_first_by_rank": share(ranked_hits),
         "group_first": share(group_hits),
         "misses_tied": tied,
+        "singled_out": int(np.sum(single)),
+        "colour_first_singled_out": share(
+            [hit for hit, one in zip(colour_hits, single, strict=True) if one]
+        ),
         "cpu_s": time.process_time() - started,
     }
 
@@ -266,8 +286,9 @@ def colour_paths(home: Path, generated, show_misses: bool) -> None:
             f"{colour['colour_first_by_rank']:.1%} by rank alone (the group's best-ranked "
             f"variant); a product of the right group first: {colour['group_first']:.1%}; "
             f"{colour['misses_tied']} of the misses put first a group offering every value the "
-            f"words name (the words cannot tell it from the target's); {colour['cpu_s']:.1f} "
-            "CPU s",
+            f"words name (the words cannot tell it from the target's); of the "
+            f"{colour['singled_out']} queries whose words single out the target's group, right "
+            f"variant first {colour['colour_first_singled_out']:.1%}; {colour['cpu_s']:.1f} CPU s",
             flush=True,
         )
     print(f"{unavailable} groups left out (the colour asked for is out of stock)")
