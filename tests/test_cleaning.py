@@ -38,6 +38,35 @@ def test_parse_price_accepts_common_formats(value, expected):
 
 
 @pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1.299,00", 1299.0),
+        ("€ 1.299,00", 1299.0),
+        ("12,50", 12.5),
+        ("12,50 €", 12.5),
+        ("1 299,00 EUR", 1299.0),
+        ("1\u202f299,50", 1299.5),
+        ("CHF 1'299.00", 1299.0),
+        ("1,299", 1299.0),
+        ("1,299,000", 1299000.0),
+        ("1.299.000", 1299000.0),
+        ("12.5 EUR", 12.5),
+        ("$12", 12.0),
+        ("0,99", 0.99),
+    ],
+)
+def test_parse_price_reads_european_and_grouped_amounts(value, expected):
+    assert parse_price(value) == expected
+
+
+@pytest.mark.parametrize("value", ["1,2,3", "12,5,0", "1.2.3", "1,299.00.5", "12 34 56,7.8"])
+def test_parse_price_refuses_ambiguous_separators(value):
+    with pytest.raises(RowRejected) as caught:
+        parse_price(value)
+    assert caught.value.code == "bad_price" and value in caught.value.message
+
+
+@pytest.mark.parametrize(
     ("value", "code"), [("call us", "bad_price"), ("-3", "negative_price"), ("nan", "bad_price")]
 )
 def test_parse_price_rejects_with_reason(value, code):

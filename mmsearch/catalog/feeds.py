@@ -67,7 +67,7 @@ FEED_ATTRIBUTES = (
     "feed_row",
 )
 _PRICE = re.compile(
-    r"^\s*(?:(?P<pre>[A-Za-z]{3})\s+)?(?P<amount>\d[\d,]*(?:\.\d+)?)\s*(?P<post>[A-Za-z]{3})?\s*$"
+    r"^\s*(?:(?P<pre>[A-Za-z]{3})\s+)?(?P<amount>\d(?:[\d.,'’\s]*\d)?)\s*(?P<post>[A-Za-z]{3})?\s*$"
 )
 _NAME_PART = re.compile(r"[^0-9A-Za-z]+")
 _G_NAMESPACE = "http://base.google.com/ns/1.0"
@@ -140,15 +140,16 @@ def detect_format(data: bytes) -> str | None:
 
 
 def parse_price(text: str | None) -> tuple[str | None, str | None]:
-    """("15.00", "USD") from "15.00 USD" (or "USD 15.00", "1,299.00 USD"); the text itself and
-    no currency when it is not such a price, so the cleaning stage refuses it with its reason."""
+    """("15.00", "USD") from "15.00 USD" (or "USD 15.00", "1.299,00 EUR"): the amount as written,
+    which the cleaning stage reads (`catalog.prices`); the text itself and no currency when it
+    is not such a price, so the cleaning stage refuses it with its reason."""
     if not text or not text.strip():
         return None, None
     match = _PRICE.match(text)
     if not match:
         return text.strip(), None
     currency = match["pre"] or match["post"]
-    return match["amount"].replace(",", ""), currency.upper() if currency else None
+    return match["amount"], currency.upper() if currency else None
 
 
 def _availability(value: str | None) -> str | None:
