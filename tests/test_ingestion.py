@@ -7,8 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import write_drop
+from helpers import raw_rows, write_drop
 from mmsearch import warehouse
+from mmsearch.catalog.cleaning import clean_catalog
 from mmsearch.catalog.drops import DropRejected, copy_drop, read_products, read_queries
 from mmsearch.catalog.ingestion import ingest_drop
 from mmsearch.settings import HomeLayout
@@ -133,3 +134,50 @@ def test_query_file_accepts_lists_and_graded_relevance(tmp_path):
     assert list(frame["query_id"]) == ["a", "b"]
     assert json.loads(frame.loc[1, "relevant"]) == {"p2": 3.0, "p3": 1.0}
     assert frame.loc[0, "kind"] == "text"
+
+
+def test_csv_row_with_more_fields_than_the_header_is_quarantined_not_the_drop(tmp_path):
+    drop = tmp_path / "shop-export"
+    drop.mkdir()
+    # Row 2's title holds an unquoted comma: one row is broken, not the table.
+    (drop / "products.csv").write_bytes(
+        b"product_id,title,price\r\np1,Mug,3\r\np2,Big, red mug,4\r\n\r\np3,Lamp,5\r\n"
+    )
+    frame = read_products(drop)
+    assert frame["product_id"].tolist() == ["p1", "p2", "p3"]
+    assert frame["row_number"].tolist() == [1, 2, 3]
+    assert frame["_read_error"].tolist() == [
+        None,
+        "row 2 (line 3) has 4 fields where the header has 3; "
+        "a value holding a comma needs double quotes",
+        None,
+    ]
+    assert frame.loc[2, "title"] == "Lamp" and frame.loc[0, "price"] == "3"
+    catalog = clean_catalog(
+        raw_rows(
+            "shop-export", 1, frame.rename(columns={"_read_error": "read_error"}).to_dict("records")
+        ),
+        {"shop-export": drop},
+        tmp_path / "clean",
+    )
+    assert sorted(catalog.products["product_id"]) == ["p1", "p3"]
+    quarantined = catalog.quarantine.set_index("row_number")
+    assert quarantined.loc[2, "reason_code"] == "unreadable_row"
+    assert "has 4 fields where the header has 3" in quarantined.loc[2, "reason"]
+
+
+def test_csv_broken_quoting_rejects_the_drop_naming_the_line(tmp_path):
+    drop = tmp_path / "quoted"
+    drop.mkdir()
+    (drop / "products.csv").write_text('product_id,title\np1,Mug\np2,"Big" mug\n')
+    with pytest.raises(DropRejected, match=r"not a readable table \(line 3: "):
+        read_products(drop)
+
+
+def test_csv_first_row_with_extra_fields_does_not_shift_the_columns_of_the_others(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    (drop / "products.csv").write_text("product_id,title\np1,Mug,red\np2,Lamp\n")
+    frame = read_products(drop)
+    assert frame[["product_id", "title"]].values.tolist() == [["p1", "Mug"], ["p2", "Lamp"]]
+    assert frame["_read_error"].tolist()[0].startswith("row 1 (line 2) has 3 fields")

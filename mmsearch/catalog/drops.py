@@ -66,23 +66,58 @@ def _decode(drop_name: str, data: bytes) -> str:
 
 
 def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
+    """The rows of products.csv as text (a missing trailing field is None). A row with more
+    fields than the header keeps its place with its error (`READ_ERROR`), to be quarantined;
+    quoting the reader cannot follow rejects the drop, naming the line."""
     text = _decode(drop_name, data)
     if "\x00" in text:
         raise DropRejected(drop_name, "products.csv contains NUL bytes; it is not a text table")
+    # strict: a quote left open or followed by text is an error, not a row swallowing the rest.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[list[str | None]] = []
+    errors: list[str | None] = []
+    line = 0
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            dtype=str,
-            keep_default_na=False,
-            na_values=[],
-            on_bad_lines="error",
-            engine="python",
-        )
-    except pd.errors.EmptyDataError:
-        raise DropRejected(drop_name, "products.csv is empty") from None
-    except (pd.errors.ParserError, ValueError, csv.Error) as error:
-        raise DropRejected(drop_name, f"products.csv is not a readable table ({error})") from None
+        for cells in reader:
+            start, line = line + 1, reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue  # a blank line
+            if header is None:
+                header = _column_names(cells)
+                continue
+            width = len(header)
+            errors.append(
+                f"row {len(rows) + 1} (line {start}) has {len(cells)} fields where the header "
+                f"has {width}; a value holding a comma needs double quotes"
+                if len(cells) > width
+                else None
+            )
+            rows.append([*cells[:width], *[None] * (width - len(cells))])
+    except csv.Error as error:
+        raise DropRejected(
+            drop_name, f"products.csv is not a readable table (line {reader.line_num}: {error})"
+        ) from None
+    if header is None:
+        raise DropRejected(drop_name, "products.csv is empty")
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    if any(errors):
+        frame[READ_ERROR] = errors
     return frame
+
+
+def _column_names(cells: list[str]) -> list[str]:
+    """Header cells as distinct names, as pandas names them: a blank one `Unnamed: <i>`, a
+    repeated one `<name>.1`, `<name>.2`, ..."""
+    names: list[str] = []
+    for index, cell in enumerate(cells):
+        name = cell if cell.strip() else f"Unnamed: {index}"
+        base, copy = name, 0
+        while name in names:
+            copy += 1
+            name = f"{base}.{copy}"
+        names.append(name)
+    return names
 
 
 def _read_jsonl(drop_name: str, data: bytes) -> pd.DataFrame:
