@@ -136,6 +136,25 @@ def test_query_file_accepts_lists_and_graded_relevance(tmp_path):
     assert frame.loc[0, "kind"] == "text"
 
 
+def test_a_drops_query_lines_with_grades_that_are_not_numbers_are_skipped(tmp_path):
+    layout = HomeLayout(tmp_path / "home").ensure()
+    drop = write_drop(layout.landing / "graded", [{"product_id": "p1", "title": "A"}])
+    (drop / "queries.jsonl").write_text(
+        '{"query_id": "words", "text": "a", "relevant": {"p1": "high"}}\n'
+        '{"query_id": "null", "text": "a", "relevant": {"p1": null}}\n'
+        '{"query_id": "list", "text": "a", "relevant": {"p1": [3]}}\n'
+        '{"query_id": "nan", "text": "a", "relevant": {"p1": NaN}}\n'
+        '{"query_id": "kept", "text": "a", "relevant": {"p1": "2", "p2": true}}\n'
+    )
+    with warehouse.connect(layout.warehouse) as con:
+        report = ingest_drop(con, layout, "graded")
+        stored = con.execute("SELECT query_id, relevant FROM raw_queries").fetchall()
+    assert (report.status, report.rows) == ("accepted", 1)
+    assert [(qid, json.loads(relevant)) for qid, relevant in stored] == [
+        ("kept", {"p1": 2.0, "p2": 1.0})
+    ]
+
+
 def test_csv_row_with_more_fields_than_the_header_is_quarantined_not_the_drop(tmp_path):
     drop = tmp_path / "shop-export"
     drop.mkdir()

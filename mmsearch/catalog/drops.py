@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -220,10 +221,8 @@ def read_queries(query_file: Path) -> pd.DataFrame:
             continue
         if not isinstance(record, dict) or not record.get("query_id"):
             continue
-        relevant = record.get("relevant") or {}
-        if isinstance(relevant, list):
-            relevant = {str(pid): 1 for pid in relevant}
-        if not isinstance(relevant, dict) or not relevant:
+        relevant = _grades(record.get("relevant"))
+        if not relevant:
             continue
         text, image_path = record.get("text"), record.get("image_path")
         if not text and not image_path:
@@ -234,13 +233,31 @@ def read_queries(query_file: Path) -> pd.DataFrame:
                 "query_id": str(record["query_id"]),
                 "text": str(text) if text else None,
                 "image_path": str(image_path) if image_path else None,
-                "relevant": json.dumps({str(k): float(v) for k, v in relevant.items()}),
+                "relevant": json.dumps(relevant),
                 "kind": str(record.get("kind") or _default_kind(text, image_path)),
                 "template": str(record["template"]) if record.get("template") else None,
             }
         )
     columns = ["line_number", "query_id", "text", "image_path", "relevant", "kind", "template"]
     return _nulls_as_none(pd.DataFrame(rows, columns=columns))
+
+
+def _grades(relevant: object) -> dict[str, float] | None:
+    """A query line's `relevant` as product id -> grade: a list grades each id 1; None when
+    it is neither, or a grade is not a finite number (`"high"`, null), so the line is skipped."""
+    if isinstance(relevant, list):
+        relevant = dict.fromkeys(map(str, relevant), 1)
+    if not isinstance(relevant, dict):
+        return None
+    grades = {}
+    for product_id, grade in relevant.items():
+        try:
+            grades[str(product_id)] = float(grade)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(grades[str(product_id)]):
+            return None
+    return grades
 
 
 def _nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:
