@@ -190,6 +190,13 @@ def test_oversized_uploads_and_decompression_bombs_are_refused_before_decoding(
         assert "larger than" in _one_line_error(response, 413)
 
 
+def test_an_image_field_sent_as_text_is_refused_naming_what_it_must_be(client):
+    response = client.post("/api/search", data={"image": "red.png", "text": "red"})
+    assert _one_line_error(response, 400) == (
+        "image must be a file upload (a multipart file field holding the photo), not 'red.png'"
+    )
+
+
 def test_a_json_body_is_refused_as_the_wrong_content_type(client):
     response = client.post("/api/search", json={"text": "red"})
     assert "multipart form" in _one_line_error(response, 415)
