@@ -41,6 +41,38 @@ def test_parquet_is_read(tmp_path):
     assert list(frame["product_id"]) == ["1", "2"] and frame.loc[1, "price"] is None
 
 
+def test_parquet_missing_timestamps_are_no_attribute_not_the_text_nat(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    pd.DataFrame(
+        {
+            "product_id": ["a", "b"],
+            "title": ["A", "B"],
+            "launched": pd.to_datetime(["2024-01-02", None]),
+        }
+    ).to_parquet(drop / "products.parquet")
+    attributes = [json.loads(a) for a in read_products(drop)["attributes"]]
+    assert attributes == [{"launched": "2024-01-02 00:00:00"}, {}]
+
+
+def test_jsonl_keys_are_matched_whatever_their_case_line_by_line(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    (drop / "products.jsonl").write_text(
+        '{"product_id": "a", "title": "A"}\n'
+        '{"Product_ID": "b", "Title": "B", "Colour": "red"}\n'
+        '{"product_id": "c", "Product_ID": "c2", "title": "C"}\n'
+    )
+    frame = read_products(drop)
+    assert frame["product_id"].tolist()[:2] == ["a", "b"] and frame.loc[1, "title"] == "B"
+    assert json.loads(frame.loc[1, "attributes"]) == {"colour": "red"}
+    assert frame["_read_error"].tolist() == [
+        None,
+        None,
+        "line 3 names product_id twice (as 'product_id' and 'Product_ID')",
+    ]
+
+
 @pytest.mark.parametrize(
     ("setup", "problem"),
     [

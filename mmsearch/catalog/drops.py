@@ -129,17 +129,48 @@ def _read_jsonl(drop_name: str, data: bytes) -> pd.DataFrame:
             continue
         try:
             value = json.loads(line)
-            if not isinstance(value, dict):
-                raise ValueError("line is not a JSON object")
-            records.append({key: _as_text(item) for key, item in value.items()})
         except ValueError as error:
             records.append({READ_ERROR: f"line {line_number} is not a JSON object ({error})"})
+            continue
+        if not isinstance(value, dict):
+            kind = _JSON_KINDS.get(type(value), type(value).__name__)
+            records.append({READ_ERROR: f"line {line_number} is not a JSON object but {kind}"})
+            continue
+        records.append(_jsonl_record(line_number, value))
     if not records:
         raise DropRejected(drop_name, "products.jsonl has no rows")
     frame = pd.DataFrame.from_records(records)
     if READ_ERROR in frame.columns and frame[READ_ERROR].notna().all():
         raise DropRejected(drop_name, "products.jsonl has no line that is a JSON object")
     return frame
+
+
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def _jsonl_record(line_number: int, value: dict) -> dict:
+    """One JSON line's fields as text, under column names as `read_products` spells them (lines
+    may differ in case: `Title` and `title` are one column); a line naming a column twice keeps
+    its first spelling and carries its error."""
+    record: dict = {}
+    spelled: dict[str, str] = {}
+    for key, item in value.items():
+        name = str(key).strip().lower()
+        if name in spelled:
+            record[READ_ERROR] = (
+                f"line {line_number} names {name} twice (as {spelled[name]!r} and {key!r})"
+            )
+            continue
+        spelled[name] = key
+        record[name] = _as_text(item)
+    return record
 
 
 def _read_parquet(drop_name: str, path: Path) -> pd.DataFrame:
@@ -154,10 +185,8 @@ def _read_parquet(drop_name: str, path: Path) -> pd.DataFrame:
 
 def _as_text(value: object) -> str | None:
     """A feed value as text; None stays None, containers become JSON."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value != value:
-        return None
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None  # also NaN, NaT and pd.NA: no value, not the text "NaT"
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     if hasattr(value, "tolist"):
