@@ -204,6 +204,29 @@ def test_merchant_prices_written_the_european_way_keep_amount_and_currency():
     assert [clean_price(c["price"]) for c in (lamp, mug)] == [1099.0, 12.5]
 
 
+def test_a_merchant_tsv_value_opening_a_quote_it_never_closes_loses_no_row():
+    lines = [
+        "id\ttitle\tdescription\tprice",
+        'LAMP\t"Vintage lamp\tBrass\t5 USD',  # the quote opens and never closes
+        "MUG\tMug\tStoneware\t3 USD",
+        'BOWL\tBowl\t"Wide,\nshallow"\t4 USD',  # a quoted value may hold a line break
+    ]
+    _, rows = parse_feed("quotes.tsv", "\n".join(lines).encode())
+    assert [(r.feed_row, r.columns["product_id"], r.columns["title"]) for r in rows] == [
+        (1, "LAMP", '"Vintage lamp'),
+        (2, "MUG", "Mug"),
+        (3, "BOWL", "Bowl"),
+    ]
+    assert rows[1].columns["price"] == "3" and rows[2].columns["description"] == "Wide,\nshallow"
+    assert not any(READ_ERROR in r.columns for r in rows)
+
+
+def test_a_shopify_export_with_a_quote_left_open_is_refused_naming_the_line():
+    feed = 'Handle,Title,Variant Price\nmug,"Mug,5\nlamp,Lamp,7\nbowl,Bowl,4\n'
+    with pytest.raises(FeedRejected, match=r"not a readable CSV table \(line \d+: "):
+        parse_feed("shop.csv", feed.encode())
+
+
 def test_merchant_xml_reads_g_elements_repeated_images_and_skips_nested_groups(server):
     feed_format, rows = parse_feed("merchant.xml", _fixture("merchant.xml", server))
     assert feed_format == MERCHANT_XML
