@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import picture, png_bytes, raw_rows, write_drop
 from mmsearch.catalog.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
-from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
+from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image, resolve_inside
 from mmsearch.catalog.text import clean_text
 
 
@@ -278,3 +278,28 @@ def test_cached_validations_are_reused_only_while_their_clean_image_exists(tmp_p
     rejected = cached[("d", 4)]["rejected"]
     assert isinstance(rejected, RowRejected) and rejected.code == "missing_title"
     assert _cached_validations(con, "no such rules") == {}
+
+
+def test_image_paths_written_on_windows_find_their_file(tmp_path):
+    (tmp_path / "img dir").mkdir()
+    photo = tmp_path / "img dir" / "Red Shirt.JPG"
+    photo.write_bytes(png_bytes(picture(), "JPEG"))
+    assert resolve_inside(tmp_path, "img dir\\Red Shirt.JPG") == photo.resolve()
+    assert resolve_inside(tmp_path, " img dir/Red Shirt.JPG ") == photo.resolve()
+
+
+@pytest.mark.parametrize(
+    ("image_path", "code", "message"),
+    [
+        ("C:\\shop\\red.jpg", "image_outside_drop", "is absolute; it must be relative"),
+        ("c:/shop/red.jpg", "image_outside_drop", "is absolute; it must be relative"),
+        ("\\\\server\\share\\red.jpg", "image_outside_drop", "is absolute; it must be relative"),
+        ("..\\..\\etc\\passwd", "image_outside_drop", "leaves the drop directory"),
+        ("https://cdn.example.com/red.jpg", "image_missing", "is a URL; a drop's image_path"),
+        ("file:///etc/passwd", "image_missing", "is a URL; a drop's image_path"),
+    ],
+)
+def test_image_paths_that_are_not_files_in_the_drop_say_why(tmp_path, image_path, code, message):
+    with pytest.raises(ImageRejected) as caught:
+        resolve_inside(tmp_path, image_path)
+    assert caught.value.code == code and message in str(caught.value)
