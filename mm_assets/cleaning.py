@@ -30,8 +30,10 @@ from mmsearch.catalog.quality import (
     previous_catalog,
     run_clean_products_suite,
     stored_image_sizes,
+    unresolved_quarantine_shares,
 )
 from mmsearch.queries.labeled import labeled_queries_inputs, prepare_labeled_queries
+from mmsearch.settings import drop_folder_name
 from mmsearch.warehouse import query_df, query_records, replace_rows
 from resources import PipelineSettings, WarehouseResource
 
@@ -177,19 +179,15 @@ def clean_products_expectations(
             "image_file FROM clean_products",
         )
         previous = previous_catalog(con)
-        shares = query_df(
-            con,
-            "SELECT d.name AS drop_name, d.rows_read, "
-            "count(q.row_number) / greatest(d.rows_read, 1) AS quarantined_share "
-            "FROM drops d LEFT JOIN quarantine q ON q.drop_name = d.name "
-            "WHERE d.status = 'accepted' GROUP BY d.name, d.rows_read",
-        )
+        shares = unresolved_quarantine_shares(con)
     products = products.join(stored_image_sizes(products["image_file"]))
     outcome = run_clean_products_suite(products, shares, settings.max_quarantine_share, previous)
     over_limit = shares[shares["quarantined_share"] > settings.max_quarantine_share]
     garbage = [
         f"drop {row.drop_name!r} has {row.quarantined_share:.0%} of its rows quarantined "
-        f"(limit {settings.max_quarantine_share:.0%}; see `mmsearch quarantine --drop {row.drop_name}`)"
+        f"(limit {settings.max_quarantine_share:.0%}; see `mmsearch quarantine --drop "
+        f"{row.drop_name}`, then ingest a drop that corrects those rows, or remove "
+        f"landing/{drop_folder_name(row.drop_name)} and run `mmsearch rebuild`)"
         for row in over_limit.itertuples()
     ]
     return AssetCheckResult(

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
     AssetKey,
     BetaWarning,
     DagsterEventType,
@@ -232,6 +234,34 @@ def _raise_if_failed(run_id: str, events, success: bool, what: str, summary: Run
     raise PipelineFailed(
         f"{what} failed in run {run_id} at {', '.join(failed) or 'a check'}: {reason}"
     )
+
+
+def _raise_if_held_back(defs, instance: DagsterInstance) -> None:
+    """Raise while a blocking check's latest evaluation failed: the assets below it stay as
+    they were until a change lets it pass, so every `run` says so, not "nothing to do". The
+    promotion gate is left out: its refusal keeps the live release serving and is no failure."""
+    graph = defs.resolve_asset_graph()
+    keys = [
+        key
+        for key in graph.asset_check_keys
+        if key.name != GATE_CHECK and graph.get_check_spec(key).blocking
+    ]
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    failed = []
+    for key, record in sorted(latest.items(), key=lambda item: item[0].to_user_string()):
+        event = record.event.dagster_event if record.event else None
+        evaluation = event.event_specific_data if event else None
+        if (
+            isinstance(evaluation, AssetCheckEvaluation)
+            and not evaluation.passed
+            and evaluation.severity == AssetCheckSeverity.ERROR
+        ):
+            failed.append(
+                f"check {key.name} failed in run {record.run_id}: "
+                f"{evaluation.description or 'see its metadata'}"
+            )
+    if failed:
+        raise PipelineFailed(f"the catalog is still held back: {'; '.join(failed)}")
 
 
 def _record(instance, summary: RunSummary, run_id: str, events, success: bool, what: str) -> None:
@@ -469,6 +499,7 @@ def run_pipeline(
                 # The daemon went away while the command waited: do its part here.
                 _ingest(defs, instance, layout, summary, force=False)
                 _settle(defs, instance, summary)
+        _raise_if_held_back(defs, instance)
     # Check steps are named after their asset and check; they are reported apart.
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     summary.check_seconds = {k: v for k, v in summary.asset_seconds.items() if k not in assets}

@@ -30,7 +30,7 @@ class UserError(Exception):
 
 # Exit codes: 0 done; 1 refused or failed (the one-line reason on stderr); 2 a bad argument,
 # refused before anything was read; 130 interrupted.
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
 
 # Commands that only read a home: on a folder that holds none they say so instead of creating it.
 READING_COMMANDS = ("search", "similar", "evaluate", "status", "quarantine", "rollback", "rebuild")
@@ -865,12 +865,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     if result is None:
         return 0
-    if getattr(args, "json", False):
-        real_stdout.write(json.dumps(_json_safe(result), default=str, allow_nan=False) + "\n")
-    else:
-        with contextlib.redirect_stdout(real_stdout):
-            _print_human(args.command, result)
-    real_stdout.flush()
+    try:
+        if getattr(args, "json", False):
+            real_stdout.write(json.dumps(_json_safe(result), default=str, allow_nan=False) + "\n")
+        else:
+            with contextlib.redirect_stdout(real_stdout):
+                _print_human(args.command, result)
+        real_stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end as a Unix tool killed by SIGPIPE does, and
+        # point stdout at /dev/null so the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), real_stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return 0
 
 

@@ -25,6 +25,7 @@ MUST_BE = {
     "max_price": "a finite number >= 0",
     "group": "true or false",
     "include_unavailable": "true or false",
+    "image": "a file upload (a multipart file field holding the photo)",
 }
 
 

@@ -436,7 +436,10 @@ def create_app(
         )
         return JSONResponse(found)
 
-    @app.get("/api/products/{product_id}/similar", response_model=SimilarAnswer, responses=ERRORS)
+    # `:path`: a product id may hold a `/` (SKUs such as `TEE/RED-M`), which arrives decoded.
+    @app.get(
+        "/api/products/{product_id:path}/similar", response_model=SimilarAnswer, responses=ERRORS
+    )
     async def similar(
         product_id: str,
         k: KQuery = DEFAULT_K,
@@ -461,7 +464,7 @@ def create_app(
         return JSONResponse(await in_search_thread(like_this))
 
     @app.get(
-        "/api/products/{product_id}/image",
+        "/api/products/{product_id:path}/image",
         response_class=FileResponse,
         responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG"}, **ERRORS},
     )

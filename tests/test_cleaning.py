@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import picture, png_bytes, raw_rows, write_drop
 from mmsearch.catalog.cleaning import RowRejected, accounting_by_drop, clean_catalog, parse_price
-from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image
+from mmsearch.catalog.images import ImageLimits, ImageRejected, decode_image, resolve_inside
 from mmsearch.catalog.text import clean_text
 
 
@@ -35,6 +35,35 @@ def test_clean_text_keeps_escaped_markup_as_text():
 )
 def test_parse_price_accepts_common_formats(value, expected):
     assert parse_price(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1.299,00", 1299.0),
+        ("€ 1.299,00", 1299.0),
+        ("12,50", 12.5),
+        ("12,50 €", 12.5),
+        ("1 299,00 EUR", 1299.0),
+        ("1\u202f299,50", 1299.5),
+        ("CHF 1'299.00", 1299.0),
+        ("1,299", 1299.0),
+        ("1,299,000", 1299000.0),
+        ("1.299.000", 1299000.0),
+        ("12.5 EUR", 12.5),
+        ("$12", 12.0),
+        ("0,99", 0.99),
+    ],
+)
+def test_parse_price_reads_european_and_grouped_amounts(value, expected):
+    assert parse_price(value) == expected
+
+
+@pytest.mark.parametrize("value", ["1,2,3", "12,5,0", "1.2.3", "1,299.00.5", "12 34 56,7.8"])
+def test_parse_price_refuses_ambiguous_separators(value):
+    with pytest.raises(RowRejected) as caught:
+        parse_price(value)
+    assert caught.value.code == "bad_price" and value in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -249,3 +278,28 @@ def test_cached_validations_are_reused_only_while_their_clean_image_exists(tmp_p
     rejected = cached[("d", 4)]["rejected"]
     assert isinstance(rejected, RowRejected) and rejected.code == "missing_title"
     assert _cached_validations(con, "no such rules") == {}
+
+
+def test_image_paths_written_on_windows_find_their_file(tmp_path):
+    (tmp_path / "img dir").mkdir()
+    photo = tmp_path / "img dir" / "Red Shirt.JPG"
+    photo.write_bytes(png_bytes(picture(), "JPEG"))
+    assert resolve_inside(tmp_path, "img dir\\Red Shirt.JPG") == photo.resolve()
+    assert resolve_inside(tmp_path, " img dir/Red Shirt.JPG ") == photo.resolve()
+
+
+@pytest.mark.parametrize(
+    ("image_path", "code", "message"),
+    [
+        ("C:\\shop\\red.jpg", "image_outside_drop", "is absolute; it must be relative"),
+        ("c:/shop/red.jpg", "image_outside_drop", "is absolute; it must be relative"),
+        ("\\\\server\\share\\red.jpg", "image_outside_drop", "is absolute; it must be relative"),
+        ("..\\..\\etc\\passwd", "image_outside_drop", "leaves the drop directory"),
+        ("https://cdn.example.com/red.jpg", "image_missing", "is a URL; a drop's image_path"),
+        ("file:///etc/passwd", "image_missing", "is a URL; a drop's image_path"),
+    ],
+)
+def test_image_paths_that_are_not_files_in_the_drop_say_why(tmp_path, image_path, code, message):
+    with pytest.raises(ImageRejected) as caught:
+        resolve_inside(tmp_path, image_path)
+    assert caught.value.code == code and message in str(caught.value)

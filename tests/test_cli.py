@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -181,6 +184,36 @@ def test_status_and_quarantine_account_for_every_row(built_home):
     rows = cli_json(home, "quarantine", "--drop", drop["name"])["rows"]
     assert len(rows) == status["quarantined"]
     assert all({"drop", "row", "product_id", "reason"} <= set(r) and r["reason"] for r in rows)
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(built_home):
+    home, _ = built_home
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"MM_HOME": str(home)}
+    for extra in ((), ("--json",)):
+        # As `mmsearch search ... | head -0`: the reader is gone before the answer is written.
+        read, write = os.pipe()
+        os.close(read)
+        with os.fdopen(write, "wb") as closed_pipe:
+            finished = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "mm_cli",
+                    "search",
+                    "--text",
+                    "t-shirt",
+                    "--k",
+                    "20",
+                    *extra,
+                ],
+                env=env,
+                stdout=closed_pipe,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=600,
+            )
+        assert finished.returncode == 141, finished.stderr
+        assert "Traceback" not in finished.stderr and "BrokenPipe" not in finished.stderr
 
 
 def test_bad_input_gives_one_line_and_non_zero_exit(built_home, tmp_path):

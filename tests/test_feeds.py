@@ -23,6 +23,7 @@ import pytest
 from conftest import cli_json, run_cli
 from helpers import picture, png_bytes
 from mmsearch.catalog.cleaning import clean_catalog
+from mmsearch.catalog.cleaning import parse_price as clean_price
 from mmsearch.catalog.drops import READ_ERROR, read_products
 from mmsearch.catalog.feeds import (
     MERCHANT_TSV,
@@ -190,6 +191,40 @@ def test_merchant_tsv_maps_prices_images_and_attributes(server):
     assert lamp.columns["availability"] == "out_of_stock" and lamp.columns["category"] == "Lamps"
     assert lamp.columns[READ_ERROR] == "feed row 5 has 23 fields where the header has 22"
     assert _by_id(rows)["MUG-BADPRICE"].columns["price"] == "twelve USD"
+
+
+def test_merchant_prices_written_the_european_way_keep_amount_and_currency():
+    header = "id\ttitle\tprice\tsale price\timage link"
+    lines = [header, "LAMP\tLamp\t1.299,00 EUR\t1.099,00 EUR\t", "MUG\tMug\t12,50 EUR\t\t"]
+    _, rows = parse_feed("eu.tsv", "\n".join(lines).encode())
+    lamp, mug = (row.columns for row in rows)
+    assert (lamp["price"], lamp["list_price"], lamp["currency"]) == ("1.099,00", "1.299,00", "EUR")
+    assert (mug["price"], mug["currency"]) == ("12,50", "EUR")
+    # The cleaning stage reads the amounts as the shop meant them, not 1.099 and 1250.
+    assert [clean_price(c["price"]) for c in (lamp, mug)] == [1099.0, 12.5]
+
+
+def test_a_merchant_tsv_value_opening_a_quote_it_never_closes_loses_no_row():
+    lines = [
+        "id\ttitle\tdescription\tprice",
+        'LAMP\t"Vintage lamp\tBrass\t5 USD',  # the quote opens and never closes
+        "MUG\tMug\tStoneware\t3 USD",
+        'BOWL\tBowl\t"Wide,\nshallow"\t4 USD',  # a quoted value may hold a line break
+    ]
+    _, rows = parse_feed("quotes.tsv", "\n".join(lines).encode())
+    assert [(r.feed_row, r.columns["product_id"], r.columns["title"]) for r in rows] == [
+        (1, "LAMP", '"Vintage lamp'),
+        (2, "MUG", "Mug"),
+        (3, "BOWL", "Bowl"),
+    ]
+    assert rows[1].columns["price"] == "3" and rows[2].columns["description"] == "Wide,\nshallow"
+    assert not any(READ_ERROR in r.columns for r in rows)
+
+
+def test_a_shopify_export_with_a_quote_left_open_is_refused_naming_the_line():
+    feed = 'Handle,Title,Variant Price\nmug,"Mug,5\nlamp,Lamp,7\nbowl,Bowl,4\n'
+    with pytest.raises(FeedRejected, match=r"not a readable CSV table \(line \d+: "):
+        parse_feed("shop.csv", feed.encode())
 
 
 def test_merchant_xml_reads_g_elements_repeated_images_and_skips_nested_groups(server):

@@ -126,6 +126,37 @@ def test_mostly_garbage_drop_stops_downstream_and_says_why(tmp_path):
     assert cli_json(home, "status")["model_version"] is None
 
 
+@pytest.mark.slow
+def test_a_catalog_held_back_by_a_garbage_drop_says_so_on_every_run_until_corrected(tmp_path):
+    home = tmp_path / "home"
+    good = write_drop(
+        tmp_path / "good",
+        [
+            {"product_id": f"g{i}", "title": f"Fine mug {i}", "image_path": f"i/{i}.png"}
+            for i in range(6)
+        ],
+        {f"i/{i}.png": png_bytes(picture((40 * i, 90, 160), seed=i)) for i in range(6)},
+    )
+    garbage = write_drop(tmp_path / "garbage", [{"product_id": p, "title": ""} for p in "ABC"])
+    for drop in (good, garbage):
+        run_cli(home, "ingest", str(drop))
+    first = run_cli(home, "run", check=False)
+    again = run_cli(home, "run", check=False)
+    for result in (first, again):
+        assert result.returncode == 1, result.stdout
+        line = result.stderr.strip().splitlines()[-1]
+        assert "drop 'garbage' has 100% of its rows quarantined" in line
+    assert "nothing to do" not in again.stdout
+    assert "still held back" in again.stderr.strip().splitlines()[-1]
+    # The way out the message names: a drop that corrects those rows.
+    fixed = write_drop(
+        tmp_path / "garbage-fixed", [{"product_id": p, "title": f"Lamp {p}"} for p in "ABC"]
+    )
+    run_cli(home, "ingest", str(fixed))
+    summary = cli_json(home, "run")
+    assert summary["rows"]["live"] == 9 and summary["index_size"] == 9
+
+
 @given(st.text(max_size=3000))
 @settings(max_examples=300, deadline=None)
 def test_text_cleaner_never_crashes_and_is_stable(text):

@@ -7,8 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import write_drop
+from helpers import raw_rows, write_drop
 from mmsearch import warehouse
+from mmsearch.catalog.cleaning import clean_catalog
 from mmsearch.catalog.drops import DropRejected, copy_drop, read_products, read_queries
 from mmsearch.catalog.ingestion import ingest_drop
 from mmsearch.settings import HomeLayout
@@ -38,6 +39,38 @@ def test_parquet_is_read(tmp_path):
     )
     frame = read_products(drop)
     assert list(frame["product_id"]) == ["1", "2"] and frame.loc[1, "price"] is None
+
+
+def test_parquet_missing_timestamps_are_no_attribute_not_the_text_nat(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    pd.DataFrame(
+        {
+            "product_id": ["a", "b"],
+            "title": ["A", "B"],
+            "launched": pd.to_datetime(["2024-01-02", None]),
+        }
+    ).to_parquet(drop / "products.parquet")
+    attributes = [json.loads(a) for a in read_products(drop)["attributes"]]
+    assert attributes == [{"launched": "2024-01-02 00:00:00"}, {}]
+
+
+def test_jsonl_keys_are_matched_whatever_their_case_line_by_line(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    (drop / "products.jsonl").write_text(
+        '{"product_id": "a", "title": "A"}\n'
+        '{"Product_ID": "b", "Title": "B", "Colour": "red"}\n'
+        '{"product_id": "c", "Product_ID": "c2", "title": "C"}\n'
+    )
+    frame = read_products(drop)
+    assert frame["product_id"].tolist()[:2] == ["a", "b"] and frame.loc[1, "title"] == "B"
+    assert json.loads(frame.loc[1, "attributes"]) == {"colour": "red"}
+    assert frame["_read_error"].tolist() == [
+        None,
+        None,
+        "line 3 names product_id twice (as 'product_id' and 'Product_ID')",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -133,3 +166,69 @@ def test_query_file_accepts_lists_and_graded_relevance(tmp_path):
     assert list(frame["query_id"]) == ["a", "b"]
     assert json.loads(frame.loc[1, "relevant"]) == {"p2": 3.0, "p3": 1.0}
     assert frame.loc[0, "kind"] == "text"
+
+
+def test_a_drops_query_lines_with_grades_that_are_not_numbers_are_skipped(tmp_path):
+    layout = HomeLayout(tmp_path / "home").ensure()
+    drop = write_drop(layout.landing / "graded", [{"product_id": "p1", "title": "A"}])
+    (drop / "queries.jsonl").write_text(
+        '{"query_id": "words", "text": "a", "relevant": {"p1": "high"}}\n'
+        '{"query_id": "null", "text": "a", "relevant": {"p1": null}}\n'
+        '{"query_id": "list", "text": "a", "relevant": {"p1": [3]}}\n'
+        '{"query_id": "nan", "text": "a", "relevant": {"p1": NaN}}\n'
+        '{"query_id": "kept", "text": "a", "relevant": {"p1": "2", "p2": true}}\n'
+    )
+    with warehouse.connect(layout.warehouse) as con:
+        report = ingest_drop(con, layout, "graded")
+        stored = con.execute("SELECT query_id, relevant FROM raw_queries").fetchall()
+    assert (report.status, report.rows) == ("accepted", 1)
+    assert [(qid, json.loads(relevant)) for qid, relevant in stored] == [
+        ("kept", {"p1": 2.0, "p2": 1.0})
+    ]
+
+
+def test_csv_row_with_more_fields_than_the_header_is_quarantined_not_the_drop(tmp_path):
+    drop = tmp_path / "shop-export"
+    drop.mkdir()
+    # Row 2's title holds an unquoted comma: one row is broken, not the table.
+    (drop / "products.csv").write_bytes(
+        b"product_id,title,price\r\np1,Mug,3\r\np2,Big, red mug,4\r\n\r\np3,Lamp,5\r\n"
+    )
+    frame = read_products(drop)
+    assert frame["product_id"].tolist() == ["p1", "p2", "p3"]
+    assert frame["row_number"].tolist() == [1, 2, 3]
+    assert frame["_read_error"].tolist() == [
+        None,
+        "row 2 (line 3) has 4 fields where the header has 3; "
+        "a value holding a comma needs double quotes",
+        None,
+    ]
+    assert frame.loc[2, "title"] == "Lamp" and frame.loc[0, "price"] == "3"
+    catalog = clean_catalog(
+        raw_rows(
+            "shop-export", 1, frame.rename(columns={"_read_error": "read_error"}).to_dict("records")
+        ),
+        {"shop-export": drop},
+        tmp_path / "clean",
+    )
+    assert sorted(catalog.products["product_id"]) == ["p1", "p3"]
+    quarantined = catalog.quarantine.set_index("row_number")
+    assert quarantined.loc[2, "reason_code"] == "unreadable_row"
+    assert "has 4 fields where the header has 3" in quarantined.loc[2, "reason"]
+
+
+def test_csv_broken_quoting_rejects_the_drop_naming_the_line(tmp_path):
+    drop = tmp_path / "quoted"
+    drop.mkdir()
+    (drop / "products.csv").write_text('product_id,title\np1,Mug\np2,"Big" mug\n')
+    with pytest.raises(DropRejected, match=r"not a readable table \(line 3: "):
+        read_products(drop)
+
+
+def test_csv_first_row_with_extra_fields_does_not_shift_the_columns_of_the_others(tmp_path):
+    drop = tmp_path / "d"
+    drop.mkdir()
+    (drop / "products.csv").write_text("product_id,title\np1,Mug,red\np2,Lamp\n")
+    frame = read_products(drop)
+    assert frame[["product_id", "title"]].values.tolist() == [["p1", "Mug"], ["p2", "Lamp"]]
+    assert frame["_read_error"].tolist()[0].startswith("row 1 (line 2) has 3 fields")

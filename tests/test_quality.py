@@ -19,6 +19,7 @@ from mmsearch.catalog.quality import (
     previous_catalog,
     run_clean_products_suite,
     stored_image_sizes,
+    unresolved_quarantine_shares,
 )
 from resources import PipelineSettings, WarehouseResource
 
@@ -286,3 +287,49 @@ def test_the_check_warns_without_blocking_and_shows_each_result(tmp_path):
     table = result.metadata["expectations"].value
     assert "| products_without_image | image_sha | WARN | <= 20% text-only | 0.3333 |" in table
     assert "products_without_image (observed 0.3333)" in result.description
+
+
+def test_quarantined_rows_a_later_drop_corrects_stop_counting_against_their_drop(tmp_path):
+    """A feed whose every row was bad, then sent again fixed: the first version no longer holds
+    the catalog back. A bad row that nothing later corrects still counts, also when an earlier
+    drop's version of the product is live."""
+    outcomes = {  # drop (in registration order) -> (row, product_id, outcome, reason_code)
+        "shop": [(1, "p1", "live", None), (2, "p2", "live", None)],
+        "garbage": [(1, "A", "quarantined", "missing_title"), (2, "B", "quarantined", "bad_price")],
+        "garbage-v2": [(1, "A", "live", None), (2, "B", "live", None)],
+        "bad-update": [(1, "p1", "quarantined", "bad_price"), (2, None, "quarantined", "x")],
+    }
+    warehouse = WarehouseResource(mm_home=str(tmp_path))
+    with warehouse.connect() as con:
+        for seq, (drop_name, rows) in enumerate(outcomes.items(), start=1):
+            con.execute(
+                "INSERT INTO drops (name, seq, source_path, registered_at, status, rows_read) "
+                "VALUES (?, ?, '/drops', now(), 'accepted', ?)",
+                [drop_name, seq, len(rows)],
+            )
+            for row_number, product_id, outcome, code in rows:
+                con.execute(
+                    "INSERT INTO row_outcomes VALUES (?, ?, ?, ?)",
+                    [drop_name, row_number, product_id, outcome],
+                )
+                if code:
+                    con.execute(
+                        "INSERT INTO quarantine VALUES (?, ?, ?, ?, 'bad')",
+                        [drop_name, row_number, product_id, code],
+                    )
+        shares = unresolved_quarantine_shares(con)
+    assert dict(zip(shares["drop_name"], shares["quarantined_share"], strict=True)) == {
+        "shop": 0.0,
+        "garbage": 0.0,
+        "garbage-v2": 0.0,
+        "bad-update": 1.0,
+    }
+    result = clean_products_expectations(
+        build_asset_check_context(), warehouse=warehouse, settings=PipelineSettings()
+    )
+    assert result.severity == AssetCheckSeverity.ERROR
+    assert result.description.startswith("drop 'bad-update' has 100% of its rows quarantined")
+    assert "'garbage'" not in result.description
+    # The way out is named: a drop that corrects those rows, or the drop removed and rebuilt.
+    assert "ingest a drop that corrects those rows" in result.description
+    assert "mmsearch rebuild" in result.description

@@ -18,8 +18,8 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from conftest import cli_json
-from helpers import picture, png_bytes
+from conftest import cli_json, run_cli
+from helpers import picture, png_bytes, write_drop
 from mmsearch import server, warehouse
 from mmsearch.api_models import ErrorAnswer, Health, SearchAnswer, SimilarAnswer
 from mmsearch.catalog.drops import read_products
@@ -188,6 +188,13 @@ def test_oversized_uploads_and_decompression_bombs_are_refused_before_decoding(
         monkeypatch.setattr(server, "MAX_UPLOAD_BYTES", 1000)
         response = small.post("/api/search", files={"image": ("big.png", bomb)})
         assert "larger than" in _one_line_error(response, 413)
+
+
+def test_an_image_field_sent_as_text_is_refused_naming_what_it_must_be(client):
+    response = client.post("/api/search", data={"image": "red.png", "text": "red"})
+    assert _one_line_error(response, 400) == (
+        "image must be a file upload (a multipart file field holding the photo), not 'red.png'"
+    )
 
 
 def test_a_json_body_is_refused_as_the_wrong_content_type(client):
@@ -695,3 +702,33 @@ def test_concurrent_searches_on_every_worker_all_answer_while_a_new_release_goes
     assert len(answers) >= 80
     assert any(sent > published and v == before.index_version for sent, _, v in answers)
     assert {v for _, _, v in answers[-40:]} == {after.index_version}
+
+
+def test_product_ids_holding_a_slash_reach_their_similar_list_and_picture(tmp_path):
+    """Shops write SKUs such as `TEE/RED-M`; the result's image_url and the similar route must
+    reach them (the path arrives decoded, so `%2F` is a `/` by the time it is routed)."""
+    drop = tmp_path / "skus"
+    ids = ["TEE/RED-M", "TEE/BLUE-M", "MUG/1/XL", "a b", "plain"]
+    rows = [
+        {"product_id": pid, "title": f"Cotton tee {i}", "image_path": f"i/{i}.png"}
+        for i, pid in enumerate(ids)
+    ]
+    images = {f"i/{i}.png": png_bytes(picture((50 * i, 90, 160), seed=i)) for i in range(5)}
+    write_drop(drop, rows, images)
+    home = tmp_path / "home"
+    run_cli(home, "ingest", str(drop))
+    run_cli(home, "run")
+    with TestClient(create_app(LiveSearch(HomeLayout(home)))) as slashed:
+        found = slashed.get("/api/search", params={"text": "cotton tee", "k": 5}).json()
+        urls = {r["product_id"]: r["image_url"] for r in found["results"]}
+        assert urls["TEE/RED-M"] == "/api/products/TEE%2FRED-M/image"
+        for product_id, url in urls.items():
+            picture_answer = slashed.get(url)
+            assert picture_answer.status_code == 200, (product_id, picture_answer.text)
+            assert picture_answer.headers["content-type"] == "image/jpeg"
+        similar = slashed.get("/api/products/MUG%2F1%2FXL/similar", params={"k": 3})
+        assert similar.status_code == 200, similar.text
+        assert similar.json()["product_id"] == "MUG/1/XL"
+        assert "MUG/1/XL" not in [r["product_id"] for r in similar.json()["results"]]
+        missing = slashed.get("/api/products/TEE%2FGREEN/similar")
+        assert _one_line_error(missing, 404).startswith("no live product has id 'TEE/GREEN'")

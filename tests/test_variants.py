@@ -501,3 +501,22 @@ def test_http_api_takes_filters_grouping_and_availability(home):
         documented = client.get("/openapi.json").json()["paths"]["/api/search"]["get"]
         names = {parameter["name"] for parameter in documented["parameters"]}
         assert {"filter", "group", "include_unavailable"} <= names
+
+
+def test_sale_and_list_prices_written_the_european_way_are_read_as_shops_mean_them():
+    products = pd.DataFrame(
+        {
+            "product_id": ["lamp", "mug", "vase", "odd"],
+            "attributes": [
+                json.dumps({"sale_price": "1.099,00 €"}),
+                json.dumps({"list_price": "12,50 EUR"}),
+                json.dumps({"list_price": "1,299.00"}),
+                json.dumps({"list_price": "1,2,3"}),
+            ],
+            "price": [1299.0, 9.5, 999.0, 5.0],
+        }
+    )
+    catalog = CatalogAttributes(products)
+    assert catalog.prices.tolist() == [1099.0, 9.5, 999.0, 5.0]
+    assert catalog.list_prices[:3].tolist() == [1299.0, 12.5, 1299.0]
+    assert np.isnan(catalog.list_prices[3])  # an amount that fits no reading shows no list price

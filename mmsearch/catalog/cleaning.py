@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +24,11 @@ from mmsearch.catalog.images import (
     image_file_sha,
     resolve_inside,
 )
+from mmsearch.catalog.prices import read_amount
 from mmsearch.catalog.text import MAX_TITLE_CHARS, clean_text
 
 MAX_PRODUCT_ID_CHARS = 256
 TRUE_WORDS = {"true", "1", "yes", "y", "t"}
-_PRICE_DECORATION = re.compile(
-    r"^\s*(?:[$€£¥]|usd|eur|gbp)?\s*|\s*(?:[$€£¥]|usd|eur|gbp)?\s*$", re.I
-)
 
 OUTCOMES = ("live", "replaced", "deleted", "quarantined")
 
@@ -67,14 +64,16 @@ def clean_product_id(value: object) -> str:
 
 
 def parse_price(value: object) -> float | None:
-    """A price >= 0 from text such as "12.50", "$12.50" or "1,299.00"; None when absent."""
+    """A price >= 0 from text such as "12.50", "$12.50", "1,299.00" or "1.299,00 €"
+    (`catalog.prices`); None when absent."""
     if value is None or not str(value).strip():
         return None
-    text = _PRICE_DECORATION.sub("", str(value)).replace(",", "")
     try:
-        price = float(text)
-    except ValueError:
-        raise RowRejected("bad_price", f"price {str(value)[:40]!r} is not a number") from None
+        price = read_amount(str(value))
+    except ValueError as error:
+        raise RowRejected(
+            "bad_price", f"price {str(value)[:40]!r} is not a number ({error})"
+        ) from None
     if not math.isfinite(price):
         raise RowRejected("bad_price", f"price {str(value)[:40]!r} is not a finite number")
     if price < 0:

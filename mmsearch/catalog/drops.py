@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -66,23 +67,58 @@ def _decode(drop_name: str, data: bytes) -> str:
 
 
 def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
+    """The rows of products.csv as text (a missing trailing field is None). A row with more
+    fields than the header keeps its place with its error (`READ_ERROR`), to be quarantined;
+    quoting the reader cannot follow rejects the drop, naming the line."""
     text = _decode(drop_name, data)
     if "\x00" in text:
         raise DropRejected(drop_name, "products.csv contains NUL bytes; it is not a text table")
+    # strict: a quote left open or followed by text is an error, not a row swallowing the rest.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[list[str | None]] = []
+    errors: list[str | None] = []
+    line = 0
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            dtype=str,
-            keep_default_na=False,
-            na_values=[],
-            on_bad_lines="error",
-            engine="python",
-        )
-    except pd.errors.EmptyDataError:
-        raise DropRejected(drop_name, "products.csv is empty") from None
-    except (pd.errors.ParserError, ValueError, csv.Error) as error:
-        raise DropRejected(drop_name, f"products.csv is not a readable table ({error})") from None
+        for cells in reader:
+            start, line = line + 1, reader.line_num
+            if not cells or (len(cells) == 1 and not cells[0].strip()):
+                continue  # a blank line
+            if header is None:
+                header = _column_names(cells)
+                continue
+            width = len(header)
+            errors.append(
+                f"row {len(rows) + 1} (line {start}) has {len(cells)} fields where the header "
+                f"has {width}; a value holding a comma needs double quotes"
+                if len(cells) > width
+                else None
+            )
+            rows.append([*cells[:width], *[None] * (width - len(cells))])
+    except csv.Error as error:
+        raise DropRejected(
+            drop_name, f"products.csv is not a readable table (line {reader.line_num}: {error})"
+        ) from None
+    if header is None:
+        raise DropRejected(drop_name, "products.csv is empty")
+    frame = pd.DataFrame(rows, columns=header, dtype=object)
+    if any(errors):
+        frame[READ_ERROR] = errors
     return frame
+
+
+def _column_names(cells: list[str]) -> list[str]:
+    """Header cells as distinct names, as pandas names them: a blank one `Unnamed: <i>`, a
+    repeated one `<name>.1`, `<name>.2`, ..."""
+    names: list[str] = []
+    for index, cell in enumerate(cells):
+        name = cell if cell.strip() else f"Unnamed: {index}"
+        base, copy = name, 0
+        while name in names:
+            copy += 1
+            name = f"{base}.{copy}"
+        names.append(name)
+    return names
 
 
 def _read_jsonl(drop_name: str, data: bytes) -> pd.DataFrame:
@@ -93,17 +129,48 @@ def _read_jsonl(drop_name: str, data: bytes) -> pd.DataFrame:
             continue
         try:
             value = json.loads(line)
-            if not isinstance(value, dict):
-                raise ValueError("line is not a JSON object")
-            records.append({key: _as_text(item) for key, item in value.items()})
         except ValueError as error:
             records.append({READ_ERROR: f"line {line_number} is not a JSON object ({error})"})
+            continue
+        if not isinstance(value, dict):
+            kind = _JSON_KINDS.get(type(value), type(value).__name__)
+            records.append({READ_ERROR: f"line {line_number} is not a JSON object but {kind}"})
+            continue
+        records.append(_jsonl_record(line_number, value))
     if not records:
         raise DropRejected(drop_name, "products.jsonl has no rows")
     frame = pd.DataFrame.from_records(records)
     if READ_ERROR in frame.columns and frame[READ_ERROR].notna().all():
         raise DropRejected(drop_name, "products.jsonl has no line that is a JSON object")
     return frame
+
+
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def _jsonl_record(line_number: int, value: dict) -> dict:
+    """One JSON line's fields as text, under column names as `read_products` spells them (lines
+    may differ in case: `Title` and `title` are one column); a line naming a column twice keeps
+    its first spelling and carries its error."""
+    record: dict = {}
+    spelled: dict[str, str] = {}
+    for key, item in value.items():
+        name = str(key).strip().lower()
+        if name in spelled:
+            record[READ_ERROR] = (
+                f"line {line_number} names {name} twice (as {spelled[name]!r} and {key!r})"
+            )
+            continue
+        spelled[name] = key
+        record[name] = _as_text(item)
+    return record
 
 
 def _read_parquet(drop_name: str, path: Path) -> pd.DataFrame:
@@ -118,10 +185,8 @@ def _read_parquet(drop_name: str, path: Path) -> pd.DataFrame:
 
 def _as_text(value: object) -> str | None:
     """A feed value as text; None stays None, containers become JSON."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value != value:
-        return None
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None  # also NaN, NaT and pd.NA: no value, not the text "NaT"
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     if hasattr(value, "tolist"):
@@ -185,10 +250,8 @@ def read_queries(query_file: Path) -> pd.DataFrame:
             continue
         if not isinstance(record, dict) or not record.get("query_id"):
             continue
-        relevant = record.get("relevant") or {}
-        if isinstance(relevant, list):
-            relevant = {str(pid): 1 for pid in relevant}
-        if not isinstance(relevant, dict) or not relevant:
+        relevant = _grades(record.get("relevant"))
+        if not relevant:
             continue
         text, image_path = record.get("text"), record.get("image_path")
         if not text and not image_path:
@@ -199,13 +262,31 @@ def read_queries(query_file: Path) -> pd.DataFrame:
                 "query_id": str(record["query_id"]),
                 "text": str(text) if text else None,
                 "image_path": str(image_path) if image_path else None,
-                "relevant": json.dumps({str(k): float(v) for k, v in relevant.items()}),
+                "relevant": json.dumps(relevant),
                 "kind": str(record.get("kind") or _default_kind(text, image_path)),
                 "template": str(record["template"]) if record.get("template") else None,
             }
         )
     columns = ["line_number", "query_id", "text", "image_path", "relevant", "kind", "template"]
     return _nulls_as_none(pd.DataFrame(rows, columns=columns))
+
+
+def _grades(relevant: object) -> dict[str, float] | None:
+    """A query line's `relevant` as product id -> grade: a list grades each id 1; None when
+    it is neither, or a grade is not a finite number (`"high"`, null), so the line is skipped."""
+    if isinstance(relevant, list):
+        relevant = dict.fromkeys(map(str, relevant), 1)
+    if not isinstance(relevant, dict):
+        return None
+    grades = {}
+    for product_id, grade in relevant.items():
+        try:
+            grades[str(product_id)] = float(grade)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(grades[str(product_id)]):
+            return None
+    return grades
 
 
 def _nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:

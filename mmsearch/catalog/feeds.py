@@ -67,7 +67,7 @@ FEED_ATTRIBUTES = (
     "feed_row",
 )
 _PRICE = re.compile(
-    r"^\s*(?:(?P<pre>[A-Za-z]{3})\s+)?(?P<amount>\d[\d,]*(?:\.\d+)?)\s*(?P<post>[A-Za-z]{3})?\s*$"
+    r"^\s*(?:(?P<pre>[A-Za-z]{3})\s+)?(?P<amount>\d(?:[\d.,'’\s]*\d)?)\s*(?P<post>[A-Za-z]{3})?\s*$"
 )
 _NAME_PART = re.compile(r"[^0-9A-Za-z]+")
 _G_NAMESPACE = "http://base.google.com/ns/1.0"
@@ -140,15 +140,16 @@ def detect_format(data: bytes) -> str | None:
 
 
 def parse_price(text: str | None) -> tuple[str | None, str | None]:
-    """("15.00", "USD") from "15.00 USD" (or "USD 15.00", "1,299.00 USD"); the text itself and
-    no currency when it is not such a price, so the cleaning stage refuses it with its reason."""
+    """("15.00", "USD") from "15.00 USD" (or "USD 15.00", "1.299,00 EUR"): the amount as written,
+    which the cleaning stage reads (`catalog.prices`); the text itself and no currency when it
+    is not such a price, so the cleaning stage refuses it with its reason."""
     if not text or not text.strip():
         return None, None
     match = _PRICE.match(text)
     if not match:
         return text.strip(), None
     currency = match["pre"] or match["post"]
-    return match["amount"].replace(",", ""), currency.upper() if currency else None
+    return match["amount"], currency.upper() if currency else None
 
 
 def _availability(value: str | None) -> str | None:
@@ -224,9 +225,32 @@ def _merchant_row(feed_row: int, fields: dict[str, list[str]]) -> FeedRow:
     return FeedRow(feed_row, columns, [u for u in [main, *additional] if u])
 
 
+def _tsv_records(text: str) -> list[list[str]]:
+    """The cells of each record of a tab-separated feed. A quoted value may hold a line break;
+    a value that opens a quote it never closes (a title starting with `"`) would swallow the
+    rows after it, so a record with a tab inside a value is read as its first line's plain
+    text instead (quotes kept), and reading goes on from the line after it."""
+    lines = io.StringIO(text, newline="").readlines()
+    records: list[list[str]] = []
+    start = 0
+    while start < len(lines):
+        reader = csv.reader(lines[start:], delimiter="\t", quotechar='"')
+        first = start
+        for cells in reader:
+            if any("\t" in cell for cell in cells):
+                records.append(lines[first].rstrip("\r\n").split("\t"))
+                start = first + 1
+                break
+            records.append(cells)
+            first = start + reader.line_num
+        else:
+            break
+    return records
+
+
 def parse_merchant_tsv(feed: str, data: bytes) -> list[FeedRow]:
     """The rows of a Merchant Center tab-separated feed (header row first)."""
-    lines = list(csv.reader(io.StringIO(_text_of(feed, data)), delimiter="\t", quotechar='"'))
+    lines = _tsv_records(_text_of(feed, data))
     if not lines:
         raise FeedRejected(feed, "the file is empty")
     header = [_column_name(name) for name in lines[0]]
@@ -340,16 +364,20 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
     handle's first row, each variant's options, SKU, price and stock from its own row, and
     the images of the handle's rows (the variant's own image first) but the other variants'
     own images."""
-    reader = csv.DictReader(io.StringIO(_text_of(feed, data)))
-    if not reader.fieldnames:
-        raise FeedRejected(feed, "the file is empty")
-    reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
-    if "handle" not in reader.fieldnames:
-        raise FeedRejected(feed, "the header lacks Handle")
+    # strict: a quote left open is an error naming its line, not a value swallowing every row
+    # after it (Shopify writes its exports with balanced quotes).
+    reader = csv.DictReader(io.StringIO(_text_of(feed, data), newline=""), strict=True)
     try:
+        if not reader.fieldnames:
+            raise FeedRejected(feed, "the file is empty")
+        reader.fieldnames = [_column_name(name) for name in reader.fieldnames]
+        if "handle" not in reader.fieldnames:
+            raise FeedRejected(feed, "the header lacks Handle")
         records = [{k: (v or "") for k, v in r.items() if k is not None} for r in reader]
     except csv.Error as error:
-        raise FeedRejected(feed, f"not a readable CSV table ({error})") from None
+        raise FeedRejected(
+            feed, f"not a readable CSV table (line {reader.line_num}: {error})"
+        ) from None
     rows = []
     for handle, members in _shopify_groups(records):
         first = members[0][1]

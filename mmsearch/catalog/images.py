@@ -7,10 +7,12 @@ query photo is normalised exactly like a catalog photo.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import hashlib
 import io
 import os
+import re
 import stat
 import uuid
 import warnings
@@ -53,18 +55,31 @@ class ImageLimits:
 
 # What `Path.exists` reads as "not there" (a dangling or looping symlink too).
 _NO_SUCH_FILE = {errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP}
+_WINDOWS_ABSOLUTE = re.compile(r"^[A-Za-z]:[\\/]")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def resolve_inside(base_dir: Path, relative_path: str) -> Path:
     """The file `relative_path` names inside `base_dir`, refusing any path that leaves it.
 
-    Absolute paths, `..` components and symlinks resolving outside `base_dir` are refused before
-    anything is opened.
+    Absolute paths (also Windows ones), `..` components and symlinks resolving outside
+    `base_dir` are refused before anything is opened. A path written on Windows
+    (`images\\red.jpg`) finds the file its `/` spelling names.
     """
     if not relative_path or not relative_path.strip():
         raise ImageRejected("image_missing", "image_path is empty")
+    if _URL.match(relative_path.strip()):
+        raise ImageRejected(
+            "image_missing",
+            f"image_path {relative_path!r} is a URL; a drop's image_path is a file in the drop "
+            "folder (a feed's images are fetched by URL: `mmsearch ingest FEED`)",
+        )
     candidate = Path(relative_path.strip())
-    if candidate.is_absolute() or relative_path.strip().startswith(("/", "\\")):
+    if (
+        candidate.is_absolute()
+        or relative_path.strip().startswith(("/", "\\"))
+        or _WINDOWS_ABSOLUTE.match(relative_path.strip())
+    ):
         raise ImageRejected(
             "image_outside_drop", f"image_path {relative_path!r} is absolute; it must be relative"
         )
@@ -85,6 +100,9 @@ def resolve_inside(base_dir: Path, relative_path: str) -> Path:
     except OSError as error:
         if error.errno not in _NO_SUCH_FILE:
             raise
+        if "\\" in relative_path:
+            with contextlib.suppress(ImageRejected):
+                return resolve_inside(base_dir, relative_path.replace("\\", "/"))
         raise ImageRejected(
             "image_missing", f"image file {relative_path!r} does not exist"
         ) from None

@@ -211,6 +211,29 @@ def stored_image_sizes(image_files: pd.Series) -> pd.DataFrame:
     )
 
 
+def unresolved_quarantine_shares(con) -> pd.DataFrame:
+    """drop_name, rows_read and quarantined_share per accepted drop: the share of its rows
+    quarantined and not corrected since, a quarantined row being corrected by a later row of
+    the same product (a later row of its drop, or a row of a later drop) that went live, was
+    replaced or deleted. So a bad feed sent again fixed no longer holds the catalog back, while
+    a bad update of a product an earlier drop holds live still counts."""
+    return con.execute(
+        """
+        SELECT d.name AS drop_name, d.rows_read,
+               count(q.row_number) FILTER (WHERE NOT EXISTS (
+                   SELECT 1 FROM row_outcomes o JOIN drops later ON later.name = o.drop_name
+                   WHERE o.product_id = q.product_id AND o.outcome <> 'quarantined'
+                     AND later.status = 'accepted'
+                     AND (later.seq > d.seq OR (later.seq = d.seq AND o.row_number > q.row_number))
+               )) / greatest(d.rows_read, 1) AS quarantined_share
+        FROM drops d LEFT JOIN quarantine q ON q.drop_name = d.name
+        WHERE d.status = 'accepted'
+        GROUP BY d.name, d.rows_read, d.seq
+        ORDER BY d.seq
+        """
+    ).df()
+
+
 def previous_catalog(con) -> pd.DataFrame:
     """The live products (product_id, category, price) as they stood before the newest accepted
     drop, from the validated rows of the earlier drops; empty when there is one drop or none.

@@ -31,6 +31,7 @@ from mmsearch.catalog.attributes import (
     attribute_name,
     normalised_value,
 )
+from mmsearch.catalog.prices import read_amount
 from mmsearch.catalog.text import words_of
 
 # Availability values that leave a product out unless unavailable ones are asked for.
@@ -102,9 +103,18 @@ def _attribute_table(texts: Sequence[str]) -> pd.DataFrame:
 
 
 def _money(text: pd.Series) -> np.ndarray:
-    """Prices from text such as `12.50`, `$1,299.00` or `15.00 USD`; NaN when not one."""
-    cleaned = text.astype("string").str.replace(r"[^0-9.]", "", regex=True)
-    return pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    """Prices from text such as `12.50`, `$1,299.00`, `1.299,00 €` or `15.00 USD`
+    (`catalog.prices`); NaN when not one. Each distinct text is read once."""
+    codes, distinct = pd.factorize(text.astype("string"))
+    amounts = np.array([*map(_amount_or_nan, distinct), np.nan], dtype=float)
+    return amounts[codes]  # code -1 (no value) reads the trailing NaN
+
+
+def _amount_or_nan(text: str) -> float:
+    try:
+        return read_amount(text)
+    except ValueError:
+        return np.nan
 
 
 class Attribute:
