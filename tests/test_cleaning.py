@@ -322,3 +322,30 @@ def test_image_paths_whose_case_differs_from_the_files_find_them_as_windows_woul
     with pytest.raises(ImageRejected) as caught:
         resolve_inside(tmp_path, "LINKED/secret.PNG")
     assert caught.value.code == "image_outside_drop"
+
+
+def test_a_refused_image_path_is_named_once_in_its_reason(tmp_path):
+    drop = write_drop(
+        tmp_path / "landing" / "d1",
+        [
+            {"product_id": "up", "title": "Lamp", "image_path": "../secret.png"},
+            {"product_id": "gone", "title": "Lamp", "image_path": "images/gone.png"},
+        ],
+    )
+    catalog = clean_catalog(
+        raw_rows(
+            "d1",
+            1,
+            [
+                {"product_id": "up", "title": "Lamp", "image_path": "../secret.png"},
+                {"product_id": "gone", "title": "Lamp", "image_path": "images/gone.png"},
+            ],
+        ),
+        {"d1": drop},
+        tmp_path / "clean",
+    )
+    reasons = dict(zip(catalog.quarantine["product_id"], catalog.quarantine["reason"], strict=True))
+    assert reasons == {
+        "up": "image_path '../secret.png' leaves the drop directory",
+        "gone": "image file 'images/gone.png' does not exist",
+    }
