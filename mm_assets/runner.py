@@ -236,10 +236,12 @@ def _raise_if_failed(run_id: str, events, success: bool, what: str, summary: Run
     )
 
 
-def _raise_if_held_back(defs, instance: DagsterInstance) -> None:
-    """Raise while a blocking check's latest evaluation failed: the assets below it stay as
-    they were until a change lets it pass, so every `run` says so, not "nothing to do". The
-    promotion gate is left out: its refusal keeps the live release serving and is no failure."""
+def _raise_if_held_back(defs, instance: DagsterInstance, summary: RunSummary) -> None:
+    """Raise while the pipeline is stuck on a failure: a blocking check whose latest evaluation
+    failed holds the assets below it as they were until a change lets it pass, and a failed run
+    that nothing since asked to redo stays failed; so every `run` names it, not "nothing to do".
+    The promotion gate is left out: its refusal keeps the live release serving and is no
+    failure."""
     graph = defs.resolve_asset_graph()
     keys = [
         key
@@ -262,6 +264,18 @@ def _raise_if_held_back(defs, instance: DagsterInstance) -> None:
             )
     if failed:
         raise PipelineFailed(f"the catalog is still held back: {'; '.join(failed)}")
+    if not summary.run_ids:
+        finished = instance.get_runs(
+            filters=RunsFilter(statuses=[DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]),
+            limit=1,
+        )
+        if finished and finished[0].status == DagsterRunStatus.FAILURE:
+            run = finished[0]
+            events = [r.dagster_event for r in instance.all_logs(run.run_id) if r.is_dagster_event]
+            partition = run.tags.get(PARTITION_NAME_TAG)
+            doing = f"ingesting drop {partition!r}" if partition else "refreshing the catalog"
+            what = f"nothing changed since the last run: {doing}"
+            _raise_if_failed(run.run_id, events, False, what, RunSummary())
 
 
 def _record(instance, summary: RunSummary, run_id: str, events, success: bool, what: str) -> None:
@@ -290,8 +304,9 @@ def _execute(
     job, instance, summary: RunSummary, what: str, tags=None, partition_key=None, assets=None
 ) -> None:
     """Run one job in this process, recorded in the instance (see `_record`)."""
-    # Dagster's console log at MM_LOG_LEVEL (default WARNING; `mmsearch -v` asks for more).
-    level = os.environ.get("MM_LOG_LEVEL", "WARNING").upper()
+    # Dagster's console log at MM_LOG_LEVEL (`mmsearch -v` asks for it). Quiet by default: a
+    # failure is the command's one line, not Dagster's step log with its stack trace.
+    level = os.environ.get("MM_LOG_LEVEL", "CRITICAL").upper()
     result = job.execute_in_process(
         run_config={"loggers": {"console": {"config": {"log_level": level}}}},
         instance=instance,
@@ -499,7 +514,7 @@ def run_pipeline(
                 # The daemon went away while the command waited: do its part here.
                 _ingest(defs, instance, layout, summary, force=False)
                 _settle(defs, instance, summary)
-        _raise_if_held_back(defs, instance)
+        _raise_if_held_back(defs, instance, summary)
     # Check steps are named after their asset and check; they are reported apart.
     assets = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     summary.check_seconds = {k: v for k, v in summary.asset_seconds.items() if k not in assets}

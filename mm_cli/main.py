@@ -713,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="show Dagster's run log (-v: info, -vv: debug); quiet (warnings) by default",
+        help="show Dagster's run log (-v: info, -vv: debug); quiet by default",
     )
     parser.add_argument(
         "--debug", action="store_true", help="print the full traceback when a command fails"

@@ -303,3 +303,49 @@ def test_image_paths_that_are_not_files_in_the_drop_say_why(tmp_path, image_path
     with pytest.raises(ImageRejected) as caught:
         resolve_inside(tmp_path, image_path)
     assert caught.value.code == code and message in str(caught.value)
+
+
+def test_image_paths_whose_case_differs_from_the_files_find_them_as_windows_would(tmp_path):
+    (tmp_path / "images").mkdir()
+    photo = tmp_path / "images" / "red.jpg"
+    photo.write_bytes(png_bytes(picture(), "JPEG"))
+    assert resolve_inside(tmp_path, "Images\\RED.JPG") == photo.resolve()
+    assert resolve_inside(tmp_path, "IMAGES/Red.jpg") == photo.resolve()
+    (tmp_path / "images" / "RED.jpg").write_bytes(b"another file")
+    with pytest.raises(ImageRejected) as caught:  # two files fit: neither is guessed
+        resolve_inside(tmp_path, "images/Red.JPG")
+    assert caught.value.code == "image_missing"
+    outside = tmp_path.parent / f"{tmp_path.name}-secret"
+    outside.mkdir(exist_ok=True)
+    (outside / "Secret.png").write_bytes(png_bytes(picture()))
+    os.symlink(outside, tmp_path / "linked")
+    with pytest.raises(ImageRejected) as caught:
+        resolve_inside(tmp_path, "LINKED/secret.PNG")
+    assert caught.value.code == "image_outside_drop"
+
+
+def test_a_refused_image_path_is_named_once_in_its_reason(tmp_path):
+    drop = write_drop(
+        tmp_path / "landing" / "d1",
+        [
+            {"product_id": "up", "title": "Lamp", "image_path": "../secret.png"},
+            {"product_id": "gone", "title": "Lamp", "image_path": "images/gone.png"},
+        ],
+    )
+    catalog = clean_catalog(
+        raw_rows(
+            "d1",
+            1,
+            [
+                {"product_id": "up", "title": "Lamp", "image_path": "../secret.png"},
+                {"product_id": "gone", "title": "Lamp", "image_path": "images/gone.png"},
+            ],
+        ),
+        {"d1": drop},
+        tmp_path / "clean",
+    )
+    reasons = dict(zip(catalog.quarantine["product_id"], catalog.quarantine["reason"], strict=True))
+    assert reasons == {
+        "up": "image_path '../secret.png' leaves the drop directory",
+        "gone": "image file 'images/gone.png' does not exist",
+    }

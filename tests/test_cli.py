@@ -216,6 +216,21 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly(built_home):
         assert "Traceback" not in finished.stderr and "BrokenPipe" not in finished.stderr
 
 
+def test_a_failed_run_is_one_line_and_the_next_run_names_it_instead_of_nothing_to_do(tmp_path):
+    home = tmp_path / "home"
+    empty = tmp_path / "empty-shop"
+    empty.mkdir()
+    (empty / "products.csv").write_text("product_id,title\n")  # a header and no product
+    run_cli(home, "ingest", str(empty))
+    first = run_cli(home, "run", check=False)
+    again = run_cli(home, "run", check=False)
+    for result in (first, again):
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert "need at least 2 live products" in lines[0]
+    assert "nothing to do, every asset is up to date" not in again.stdout
+
+
 def test_bad_input_gives_one_line_and_non_zero_exit(built_home, tmp_path):
     home, _ = built_home
     missing = run_cli(home, "search", check=False)

@@ -31,6 +31,7 @@ from mmsearch.catalog.feeds import (
     SHOPIFY_CSV,
     FeedRejected,
     detect_format,
+    feed_drop_name,
     land_feed,
     parse_feed,
 )
@@ -225,6 +226,19 @@ def test_a_shopify_export_with_a_quote_left_open_is_refused_naming_the_line():
     feed = 'Handle,Title,Variant Price\nmug,"Mug,5\nlamp,Lamp,7\nbowl,Bowl,4\n'
     with pytest.raises(FeedRejected, match=r"not a readable CSV table \(line \d+: "):
         parse_feed("shop.csv", feed.encode())
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("https://shop.example/feeds/merchant%20feed.tsv", "merchant-feed"),
+        ("https://shop.example/feeds/caf%C3%A9.xml?token=1", "caf"),
+        ("exports/Shopify Export.csv", "Shopify-Export"),
+        ("https://shop.example/", "shop-example"),
+    ],
+)
+def test_a_feeds_drop_is_named_after_its_file_as_the_shop_wrote_it(source, name):
+    assert feed_drop_name(source) == name
 
 
 def test_merchant_xml_reads_g_elements_repeated_images_and_skips_nested_groups(server):

@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from mmsearch.catalog.columns import KNOWN_COLUMNS
 from mmsearch.catalog.drops import READ_ERROR, copy_drop
@@ -574,7 +574,7 @@ def feed_drop_name(source: str) -> str:
     segment, else its host), in letters, digits, `-` and `_`."""
     if is_url(source):
         parts = urlsplit(source)
-        stem = Path(parts.path).stem or (parts.hostname or "feed")
+        stem = Path(unquote(parts.path)).stem or (parts.hostname or "feed")
     else:
         stem = Path(source).stem
     name = re.sub(r"[^0-9A-Za-z_-]+", "-", stem).strip("-._")

@@ -66,6 +66,8 @@ def refusal(error: ImageRejected | OSError, path: str, named: str = "image") -> 
     """(reason code, reason) of an image file refused while read or cleaned, naming it as
     `named` ("image", or the drop column "image_path")."""
     if isinstance(error, ImageRejected):
+        if repr(path) in error.message:  # the message names the file already
+            return error.code, error.message
         return error.code, f"{error.message} ({named} {path!r})"
     return "image_unreadable", f"cannot read image {path!r}: {error}"
 

@@ -7,7 +7,6 @@ query photo is normalised exactly like a catalog photo.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import errno
 import hashlib
 import io
@@ -89,26 +88,58 @@ def resolve_inside(base_dir: Path, relative_path: str) -> Path:
         )
     # os.path rather than pathlib, and one stat: every catalog row pays for this check.
     base = os.path.realpath(base_dir)
-    resolved = os.path.realpath(os.path.join(base, candidate))
+    found = _inside(base, str(candidate), relative_path)
+    if found is None:
+        # Not there as written: as Windows, where the drop was likely made, would find it
+        # (`\\` separators, any letter case); only a walk inside the drop, one match a step.
+        spelled = _as_on_disk(base, relative_path.strip().replace("\\", "/"))
+        found = _inside(base, spelled, relative_path) if spelled else None
+    if found is None:
+        raise ImageRejected("image_missing", f"image file {relative_path!r} does not exist")
+    resolved, mode = found
+    if not stat.S_ISREG(mode):
+        raise ImageRejected("image_missing", f"image_path {relative_path!r} is not a file")
+    return Path(resolved)
+
+
+def _inside(base: str, path: str, relative_path: str) -> tuple[str, int] | None:
+    """The real path of `path` under `base` and its stat mode when it exists, None when it
+    does not; refused when it resolves outside `base` (a symlink)."""
+    resolved = os.path.realpath(os.path.join(base, path))
     if resolved != base and not resolved.startswith(os.path.join(base, "")):
         raise ImageRejected(
             "image_outside_drop",
             f"image_path {relative_path!r} resolves outside the drop directory (symlink)",
         )
     try:
-        is_file = stat.S_ISREG(os.stat(resolved).st_mode)
+        return resolved, os.stat(resolved).st_mode
     except OSError as error:
         if error.errno not in _NO_SUCH_FILE:
             raise
-        if "\\" in relative_path:
-            with contextlib.suppress(ImageRejected):
-                return resolve_inside(base_dir, relative_path.replace("\\", "/"))
-        raise ImageRejected(
-            "image_missing", f"image file {relative_path!r} does not exist"
-        ) from None
-    if not is_file:
-        raise ImageRejected("image_missing", f"image_path {relative_path!r} is not a file")
-    return Path(resolved)
+        return None
+
+
+def _as_on_disk(base: str, path: str) -> str | None:
+    """`path` (`/`-separated, inside `base`) spelled as the entries on disk are, matching each
+    step's letter case when it is not exact and exactly one entry fits; None otherwise. A step
+    that leads out of `base` (a symlink) is returned as written, for the caller to refuse."""
+    current, spelled = base, []
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    for step, part in enumerate(parts):
+        real = os.path.realpath(current)
+        if real != base and not real.startswith(os.path.join(base, "")):
+            return "/".join(spelled + parts[step:])
+        if not os.path.lexists(os.path.join(current, part)):
+            try:
+                fits = [name for name in os.listdir(current) if name.casefold() == part.casefold()]
+            except OSError:
+                return None
+            if len(fits) != 1:
+                return None
+            part = fits[0]
+        spelled.append(part)
+        current = os.path.join(current, part)
+    return "/".join(spelled)
 
 
 def _looks_like_text(data: bytes) -> bool:

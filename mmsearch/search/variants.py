@@ -104,10 +104,18 @@ def _attribute_table(texts: Sequence[str]) -> pd.DataFrame:
 
 def _money(text: pd.Series) -> np.ndarray:
     """Prices from text such as `12.50`, `$1,299.00`, `1.299,00 €` or `15.00 USD`
-    (`catalog.prices`); NaN when not one. Each distinct text is read once."""
-    codes, distinct = pd.factorize(text.astype("string"))
-    amounts = np.array([*map(_amount_or_nan, distinct), np.nan], dtype=float)
-    return amounts[codes]  # code -1 (no value) reads the trailing NaN
+    (`catalog.prices`); NaN when not one. Plain decimals are read vectorised, each distinct
+    other text once."""
+    values = text.astype("string")
+    plain = values.str.fullmatch(r"\d+(?:\.\d+)?").fillna(False).to_numpy(dtype=bool)
+    amounts = pd.to_numeric(values.where(plain), errors="coerce").to_numpy(
+        dtype=float, na_value=np.nan
+    )
+    written = ~plain & values.notna().to_numpy(dtype=bool)
+    if written.any():
+        codes, distinct = pd.factorize(values[written])
+        amounts[written] = np.array([*map(_amount_or_nan, distinct)], dtype=float)[codes]
+    return amounts
 
 
 def _amount_or_nan(text: str) -> float:
