@@ -17,6 +17,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -131,15 +132,32 @@ def _as_on_disk(base: str, path: str) -> str | None:
             return "/".join(spelled + parts[step:])
         if not os.path.lexists(os.path.join(current, part)):
             try:
-                fits = [name for name in os.listdir(current) if name.casefold() == part.casefold()]
+                changed = os.stat(current).st_mtime_ns
             except OSError:
                 return None
+            fits = _entries_by_casefold(current, changed).get(part.casefold(), ())
             if len(fits) != 1:
                 return None
             part = fits[0]
         spelled.append(part)
         current = os.path.join(current, part)
     return "/".join(spelled)
+
+
+@lru_cache(maxsize=64)
+def _entries_by_casefold(directory: str, changed: int) -> dict[str, tuple[str, ...]]:
+    """A directory's entry names by their case-folded spelling, listed once per version of it
+    (`changed`: its modification time, which adding or removing an entry moves): a drop of
+    100,000 pictures in one folder, every path spelled in the wrong case, would otherwise list
+    the folder once per row."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return {}
+    entries: dict[str, list[str]] = {}
+    for name in names:
+        entries.setdefault(name.casefold(), []).append(name)
+    return {folded: tuple(spellings) for folded, spellings in entries.items()}
 
 
 def _looks_like_text(data: bytes) -> bool:
