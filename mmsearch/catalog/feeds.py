@@ -234,7 +234,9 @@ def _tsv_records(text: str) -> list[list[str]]:
     records: list[list[str]] = []
     start = 0
     while start < len(lines):
-        reader = csv.reader(lines[start:], delimiter="\t", quotechar='"')
+        # Lines from `start` on, read as the reader asks: no copy of the rest per restart.
+        rest = (lines[at] for at in range(start, len(lines)))
+        reader = csv.reader(rest, delimiter="\t", quotechar='"')
         first = start
         for cells in reader:
             if any("\t" in cell for cell in cells):
