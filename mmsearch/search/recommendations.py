@@ -248,6 +248,21 @@ class LexicalScorer:
         return scores
 
 
+def held_sets(engine, budget: int) -> list[str]:
+    """The vector sets a batch of many lists decodes whole, narrowest first, while they fit in
+    `budget` bytes: a set read once costs a copy in memory, a set read per chunk decodes each
+    chunk's candidates again (at 100,000 products, fused and raw text held and the raw image
+    read per chunk: 1.92 wall ms a list; none held: 2.07; all held: 1.49 and 0.5 GB more;
+    `benchmarks/recommendation_memory.py`)."""
+    size, held = len(engine.products), []
+    for name in sorted(("fused", "text", "image"), key=lambda n: engine.vectors[n].shape[1]):
+        budget -= size * engine.vectors[name].shape[1] * 4
+        if budget < 0:
+            break
+        held.append(name)
+    return held
+
+
 class _Batch:
     """What every chunk reads from a loaded `SearchEngine`, prepared once."""
 
@@ -292,22 +307,10 @@ class _Batch:
         self.titles = products["title"].astype(str).tolist()
         self.ids = products["product_id"].to_numpy()
         if approximate_min is not None:
-            self.held = self._decoded(VECTOR_MEMORY_MB * 2**20)
-
-    def _decoded(self, budget: int) -> dict[str, np.ndarray]:
-        """The vector sets decoded whole, narrowest first, while they fit in `budget` bytes: a
-        set read once costs a copy in memory, a set read per chunk decodes each chunk's
-        candidates again (at 100,000 products, fused and raw text held and the raw image read
-        per chunk: 1.9 ms a list; none held: 2.4; all held: 1.5 and 0.5 GB more)."""
-        held = {}
-        for name in sorted(
-            ("fused", "text", "image"), key=lambda n: self.engine.vectors[n].shape[1]
-        ):
-            budget -= self.size * self.engine.vectors[name].shape[1] * 4
-            if budget < 0:
-                break
-            held[name] = self._vectors(name, np.arange(self.size))
-        return held
+            self.held = {
+                name: self._vectors(name, np.arange(self.size))
+                for name in held_sets(engine, VECTOR_MEMORY_MB * 2**20)
+            }
 
     def near_first(self, rows: np.ndarray) -> np.ndarray:
         """An order of `rows` (positions into it) that puts products of one inverted list of the
