@@ -25,8 +25,14 @@ Then, for the Merchant feed, the pipeline is run (`mmsearch ingest` + `mmsearch 
   variant comes first, vs the group's best-ranked variant from the same ranking (grouping by
   rank alone); for each path of `benchmarks/attribute_search.py` (before attribute values
   were searched, BM25 with them, and with the ranker's `attribute_match` too, as now), from
-  the same release. `--colour-only` measures only this (the Merchant feed
-  and its release); `--show-misses` prints each query whose right variant did not come first.
+  the same release;
+- photo + colour queries ("this, but in red"): per variant group, a photo of a sibling (its
+  catalog main image, then a photo the catalog does not hold) and "this but in" the target's
+  colour; the share whose right variant comes first, vs the same answer without
+  `same_design` and the variants ranked one by one, from the same release.
+
+`--colour-only` measures only the colour queries (the Merchant feed and its release);
+`--show-misses` prints each text query whose right variant did not come first.
 """
 
 from __future__ import annotations
@@ -54,9 +60,14 @@ from mmsearch.catalog.drops import READ_ERROR, read_products  # noqa: E402
 from mmsearch.catalog.feeds import land_feed  # noqa: E402
 from mmsearch.catalog.fetch import AddressPolicy, Fetcher  # noqa: E402
 from mmsearch.catalog.galleries import clean_gallery_images  # noqa: E402
-from mmsearch.sample.feeds import decoded, make_shop_feed  # noqa: E402
+from mmsearch.sample.feeds import SHOPPER_SHOT, decoded, make_shop_feed  # noqa: E402
 from mmsearch.sample.vocabulary import COLOR_SYNONYMS  # noqa: E402
-from mmsearch.search.ranking import Candidates  # noqa: E402
+from mmsearch.search.ranking import (  # noqa: E402
+    IMAGE_TEXT,
+    RANKING_TIME,
+    SAME_DESIGN,
+    Candidates,
+)
 
 
 def ingest_and_clean(feed: bytes, name: str, port: int, work: Path) -> dict:
@@ -173,10 +184,11 @@ def search_figures(home: Path, generated) -> dict:
 
 
 def colour_queries(generated, rnd: random.Random) -> tuple[list[tuple], int]:
-    """Per variant group with a colour each, (target, the group's products, query text): a
-    sibling's title with its colour words taken out and a target variant's colour put in, the
-    product a shopper names in the colour they want; and how many groups were left out because
-    their target is out of stock (a default answer rightly never shows it)."""
+    """Per variant group with a colour each, (target, the group's products, a sibling, query
+    text): the sibling's title with its colour words taken out and a target variant's colour
+    put in, the product a shopper names in the colour they want; and how many groups were left
+    out because their target is out of stock (a default answer rightly never shows it). The
+    sibling may be out of stock."""
     groups: dict[str, list] = {}
     for p in generated.products:
         groups.setdefault(generated.group_of(p), []).append(p)
@@ -189,7 +201,8 @@ def colour_queries(generated, rnd: random.Random) -> tuple[list[tuple], int]:
         if target.product_id in generated.out_of_stock:
             unavailable += 1
             continue
-        queries.append((target, members, f"{target.color} {_without_colours(sibling.title)}"))
+        text = f"{target.color} {_without_colours(sibling.title)}"
+        queries.append((target, members, sibling, text))
     return queries, unavailable
 
 
@@ -242,7 +255,7 @@ def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = 
     target's and its group's rank."""
     colour_hits, group_hits, ranked_hits, tied, single = [], [], [], 0, []
     started = time.process_time()
-    for target, members, text_query in queries:
+    for target, members, _, text_query in queries:
         results = engine.answer(text=text_query, k=1)["results"]
         top = results[0]["product_id"] if results else None
         colour_hits.append(top == target.product_id)
@@ -265,6 +278,36 @@ def colour_figures(engine, generated, queries: list[tuple], show_misses: bool = 
         "colour_first_singled_out": share(
             [hit for hit, one in zip(colour_hits, single, strict=True) if one]
         ),
+        "cpu_s": time.process_time() - started,
+    }
+
+
+def photo_colour_figures(engine, generated, queries: list[tuple], number: int) -> dict:
+    """Photo + colour queries ("this, but in red"): per colour query, shot `number` of its
+    sibling (0: the catalog's main image; `SHOPPER_SHOT`: a photo the catalog does not hold)
+    with the words "this but in" and the target's colour. The share whose target comes first in the default (grouped)
+    answer; without `same_design` (its weight 0) from the same release; and by rank alone
+    (`group=False`, the variants one by one)."""
+    hits = {"grouped": [], "without same_design": [], "by rank alone": []}
+    weight = RANKING_TIME[IMAGE_TEXT][SAME_DESIGN]
+    started = time.process_time()
+    for target, _, sibling, _ in queries:
+        photo, words = generated.photo(sibling, number), f"this but in {target.color}"
+        for name, group, same_design in (
+            ("grouped", True, weight),
+            ("without same_design", True, 0.0),
+            ("by rank alone", False, weight),
+        ):
+            RANKING_TIME[IMAGE_TEXT][SAME_DESIGN] = same_design
+            try:
+                results = engine.answer(text=words, image=photo, k=1, group=group)["results"]
+            finally:
+                RANKING_TIME[IMAGE_TEXT][SAME_DESIGN] = weight
+            hits[name].append(bool(results) and results[0]["product_id"] == target.product_id)
+    unavailable = [sibling.product_id in generated.out_of_stock for _, _, sibling, _ in queries]
+    return {name: float(np.mean(found)) for name, found in hits.items()} | {
+        "queries": len(queries),
+        "photographed_unavailable": int(np.sum(unavailable)),
         "cpu_s": time.process_time() - started,
     }
 
@@ -292,6 +335,17 @@ def colour_paths(home: Path, generated, show_misses: bool) -> None:
             flush=True,
         )
     print(f"{unavailable} groups left out (the colour asked for is out of stock)")
+    for number, shot in ((0, "the catalog's main image"), (SHOPPER_SHOT, "a photo not in it")):
+        photo = photo_colour_figures(engine, generated, queries, number)
+        print(
+            f"photo + colour ('this but in red'), the sibling's photo {shot}: right variant "
+            f"first {photo['grouped']:.1%} of {photo['queries']} groups (goal >= 90%) vs "
+            f"{photo['without same_design']:.1%} without same_design, "
+            f"{photo['by rank alone']:.1%} by rank alone (variants one by one); "
+            f"{photo['photographed_unavailable']} photographed variants out of stock; "
+            f"{photo['cpu_s']:.1f} CPU s",
+            flush=True,
+        )
 
 
 def main() -> None:

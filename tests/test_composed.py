@@ -23,6 +23,7 @@ from mmsearch.search.ranking import (
     PRIOR,
     RAW_IMAGE,
     RAW_TEXT,
+    SAME_DESIGN,
     TEXT,
     Candidates,
     Ranker,
@@ -155,3 +156,37 @@ def test_photo_of_the_blue_sofa_but_in_red_finds_the_red_one_first(home_with_a_d
     # Words that describe the photo rather than change it leave the blue sofa first.
     described = engine.search(text="blue sofa", image=photo, k=2)
     assert {r["product_id"] for r in described} == {"p00043", "p09043"}
+
+
+def test_grouped_this_but_in_red_reads_what_the_photographed_design_offers():
+    # The backpacks are one design in blue, red and light blue; the mug is another design.
+    products = _products()
+    groups = ["BAG", "BAG", "BAG", "BAG", "MUG"]
+    products["attributes"] = [
+        json.dumps({"group_id": g, **json.loads(a)})
+        for g, a in zip(groups, products.attributes, strict=True)
+    ]
+    composed = ComposedQueries(products)
+    candidates = _candidates("this, but in red")
+    offered = np.ones(5, dtype=bool)
+    grouped = composed.with_change(IMAGE_TEXT, candidates, offered)
+    # The design comes in red, so every backpack has the change, and only backpacks are the
+    # design in the photo; the red mug has the colour only.
+    assert grouped.features[CHANGE].tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert grouped.features[SAME_DESIGN].tolist() == [1.0, 1.0, 1.0, 1.0, 0.0]
+    # One by one, as without groups; and no design feature where the design lacks the colour.
+    alone = composed.with_change(IMAGE_TEXT, candidates)
+    assert alone.features[CHANGE].tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
+    assert SAME_DESIGN not in alone.features
+    # The red backpack out of stock (so not a candidate): the design no longer comes in red.
+    offered[2] = False
+    left = Candidates(np.array([0, 1, 3, 4]), {RAW_IMAGE: np.array([0.95, 0.95, 0.85, 0.3])})
+    left.text = "this, but in red"
+    gone = composed.with_change(IMAGE_TEXT, left, offered).features
+    assert gone[CHANGE].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert gone[SAME_DESIGN].tolist() == [0.0, 0.0, 0.0, 0.0]
+    # The anchor is the product the photo shows even when a filter left it out of the rows.
+    shown = Candidates(np.array([2, 3, 4]), {RAW_IMAGE: np.array([0.8, 0.85, 0.3])}, "but red")
+    shown.photographed = 0
+    features = composed.with_change(IMAGE_TEXT, shown, np.ones(5, dtype=bool)).features
+    assert features[SAME_DESIGN].tolist() == [1.0, 1.0, 0.0]

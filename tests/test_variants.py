@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from conftest import cli_json, run_cli
 from helpers import picture, png_bytes, write_drop
@@ -348,6 +349,25 @@ def test_one_result_per_group_is_the_variant_the_query_names(engine):
     assert len(engine.search("cotton t-shirt", k=4)) == 4
     tee = engine.search("cotton t-shirt", k=4)[0]
     assert tee["group_id"] == "TEE" and len(tee["variants"]) == 2
+
+
+def _photo_of(product_id: str) -> Image.Image:
+    """The catalog picture of a product of `PRODUCTS`, as a shopper's query photo."""
+    n, colour = next((n, c) for n, (pid, _, c, _, _) in enumerate(PRODUCTS) if pid == product_id)
+    return picture(colour, seed=n)
+
+
+@pytest.mark.slow
+def test_this_but_in_another_colour_shows_the_photographed_design_in_it(engine):
+    # A photo of the blue mug and "red": the mug in red, ahead of the red t-shirts and the
+    # crimson scarf, which have the colour and whose pictures are as like the photo.
+    red = engine.search("but in red", image=_photo_of("mug-blue"), k=3)
+    assert red[0]["product_id"] == "mug-red"
+    assert [v["product_id"] for v in red[0]["variants"]] == ["mug-blue"]
+    assert {"tee-red-s", "tee-red-m", "scarf"} & set(ids(red[1:]))
+    # The photographed variant is out of stock (so never shown): still its design, in blue.
+    blue = engine.search("the same in blue", image=_photo_of("mug-green"), k=3)
+    assert blue[0]["product_id"] == "mug-blue"
 
 
 @pytest.mark.slow

@@ -21,6 +21,9 @@ from mmsearch.sample.products import Product
 from mmsearch.sample.rendering import render_product_image, studio_view
 from mmsearch.sample.text import product_text
 
+# A shot number no generated feed holds (`GeneratedFeed.photo`).
+SHOPPER_SHOT = 1000
+
 
 @dataclass
 class GeneratedFeed:
@@ -33,9 +36,16 @@ class GeneratedFeed:
     # product_id -> its image URL paths, main first
     gallery: dict[str, list[str]] = field(default_factory=dict)
     out_of_stock: set[str] = field(default_factory=set)
+    seed: int = 11
 
     def group_of(self, product: Product) -> str:
         return f"g{product.design.design_id:05d}"
+
+    def photo(self, product: Product, number: int = 0) -> Image.Image:
+        """Shot `number` of a product, rendered as the feed's images are: 0 its main image;
+        `SHOPPER_SHOT` a photo no feed holds (another angle, backdrop and scale than its
+        gallery's), as a shopper who owns the product would take one."""
+        return decoded(_shot(product, number, self.seed))
 
 
 def _shot(product: Product, number: int, seed: int) -> bytes:
@@ -72,7 +82,7 @@ def make_shop_feed(
     products = make_products(make_designs(n_products, rnd, seed), rnd, seed)[:n_products]
     for p in products:
         p.title, p.description, _, _ = product_text(p, rnd)
-    generated = GeneratedFeed(products, b"", b"")
+    generated = GeneratedFeed(products, b"", b"", seed=seed)
     generated.out_of_stock = {p.product_id for p in products if rnd.random() < out_of_stock_share}
     for p in products:
         paths = [f"/img/{p.product_id}-{n}.png" for n in range(images_per_product)]

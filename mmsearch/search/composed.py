@@ -11,7 +11,11 @@ anchor, the candidate that looks most like the photo (raw image score), does not
 candidate's `change` feature is the share of the changed attributes on which it has a requested
 value: 0 for the anchor and its duplicates, 1 for the colourway asked for. For a query that asks
 for no change (no attribute value in its words, or only the anchor's own) it is 0 for every
-candidate, so the ranking is exactly the one without this step.
+candidate, so the ranking is exactly the one without this step. In an answer of one result per
+variant group it is read per group, as `attribute_match` is: the photo's own product has it when
+its group comes in the colour asked for; and the variants of that group, the photographed design,
+get `same_design` too, so that the design comes first, shown as the variant asked for, ahead of
+other designs that merely have the colour and look or read about as much like the query.
 
 A text query's candidates get `attribute_match` the same way: the share of the attribute values
 its words name that the candidate has ("brown linen sofa": a brown one in linen has both), the
@@ -34,6 +38,7 @@ from mmsearch.search.ranking import (
     FEATURES,
     RANKING_TIME,
     RAW_IMAGE,
+    SAME_DESIGN,
     Candidates,
 )
 from mmsearch.search.variants import CatalogAttributes, query_words
@@ -56,23 +61,53 @@ class ComposedQueries:
         self._catalog = catalog
         self._documents_with = documents_with
 
-    def change(self, candidates: Candidates, text: str) -> np.ndarray:
+    def change(
+        self,
+        candidates: Candidates,
+        text: str,
+        offered: np.ndarray | None = None,
+        named: dict | None = None,
+    ) -> np.ndarray:
         """Per candidate, the share of the attributes the text asks to change (from the anchor's
-        value) on which it has a requested value; zeros when the text asks for no change."""
-        shares = np.zeros(len(candidates.rows))
+        value) on which it has a requested value; zeros when the text asks for no change. With
+        `offered` (the answer's allowed rows, for an answer of one result per variant group),
+        on which some allowed variant of its group has one: "this, but in black" asks whether
+        the photographed design comes in black, which the photo's own product answers for its
+        group (shown as its black variant) better than another design in black does.
+        `named`: the text's named values, when the caller has them."""
+        anchor = self._anchor(candidates)
+        if anchor is None or not words_of(text):
+            return np.zeros(len(candidates.rows))
+        if named is None:
+            named = self.catalog.named(query_words(text), self._documents_with)
+        changed = {
+            name: values
+            for name, values in named.items()
+            if not values[0][self.catalog.attributes[name].codes[anchor]]
+        }
+        if offered is None:
+            return self.catalog.named_share(candidates.rows, changed)
+        return self.catalog.offered_share(candidates.rows, changed, offered)
+
+    @staticmethod
+    def _anchor(candidates: Candidates) -> int | None:
+        """The product the query photo shows: `photographed` when the candidates have it, else
+        the candidate that looks most like the photo (None without a photo)."""
         image = candidates.features.get(RAW_IMAGE)
-        if image is None or not len(candidates.rows) or not words_of(text):
-            return shares
-        anchor = candidates.rows[int(np.argmax(image))]
-        named = self.catalog.named(query_words(text), self._documents_with)
-        changed = [
-            (codes, family)
-            for name, (family, _) in named.items()
-            if not family[(codes := self.catalog.attributes[name].codes)[anchor]]
-        ]
-        for codes, family in changed:
-            shares += family[codes[candidates.rows]]
-        return shares / max(len(changed), 1)
+        if image is None or not len(candidates.rows):
+            return None
+        if candidates.photographed is not None:
+            return candidates.photographed
+        return int(candidates.rows[int(np.argmax(image))])
+
+    def same_design(self, candidates: Candidates, change: np.ndarray) -> np.ndarray:
+        """Per candidate, its (group-level) `change` when it is a variant of the anchor's
+        group, else 0: the photographed design in the variant the words ask for."""
+        anchor = self._anchor(candidates)
+        if anchor is None:
+            return np.zeros(len(candidates.rows))
+        groups = self.catalog.groups
+        return np.where(groups[candidates.rows] == groups[anchor], change, 0.0)
 
     @cached_property
     def catalog(self) -> CatalogAttributes:
@@ -123,15 +158,18 @@ class ComposedQueries:
     ) -> Candidates:
         """The candidates with the features read at ranking time from the catalog's attributes:
         `change` when the query kind has one (image+text), `attribute_match` for a text query
-        (`RANKING_TIME`; with `offered`, the answer's allowed rows, for an answer of one result
-        per variant group: what each candidate's group offers); as they are otherwise."""
+        (`RANKING_TIME`); with `offered`, the answer's allowed rows, for an answer of one result
+        per variant group, both read what each candidate's group offers; as they are
+        otherwise."""
         features = dict(candidates.features)
         if CHANGE in FEATURES[kind]:
-            features[CHANGE] = self.change(candidates, candidates.text)
+            features[CHANGE] = change = self.change(candidates, candidates.text, offered, named)
+            if offered is not None and SAME_DESIGN in RANKING_TIME.get(kind, {}) and change.any():
+                features[SAME_DESIGN] = self.same_design(candidates, change)
         if ATTRIBUTE_MATCH in RANKING_TIME.get(kind, {}) and candidates.text:
             features[ATTRIBUTE_MATCH] = self.attribute_match(
                 candidates, candidates.text, offered, named
             )
         if len(features) == len(candidates.features):
             return candidates
-        return Candidates(candidates.rows, features, candidates.text)
+        return Candidates(candidates.rows, features, candidates.text, candidates.photographed)

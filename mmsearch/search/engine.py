@@ -221,6 +221,18 @@ class SearchEngine:
         rows = rows[rows >= 0]
         return rows[allowed[rows]]
 
+    def _photographed(self, query: np.ndarray) -> int:
+        """The row of the live product, filtered out or not, with the image (main or gallery)
+        most like the query photo's raw features."""
+        score, hits = search_index(self.retriever_indexes["image"], query[None], 1)
+        best, row = float(score[0, 0]), int(self._row_of[hits[0, 0]])
+        if self.gallery_index is not None and self.gallery_index.ntotal:
+            score, hits = search_index(self.gallery_index, query[None], 1)
+            owner = int(self._gallery_rows[hits[0, 0]])
+            if owner >= 0 and float(score[0, 0]) > best:
+                row = owner
+        return row
+
     @classmethod
     def live(cls, registry: ReleaseRegistry) -> SearchEngine:
         """The engine of the live release, its files verified. A damaged live release is
@@ -333,9 +345,18 @@ class SearchEngine:
                 self.lexical.scores(text) if text else (np.zeros(len(self.products)), 0.0)
             )
             pools.append(self._top(scores[LEXICAL], allowed & (scores[LEXICAL] > 0)))
+        photographed = None
         if image_feature is not None:
             pools.append(self._recall("image", image_feature, positions))
             pools.append(self._gallery_recall(image_feature, allowed))
+            if text_feature is not None and self.catalog.grouped:
+                # "This, but in black": the photographed product's variants are candidates,
+                # and it is the anchor of the change even where a filter leaves it out.
+                photographed = self._photographed(image_feature)
+                members = self.catalog.members(photographed)
+                pools.append(members[allowed[members]])
+                if allowed[photographed]:
+                    photographed = None
         rows = np.unique(np.concatenate(pools)).astype(np.int64)
         features = {FUSED: self.vectors["fused"][rows] @ fused_query}
         if text_feature is not None:
@@ -364,7 +385,7 @@ class SearchEngine:
                         owner,
                         photo_similarity(photo_hash, self._gallery_hashes[entries]),
                     )
-        return Candidates(rows, features, text)
+        return Candidates(rows, features, text, photographed)
 
     def rank(
         self,

@@ -40,10 +40,11 @@ FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL = "fused", "text", "image", "lexical"
 PHOTO_MATCH = "photo_match"
 CHANGE = "change"
 ATTRIBUTE_MATCH = "attribute_match"
+SAME_DESIGN = "same_design"
 # Features already in [0, 1] whose size means something across queries (how much of the query
 # BM25 matched, how alike two photos are, how much of a requested change a product has): never
 # rescaled per query.
-BOUNDED = (LEXICAL, PHOTO_MATCH, CHANGE, ATTRIBUTE_MATCH)
+BOUNDED = (LEXICAL, PHOTO_MATCH, CHANGE, ATTRIBUTE_MATCH, SAME_DESIGN)
 RETRIEVERS = (FUSED, RAW_TEXT, RAW_IMAGE, LEXICAL)
 FEATURES = {
     TEXT: (FUSED, RAW_TEXT, LEXICAL),
@@ -71,7 +72,10 @@ PRIOR = {
 # nor a ranker's stored weights, they weigh in at these whatever the fitting chose.
 # `attribute_match`: the share of the attribute values a text query's words name (colour by
 # family, material, pattern, brand, ...) that the candidate has, as much as a dense retriever.
-RANKING_TIME = {TEXT: {ATTRIBUTE_MATCH: 1.0}}
+# `same_design`: in an answer of one result per variant group to "this, but in black", the
+# photographed design's variants when the design comes in black, as much as a dense retriever:
+# other designs in black that look or read about as much like the query must not come first.
+RANKING_TIME = {TEXT: {ATTRIBUTE_MATCH: 1.0}, IMAGE_TEXT: {SAME_DESIGN: 1.0}}
 
 
 def retrievers_for(kind: str) -> tuple[str, ...]:
@@ -81,12 +85,15 @@ def retrievers_for(kind: str) -> tuple[str, ...]:
 
 @dataclass
 class Candidates:
-    """One query's candidate products (rows of the release's product table), their features and
-    the query's text ("" without one)."""
+    """One query's candidate products (rows of the release's product table), their features,
+    the query's text ("" without one) and, for a query photo, the row of the product it shows
+    when a filter left that product out of the candidates (`photographed`; None: the candidate
+    that looks most like the photo)."""
 
     rows: np.ndarray
     features: dict[str, np.ndarray]
     text: str = ""
+    photographed: int | None = None
 
     def matrix(self, names: tuple[str, ...]) -> np.ndarray:
         """(candidates, len(names)) features on the ranker's scale (`scaled_features`)."""
