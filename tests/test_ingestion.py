@@ -95,8 +95,8 @@ def test_jsonl_keys_are_matched_whatever_their_case_line_by_line(tmp_path):
             "not a readable table",
         ),
         (
-            lambda d: (d / "products.csv").write_text('product_id,title\n1,"unterminated\n'),
-            "not a readable table",
+            lambda d: (d / "products.csv").write_text('product_id,"title\n1,unterminated\n'),
+            "not a readable table (line 1: unexpected end of data)",
         ),
         (
             lambda d: (
@@ -217,11 +217,32 @@ def test_csv_row_with_more_fields_than_the_header_is_quarantined_not_the_drop(tm
     assert "has 4 fields where the header has 3" in quarantined.loc[2, "reason"]
 
 
-def test_csv_broken_quoting_rejects_the_drop_naming_the_line(tmp_path):
+def test_csv_broken_quoting_quarantines_the_row_and_reads_on(tmp_path):
     drop = tmp_path / "quoted"
     drop.mkdir()
-    (drop / "products.csv").write_text('product_id,title\np1,Mug\np2,"Big" mug\n')
-    with pytest.raises(DropRejected, match=r"not a readable table \(line 3: "):
+    # p2's title has text after a closing quote; p4's opens a quote it never closes, which
+    # would swallow every row after it; p3's quoted title rightly holds a line break and a
+    # doubled quote.
+    (drop / "products.csv").write_text(
+        "product_id,title,price\n"
+        "p1,Mug,3\n"
+        'p2,"Big" mug,4\n'
+        'p3,"Lamp\nwith a ""shade""",5\n'
+        'p4,"Vase,6\n'
+        "p5,Bowl,7\n"
+        "p6,Cup,8\n"
+    )
+    frame = read_products(drop)
+    assert frame["product_id"].tolist() == ["p1", "p2", "p3", "p4", "p5", "p6"]
+    assert frame.loc[2, "title"] == 'Lamp\nwith a "shade"' and frame.loc[5, "price"] == "8"
+    errors = frame["_read_error"].tolist()
+    assert [bool(e) for e in errors] == [False, True, False, True, False, False]
+    assert errors[1].startswith("row 2 (line 3) is not readable CSV (',' expected after '\"')")
+    assert errors[3].startswith("row 4 (line 6) is not readable CSV (unexpected end of data)")
+    assert errors[3].endswith('needs double quotes around it and the quote doubled ("")')
+    # Only a header that cannot be read rejects the drop.
+    (drop / "products.csv").write_text('product_id,"title" x\np1,Mug\n')
+    with pytest.raises(DropRejected, match=r"not a readable table \(line 1: "):
         read_products(drop)
 
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -68,43 +69,66 @@ def _decode(drop_name: str, data: bytes) -> str:
 
 def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
     """The rows of products.csv as text (a missing trailing field is None). A row with more
-    fields than the header keeps its place with its error (`READ_ERROR`), to be quarantined;
-    quoting the reader cannot follow rejects the drop, naming the line."""
+    fields than the header, or quoting the reader cannot follow, keeps its place with its error
+    (`READ_ERROR`), to be quarantined; a header that cannot be read rejects the drop."""
     text = _decode(drop_name, data)
     if "\x00" in text:
         raise DropRejected(drop_name, "products.csv contains NUL bytes; it is not a text table")
-    # strict: a quote left open or followed by text is an error, not a row swallowing the rest.
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     rows: list[list[str | None]] = []
     errors: list[str | None] = []
-    line = 0
-    try:
-        for cells in reader:
-            start, line = line + 1, reader.line_num
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue  # a blank line
-            if header is None:
-                header = _column_names(cells)
-                continue
-            width = len(header)
+    for line, cells, error in _csv_records(text):
+        if not cells or (len(cells) == 1 and not cells[0].strip()):
+            continue  # a blank line
+        if header is None:
+            if error:
+                raise DropRejected(
+                    drop_name, f"products.csv is not a readable table (line {line}: {error})"
+                )
+            header = _column_names(cells)
+            continue
+        width = len(header)
+        if error:
             errors.append(
-                f"row {len(rows) + 1} (line {start}) has {len(cells)} fields where the header "
-                f"has {width}; a value holding a comma needs double quotes"
-                if len(cells) > width
-                else None
+                f"row {len(rows) + 1} (line {line}) is not readable CSV ({error}); a value "
+                'holding a quote needs double quotes around it and the quote doubled ("")'
             )
-            rows.append([*cells[:width], *[None] * (width - len(cells))])
-    except csv.Error as error:
-        raise DropRejected(
-            drop_name, f"products.csv is not a readable table (line {reader.line_num}: {error})"
-        ) from None
+        elif len(cells) > width:
+            errors.append(
+                f"row {len(rows) + 1} (line {line}) has {len(cells)} fields where the header "
+                f"has {width}; a value holding a comma needs double quotes"
+            )
+        else:
+            errors.append(None)
+        rows.append([*cells[:width], *[None] * (width - len(cells))])
     if header is None:
         raise DropRejected(drop_name, "products.csv is empty")
     frame = pd.DataFrame(rows, columns=header, dtype=object)
     if any(errors):
         frame[READ_ERROR] = errors
     return frame
+
+
+def _csv_records(text: str) -> Iterator[tuple[int, list[str], str | None]]:
+    """(line number, cells, None) per record of a comma-separated text, a quoted value holding
+    line breaks included. Quoting is read strictly: a record whose quoting the reader cannot
+    follow (a quote left open, which would swallow the rows after it, or text after a closing
+    quote) comes back as its first line's cells split at commas, with the reader's error
+    instead of None, and reading goes on from the line after that one."""
+    lines = io.StringIO(text, newline="").readlines()
+    start = 0
+    while start < len(lines):
+        # Lines from `start` on, read as the reader asks: no copy of the rest per restart.
+        reader = csv.reader((lines[at] for at in range(start, len(lines))), strict=True)
+        first = start
+        try:
+            for cells in reader:
+                yield first + 1, cells, None
+                first = start + reader.line_num
+            return
+        except csv.Error as error:
+            yield first + 1, lines[first].rstrip("\r\n").split(","), str(error)
+            start = first + 1
 
 
 def _column_names(cells: list[str]) -> list[str]:
