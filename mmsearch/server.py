@@ -39,7 +39,7 @@ import anyio
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.exceptions import HTTPException
@@ -383,6 +383,12 @@ def create_app(
     def health() -> dict:
         engine = live.engine
         return {"status": "ok", **versions(engine), "products": len(engine.products)}
+
+    # Load balancers and uptime checks often ask with HEAD: the same status, no body.
+    @app.head("/api/health", include_in_schema=False)
+    def health_head() -> Response:
+        engine = live.engine  # nothing live: 503, as for GET
+        return Response(headers={"x-index-version": engine.release.index_version})
 
     @app.get("/api/search", response_model=SearchAnswer, responses=ERRORS)
     async def search_by_text(

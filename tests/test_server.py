@@ -639,10 +639,16 @@ def test_serve_with_nothing_live_says_what_to_run_then_serves_the_first_release(
         serving.wait_until_answering(status=503)
         health = httpx.get(serving.url + "/api/health")
         assert "mmsearch run" in _one_line_error(health, 503)
+        assert httpx.head(serving.url + "/api/health").status_code == 503
         shutil.copytree(
             built_home[0], home, ignore=shutil.ignore_patterns("dagster"), dirs_exist_ok=True
         )
         serving.wait_until_answering()
+        # A load balancer's HEAD: the status and the live release, no body.
+        head = httpx.head(serving.url + "/api/health")
+        assert (head.status_code, head.content) == (200, b"")
+        live = registry_for(HomeLayout(home)).live().index_version
+        assert head.headers["x-index-version"] == live
         answer = httpx.get(serving.url + "/api/search", params={"text": "red"}).json()
         assert len(answer["results"]) == 10
 
