@@ -22,6 +22,8 @@ from mmsearch.progress import enable_for_terminal as enable_progress_bars
 from mmsearch.settings import HomeLayout, home, mm_home_from_env
 
 SAMPLE_DROP = "sample-catalog"
+# Query file lines `evaluate` names that it could not score as written (it counts them all).
+UNREAD_LISTED = 20
 
 
 class UserError(Exception):
@@ -328,9 +330,13 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
     if not query_file.is_file():
         raise UserError(f"query file {query_file} does not exist")
     engine = _live_engine(layout)
-    queries = query_set_from_file(engine, query_file)
+    unread: list[dict] = []
+    queries = query_set_from_file(engine, query_file, skipped=unread)
     if not len(queries):
-        raise UserError(f"{query_file} has no usable labeled query (the format: docs/interface.md)")
+        first = f"; line {unread[0]['line']}: {unread[0]['why']}" if unread else ""
+        raise UserError(
+            f"{query_file} has no usable labeled query{first} (the format: docs/interface.md)"
+        )
     trained = set(engine.model_config.get("summary", {}).get("trained_query_keys", []))
     seen = [
         i
@@ -359,6 +365,9 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
             "trained_on": len(seen),
             "scored": len(queries),
             "trained_on_included": bool(args.include_trained and seen),
+            "skipped": sum(not line["scored"] for line in unread),
+            # Lines not scored as written, with why: skipped, or scored by their text alone.
+            "unread_lines": unread[:UNREAD_LISTED],
         },
     }
 
@@ -667,11 +676,18 @@ def _evaluate_text(result: dict) -> str:
         row["p vs best"] = f"{test['p_value']:.3f} ({test['best_retriever']})" if test else None
         rows.append(row)
     queries = result["queries"]
+    unread = "".join(
+        f"\n  line {line['line']}: {line['why']}"
+        + ("; scored by its text alone" if line["scored"] else "")
+        for line in queries["unread_lines"]
+    )
     return (
         f"MRR on {queries['scored']} of the file's {queries['in_file']} queries "
         f"({queries['trained_on']} the live model trained on "
-        f"{'included' if queries['trained_on_included'] else 'left out'}):\n"
+        f"{'included' if queries['trained_on_included'] else 'left out'}; "
+        f"{queries['skipped']} lines skipped):\n"
         + _table(rows, ["kind", "n", *methods, "p vs best"])
+        + (f"\nnot read as written:{unread}" if unread else "")
     )
 
 

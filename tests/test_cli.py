@@ -104,6 +104,38 @@ def test_evaluate_scores_a_labeled_query_file(built_home, sample_drop):
     assert result["significance"]["overall"]["best_retriever"] in result["retrievers"]
 
 
+def test_evaluate_counts_and_names_the_lines_it_could_not_score(built_home, sample_drop, tmp_path):
+    home, _ = built_home
+    lines = (sample_drop / "queries.jsonl").read_text().splitlines()
+    good = [line for line in lines if "image_path" not in json.loads(line)][:4]
+    (tmp_path / "not-a-photo.jpg").write_text("hello")
+    bad = [
+        "{not json",
+        '["a list"]',
+        '{"text": "red mug", "relevant": ["p1"]}',
+        '{"query_id": "q-grades", "text": "red mug", "relevant": {"p1": "high"}}',
+        '{"query_id": "q-empty", "relevant": ["p1"]}',
+        '{"query_id": "q-photo", "image_path": "not-a-photo.jpg", "relevant": ["p1"]}',
+        '{"query_id": "q-both", "text": "red mug", "image_path": "gone.jpg", "relevant": ["p1"]}',
+    ]
+    query_file = tmp_path / "queries.jsonl"
+    query_file.write_text("\n".join([*good, *bad]) + "\n")
+    result = cli_json(home, "evaluate", "--queries", str(query_file), "--include-trained")
+    queries = result["queries"]
+    # Four good lines and the query whose photo is gone but whose text is scored alone.
+    assert (queries["scored"], queries["skipped"]) == (5, 6)
+    unread = {line["line"]: (line["why"], line["scored"]) for line in queries["unread_lines"]}
+    assert sorted(unread) == [5, 6, 7, 8, 9, 10, 11]
+    assert unread[5][0].startswith("not JSON") and unread[6][0] == "not a JSON object"
+    assert unread[7][0] == "no query_id" and unread[8][0].startswith("relevant is missing")
+    assert unread[9][0] == "neither text nor image_path"
+    assert unread[10][0].startswith("image_path 'not-a-photo.jpg': ") and not unread[10][1]
+    assert unread[11][0].startswith("image_path 'gone.jpg': ") and unread[11][1]
+    shown = run_cli(home, "evaluate", "--queries", str(query_file), "--include-trained").stdout
+    assert "; 6 lines skipped):" in shown
+    assert "line 11: image_path 'gone.jpg': " in shown and "scored by its text alone" in shown
+
+
 def test_similar_leaves_out_the_product_and_names_unknown_ids(built_home):
     home, _ = built_home
     first = cli_json(home, "search", "--text", "blue", "--k", "1")["results"][0]

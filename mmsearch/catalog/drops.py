@@ -256,8 +256,9 @@ def read_products(drop_dir: Path) -> pd.DataFrame:
     return _nulls_as_none(out)
 
 
-def read_queries(query_file: Path) -> pd.DataFrame:
-    """Labeled queries (docs/interface.md) with a 1-based `line_number`; bad lines are skipped.
+def read_queries(query_file: Path, skipped: list[dict] | None = None) -> pd.DataFrame:
+    """Labeled queries (docs/interface.md) with a 1-based `line_number`; bad lines are skipped,
+    each added to `skipped` when given as `{"line", "why", "scored": False}`.
 
     Returns columns query_id, text, image_path, relevant (JSON text: object id -> grade), kind,
     template (optional: which generator template made the query; used to split by template).
@@ -268,31 +269,45 @@ def read_queries(query_file: Path) -> pd.DataFrame:
     ):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict) or not record.get("query_id"):
-            continue
-        relevant = _grades(record.get("relevant"))
-        if not relevant:
+        record, why = _query_record(line)
+        if why:
+            if skipped is not None:
+                skipped.append({"line": line_number, "why": why, "scored": False})
             continue
         text, image_path = record.get("text"), record.get("image_path")
-        if not text and not image_path:
-            continue
         rows.append(
             {
                 "line_number": line_number,
                 "query_id": str(record["query_id"]),
                 "text": str(text) if text else None,
                 "image_path": str(image_path) if image_path else None,
-                "relevant": json.dumps(relevant),
+                "relevant": json.dumps(_grades(record["relevant"])),
                 "kind": str(record.get("kind") or _default_kind(text, image_path)),
                 "template": str(record["template"]) if record.get("template") else None,
             }
         )
     columns = ["line_number", "query_id", "text", "image_path", "relevant", "kind", "template"]
     return _nulls_as_none(pd.DataFrame(rows, columns=columns))
+
+
+def _query_record(line: str) -> tuple[dict, str | None]:
+    """A query line's object, and why it is no labeled query (None when it is one)."""
+    try:
+        record = json.loads(line)
+    except ValueError as error:
+        return {}, f"not JSON ({error})"
+    if not isinstance(record, dict):
+        return {}, "not a JSON object"
+    if not record.get("query_id"):
+        return record, "no query_id"
+    if not _grades(record.get("relevant")):
+        return record, (
+            "relevant is missing or empty, or a grade is not a number "
+            "(a list of product ids, or an object product id -> grade)"
+        )
+    if not record.get("text") and not record.get("image_path"):
+        return record, "neither text nor image_path"
+    return record, None
 
 
 def _grades(relevant: object) -> dict[str, float] | None:

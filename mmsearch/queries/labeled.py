@@ -156,23 +156,39 @@ def query_set_from_features(
     )
 
 
-def query_set_from_file(engine, query_file: Path, limits: ImageLimits = ImageLimits()) -> QuerySet:
-    """Encode a labeled query file (docs/interface.md) with the live engine's encoders."""
-    raw = read_queries(query_file)
+def query_set_from_file(
+    engine,
+    query_file: Path,
+    limits: ImageLimits = ImageLimits(),
+    skipped: list[dict] | None = None,
+) -> QuerySet:
+    """Encode a labeled query file (docs/interface.md) with the live engine's encoders. Lines
+    that are no labeled query, and queries left with neither a text nor a readable image, are
+    skipped; each is added to `skipped` when given as `{"line", "why", "scored": False}`, and
+    so is a query whose image cannot be read but whose text is scored alone (`"scored": True`)."""
+    skipped = [] if skipped is None else skipped
+    raw = read_queries(query_file, skipped)
     base = query_file.parent
     texts = [clean_text(t) if t else "" for t in raw["text"]]
-    pictures, shas = [], []
+    pictures, shas, unreadable = [], [], []
     for image_path in raw["image_path"]:
-        picture = sha = None
+        picture = sha = why = None
         if image_path:
             try:
                 picture, sha = read_image_file(resolve_inside(base, image_path), limits)
-            except (ImageRejected, OSError):
-                picture = sha = None
+            except (ImageRejected, OSError) as error:
+                why = f"image_path {image_path!r}: {error}"
         pictures.append(picture)
         shas.append(sha)
+        unreadable.append(why)
     has_text = np.array([bool(t) for t in texts], dtype=bool)
     has_image = np.array([p is not None for p in pictures], dtype=bool)
+    for line, text, image, why in zip(
+        raw["line_number"], has_text, has_image, unreadable, strict=True
+    ):
+        if why or not (text or image):
+            why = why or "its text is blank once cleaned"
+            skipped.append({"line": int(line), "why": why, "scored": bool(text)})
     text_dim = engine.model.config.text_dim
     image_dim = engine.model.config.image_dim
     text_features = np.zeros((len(raw), text_dim), dtype=np.float32)
