@@ -336,22 +336,30 @@ def perceptual_hash(picture: Image.Image) -> str:
     return f"{structure}{colour_code}"
 
 
-def _hash_parts(phash: str) -> tuple[np.ndarray, np.ndarray]:
-    structure = np.frombuffer(bytes.fromhex(phash[:64]), dtype=np.uint8)
-    colours = np.frombuffer(phash[64:].encode(), dtype=np.uint8) - ord("0")
-    return structure, colours.astype(np.int16)
+def _hash_parts(hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Perceptual hashes of one length as (structure bytes, colour codes), a row per hash."""
+    structure = np.frombuffer(bytes.fromhex("".join(h[:64] for h in hashes)), dtype=np.uint8)
+    colours = np.frombuffer("".join(h[64:] for h in hashes).encode(), dtype=np.uint8)
+    colours = colours.astype(np.int16) - ord("0")
+    return structure.reshape(len(hashes), -1), colours.reshape(len(hashes), -1)
 
 
 def photo_similarity(query_hash: str, product_hashes: Sequence[str | None]) -> np.ndarray:
     """How alike a query photo looks to each product photo, from their perceptual hashes: the
     share of the 256 structure bits that agree times how close the 4x4 colour grids are (1.0 for
-    the same photo; a colour variant of one design scores lower); 0 without a photo."""
-    structure, colours = _hash_parts(query_hash)
+    the same photo; a colour variant of one design scores lower); 0 without a photo. All the
+    products' hashes are decoded and compared at once."""
     similarity = np.zeros(len(product_hashes), dtype=np.float64)
-    for i, product_hash in enumerate(product_hashes):
-        if isinstance(product_hash, str) and len(product_hash) == len(query_hash):
-            other_structure, other_colours = _hash_parts(product_hash)
-            same_structure = 1.0 - np.unpackbits(structure ^ other_structure).sum() / 256.0
-            same_colour = 1.0 - np.abs(colours - other_colours).mean() / 7.0
-            similarity[i] = same_structure * same_colour
+    rows = [
+        i
+        for i, product_hash in enumerate(product_hashes)
+        if isinstance(product_hash, str) and len(product_hash) == len(query_hash)
+    ]
+    if not rows:
+        return similarity
+    structure, colours = _hash_parts([query_hash])
+    other_structure, other_colours = _hash_parts([product_hashes[i] for i in rows])
+    same_structure = 1.0 - np.unpackbits(other_structure ^ structure, axis=1).sum(axis=1) / 256.0
+    same_colour = 1.0 - np.abs(other_colours - colours).mean(axis=1) / 7.0
+    similarity[rows] = same_structure * same_colour
     return similarity

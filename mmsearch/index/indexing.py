@@ -47,6 +47,8 @@ TRAINING_PER_LIST = 50
 # Vectors converted to float32 at a time while an index is built or searched exactly: the input
 # may be float16 or memory-mapped, and a million 1,280-d vectors as one float32 copy take 5 GB.
 CHUNK_ROWS = 65_536
+# Filtered searches select ids by a bitmap from this many ids on (`id_selector`).
+BITMAP_MIN_IDS = 4_096
 
 
 # Scalar-quantizer codes by name: FAISS's quantizer type (fp16: 2 bytes a dimension, sq8: 1).
@@ -374,7 +376,7 @@ def search_index(
     if len(allowed) == 0:
         empty = np.full((len(vectors), k), -1, dtype=np.int64)
         return np.full((len(vectors), k), -np.inf, dtype=np.float32), empty
-    selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+    selector = id_selector(allowed)
     if hasattr(index, "nlist"):
         # A filter keeping a share f of the products leaves f of the candidates in each list:
         # visit 1/f times more lists (at most all of them) so the filtered top k still fills.
@@ -385,6 +387,18 @@ def search_index(
     else:
         params = faiss.SearchParameters(sel=selector)
     return index.search(vectors, k, params=params)
+
+
+def id_selector(ids: np.ndarray) -> faiss.IDSelector:
+    """A FAISS selector of `ids`: a hash set for a few (`BITMAP_MIN_IDS`), else a bitmap up to
+    the largest id, which costs a bit per id to build where a hash set of a whole catalog's
+    ids cost 2 ms per search at 100,000 products."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) < BITMAP_MIN_IDS:
+        return faiss.IDSelectorBatch(ids)
+    member = np.zeros(int(ids.max()) + 1, dtype=bool)
+    member[ids] = True
+    return faiss.IDSelectorBitmap(np.packbits(member, bitorder="little"))
 
 
 @contextmanager
