@@ -300,6 +300,24 @@ def test_shopify_csv_gives_one_row_per_variant_with_the_handles_images(server):
     assert by_id["HAT-OLD"].columns["deleted"] == "true"  # archived: not for sale
 
 
+def test_a_shopify_handle_whose_first_row_is_an_image_row_keeps_its_title_and_options():
+    # Exports re-sorted in a spreadsheet (or merged by apps) can put an image-only row of a
+    # handle above the row that holds its Title, Vendor, Type and option names.
+    feed = (
+        "Handle,Title,Vendor,Type,Status,Option1 Name,Option1 Value,Variant SKU,Variant Price,"
+        "Image Src,Image Position\n"
+        "tee,,,,,,,,,http://127.0.0.1:9/tee-back.png,2\n"
+        "tee,Cotton tee,Loom,T-Shirts,draft,Color,Red,TEE-R,20.00,http://127.0.0.1:9/tee.png,1\n"
+        "tee,,,,,,Blue,TEE-B,21.00,,\n"
+    )
+    _, rows = parse_feed("resorted.csv", feed.encode())
+    by_id = _by_id(rows)
+    assert list(by_id) == ["TEE-R", "TEE-B"]
+    blue = by_id["TEE-B"].columns
+    assert blue["title"] == "Cotton tee - Blue" and blue["color"] == "Blue"
+    assert (blue["brand"], blue["category"], blue["deleted"]) == ("Loom", "T-Shirts", "true")
+
+
 # ---------------------------------------------------------------------------------------------
 # Fetching
 

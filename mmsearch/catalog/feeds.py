@@ -361,11 +361,34 @@ def _shopify_groups(records: list[dict]) -> Iterator[tuple[str, list[tuple[int, 
     yield from groups.items()
 
 
+# Shopify writes these once per product, on the handle's first row.
+_SHOPIFY_PRODUCT_FIELDS = (
+    "title",
+    "body_(html)",
+    "vendor",
+    "type",
+    "tags",
+    "status",
+    "option1_name",
+    "option2_name",
+    "option3_name",
+)
+
+
+def _shopify_product(members: list[tuple[int, dict]]) -> dict:
+    """The product-level fields of a handle, each from the first of its rows that has it: an
+    export re-sorted in a spreadsheet may put an image-only row above the one with the Title."""
+    return {
+        name: next((r[name] for _, r in members if r.get(name, "").strip()), "")
+        for name in _SHOPIFY_PRODUCT_FIELDS
+    }
+
+
 def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
     """One row per variant of Shopify's product CSV export: the product's fields from the
-    handle's first row, each variant's options, SKU, price and stock from its own row, and
-    the images of the handle's rows (the variant's own image first) but the other variants'
-    own images."""
+    handle's rows (`_shopify_product`), each variant's options, SKU, price and stock from its
+    own row, and the images of the handle's rows (the variant's own image first) but the other
+    variants' own images."""
     # strict: a quote left open is an error naming its line, not a value swallowing every row
     # after it (Shopify writes its exports with balanced quotes).
     reader = csv.DictReader(io.StringIO(_text_of(feed, data), newline=""), strict=True)
@@ -382,8 +405,8 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
         ) from None
     rows = []
     for handle, members in _shopify_groups(records):
-        first = members[0][1]
-        option_names = [first.get(f"option{i}_name", "").strip() for i in (1, 2, 3)]
+        product = _shopify_product(members)
+        option_names = [product.get(f"option{i}_name", "").strip() for i in (1, 2, 3)]
         images = sorted(
             (
                 (int(r.get("image_position") or 0) or 10_000 + n, r["image_src"].strip())
@@ -410,17 +433,17 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
             product_id = sku or (
                 "-".join([handle, *map(_slug, values)]) if not handle.startswith("\0") else None
             )
-            title = first.get("title", "").strip()
+            title = product.get("title", "").strip()
             price = record.get("variant_price", "").strip() or None
             compare_at = record.get("variant_compare_at_price", "").strip() or None
-            status = first.get("status", "").strip().lower()
+            status = product.get("status", "").strip().lower()
             own_image = record.get("variant_image", "").strip()
             columns = {
                 "product_id": product_id,
                 "title": f"{title} - {' / '.join(values)}" if title and values else title,
-                "description": clean_text(first.get("body_(html)")) or None,
-                "category": first.get("type", "").strip() or None,
-                "brand": first.get("vendor", "").strip() or None,
+                "description": clean_text(product.get("body_(html)")) or None,
+                "category": product.get("type", "").strip() or None,
+                "brand": product.get("vendor", "").strip() or None,
                 "price": price,
                 # A product the shop has not published (draft, archived) is not for sale.
                 "deleted": "true" if status in ("draft", "archived") else None,
@@ -431,7 +454,7 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
                 ),
                 "list_price": compare_at if compare_at and compare_at != price else None,
                 "gtin": record.get("variant_barcode", "").strip() or None,
-                "tags": first.get("tags", "").strip() or None,
+                "tags": product.get("tags", "").strip() or None,
                 **{name: value for name, value in options.items() if name != "title"},
             }
             shared = [u for u in gallery if u not in own_images or u == own_image]
