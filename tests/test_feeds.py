@@ -259,6 +259,28 @@ def test_merchant_xml_reads_g_elements_repeated_images_and_skips_nested_groups(s
     assert mittens.columns["category"] == "Gloves" and mittens.columns["brand"] is None
 
 
+@pytest.mark.parametrize(
+    "namespace",
+    [
+        "https://base.google.com/ns/1.0",
+        "http://base.google.com/ns/1.0/",
+        "HTTP://Base.Google.com/ns/1.0",
+    ],
+)
+def test_merchant_xml_reads_g_elements_whatever_the_spelling_of_googles_namespace(namespace):
+    # Feed plugins declare Google's namespace with https or a trailing slash; its elements are
+    # the item's id, title and price all the same.
+    feed = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\r\n<rss version="2.0" xmlns:g="{namespace}">'
+        "<channel><item><g:id>MUG-1</g:id><g:title><![CDATA[Mug & saucer]]></g:title>"
+        "<g:price>1,299.00 USD</g:price><g:color>red</g:color></item></channel></rss>"
+    )
+    _, rows = parse_feed("plugin.xml", feed.encode())
+    (mug,) = (row.columns for row in rows)
+    assert (mug["product_id"], mug["title"], mug["color"]) == ("MUG-1", "Mug & saucer", "red")
+    assert (mug["price"], mug["currency"]) == ("1,299.00", "USD")
+
+
 def test_merchant_xml_with_entities_is_refused():
     bomb = (
         b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY a "aaaaaaaaaa">'

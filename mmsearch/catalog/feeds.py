@@ -70,7 +70,8 @@ _PRICE = re.compile(
     r"^\s*(?:(?P<pre>[A-Za-z]{3})\s+)?(?P<amount>\d(?:[\d.,'’\s]*\d)?)\s*(?P<post>[A-Za-z]{3})?\s*$"
 )
 _NAME_PART = re.compile(r"[^0-9A-Za-z]+")
-_G_NAMESPACE = "http://base.google.com/ns/1.0"
+# Google's namespace as feed plugins declare it: http or https, any case, a trailing slash.
+_G_NAMESPACE = re.compile(r"https?://base\.google\.com/ns/1\.0/?", re.IGNORECASE)
 _ATOM_NAMESPACE = "http://www.w3.org/2005/Atom"
 
 
@@ -321,7 +322,8 @@ def parse_merchant_xml(feed: str, data: bytes) -> list[FeedRow]:
         fields: dict[str, list[str]] = {}
         for child in item:
             namespace, name = _local_name(child.tag)
-            if namespace not in ("", _G_NAMESPACE, _ATOM_NAMESPACE) or len(child):
+            product_fact = namespace in ("", _ATOM_NAMESPACE) or _G_NAMESPACE.fullmatch(namespace)
+            if not product_fact or len(child):
                 continue  # nested groups such as g:shipping are not product facts here
             value = child.text or ""
             if name == "link" and not value.strip():
