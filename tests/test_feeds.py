@@ -222,6 +222,23 @@ def test_a_merchant_tsv_value_opening_a_quote_it_never_closes_loses_no_row():
     assert not any(READ_ERROR in r.columns for r in rows)
 
 
+def test_a_merchant_tsv_whose_lines_end_in_empty_fields_loses_no_row():
+    # Feed generators that write a tab after every value (and Windows line ends) leave empty
+    # fields past the header: no value is lost, so no row is unreadable. A value there still is.
+    lines = [
+        "id\ttitle\tprice\timage_link",
+        "MUG\tMug\t15 EUR\t\t",
+        "LAMP\tLamp\t1,299.00 USD\t\t\t\t",
+        "BOWL\tBowl\t4 USD\t\tstray value",
+    ]
+    _, rows = parse_feed("tabbed.tsv", "\r\n".join(lines).encode())
+    mug, lamp, bowl = (row.columns for row in rows)
+    assert READ_ERROR not in mug and READ_ERROR not in lamp
+    assert (mug["title"], mug["price"], mug["currency"]) == ("Mug", "15", "EUR")
+    assert (lamp["title"], lamp["price"], lamp["currency"]) == ("Lamp", "1,299.00", "USD")
+    assert bowl[READ_ERROR] == "feed row 3 has 5 fields where the header has 4"
+
+
 def test_a_shopify_export_with_a_quote_left_open_is_refused_naming_the_line():
     feed = 'Handle,Title,Variant Price\nmug,"Mug,5\nlamp,Lamp,7\nbowl,Bowl,4\n'
     with pytest.raises(FeedRejected, match=r"not a readable CSV table \(line \d+: "):

@@ -264,6 +264,9 @@ def parse_merchant_tsv(feed: str, data: bytes) -> list[FeedRow]:
     for number, cells in enumerate(lines[1:], start=1):
         if not any(cell.strip() for cell in cells):
             continue
+        # Generators that end every value with a tab leave empty fields past the header.
+        while len(cells) > len(header) and not cells[-1].strip():
+            cells = cells[:-1]
         fields: dict[str, list[str]] = {}
         for name, value in zip(header, cells, strict=False):
             fields.setdefault(name, []).append(value)
