@@ -217,6 +217,24 @@ def test_csv_row_with_more_fields_than_the_header_is_quarantined_not_the_drop(tm
     assert "has 4 fields where the header has 3" in quarantined.loc[2, "reason"]
 
 
+def test_csv_rows_ending_in_empty_fields_past_the_header_are_read_whole(tmp_path):
+    drop = tmp_path / "script-export"
+    drop.mkdir()
+    # A script that writes a comma after every value leaves empty fields past the header.
+    (drop / "products.csv").write_bytes(
+        b"product_id,title,price\r\n007,Mug,3,\r\np2,Lamp,5,,\r\np3,Vase,6,,blue\r\n"
+    )
+    frame = read_products(drop)
+    assert frame[["product_id", "title", "price"]].values.tolist() == [
+        ["007", "Mug", "3"],
+        ["p2", "Lamp", "5"],
+        ["p3", "Vase", "6"],
+    ]
+    errors = frame["_read_error"].tolist()
+    assert errors[:2] == [None, None]
+    assert errors[2].startswith("row 3 (line 4) has 5 fields where the header has 3")
+
+
 def test_csv_broken_quoting_quarantines_the_row_and_reads_on(tmp_path):
     drop = tmp_path / "quoted"
     drop.mkdir()

@@ -69,8 +69,9 @@ def _decode(drop_name: str, data: bytes) -> str:
 
 def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
     """The rows of products.csv as text (a missing trailing field is None). A row with more
-    fields than the header, or quoting the reader cannot follow, keeps its place with its error
-    (`READ_ERROR`), to be quarantined; a header that cannot be read rejects the drop."""
+    fields than the header (empty ones past it aside), or quoting the reader cannot follow,
+    keeps its place with its error (`READ_ERROR`), to be quarantined; a header that cannot be
+    read rejects the drop."""
     text = _decode(drop_name, data)
     if "\x00" in text:
         raise DropRejected(drop_name, "products.csv contains NUL bytes; it is not a text table")
@@ -88,6 +89,9 @@ def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
             header = _column_names(cells)
             continue
         width = len(header)
+        # A comma after every value, the last included, leaves empty fields past the header.
+        while len(cells) > width and not error and not cells[-1].strip():
+            cells = cells[:-1]
         if error:
             errors.append(
                 f"row {len(rows) + 1} (line {line}) is not readable CSV ({error}); a value "
