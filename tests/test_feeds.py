@@ -339,6 +339,26 @@ def test_shopify_csv_gives_one_row_per_variant_with_the_handles_images(server):
     assert by_id["HAT-OLD"].columns["deleted"] == "true"  # archived: not for sale
 
 
+def test_a_shopify_variant_whose_inventory_is_not_tracked_is_for_sale_whatever_its_quantity():
+    # Shopify reads Variant Inventory Qty only when Variant Inventory Tracker is `shopify`; a
+    # blank tracker (made to order, digital goods) sells the variant whatever the count says.
+    feed = (
+        "Handle,Title,Option1 Name,Option1 Value,Variant SKU,Variant Inventory Tracker,"
+        "Variant Inventory Qty,Variant Inventory Policy,Variant Price\n"
+        "print,Art print,Size,A4,PR-A4,,0,deny,20.00\n"
+        "print,,,A3,PR-A3,shopify,0,deny,30.00\n"
+        "print,,,A2,PR-A2,shopify,0,continue,40.00\n"
+        "print,,,A1,PR-A1,shopify,2,deny,50.00\n"
+    )
+    _, rows = parse_feed("prints.csv", feed.encode())
+    assert {r.columns["product_id"]: r.columns["availability"] for r in rows} == {
+        "PR-A4": "in_stock",
+        "PR-A3": "out_of_stock",
+        "PR-A2": "backorder",
+        "PR-A1": "in_stock",
+    }
+
+
 def test_a_shopify_handle_whose_first_row_is_an_image_row_keeps_its_title_and_options():
     # Exports re-sorted in a spreadsheet (or merged by apps) can put an image-only row of a
     # handle above the row that holds its Title, Vendor, Type and option names.

@@ -345,7 +345,14 @@ def _option_name(name: str) -> str:
     return {"colour": "color"}.get(name, name)
 
 
-def _inventory_availability(quantity: str, policy: str) -> str | None:
+def _inventory_availability(record: dict) -> str | None:
+    """A variant's availability from its stock columns. Shopify counts stock only when
+    `Variant Inventory Tracker` names a tracker: a blank one (in an export that has the
+    column) sells the variant whatever `Variant Inventory Qty` says."""
+    quantity = record.get("variant_inventory_qty", "")
+    policy = record.get("variant_inventory_policy", "")
+    if "variant_inventory_tracker" in record and not record["variant_inventory_tracker"].strip():
+        return "in_stock"
     if not quantity.strip():
         return None
     try:
@@ -453,10 +460,7 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
                 # A product the shop has not published (draft, archived) is not for sale.
                 "deleted": "true" if status in ("draft", "archived") else None,
                 "group_id": None if handle.startswith("\0") else handle,
-                "availability": _inventory_availability(
-                    record.get("variant_inventory_qty", ""),
-                    record.get("variant_inventory_policy", ""),
-                ),
+                "availability": _inventory_availability(record),
                 "list_price": compare_at if compare_at and compare_at != price else None,
                 "gtin": record.get("variant_barcode", "").strip() or None,
                 "tags": product.get("tags", "").strip() or None,
