@@ -239,6 +239,25 @@ def test_a_merchant_tsv_whose_lines_end_in_empty_fields_loses_no_row():
     assert bowl[READ_ERROR] == "feed row 3 has 5 fields where the header has 4"
 
 
+def test_a_utf16_merchant_feed_is_read_as_merchant_center_reads_it():
+    # Merchant Center takes UTF-16 feeds; Excel saves a sheet as "Unicode Text", which is
+    # tab-separated UTF-16 with a byte order mark and Windows line ends.
+    tsv = "id\ttitle\tprice\r\nCAFE-1\tCafé crème cup\t4,50 EUR\r\n".encode("utf-16")
+    assert detect_format(tsv) == MERCHANT_TSV
+    _, (cup,) = parse_feed("unicode-text.txt", tsv)
+    assert (cup.columns["title"], cup.columns["price"]) == ("Café crème cup", "4,50")
+    xml = (
+        '<?xml version="1.0" encoding="UTF-16"?><rss xmlns:g="http://base.google.com/ns/1.0">'
+        "<channel><item><g:id>CAFE-2</g:id><g:title>Crème jug</g:title></item></channel></rss>"
+    )
+    _, (jug,) = parse_feed("feed.xml", b"\xfe\xff" + xml.encode("utf-16-be"))
+    assert (jug.columns["product_id"], jug.columns["title"]) == ("CAFE-2", "Crème jug")
+    # The refusal of DTDs reads the text, whatever its encoding.
+    bomb = xml.replace("<rss", '<!DOCTYPE rss [<!ENTITY a "a">]><rss')
+    with pytest.raises(FeedRejected, match="DTD or entities"):
+        parse_feed("bomb.xml", bomb.encode("utf-16"))
+
+
 def test_a_shopify_export_with_a_quote_left_open_is_refused_naming_the_line():
     feed = 'Handle,Title,Variant Price\nmug,"Mug,5\nlamp,Lamp,7\nbowl,Bowl,4\n'
     with pytest.raises(FeedRejected, match=r"not a readable CSV table \(line \d+: "):

@@ -15,6 +15,7 @@ an `image_path` is.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -73,6 +74,7 @@ _NAME_PART = re.compile(r"[^0-9A-Za-z]+")
 # Google's namespace as feed plugins declare it: http or https, any case, a trailing slash.
 _G_NAMESPACE = re.compile(r"https?://base\.google\.com/ns/1\.0/?", re.IGNORECASE)
 _ATOM_NAMESPACE = "http://www.w3.org/2005/Atom"
+_XML_ENCODING = re.compile(rb"""^(\s*<\?xml\b[^>]*?)\s+encoding\s*=\s*(["'])[^"']*\2""")
 
 
 class FeedRejected(ValueError):
@@ -98,6 +100,15 @@ class FeedRow:
 # Detection
 
 
+def _utf8(data: bytes, errors: str = "strict") -> bytes:
+    """A feed's bytes as UTF-8. Merchant Center takes UTF-16 feeds (Excel's "Unicode Text" is
+    tab-separated UTF-16), known by their byte order mark; they are transcoded, and an XML
+    declaration's encoding dropped, so every reader and check here reads UTF-8."""
+    if not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data
+    return _XML_ENCODING.sub(rb"\1", data.decode("utf-16", errors).encode("utf-8"), count=1)
+
+
 def _text_of(feed: str, data: bytes) -> str:
     for encoding in ("utf-8-sig", "cp1252"):
         try:
@@ -121,7 +132,7 @@ def _column_name(name: str) -> str:
 def detect_format(data: bytes) -> str | None:
     """Which feed format `data` is (one of FEED_FORMATS), from its first line or XML root;
     None when it is none of them."""
-    head = data[:65536].lstrip(b"\xef\xbb\xbf \t\r\n")
+    head = _utf8(data[:65536], errors="replace").lstrip(b"\xef\xbb\xbf \t\r\n")
     if head.startswith(b"<"):
         return MERCHANT_XML if re.search(rb"<(?:\w+:)?(?:rss|feed)\b", head) else None
     try:
@@ -481,6 +492,12 @@ PARSERS = {
 
 def parse_feed(feed: str, data: bytes) -> tuple[str, list[FeedRow]]:
     """(format, rows) of a feed's bytes, or FeedRejected when it is no known feed."""
+    try:
+        data = _utf8(data)
+    except UnicodeDecodeError:
+        raise FeedRejected(
+            feed, "starts with a UTF-16 byte order mark but is not UTF-16 text"
+        ) from None
     feed_format = detect_format(data)
     if feed_format is None:
         raise FeedRejected(
