@@ -41,6 +41,42 @@ def test_parquet_is_read(tmp_path):
     assert list(frame["product_id"]) == ["1", "2"] and frame.loc[1, "price"] is None
 
 
+def test_parquet_integer_columns_with_a_missing_value_stay_whole_numbers(tmp_path):
+    # A database export: integer ids, a 0/1 `deleted` flag and GTINs, each with a NULL. pandas
+    # alone would read them as floats: ids "1001.0" that a later CSV's "1001" does not replace,
+    # a deletion "1.0" that removes nothing, a 14-digit GTIN rounded.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    drop = tmp_path / "db-export"
+    drop.mkdir()
+    table = pa.table(
+        {
+            "product_id": pa.array([1001, 1002, None], pa.int64()),
+            "title": ["Mug", "Lamp", "Vase"],
+            "deleted": pa.array([0, 1, None], pa.int8()),
+            "gtin": pa.array([None, 2**62 + 1, 4006381333931], pa.int64()),
+        }
+    )
+    pq.write_table(table, drop / "products.parquet")
+    frame = read_products(drop)
+    assert frame["product_id"].tolist() == ["1001", "1002", None]
+    assert frame["deleted"].tolist() == ["0", "1", None]
+    assert [json.loads(a).get("gtin") for a in frame["attributes"]] == [
+        None,
+        str(2**62 + 1),
+        "4006381333931",
+    ]
+    catalog = clean_catalog(
+        raw_rows(
+            "db-export", 1, frame.rename(columns={"_read_error": "read_error"}).to_dict("records")
+        ),
+        {"db-export": drop},
+        tmp_path / "clean",
+    )
+    assert catalog.products["product_id"].tolist() == ["1001"]  # 1002 deleted, the third has no id
+
+
 def test_parquet_missing_timestamps_are_no_attribute_not_the_text_nat(tmp_path):
     drop = tmp_path / "d"
     drop.mkdir()

@@ -203,7 +203,9 @@ def _jsonl_record(line_number: int, value: dict) -> dict:
 
 def _read_parquet(drop_name: str, path: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_parquet(path)
+        # Nullable types: an integer column with a NULL stays integers (ids "1001", not
+        # "1001.0"), where NumPy's would turn it into floats.
+        frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
     except Exception as error:  # pyarrow raises several types for a damaged file
         raise DropRejected(
             drop_name, f"products.parquet is not a readable table ({error})"
