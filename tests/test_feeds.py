@@ -358,6 +358,26 @@ def test_shopify_csv_gives_one_row_per_variant_with_the_handles_images(server):
     assert by_id["HAT-OLD"].columns["deleted"] == "true"  # archived: not for sale
 
 
+def test_shopify_variants_sharing_one_sku_each_stay_a_product_of_their_own():
+    # Shopify does not require SKUs to differ: shops copy one SKU onto every variant. A SKU
+    # that several variants carry names none of them, so they are told apart as variants
+    # without a SKU are; a SKU of one variant only stays its id.
+    feed = (
+        "Handle,Title,Option1 Name,Option1 Value,Variant SKU,Variant Price\n"
+        "mill,Pepper mill,Colour,Black,MILL,30.00\n"
+        "mill,,,White,MILL,30.00\n"
+        "mill,,,Red,MILL-RED,32.00\n"
+        "jar,Spice jar,Title,Default Title,MILL,5.00\n"
+    )
+    _, rows = parse_feed("shared-sku.csv", feed.encode())
+    assert [(r.columns["product_id"], r.columns["title"]) for r in rows] == [
+        ("mill-black", "Pepper mill - Black"),
+        ("mill-white", "Pepper mill - White"),
+        ("MILL-RED", "Pepper mill - Red"),
+        ("jar", "Spice jar"),
+    ]
+
+
 def test_a_shopify_variant_whose_inventory_is_not_tracked_is_for_sale_whatever_its_quantity():
     # Shopify reads Variant Inventory Qty only when Variant Inventory Tracker is `shopify`; a
     # blank tracker (made to order, digital goods) sells the variant whatever the count says.

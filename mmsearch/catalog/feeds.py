@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 import xml.etree.ElementTree as ElementTree
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -426,6 +427,8 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
         raise FeedRejected(
             feed, f"not a readable CSV table (line {reader.line_num}: {error})"
         ) from None
+    # Shopify lets variants share a SKU; one that several carry identifies none of them.
+    skus = Counter(r.get("variant_sku", "").strip() for r in records)
     rows = []
     for handle, members in _shopify_groups(records):
         product = _shopify_product(members)
@@ -453,6 +456,7 @@ def parse_shopify_csv(feed: str, data: bytes) -> list[FeedRow]:
             }
             values = [v for v in options.values() if v.lower() != "default title"]
             sku = record.get("variant_sku", "").strip()
+            sku = sku if skus[sku] == 1 else ""
             product_id = sku or (
                 "-".join([handle, *map(_slug, values)]) if not handle.startswith("\0") else None
             )
