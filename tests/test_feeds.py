@@ -317,6 +317,29 @@ def test_merchant_xml_reads_g_elements_whatever_the_spelling_of_googles_namespac
     assert (mug["price"], mug["currency"]) == ("1,299.00", "USD")
 
 
+def test_image_urls_holding_commas_are_not_cut_apart():
+    # Image CDNs write transformations with commas (`/upload/w_800,h_800/`); a comma splits a
+    # list of additional images only where the next URL begins.
+    side = "http://127.0.0.1:9/upload/w_800,h_800,c_fill/side.jpg"
+    lists = "http://127.0.0.1:9/a.jpg, http://127.0.0.1:9/upload/w_80,h_80/b.jpg"
+    xml = (
+        '<rss xmlns:g="http://base.google.com/ns/1.0"><channel><item><g:id>A</g:id>'
+        "<g:title>Mug</g:title><g:image_link>http://127.0.0.1:9/main.jpg</g:image_link>"
+        f"<g:additional_image_link>{side}</g:additional_image_link>"
+        f"<g:additional_image_link>{lists}</g:additional_image_link></item></channel></rss>"
+    )
+    tsv = f"id\ttitle\timage_link\tadditional_image_link\nA\tMug\thttp://127.0.0.1:9/main.jpg\t{side},{lists}\n"
+    expected = [
+        "http://127.0.0.1:9/main.jpg",
+        side,
+        "http://127.0.0.1:9/a.jpg",
+        "http://127.0.0.1:9/upload/w_80,h_80/b.jpg",
+    ]
+    for name, feed in (("cdn.xml", xml), ("cdn.tsv", tsv)):
+        _, (mug,) = parse_feed(name, feed.encode())
+        assert mug.image_urls == expected, name
+
+
 def test_merchant_xml_with_entities_is_refused():
     bomb = (
         b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY a "aaaaaaaaaa">'

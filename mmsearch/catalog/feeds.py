@@ -71,6 +71,7 @@ FEED_ATTRIBUTES = (
 _PRICE = re.compile(
     r"^\s*(?:(?P<pre>[A-Za-z]{3})\s+)?(?P<amount>\d(?:[\d.,'’\s]*\d)?)\s*(?P<post>[A-Za-z]{3})?\s*$"
 )
+_URL_LIST_COMMA = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _NAME_PART = re.compile(r"[^0-9A-Za-z]+")
 # Google's namespace as feed plugins declare it: http or https, any case, a trailing slash.
 _G_NAMESPACE = re.compile(r"https?://base\.google\.com/ns/1\.0/?", re.IGNORECASE)
@@ -179,10 +180,11 @@ def _last_segment(path: str | None) -> str | None:
 
 
 def _split_urls(values: list[str]) -> list[str]:
-    """Image URLs from values that may each hold a comma-separated list."""
+    """Image URLs from values that may each hold a comma-separated list. A comma separates two
+    URLs only where the next one begins: image CDNs write commas inside a URL (`w_800,h_800`)."""
     urls = []
     for value in values:
-        urls.extend(part.strip() for part in value.split(",") if part.strip())
+        urls.extend(part.strip() for part in _URL_LIST_COMMA.split(value) if part.strip())
     return urls
 
 
