@@ -46,6 +46,7 @@ from mmsearch.catalog.fetch import (
 )
 from mmsearch.catalog.galleries import clean_gallery_images
 from mmsearch.catalog.images import ImageLimits
+from mmsearch.catalog.text import clean_text
 from mmsearch.settings import HomeLayout
 from resources import PipelineSettings, WarehouseResource
 from sensors.feeds import shop_feed_sensor
@@ -338,6 +339,22 @@ def test_image_urls_holding_commas_are_not_cut_apart():
     for name, feed in (("cdn.xml", xml), ("cdn.tsv", tsv)):
         _, (mug,) = parse_feed(name, feed.encode())
         assert mug.image_urls == expected, name
+
+
+def test_merchant_xml_values_with_html_written_unescaped_keep_their_text():
+    # Hand-made feeds put well-formed HTML straight into a value instead of escaping it or
+    # wrapping it in CDATA: it is the value's text with markup, which cleaning strips, not a
+    # nested group of facts such as g:shipping.
+    feed = (
+        '<rss xmlns:g="http://base.google.com/ns/1.0"><channel><item><g:id>MUG</g:id>'
+        "<title>Mug <b>XL</b> &amp; saucer</title>"
+        "<description><p>Glazed stoneware.</p><p>Holds 500<br/>ml.</p></description>"
+        "<g:shipping><g:country>DE</g:country></g:shipping></item></channel></rss>"
+    )
+    _, (mug,) = parse_feed("markup.xml", feed.encode())
+    assert clean_text(mug.columns["title"]) == "Mug XL & saucer"
+    assert clean_text(mug.columns["description"]) == "Glazed stoneware. Holds 500 ml."
+    assert "shipping" not in mug.columns and "country" not in mug.columns
 
 
 def test_merchant_xml_with_entities_is_refused():

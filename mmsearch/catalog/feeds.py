@@ -322,6 +322,13 @@ def _local_name(tag: str) -> tuple[str, str]:
     return "", tag
 
 
+def _inner_markup(element: ElementTree.Element) -> str:
+    """An element's content, markup included (`Mug <b>XL</b>`): HTML written unescaped inside a
+    value, which the cleaning stage strips as it strips escaped HTML."""
+    parts = (ElementTree.tostring(part, encoding="unicode") for part in element)
+    return (element.text or "") + "".join(parts)
+
+
 def parse_merchant_xml(feed: str, data: bytes) -> list[FeedRow]:
     """The items of a Merchant Center RSS 2.0 (`channel/item`) or Atom (`entry`) feed with
     `g:` elements."""
@@ -340,9 +347,10 @@ def parse_merchant_xml(feed: str, data: bytes) -> list[FeedRow]:
         for child in item:
             namespace, name = _local_name(child.tag)
             product_fact = namespace in ("", _ATOM_NAMESPACE) or _G_NAMESPACE.fullmatch(namespace)
-            if not product_fact or len(child):
+            grouped = any(_G_NAMESPACE.fullmatch(_local_name(part.tag)[0]) for part in child)
+            if not product_fact or grouped:
                 continue  # nested groups such as g:shipping are not product facts here
-            value = child.text or ""
+            value = _inner_markup(child)
             if name == "link" and not value.strip():
                 value = child.get("href", "")  # Atom's link carries its URL as href
             fields.setdefault(_column_name(name), []).append(value)
