@@ -271,6 +271,28 @@ def test_csv_rows_ending_in_empty_fields_past_the_header_are_read_whole(tmp_path
     assert errors[2].startswith("row 3 (line 4) has 5 fields where the header has 3")
 
 
+def test_csv_saved_by_excel_with_semicolons_is_read_by_its_columns(tmp_path):
+    # Excel in many European locales saves "CSV" with `;` between values (and `,` as the
+    # decimal mark), in Windows-1252 with Windows line ends.
+    drop = tmp_path / "excel-de"
+    drop.mkdir()
+    (drop / "products.csv").write_bytes(
+        "Product_ID;Title;Price;Farbe\r\n"
+        "0042;Tasse groß;12,50 €;rot\r\n"
+        '0043;"Kanne; 1,5 l";1.299,00;blau\r\n'
+        "0044;Teller;3;grün;extra\r\n".encode("cp1252")
+    )
+    frame = read_products(drop)
+    assert frame[["product_id", "title", "price"]].values.tolist() == [
+        ["0042", "Tasse groß", "12,50 €"],
+        ["0043", "Kanne; 1,5 l", "1.299,00"],
+        ["0044", "Teller", "3"],
+    ]
+    assert json.loads(frame.loc[0, "attributes"]) == {"farbe": "rot"}
+    assert frame["_read_error"].tolist()[:2] == [None, None]
+    assert frame["_read_error"].tolist()[2].startswith("row 3 (line 4) has 5 fields")
+
+
 def test_csv_broken_quoting_quarantines_the_row_and_reads_on(tmp_path):
     drop = tmp_path / "quoted"
     drop.mkdir()

@@ -75,10 +75,11 @@ def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
     text = _decode(drop_name, data)
     if "\x00" in text:
         raise DropRejected(drop_name, "products.csv contains NUL bytes; it is not a text table")
+    delimiter = _delimiter(text)
     header: list[str] | None = None
     rows: list[list[str | None]] = []
     errors: list[str | None] = []
-    for line, cells, error in _csv_records(text):
+    for line, cells, error in _csv_records(text, delimiter):
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue  # a blank line
         if header is None:
@@ -100,7 +101,7 @@ def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
         elif len(cells) > width:
             errors.append(
                 f"row {len(rows) + 1} (line {line}) has {len(cells)} fields where the header "
-                f"has {width}; a value holding a comma needs double quotes"
+                f"has {width}; a value holding a {_DELIMITER_NAMES[delimiter]} needs double quotes"
             )
         else:
             errors.append(None)
@@ -113,17 +114,32 @@ def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
     return frame
 
 
-def _csv_records(text: str) -> Iterator[tuple[int, list[str], str | None]]:
-    """(line number, cells, None) per record of a comma-separated text, a quoted value holding
-    line breaks included. Quoting is read strictly: a record whose quoting the reader cannot
-    follow (a quote left open, which would swallow the rows after it, or text after a closing
-    quote) comes back as its first line's cells split at commas, with the reader's error
-    instead of None, and reading goes on from the line after that one."""
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon"}
+
+
+def _delimiter(text: str) -> str:
+    """What separates the values of a products.csv: `,`, or `;` when only `;` splits the header
+    into the required columns (Excel in many European locales saves CSV that way)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    for delimiter in _DELIMITER_NAMES:
+        names = {c.strip().lower() for c in next(csv.reader([first], delimiter=delimiter), [])}
+        if set(REQUIRED_COLUMNS) <= names:
+            return delimiter
+    return ","
+
+
+def _csv_records(text: str, delimiter: str) -> Iterator[tuple[int, list[str], str | None]]:
+    """(line number, cells, None) per record of a text of values separated by `delimiter`, a
+    quoted value holding line breaks included. Quoting is read strictly: a record whose quoting
+    the reader cannot follow (a quote left open, which would swallow the rows after it, or text
+    after a closing quote) comes back as its first line's cells split at the delimiter, with
+    the reader's error instead of None, and reading goes on from the line after that one."""
     lines = io.StringIO(text, newline="").readlines()
     start = 0
     while start < len(lines):
         # Lines from `start` on, read as the reader asks: no copy of the rest per restart.
-        reader = csv.reader((lines[at] for at in range(start, len(lines))), strict=True)
+        rest = (lines[at] for at in range(start, len(lines)))
+        reader = csv.reader(rest, delimiter=delimiter, strict=True)
         first = start
         try:
             for cells in reader:
@@ -131,7 +147,7 @@ def _csv_records(text: str) -> Iterator[tuple[int, list[str], str | None]]:
                 first = start + reader.line_num
             return
         except csv.Error as error:
-            yield first + 1, lines[first].rstrip("\r\n").split(","), str(error)
+            yield first + 1, lines[first].rstrip("\r\n").split(delimiter), str(error)
             start = first + 1
 
 
