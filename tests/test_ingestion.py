@@ -123,7 +123,10 @@ def test_jsonl_keys_are_matched_whatever_their_case_line_by_line(tmp_path):
             "neither UTF-8 nor Windows-1252",
         ),
         (
-            lambda d: (d / "products.csv").write_bytes("product_id,title\n1,x\n".encode("utf-16")),
+            # UTF-16 without its byte order mark cannot be told from binary.
+            lambda d: (d / "products.csv").write_bytes(
+                "product_id,title\n1,x\n".encode("utf-16-le")
+            ),
             "NUL bytes",
         ),
         (
@@ -291,6 +294,14 @@ def test_csv_saved_by_excel_with_semicolons_is_read_by_its_columns(tmp_path):
     assert json.loads(frame.loc[0, "attributes"]) == {"farbe": "rot"}
     assert frame["_read_error"].tolist()[:2] == [None, None]
     assert frame["_read_error"].tolist()[2].startswith("row 3 (line 4) has 5 fields")
+
+
+def test_csv_saved_as_utf16_with_its_byte_order_mark_is_read(tmp_path):
+    drop = tmp_path / "unicode-text"
+    drop.mkdir()
+    (drop / "products.csv").write_bytes("product_id,title\np1,Crème mug ☕\n".encode("utf-16"))
+    frame = read_products(drop)
+    assert frame[["product_id", "title"]].values.tolist() == [["p1", "Crème mug ☕"]]
 
 
 def test_csv_broken_quoting_quarantines_the_row_and_reads_on(tmp_path):

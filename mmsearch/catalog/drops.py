@@ -8,6 +8,7 @@ raises DropRejected naming the drop and the problem.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -58,7 +59,15 @@ def products_file(drop_dir: Path) -> Path:
 
 
 def _decode(drop_name: str, data: bytes) -> str:
-    """Text of a products file: UTF-8 (with or without BOM), else strict Windows-1252."""
+    """Text of a products file: UTF-16 when it starts with UTF-16's byte order mark (Excel's
+    "Unicode Text"), else UTF-8 (with or without BOM), else strict Windows-1252."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DropRejected(
+                drop_name, "products file starts with a UTF-16 byte order mark but is not UTF-16"
+            ) from None
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             return data.decode(encoding)

@@ -449,7 +449,7 @@ class SearchEngine:
         text = clean_text(text) if text else ""
         picture = load_query_image(image) if isinstance(image, (str, Path)) else image
         if not text and picture is None:
-            raise BadQuery("a search needs --text, --image, or both")
+            raise BadQuery("a search needs a text, a photo, or both (the text is empty)")
         if picture is not None and not self._has_image.any():
             raise BadQuery("no live product has a photo to compare a photo with; search by text")
         self.check_category(category)
