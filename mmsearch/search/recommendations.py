@@ -39,6 +39,7 @@ from mmsearch.index.indexing import (
     TRAINING_PER_LIST,
     TUNING_MARGIN,
     exact_neighbours,
+    id_selector,
     index_ids,
     stored_vectors,
 )
@@ -296,11 +297,7 @@ class _Batch:
         self.available = np.ones(self.size, dtype=bool) if available is None else available
         # Out-of-stock products are left out inside FAISS, as `search_index` leaves out what the
         # allowed ids do not name; each list's own exclusions are searched for and dropped.
-        self.selector = (
-            None
-            if available is None
-            else faiss.IDSelectorBatch(np.ascontiguousarray(engine._ids[available], np.int64))
-        )
+        self.selector = None if available is None else id_selector(engine._ids[available])
         self.excluded = _excluded_counts(self.text_code, self.group, self.available)
         self.photos = _PhotoHashes(engine._photo_hashes)
         self.lexical = LexicalScorer(engine.lexical, LEXICAL_POOL)
