@@ -332,6 +332,7 @@ def command_evaluate(layout: HomeLayout, args) -> dict:
     engine = _live_engine(layout)
     unread: list[dict] = []
     queries = query_set_from_file(engine, query_file, skipped=unread)
+    unread.sort(key=lambda line: line["line"])
     if not len(queries):
         first = f"; line {unread[0]['line']}: {unread[0]['why']}" if unread else ""
         raise UserError(

@@ -110,12 +110,12 @@ def test_evaluate_counts_and_names_the_lines_it_could_not_score(built_home, samp
     good = [line for line in lines if "image_path" not in json.loads(line)][:4]
     (tmp_path / "not-a-photo.jpg").write_text("hello")
     bad = [
+        '{"query_id": "q-photo", "image_path": "not-a-photo.jpg", "relevant": ["p1"]}',
         "{not json",
         '["a list"]',
         '{"text": "red mug", "relevant": ["p1"]}',
         '{"query_id": "q-grades", "text": "red mug", "relevant": {"p1": "high"}}',
         '{"query_id": "q-empty", "relevant": ["p1"]}',
-        '{"query_id": "q-photo", "image_path": "not-a-photo.jpg", "relevant": ["p1"]}',
         '{"query_id": "q-both", "text": "red mug", "image_path": "gone.jpg", "relevant": ["p1"]}',
     ]
     query_file = tmp_path / "queries.jsonl"
@@ -124,12 +124,13 @@ def test_evaluate_counts_and_names_the_lines_it_could_not_score(built_home, samp
     queries = result["queries"]
     # Four good lines and the query whose photo is gone but whose text is scored alone.
     assert (queries["scored"], queries["skipped"]) == (5, 6)
+    # In file order, whichever reading found the problem.
+    assert [line["line"] for line in queries["unread_lines"]] == [5, 6, 7, 8, 9, 10, 11]
     unread = {line["line"]: (line["why"], line["scored"]) for line in queries["unread_lines"]}
-    assert sorted(unread) == [5, 6, 7, 8, 9, 10, 11]
-    assert unread[5][0].startswith("not JSON") and unread[6][0] == "not a JSON object"
-    assert unread[7][0] == "no query_id" and unread[8][0].startswith("relevant is missing")
-    assert unread[9][0] == "neither text nor image_path"
-    assert unread[10][0].startswith("image_path 'not-a-photo.jpg': ") and not unread[10][1]
+    assert unread[5][0].startswith("image_path 'not-a-photo.jpg': ") and not unread[5][1]
+    assert unread[6][0].startswith("not JSON") and unread[7][0] == "not a JSON object"
+    assert unread[8][0] == "no query_id" and unread[9][0].startswith("relevant is missing")
+    assert unread[10][0] == "neither text nor image_path"
     assert unread[11][0].startswith("image_path 'gone.jpg': ") and unread[11][1]
     shown = run_cli(home, "evaluate", "--queries", str(query_file), "--include-trained").stdout
     assert "; 6 lines skipped):" in shown

@@ -347,12 +347,13 @@ def test_merchant_xml_values_with_html_written_unescaped_keep_their_text():
     # nested group of facts such as g:shipping.
     feed = (
         '<rss xmlns:g="http://base.google.com/ns/1.0"><channel><item><g:id>MUG</g:id>'
-        "<title>Mug <b>XL</b> &amp; saucer</title>"
+        "<title>Mug &lt; 1 l <b>XL</b> &amp; saucer</title>"
         "<description><p>Glazed stoneware.</p><p>Holds 500<br/>ml.</p></description>"
         "<g:shipping><g:country>DE</g:country></g:shipping></item></channel></rss>"
     )
     _, (mug,) = parse_feed("markup.xml", feed.encode())
-    assert clean_text(mug.columns["title"]) == "Mug XL & saucer"
+    # The escaped `<` before the markup stays text.
+    assert clean_text(mug.columns["title"]) == "Mug < 1 l XL & saucer"
     assert clean_text(mug.columns["description"]) == "Glazed stoneware. Holds 500 ml."
     assert "shipping" not in mug.columns and "country" not in mug.columns
 

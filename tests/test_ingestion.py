@@ -299,9 +299,13 @@ def test_csv_saved_by_excel_with_semicolons_is_read_by_its_columns(tmp_path):
 def test_csv_saved_as_utf16_with_its_byte_order_mark_is_read(tmp_path):
     drop = tmp_path / "unicode-text"
     drop.mkdir()
-    (drop / "products.csv").write_bytes("product_id,title\np1,Crème mug ☕\n".encode("utf-16"))
+    # As Excel saves "Unicode Text": UTF-16 with its byte order mark, values between tabs.
+    text = "product_id\ttitle\tprice\r\np1\tCrème mug ☕\t12\r\n"
+    (drop / "products.csv").write_bytes(text.encode("utf-16"))
     frame = read_products(drop)
-    assert frame[["product_id", "title"]].values.tolist() == [["p1", "Crème mug ☕"]]
+    assert frame[["product_id", "title", "price"]].values.tolist() == [["p1", "Crème mug ☕", "12"]]
+    (drop / "products.csv").write_bytes(text.replace("\t", ",").encode("utf-16"))
+    assert read_products(drop)["title"].tolist() == ["Crème mug ☕"]
 
 
 def test_csv_broken_quoting_quarantines_the_row_and_reads_on(tmp_path):

@@ -368,6 +368,16 @@ def test_this_but_in_another_colour_shows_the_photographed_design_in_it(engine):
     # The photographed variant is out of stock (so never shown): still its design, in blue.
     blue = engine.search("the same in blue", image=_photo_of("mug-green"), k=3)
     assert blue[0]["product_id"] == "mug-blue"
+    # Only a grouped answer reads the photographed design: one by one, the candidates and the
+    # anchor of the change are the retrievers' own.
+    photo = _photo_of("mug-green")
+    text, image = engine.text_features(["the same in blue"])[0], engine.image_features([photo])[0]
+    allowed = engine.allowed_rows(None, None, (), False)
+    mug_green = engine.row_of_product("mug-green")
+    grouped = engine.candidates(text, image, "the same in blue", allowed, grouped=True)
+    alone = engine.candidates(text, image, "the same in blue", allowed)
+    assert grouped.photographed == mug_green and alone.photographed is None
+    assert engine.row_of_product("mug-blue") in grouped.rows
 
 
 @pytest.mark.slow

@@ -123,12 +123,13 @@ def _read_csv(drop_name: str, data: bytes) -> pd.DataFrame:
     return frame
 
 
-_DELIMITER_NAMES = {",": "comma", ";": "semicolon"}
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
 def _delimiter(text: str) -> str:
-    """What separates the values of a products.csv: `,`, or `;` when only `;` splits the header
-    into the required columns (Excel in many European locales saves CSV that way)."""
+    """What separates the values of a products.csv: `,`, or `;` or a tab when only that splits
+    the header into the required columns (Excel saves CSV with `;` in many European locales,
+    and its "Unicode Text" with tabs)."""
     first = next((line for line in text.splitlines() if line.strip()), "")
     for delimiter in _DELIMITER_NAMES:
         names = {c.strip().lower() for c in next(csv.reader([first], delimiter=delimiter), [])}

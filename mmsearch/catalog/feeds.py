@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+from xml.sax.saxutils import escape
 
 from mmsearch.catalog.columns import KNOWN_COLUMNS
 from mmsearch.catalog.drops import READ_ERROR, copy_drop
@@ -324,9 +325,12 @@ def _local_name(tag: str) -> tuple[str, str]:
 
 def _inner_markup(element: ElementTree.Element) -> str:
     """An element's content, markup included (`Mug <b>XL</b>`): HTML written unescaped inside a
-    value, which the cleaning stage strips as it strips escaped HTML."""
+    value, which the cleaning stage strips as it strips escaped HTML. With markup, the leading
+    text is escaped as the children are, so a `<` it holds stays text."""
+    if not len(element):
+        return element.text or ""
     parts = (ElementTree.tostring(part, encoding="unicode") for part in element)
-    return (element.text or "") + "".join(parts)
+    return escape(element.text or "") + "".join(parts)
 
 
 def parse_merchant_xml(feed: str, data: bytes) -> list[FeedRow]:

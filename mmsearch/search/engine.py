@@ -182,7 +182,7 @@ class SearchEngine:
         # Product id -> row, hashed on first use (a scan over a million ids cost 10 ms a call),
         # and each product's text as a code (`similar` leaves out products with the same text).
         self._product_rows = pd.Index(self.products["product_id"])
-        self._text_codes = pd.factorize(self.products["text_sha"])[0]
+        self._text_codes = pd.factorize(self.products["text_sha"], use_na_sentinel=False)[0]
         # Attributes, variant groups, availability and sale prices, parsed once.
         self.catalog = CatalogAttributes(self.products)
         self.composed = ComposedQueries(self.products, self.catalog, self.lexical.documents_with)
@@ -227,17 +227,37 @@ class SearchEngine:
         rows = rows[rows >= 0]
         return rows[allowed[rows]]
 
-    def _photographed(self, query: np.ndarray) -> int:
+    def _photographed(self, query: np.ndarray) -> int | None:
         """The row of the live product, filtered out or not, with the image (main or gallery)
-        most like the query photo's raw features."""
-        score, hits = search_index(self.retriever_indexes["image"], query[None], 1)
-        best, row = float(score[0, 0]), int(self._row_of[hits[0, 0]])
-        if self.gallery_index is not None and self.gallery_index.ntotal:
-            score, hits = search_index(self.gallery_index, query[None], 1)
-            owner = int(self._gallery_rows[hits[0, 0]])
+        most like the query photo's raw features; None when no index holds an image."""
+        best, row = -np.inf, None
+        indexes = [(self.retriever_indexes["image"], self._row_of)]
+        if self.gallery_index is not None:
+            indexes.append((self.gallery_index, self._gallery_rows))
+        for index, owner_of in indexes:
+            if not index.ntotal:
+                continue
+            score, hits = search_index(index, query[None], 1)
+            owner = int(owner_of[hits[0, 0]]) if hits[0, 0] >= 0 else -1
             if owner >= 0 and float(score[0, 0]) > best:
-                row = owner
+                best, row = float(score[0, 0]), owner
         return row
+
+    def _photographed_variants(
+        self, query: np.ndarray, allowed: np.ndarray
+    ) -> tuple[np.ndarray, int | None]:
+        """For "this, but in black" in an answer of one result per variant group: the allowed
+        variants of the product the photo shows (the `CANDIDATES` most like the photo of a
+        larger group), and that product's row when a filter leaves it out (None otherwise)."""
+        photographed = self._photographed(query)
+        if photographed is None:
+            return np.zeros(0, dtype=np.int64), None
+        members = self.catalog.members(photographed)
+        members = members[allowed[members]]
+        if len(members) > CANDIDATES:
+            alike = self.vectors["image"][members] @ query
+            members = members[np.argpartition(-alike, CANDIDATES - 1)[:CANDIDATES]]
+        return members, None if allowed[photographed] else photographed
 
     @classmethod
     def live(cls, registry: ReleaseRegistry) -> SearchEngine:
@@ -334,10 +354,13 @@ class SearchEngine:
         allowed: np.ndarray | None = None,
         fused_query: np.ndarray | None = None,
         photo_hash: str | None = None,
+        grouped: bool = False,
     ) -> Candidates:
         """First stage for one query: the union of each usable retriever's top `CANDIDATES`
         among the `allowed` products, with every retriever's score for each (and, for a query
-        photo with its perceptual hash, how alike each candidate's photo looks)."""
+        photo with its perceptual hash, how alike each candidate's photo looks). `grouped`: for
+        an answer of one result per variant group, where a photo with words also brings the
+        photographed product's variants (`_photographed_variants`)."""
         allowed = np.ones(len(self.products), dtype=bool) if allowed is None else allowed
         if fused_query is None:
             fused_query = self.model.embed_query(image_feature, text_feature)
@@ -355,14 +378,11 @@ class SearchEngine:
         if image_feature is not None:
             pools.append(self._recall("image", image_feature, positions))
             pools.append(self._gallery_recall(image_feature, allowed))
-            if text_feature is not None and self.catalog.grouped:
+            if grouped and text_feature is not None and self.catalog.grouped:
                 # "This, but in black": the photographed product's variants are candidates,
                 # and it is the anchor of the change even where a filter leaves it out.
-                photographed = self._photographed(image_feature)
-                members = self.catalog.members(photographed)
-                pools.append(members[allowed[members]])
-                if allowed[photographed]:
-                    photographed = None
+                members, photographed = self._photographed_variants(image_feature, allowed)
+                pools.append(members)
         rows = np.unique(np.concatenate(pools)).astype(np.int64)
         features = {FUSED: self.vectors["fused"][rows] @ fused_query}
         if text_feature is not None:
@@ -462,6 +482,7 @@ class SearchEngine:
             text,
             allowed,
             photo_hash=perceptual_hash(picture) if picture is not None else None,
+            grouped=group,
         )
         kind = query_kind(bool(text), picture is not None)
         words = set(words_of(text))
