@@ -26,6 +26,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -362,10 +363,29 @@ def _coding(index: faiss.Index) -> str:
     return "Flat"
 
 
+class AllowedIds:
+    """The ids a query's searches may return, and their FAISS selector (`id_selector`), built
+    once for all of them."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = np.ascontiguousarray(ids, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @cached_property
+    def selector(self) -> faiss.IDSelector:
+        return id_selector(self.ids)
+
+
 def search_index(
-    index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray | AllowedIds | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, ids) per query; `allowed` limits results to those ids.
+    """Top-k (scores, ids) per query; `allowed` limits results to those ids (`AllowedIds` when
+    several searches share them).
 
     Ids are -1 where fewer than k products qualify.
     """
@@ -376,7 +396,7 @@ def search_index(
     if len(allowed) == 0:
         empty = np.full((len(vectors), k), -1, dtype=np.int64)
         return np.full((len(vectors), k), -np.inf, dtype=np.float32), empty
-    selector = id_selector(allowed)
+    selector = allowed.selector if isinstance(allowed, AllowedIds) else id_selector(allowed)
     if hasattr(index, "nlist"):
         # A filter keeping a share f of the products leaves f of the candidates in each list:
         # visit 1/f times more lists (at most all of them) so the filtered top k still fills.

@@ -37,7 +37,7 @@ from mmsearch.catalog.text import clean_text, words_of
 from mmsearch.features.runtime import load_image_runtime, load_text_runtime
 from mmsearch.index import artifacts
 from mmsearch.index.artifacts import DamagedRelease
-from mmsearch.index.indexing import one_search_thread, search_index
+from mmsearch.index.indexing import AllowedIds, one_search_thread, search_index
 from mmsearch.index.registry import ReleaseRegistry
 from mmsearch.model import store
 from mmsearch.model.heads import QueryHeads
@@ -330,7 +330,7 @@ class SearchEngine:
             keep &= self.catalog.available
         return keep
 
-    def _recall(self, name: str, query: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    def _recall(self, name: str, query: np.ndarray, positions: AllowedIds | None) -> np.ndarray:
         """Rows of a raw encoder index's top `CANDIDATES` among the allowed positions."""
         index = self.retriever_indexes[name]
         if not index.ntotal:
@@ -365,7 +365,7 @@ class SearchEngine:
         if fused_query is None:
             fused_query = self.model.embed_query(image_feature, text_feature)
         pools, scores = [], {}
-        positions = self._ids[allowed] if not allowed.all() else None
+        positions = AllowedIds(self._ids[allowed]) if not allowed.all() else None
         _, hits = search_index(self.index, fused_query[None], CANDIDATES, positions)
         pools.append(self._row_of[hits[0][hits[0] >= 0]])
         if text_feature is not None:
