@@ -180,9 +180,10 @@ class SearchEngine:
         self._category_keys, keys = pd.factorize(category.str.casefold())
         self._category_key = {str(key): code for code, key in enumerate(keys)}
         # Product id -> row, hashed on first use (a scan over a million ids cost 10 ms a call),
-        # and each product's text as a code (`similar` leaves out products with the same text).
+        # and each product's text as a code (`similar` and recommendation lists leave out products
+        # with the same text).
         self._product_rows = pd.Index(self.products["product_id"])
-        self._text_codes = pd.factorize(self.products["text_sha"], use_na_sentinel=False)[0]
+        self.text_codes = pd.factorize(self.products["text_sha"])[0]  # -1: no text hash
         # Attributes, variant groups, availability and sale prices, parsed once.
         self.catalog = CatalogAttributes(self.products)
         self.composed = ComposedQueries(self.products, self.catalog, self.lexical.documents_with)
@@ -586,7 +587,8 @@ class SearchEngine:
         row = self.row_of_product(product_id)
         allowed = self.allowed_rows(category, max_price, filters, include_unavailable)
         allowed = np.ones(len(self.products), bool) if allowed is None else allowed.copy()
-        allowed &= self._text_codes != self._text_codes[row]
+        if self.text_codes[row] >= 0:
+            allowed &= self.text_codes != self.text_codes[row]
         allowed &= self.catalog.groups != self.catalog.groups[row]
         photo = self._photo_hashes[row]
         image_feature = self.vectors["image"][row] if self._has_image[row] else None

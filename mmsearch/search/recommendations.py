@@ -289,7 +289,7 @@ class _Batch:
         self.built = {name for name, index in release.items() if self.indexes[name] is not index}
         products = engine.products
         self.size = len(products)
-        self.text_code = pd.factorize(products["text_sha"])[0]
+        self.text_code = engine.text_codes
         # Variant groups as `similar` reads them (a product without group_id is its own group).
         self.group = np.asarray(engine.catalog.groups, dtype=np.int64)
         self.grouped = bool(engine.catalog.grouped)
